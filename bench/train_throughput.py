@@ -1,0 +1,138 @@
+"""Training throughput of MIRAM against HuggingFace's ViTMAEForPreTraining at the same sizes, in one process.
+
+    python bench/train_throughput.py [--steps 10] [--warmup 3] [--batch 16] [--threads 2] [--curve-steps 30]
+
+Both models: 1 channel, 224x224, patch 16, encoder 384/12/6, decoder 256/4/8, mask 0.75, AdamW, batch 16.
+Candidates are timed interleaved (round-robin, one step each per round) so drift on a shared machine hits
+all of them alike. Prints images/s (median and best) and the ratio to HuggingFace fp32, then checks that
+the fast paths leave the loss curve unchanged: the same seeds and batches trained with and without them.
+Needs `pip install -r bench/requirements.txt` (transformers).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import ModelConfig  # noqa: E402
+from models import MIRAM, ONEDNN_LINEAR, tune_for, use_fast_linear  # noqa: E402
+from train import make_optimizer  # noqa: E402
+
+SPEC = ModelConfig()
+CPU = torch.device("cpu")
+
+
+def hf_model():
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    c = ViTMAEConfig(image_size=SPEC.img_size, patch_size=SPEC.patch_size, num_channels=SPEC.in_chans,
+                     hidden_size=SPEC.embed_dim, num_hidden_layers=SPEC.depth, num_attention_heads=SPEC.num_heads,
+                     intermediate_size=int(SPEC.embed_dim * SPEC.mlp_ratio), qkv_bias=True,
+                     decoder_hidden_size=SPEC.decoder_embed_dim, decoder_num_hidden_layers=SPEC.decoder_depth,
+                     decoder_num_attention_heads=SPEC.decoder_num_heads,
+                     decoder_intermediate_size=int(SPEC.decoder_embed_dim * SPEC.mlp_ratio),
+                     mask_ratio=SPEC.mask_ratio, norm_pix_loss=False, attn_implementation="sdpa")
+    return ViTMAEForPreTraining(c)
+
+
+def make_step(model, kind, amp, train_py_optimizer=False):
+    # HuggingFace gets the AdamW a user would write; MIRAM's train.py candidates get train.py's own (fused).
+    opt = (make_optimizer(model, 1.5e-4, 0.05) if train_py_optimizer else
+           torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05))
+
+    def step(imgs, noise):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            if kind == "hf":
+                loss = model(pixel_values=imgs, noise=noise).loss
+            else:
+                loss = model(imgs, noise).loss
+        loss.float().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def candidates():
+    torch.manual_seed(0)
+    out = {
+        "hf-fp32": make_step(hf_model().train(), "hf", False),
+        "hf-bf16": make_step(hf_model().train(), "hf", True),
+        "miram-fp32 (F.linear)": make_step(use_fast_linear(MIRAM(SPEC), False).train(), "miram", False),
+        "miram-bf16 (fused SDPA)": make_step(MIRAM(SPEC).train(), "miram", True),
+        # what train.py runs: tune_for(model, cpu, amp)
+        "miram-fp32 (train.py)": make_step(tune_for(MIRAM(SPEC), CPU, False).train(), "miram", False, True),
+        "miram-bf16 (train.py)": make_step(tune_for(MIRAM(SPEC), CPU, True).train(), "miram", True, True),
+    }
+    return out
+
+
+def throughput(steps, warmup, batch):
+    cands = candidates()
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(batch, SPEC.in_chans, SPEC.img_size, SPEC.img_size, generator=g)
+    noise = torch.rand(batch, (SPEC.img_size // SPEC.patch_size) ** 2, generator=g)
+    times = {k: [] for k in cands}
+    for r in range(warmup + steps):
+        for name, step in cands.items():
+            t0 = time.perf_counter()
+            step(imgs, noise)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {k: {"median_img_s": batch / statistics.median(v), "best_img_s": batch / min(v)} for k, v in times.items()}
+
+
+def loss_curve(steps, batch, fast, amp):
+    """Losses of `steps` training steps on fixed random batches, from one fixed initialisation."""
+    torch.manual_seed(0)
+    model = MIRAM(SPEC)
+    model = (tune_for(model, CPU, amp) if fast else use_fast_linear(model, False)).train()
+    step = make_step(model, "miram", amp, train_py_optimizer=fast)
+    g = torch.Generator().manual_seed(1)
+    # Smooth random images: a learnable signal, so the curve actually falls.
+    base = torch.nn.functional.interpolate(torch.rand(steps * batch, 1, 14, 14, generator=g), size=SPEC.img_size,
+                                           mode="bilinear", align_corners=False)
+    noise = torch.rand(steps * batch, (SPEC.img_size // SPEC.patch_size) ** 2, generator=g)
+    return [step(base[i * batch:(i + 1) * batch], noise[i * batch:(i + 1) * batch]) for i in range(steps)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--curve-steps", type=int, default=30, help="0 skips the loss-curve check")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, oneDNN linear "
+          f"{'available' if ONEDNN_LINEAR else 'MISSING (fallback)'}")
+    res = throughput(args.steps, args.warmup, args.batch)
+    ref = res["hf-fp32"]["median_img_s"]
+    print(f"{'candidate':28s} {'img/s median':>12s} {'img/s best':>10s} {'vs HF fp32':>10s}")
+    for name, r in res.items():
+        r["ratio_vs_hf_fp32"] = r["median_img_s"] / ref
+        print(f"{name:28s} {r['median_img_s']:12.1f} {r['best_img_s']:10.1f} {r['ratio_vs_hf_fp32']:9.2f}x")
+    out = {"threads": args.threads, "batch": args.batch, "throughput": res}
+    if args.curve_steps:
+        plain = loss_curve(args.curve_steps, args.batch, fast=False, amp=False)
+        curves = {"train.py fp32": loss_curve(args.curve_steps, args.batch, fast=True, amp=False),
+                  "train.py bf16": loss_curve(args.curve_steps, args.batch, fast=True, amp=True)}
+        out["loss_curve"] = {"plain_fp32": plain}
+        for name, c in curves.items():
+            rel = max(abs(a - b) / abs(b) for a, b in zip(c, plain))
+            print(f"loss curve, {name} vs plain fp32 over {args.curve_steps} steps: first {plain[0]:.4f} -> last "
+                  f"{plain[-1]:.4f} (plain) vs {c[-1]:.4f}; max relative difference {rel:.2%}")
+            out["loss_curve"][name] = {"losses": c, "max_rel_diff": rel}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Data: reading slices, normalising them, the subject-grouped split, augmentation, and the demo set.
+
+Layout (the spec's): <DATASET_PATH>/HR/*.tif with MASK/*.tif of the same names (non-zero = tumor), or a
+flat folder of images. Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as float32.
+"""
+import argparse
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from config import MiramError
+
+IMAGE_EXTS = (".tif", ".tiff", ".png")
+
+
+class DataError(MiramError):
+    pass
+
+
+# ---- reading one image -------------------------------------------------------------------------------
+
+def read_image(path: str) -> np.ndarray:
+    """Reads a 2-D slice as float32 (H, W), converting RGB/multi-channel to grayscale.
+
+    Raises DataError naming the file for anything that is not a readable, finite 2-D image.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in (".tif", ".tiff"):
+            import tifffile
+            arr = tifffile.imread(path)
+        elif ext == ".png":
+            from PIL import Image
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        else:
+            raise DataError(f"{path}: unsupported format {ext!r} (expected {', '.join(IMAGE_EXTS)})")
+    except DataError:
+        raise
+    except Exception as e:  # every decoder has its own exception zoo; all mean "cannot read this file"
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return to_grayscale(np.asarray(arr), path)
+
+
+def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # channels last (RGB, RGBA)
+        rgb = arr[..., :3].astype(np.float64)
+        arr = rgb @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luma, as scikit-image's rgb2gray
+    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and min(arr.shape[1:]) > 4:  # planar RGB
+        arr = np.moveaxis(arr[:3].astype(np.float64), 0, -1) @ np.array([0.2125, 0.7154, 0.0721])
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D slice, got an array of shape {arr.shape} (a 3-D stack?)")
+    if min(arr.shape) < 8:
+        raise DataError(f"{path}: image too small ({arr.shape[0]}x{arr.shape[1]})")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: contains NaN or infinite pixel values")
+    return arr
+
+
+def normalize_intensity(img: np.ndarray, low=0.5, high=99.5):
+    """Robust per-image scaling to [0, 1]: the low/high percentiles map to 0/1, the rest is clipped.
+
+    Returns (image, (lo, hi)) so that a result can be mapped back to the original range. A constant image
+    maps to zeros.
+    """
+    lo, hi = np.percentile(img, [low, high])
+    if hi <= lo:  # flat within the percentiles: fall back to the full range
+        lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros_like(img, dtype=np.float32), (float(lo), float(lo) + 1.0)
+    return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32), (float(lo), float(hi))
+
+
+def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
+    """Pads to a centred square (no distortion of the aspect ratio), then resizes to size x size."""
+    from skimage.transform import resize
+    h, w = img.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    square = np.zeros((side, side), dtype=img.dtype)
+    square[top:top + h, left:left + w] = img
+    if side == size:
+        return square.astype(np.float32)
+    return resize(square, (size, size), order=order, anti_aliasing=(order > 0 and side > size),
+                  preserve_range=True).astype(np.float32)
+
+
+# ---- finding files and subjects ----------------------------------------------------------------------
+
+def list_images(folder):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
+
+
+def find_pairs(root: str):
+    """[(image_path, mask_path or None)] for the HR/MASK layout or a flat folder of images."""
+    if not os.path.isdir(root):
+        raise DataError(f"Dataset empty: {root} does not exist (set DATASET_PATH or MIRAM_DATA_PATH)")
+    hr = os.path.join(root, "HR")
+    image_dir = hr if os.path.isdir(hr) else root
+    mask_dir = os.path.join(root, "MASK")
+    images = list_images(image_dir)
+    if not images:
+        raise DataError(f"Dataset empty: no {'/'.join(IMAGE_EXTS)} images in {image_dir} "
+                        f"(check DATASET_PATH; images belong in HR/)")
+    masks = {}
+    if os.path.isdir(mask_dir):
+        masks = {os.path.splitext(os.path.basename(p))[0]: p for p in list_images(mask_dir)}
+    pairs = []
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        pairs.append((path, masks.get(stem)))
+    return pairs
+
+
+def subject_of(path: str, pattern: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    m = re.match(pattern, stem)
+    return m.group(1) if m and m.group(1) else stem
+
+
+def split_by_subject(subjects, val_fraction: float, seed: int):
+    """Indices (train, val): whole subjects go to one side. At least one subject on each side when possible."""
+    unique = sorted(set(subjects))
+    rng = np.random.default_rng(seed)
+    order = [unique[i] for i in rng.permutation(len(unique))]
+    n_val = min(max(1, round(len(unique) * val_fraction)), len(unique) - 1) if len(unique) > 1 else 0
+    val_subjects = set(order[:n_val])
+    train = [i for i, s in enumerate(subjects) if s not in val_subjects]
+    val = [i for i, s in enumerate(subjects) if s in val_subjects]
+    return train, val
+
+
+# ---- the in-memory slice set -------------------------------------------------------------------------
+
+@dataclass
+class SliceSet:
+    images: torch.Tensor   # (N, 1, S, S) float32 in [0, 1]
+    masks: torch.Tensor    # (N, 1, S, S) bool, tumor pixels (all False where no mask file)
+    labels: torch.Tensor   # (N,) float32, 1 = the mask has a non-zero pixel
+    has_mask: torch.Tensor  # (N,) bool
+    names: list
+    subjects: list
+
+    def __len__(self):
+        return len(self.names)
+
+    def subset(self, idx):
+        idx = list(idx)
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
+                        [self.names[i] for i in idx], [self.subjects[i] for i in idx])
+
+
+def load_slices(root: str, size: int, subject_pattern: str, quiet=False) -> SliceSet:
+    """Decodes every readable image (and its mask) once; unreadable files are skipped with a warning each."""
+    pairs = find_pairs(root)
+    images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
+    skipped = 0
+    iterator = pairs
+    if not quiet:
+        from tqdm import tqdm
+        iterator = tqdm(pairs, desc=f"loading {root}", unit="img", leave=False, file=sys.stdout,
+                        disable=not sys.stdout.isatty())
+    for img_path, mask_path in iterator:
+        try:
+            img = read_image(img_path)
+            mask = None
+            if mask_path is not None:
+                mask = read_image(mask_path)
+                if mask.shape != img.shape:
+                    raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
+                                    f"{img.shape[0]}x{img.shape[1]}")
+        except DataError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            skipped += 1
+            continue
+        norm, _ = normalize_intensity(img)
+        images.append(fit_to_square(norm, size))
+        if mask is not None:
+            masks.append(fit_to_square((mask != 0).astype(np.float32), size, order=0) > 0.5)
+            labels.append(float((mask != 0).any()))
+        else:
+            masks.append(np.zeros((size, size), dtype=bool))
+            labels.append(0.0)
+        has_mask.append(mask is not None)
+        names.append(os.path.basename(img_path))
+        subjects.append(subject_of(img_path, subject_pattern))
+    if not images:
+        raise DataError(f"Dataset empty: none of the {len(pairs)} images in {root} could be read")
+    if skipped and not quiet:
+        print(f"warning: skipped {skipped} of {len(pairs)} files that could not be read (see warnings above)")
+    return SliceSet(torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(masks))[:, None],
+                    torch.tensor(labels), torch.tensor(has_mask), names, subjects)
+
+
+def resolve_data_path(cfg, quiet=False) -> str:
+    """The configured DATASET_PATH, or the embedded demo set (built on first use)."""
+    if cfg.DATASET_PATH:
+        return cfg.DATASET_PATH
+    if not os.path.isdir(os.path.join(cfg.DEMO_DATA_PATH, "HR")):
+        if not quiet:
+            print(f"no DATASET_PATH configured: building the demo set in {cfg.DEMO_DATA_PATH} "
+                  "(slices of nilearn's MNI152 T1 template, half with synthetic tumors)")
+        build_demo_data(cfg.DEMO_DATA_PATH)
+    elif not quiet:
+        print(f"no DATASET_PATH configured: using the demo set in {cfg.DEMO_DATA_PATH}")
+    return cfg.DEMO_DATA_PATH
+
+
+def load_split(cfg, quiet=False):
+    """(train, val) SliceSets of the configured data, split by subject with cfg.SEED."""
+    root = resolve_data_path(cfg, quiet)
+    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet)
+    train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SEED)
+    if not val_idx:
+        # One subject only: hold out its last slices rather than validate on training images.
+        n_val = max(1, round(len(data) * cfg.VAL_FRACTION)) if len(data) > 1 else 0
+        train_idx, val_idx = list(range(len(data) - n_val)), list(range(len(data) - n_val, len(data)))
+        if not quiet:
+            print("warning: one subject only; validating on its last slices, which neighbour training slices")
+    return data.subset(train_idx), data.subset(val_idx) if val_idx else data.subset(train_idx)
+
+
+# ---- augmentation ------------------------------------------------------------------------------------
+
+def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Small random affine (rotation +-10 deg, scale 0.9-1.1, shift +-5%), left-right flip, gamma 0.7-1.4.
+
+    imgs (B, C, H, W) in [0, 1]; all randomness from `generator`, so a seeded run is reproducible.
+    """
+    B = imgs.shape[0]
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(B, generator=generator)
+
+    angle = uniform(-10, 10) * torch.pi / 180
+    scale = uniform(0.9, 1.1)
+    flip = torch.where(torch.rand(B, generator=generator) < 0.5, -1.0, 1.0)
+    tx, ty = uniform(-0.05, 0.05), uniform(-0.05, 0.05)
+    gamma = torch.exp(uniform(np.log(0.7), np.log(1.4)))
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(imgs), list(imgs.shape), align_corners=False)
+    out = F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp(0, 1) ** gamma.to(imgs).view(B, 1, 1, 1)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator = None):
+    """Index batches over n items, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+# ---- the embedded demo data --------------------------------------------------------------------------
+
+TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def template_path() -> str:
+    """The MNI152 T1 template inside the installed nilearn wheel (read from disk, never downloaded)."""
+    import importlib.util
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise DataError("the demo data needs the nilearn package (pip install -r requirements.txt)")
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", TEMPLATE)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: the MNI152 template is missing from the installed nilearn")
+    return path
+
+
+def paint_tumor(img: np.ndarray, rng: np.random.Generator):
+    """Paints an irregular lesion (core + surrounding edema) inside the brain of a [0, 255] slice.
+
+    Returns (image, mask) with mask 2 = core, 1 = edema, 0 = background. Size, shape, position and contrast
+    vary with rng; the lesion never leaves the brain.
+    """
+    from scipy import ndimage
+    brain = ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 2) > 25)
+    inner = ndimage.binary_erosion(brain, iterations=12)
+    ys, xs = np.nonzero(inner if inner.any() else brain)
+    k = rng.integers(len(ys))
+    cy, cx = ys[k], xs[k]
+    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+    r = np.hypot(yy - cy, xx - cx)
+    theta = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + sum(rng.uniform(0, 0.18) * np.cos(j * theta + rng.uniform(0, 2 * np.pi)) for j in range(2, 6))
+    r0 = rng.uniform(5, 16)
+    core = r < r0 * wobble
+    edema = (r < r0 * rng.uniform(1.4, 2.1) * wobble) & ~core
+    core &= brain
+    edema &= brain
+    soft_core = ndimage.gaussian_filter(core.astype(float), 1.2)
+    soft_edema = ndimage.gaussian_filter((core | edema).astype(float), 2.0)
+    brain_mean = img[brain].mean()
+    core_level = brain_mean * rng.choice([rng.uniform(0.3, 0.6), rng.uniform(1.3, 1.7)])  # dark or bright
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, img.shape), 1.5) * 0.12 * core_level
+    out = img * (1 - soft_edema * rng.uniform(0.12, 0.3))  # edema: hypointense on T1
+    out = out * (1 - soft_core) + (core_level + texture) * soft_core
+    mask = np.zeros(img.shape, np.uint8)
+    mask[edema] = 1
+    mask[core] = 2
+    return np.clip(out, 0, 255), mask
+
+
+def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap: int = 5):
+    """Writes axial, coronal and sagittal slices of the MNI152 T1 template to dest/HR and dest/MASK.
+
+    Slices are taken every `step` mm and grouped into slabs of `slab` slices with `gap` skipped positions
+    between slabs; a slab is the "subject" of its slices (the file name's prefix), so a subject-grouped split
+    holds out whole slabs. Half of the slices get a synthetic tumor.
+    """
+    import nibabel as nib
+    import tifffile
+    vol = np.asarray(nib.load(template_path()).dataobj, dtype=np.float32)  # (x, y, z), 1 mm, [0, 255]
+    rng = np.random.default_rng(seed)
+    tmp = dest.rstrip("/") + ".partial"
+    os.makedirs(os.path.join(tmp, "HR"), exist_ok=True)
+    os.makedirs(os.path.join(tmp, "MASK"), exist_ok=True)
+    views = {"axial": 2, "coronal": 1, "sagittal": 0}
+    count = 0
+    for view, axis in views.items():
+        positions = [i for i in range(0, vol.shape[axis], step)
+                     if (np.take(vol, i, axis=axis) > 25).mean() > 0.15]
+        for n, pos in enumerate(positions):
+            slab_id, within = divmod(n, slab + gap)
+            if within >= slab:
+                continue
+            sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
+            mask = np.zeros(sl.shape, np.uint8)
+            if rng.random() < 0.5:
+                sl, mask = paint_tumor(sl, rng)
+            name = f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif"
+            tifffile.imwrite(os.path.join(tmp, "HR", name), np.round(sl).astype(np.uint8))
+            tifffile.imwrite(os.path.join(tmp, "MASK", name), mask)
+            count += 1
+    if os.path.isdir(dest):
+        import shutil
+        shutil.rmtree(dest)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    os.replace(tmp, dest)  # a half-built set is never mistaken for a finished one
+    return count
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build the demo data set (--build-demo DIR).")
+    parser.add_argument("--build-demo", metavar="DIR", help="write the demo set (HR/ and MASK/) into DIR")
+    args = parser.parse_args(argv)
+    if args.build_demo:
+        n = build_demo_data(args.build_demo)
+        print(f"wrote {n} slices to {args.build_demo}/HR and their masks to {args.build_demo}/MASK")
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    from config import run_cli
+    run_cli(main)

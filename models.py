@@ -1,0 +1,430 @@
+"""MIRAM: a ViT masked autoencoder that reconstructs hidden patches at two scales, and the tumor classifier
+built on its encoder. Reads top to bottom: helpers -> encoder -> MIRAM -> classifier -> checkpoints.
+"""
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+
+from config import MiramError, ModelConfig
+from losses import dual_scale_loss, masked_mse
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (1 + grid*grid, dim); row 0 (the CLS token) is zero."""
+    def embed_1d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.outer(pos.reshape(-1), omega)  # (M, d/2)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, d)
+
+    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+    emb = np.concatenate([embed_1d(dim // 2, ys), embed_1d(dim // 2, xs)], axis=1)  # (grid*grid, dim)
+    emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C), patches in row-major grid order, pixels row-major inside a patch."""
+    B, C, H, W = imgs.shape
+    h, w = H // p, W // p
+    x = imgs.reshape(B, C, h, p, w, p)
+    x = torch.einsum("bchpwq->bhwpqc", x)
+    return x.reshape(B, h * w, p * p * C)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
+    """(B, L, p*p*C) -> (B, C, H, W); the inverse of patchify for a square grid."""
+    B, L, _ = x.shape
+    h = w = int(round(L ** 0.5))
+    x = x.reshape(B, h, w, p, p, channels)
+    x = torch.einsum("bhwpqc->bchpwq", x)
+    return x.reshape(B, channels, h * p, w * p)
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.ones(2, 4), torch.ones(3, 4)
+        return torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def _onednn_linear(x, w, b):
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    """y = x W^T + b with every product on oneDNN's fp32 GEMM, which runs about 2x faster than torch's
+    default fp32 matmul on the AMD CPUs we measured (MEASURED.md). The backward is written out because the
+    op has no autograd formula of its own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_linear(grad_out, weight.t(), None)  # (..., in); oneDNN reads the transpose in place
+        if ctx.needs_input_grad[1]:
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            grad_w = _onednn_linear(g2.t(), x2.t(), None)  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class FastLinear(nn.Linear):
+    """nn.Linear that uses oneDNN's fp32 GEMM on CPU when it can; same parameters, same state dict.
+
+    Falls back to F.linear on GPU, under autocast (bf16 GEMMs are already on oneDNN), in other dtypes, while
+    exporting to ONNX, and where the private op is missing.
+    """
+
+    def forward(self, x):
+        if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling()):
+            return _OneDNNLinearFn.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_fast_linear(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches every nn.Linear of a model to FastLinear (or back); weights are untouched."""
+    for m in model.modules():
+        if enabled and type(m) is nn.Linear:
+            m.__class__ = FastLinear
+        elif not enabled and type(m) is FastLinear:
+            m.__class__ = nn.Linear
+    return model
+
+
+def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
+    """timm's fused SDPA kernel, or its plain q@k -> softmax -> @v path.
+
+    Under bf16 autocast on CPU the plain path trains ~1.4x faster (SDPA's CPU flash backward is slow in
+    bf16 at these sequence lengths); in fp32 and on GPU the fused kernel wins. See bench/train_throughput.py.
+    """
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = enabled
+    return model
+
+
+def tune_for(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
+    """The fastest measured kernels for training on `device`; the maths and the weights are unchanged."""
+    cpu = device.type == "cpu"
+    use_fast_linear(model, cpu)
+    return use_fused_attention(model, not (cpu and amp))
+
+
+def make_blocks(dim, depth, heads, mlp_ratio):
+    # timm passes device/dtype to norm_layer: a partial, not a lambda.
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
+
+
+def block_attention(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """The softmax attention a timm Block computes on x (B, N, D), as (B, heads, N, N).
+
+    Recomputed from the block's own weights, so the block itself keeps its fused kernel and training pays
+    nothing for heatmaps.
+    """
+    attn = block.attn
+    B, N, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, H, N, hd)
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+
+
+def mask_noise(batch: int, num_patches: int, seed: int, device="cpu") -> torch.Tensor:
+    """Masking noise from a seed: the same seed gives the same masks on every run and machine."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, num_patches, generator=g).to(device)
+
+
+# ---- encoder -----------------------------------------------------------------------------------------
+
+class Encoder(nn.Module):
+    """Patch embedding + CLS + fixed position embedding + transformer blocks, optionally on visible patches."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.img_size // cfg.patch_size
+        self.num_patches = self.grid ** 2
+        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.embed_dim, self.grid)[None], persistent=False)
+        self.blocks = make_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+
+    def random_masking(self, x, noise, mask_ratio):
+        """Keeps the int(L * (1 - mask_ratio)) patches with the smallest noise, per sample (as in MAE)."""
+        B, L, D = x.shape
+        len_keep = int(L * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: smallest noise kept
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
+        ids_keep = ids_shuffle[:, :len_keep]  # (B, K)
+        x_visible = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, K, D)
+        mask = torch.ones(B, L, device=x.device, dtype=x.dtype)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)  # (B, L), 1 = masked
+        return x_visible, mask, ids_restore
+
+    def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None):
+        """imgs (B, C, H, W) -> tokens (B, 1+K, D), mask (B, L) or None, ids_restore, attentions.
+
+        With mask_ratio=None (or 0) every patch is encoded; return_attention is None, "last" or "all".
+        """
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # (B, L, D)
+        x = x + self.pos_embed[:, 1:]
+        mask = ids_restore = None
+        if mask_ratio:
+            if noise is None:
+                noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
+            x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, K, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+        attentions = []
+        for i, blk in enumerate(self.blocks):
+            if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
+                attentions.append(block_attention(blk, x))  # (B, H, N, N)
+            x = blk(x)
+        return self.norm(x), mask, ids_restore, attentions
+
+
+# ---- MIRAM -------------------------------------------------------------------------------------------
+
+@dataclass
+class MIRAMOutput:
+    loss: torch.Tensor         # LAMBDA_FINE * loss_fine + LAMBDA_COARSE * loss_coarse
+    loss_fine: torch.Tensor    # MSE over masked patches, 224-scale
+    loss_coarse: torch.Tensor  # MSE over masked patches, 112-scale
+    pred_fine: torch.Tensor    # (B, L, p*p*C)
+    pred_coarse: torch.Tensor  # (B, L, (p/2)*(p/2)*C)
+    mask: torch.Tensor         # (B, L), 1 = masked
+
+
+class MIRAM(nn.Module):
+    def __init__(self, cfg: ModelConfig = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        grid = self.encoder.grid
+        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(cfg.decoder_embed_dim, grid)[None],
+                             persistent=False)
+        self.decoder_blocks = make_blocks(cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads,
+                                          cfg.mlp_ratio)
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_embed_dim, eps=1e-6)
+        coarse_p = cfg.patch_size // 2
+        self.head_fine = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * cfg.in_chans)
+        self.head_coarse = nn.Linear(cfg.decoder_embed_dim, coarse_p ** 2 * cfg.in_chans)
+        self.apply(_init_weights)
+        torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
+        torch.nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward_decoder(self, latent, ids_restore):
+        """latent (B, 1+K, D) -> fine (B, L, p*p*C), coarse (B, L, (p/2)^2*C)."""
+        x = self.decoder_embed(latent)  # (B, 1+K, Dd)
+        B, L = ids_restore.shape
+        mask_tokens = self.mask_token.expand(B, L + 1 - x.shape[1], -1)  # (B, L-K, Dd)
+        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, L, Dd), visible first
+        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # original order
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)[:, 1:]  # (B, L, Dd)
+        return self.head_fine(x), self.head_coarse(x)
+
+    def targets(self, imgs):
+        """Patches of the input itself (fine) and of its 2x2 average pooling (coarse)."""
+        p = self.cfg.patch_size
+        return patchify(imgs, p), patchify(F.avg_pool2d(imgs, 2), p // 2)
+
+    def forward(self, imgs, noise=None, mask_ratio=None):
+        mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
+        if not mask_ratio:
+            raise ValueError("MIRAM.forward needs a mask ratio > 0")
+        latent, mask, ids_restore, _ = self.encoder(imgs, noise, mask_ratio)
+        pred_fine, pred_coarse = self.forward_decoder(latent, ids_restore)
+        target_fine, target_coarse = self.targets(imgs)
+        loss_fine = masked_mse(pred_fine, target_fine, mask)
+        loss_coarse = masked_mse(pred_coarse, target_coarse, mask)
+        loss = dual_scale_loss(loss_fine, loss_coarse, self.cfg.lambda_fine, self.cfg.lambda_coarse)
+        return MIRAMOutput(loss, loss_fine, loss_coarse, pred_fine, pred_coarse, mask)
+
+    def reconstruct(self, imgs, noise=None, mask_ratio=None):
+        """Images at both scales: (fine (B,C,H,W), coarse (B,C,H/2,W/2), mask (B, L))."""
+        out = self.forward(imgs, noise, mask_ratio)
+        p, c = self.cfg.patch_size, self.cfg.in_chans
+        return unpatchify(out.pred_fine, p, c), unpatchify(out.pred_coarse, p // 2, c), out.mask
+
+
+def _init_weights(m):
+    if isinstance(m, nn.Linear):
+        torch.nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        # as a linear layer on the flattened patch (MAE)
+        torch.nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# ---- classifier --------------------------------------------------------------------------------------
+
+class TumorClassifier(nn.Module):
+    """The MIRAM encoder on all patches (no masking), CLS token -> MLP head -> one logit."""
+
+    def __init__(self, cfg: ModelConfig = None, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.head = nn.Sequential(nn.Linear(cfg.embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, 1))
+        self.apply(_init_weights)
+        torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
+
+    def forward(self, imgs):
+        """imgs (B, C, H, W) -> logits (B,)"""
+        tokens = self.encoder(imgs)[0]  # (B, 1+L, D)
+        return self.head(tokens[:, 0]).squeeze(-1)
+
+    def forward_with_attention(self, imgs, which="all"):
+        """-> logits (B,), attentions: list of (B, H, 1+L, 1+L), one per block ("all") or the last."""
+        tokens, _, _, attentions = self.encoder(imgs, return_attention=which)
+        return self.head(tokens[:, 0]).squeeze(-1), attentions
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+
+def atomic_torch_save(obj, path):
+    """Writes to a temporary file in the same folder, fsyncs, then renames: a crash leaves the old file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path, model, kind, optimizer=None, scheduler=None, epoch=None, metrics=None, extra=None):
+    """A self-describing checkpoint of plain tensors and primitives; kind is "mae" or "classifier"."""
+    state = {
+        "kind": kind,
+        "model": model.state_dict(),
+        "model_config": model.cfg.to_dict(),
+        "epoch": epoch,
+        "metrics": metrics or {},
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if extra:
+        state.update(extra)
+    atomic_torch_save(state, path)
+
+
+def config_mismatch(saved: dict, expected: ModelConfig):
+    """Human-readable differences between a checkpoint's model config and the one asked for."""
+    want = expected.to_dict()
+    keys = sorted(set(saved) | set(want))
+    return [f"{k.upper()}: checkpoint {saved.get(k)!r} vs requested {want.get(k)!r}"
+            for k in keys if saved.get(k) != want.get(k)]
+
+
+def load_checkpoint(path, kind=None, expected: ModelConfig = None, map_location="cpu"):
+    """Loads a checkpoint safely (weights_only=True). Refuses a missing file, a pickle that would run code,
+    a checkpoint of another kind, and (when `expected` is given) one from another configuration."""
+    if not os.path.isfile(path):
+        raise MiramError(f"Model not found: {path} (run train.py first)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise MiramError(f"{path}: refused to load, it is not a plain-tensor checkpoint and could run code "
+                         f"({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise MiramError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise MiramError(f"{path}: not a MIRAM checkpoint (no model weights or model_config)")
+    if kind is not None and state.get("kind") != kind:
+        raise MiramError(f"{path}: is a {state.get('kind')!r} checkpoint, expected {kind!r}")
+    if expected is not None:
+        diff = config_mismatch(state["model_config"], expected)
+        if diff:
+            raise MiramError(f"{path}: checkpoint from another configuration ({'; '.join(diff)})")
+    return state
+
+
+def model_config_from(state) -> ModelConfig:
+    try:
+        return ModelConfig(**state["model_config"])
+    except TypeError as e:
+        raise MiramError(f"checkpoint model_config is not understood: {e}") from None
+
+
+def build_from_checkpoint(path, kind="mae", map_location="cpu"):
+    """Rebuilds the model a checkpoint describes and loads its weights (strict: every key must match)."""
+    state = load_checkpoint(path, kind=kind, map_location=map_location)
+    cfg = model_config_from(state)
+    model = MIRAM(cfg) if kind == "mae" else TumorClassifier(cfg)
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+# ---- runtime -----------------------------------------------------------------------------------------
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MiramError(f"DEVICE={name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device):
+    """bf16 where the hardware has it (CPUs with AVX-512 bf16 / AMX, Ampere+ GPUs), else fp16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)

@@ -1,0 +1,49 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_tiny_dataset(root, n_subjects=4, per_subject=3, shape=(72, 80), seed=0):
+    """HR/MASK layout with ellipse "heads", a bright blob as tumor in every other slice."""
+    import tifffile
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "HR"), exist_ok=True)
+    os.makedirs(os.path.join(root, "MASK"), exist_ok=True)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    k = 0
+    for s in range(n_subjects):
+        for i in range(per_subject):
+            cy, cx = shape[0] / 2 + rng.normal(0, 2), shape[1] / 2 + rng.normal(0, 2)
+            head = (((yy - cy) / (shape[0] * 0.4)) ** 2 + ((xx - cx) / (shape[1] * 0.35)) ** 2) < 1
+            img = head * (120 + 40 * np.sin(xx / 5.0) * np.cos(yy / 7.0)) + rng.normal(0, 3, shape)
+            mask = np.zeros(shape, np.uint8)
+            if k % 2 == 0:
+                blob = (yy - cy - 5) ** 2 + (xx - cx + 4) ** 2 < 36
+                img[blob] = 230
+                mask[blob] = 255
+            name = f"subj{s}_{i:03d}.tif"
+            tifffile.imwrite(os.path.join(root, "HR", name), np.clip(img, 0, 255).astype(np.uint8))
+            tifffile.imwrite(os.path.join(root, "MASK", name), mask)
+            k += 1
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return write_tiny_dataset(str(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True)
+def clean_miram_env(monkeypatch):
+    """Tests see only the MIRAM_* settings they set themselves."""
+    for key in list(os.environ):
+        if key.startswith("MIRAM_"):
+            monkeypatch.delenv(key)
+
+
+def tiny_args(data, out, *extra):
+    return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]

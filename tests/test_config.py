@@ -1,0 +1,46 @@
+import pytest
+
+import config
+from config import ConfigError, load_config
+
+
+def test_spec_defaults():
+    c = load_config(environ={})
+    assert (c.IMG_SIZE, c.PATCH_SIZE, c.EMBED_DIM, c.DEPTH, c.NUM_HEADS, c.MLP_RATIO) == (224, 16, 384, 12, 6, 4.0)
+    assert (c.DECODER_EMBED_DIM, c.DECODER_DEPTH, c.DECODER_NUM_HEADS) == (256, 4, 8)
+    assert (c.MASK_RATIO, c.N_EPOCHS, c.BATCH_SIZE, c.LEARNING_RATE, c.WEIGHT_DECAY) == (0.75, 200, 16, 1.5e-4, 0.05)
+    assert (c.LAMBDA_FINE, c.LAMBDA_COARSE) == (1.0, 0.5)
+    assert c.model_config() == config.ModelConfig()
+
+
+def test_environment_and_flags_override_in_order():
+    parser = config.add_config_args(__import__("argparse").ArgumentParser())
+    env = {"MIRAM_N_EPOCHS": "2", "MIRAM_DEPTH": "2", "MIRAM_DATA_PATH": "/d", "MIRAM_OUTPUT_PATH": "/o"}
+    c = load_config(parser.parse_args([]), environ=env)
+    assert (c.N_EPOCHS, c.DEPTH, c.DATASET_PATH, c.OUTPUT_PATH) == (2, 2, "/d", "/o")
+    c = load_config(parser.parse_args(["--n-epochs", "5"]), environ=env)
+    assert c.N_EPOCHS == 5 and c.DEPTH == 2
+
+
+def test_preset_then_env():
+    c = load_config(environ={"MIRAM_PRESET": "demo", "MIRAM_N_EPOCHS": "3"})
+    assert c.EMBED_DIM == config.PRESETS["demo"]["EMBED_DIM"] and c.N_EPOCHS == 3
+
+
+@pytest.mark.parametrize("env, name", [
+    ({"MIRAM_N_EPOCHS": "two"}, "MIRAM_N_EPOCHS"),
+    ({"MIRAM_MASK_RATIO": "1.5"}, "MASK_RATIO"),
+    ({"MIRAM_EMBED_DIM": "100", "MIRAM_NUM_HEADS": "3"}, "EMBED_DIM"),
+    ({"MIRAM_IMG_SIZE": "100"}, "IMG_SIZE"),
+    ({"MIRAM_BATCH_SIZE": "0"}, "BATCH_SIZE"),
+    ({"MIRAM_NOT_A_SETTING": "1"}, "MIRAM_NOT_A_SETTING"),
+    ({"MIRAM_PRESET": "huge"}, "MIRAM_PRESET"),
+])
+def test_bad_values_are_refused_naming_the_setting(env, name):
+    with pytest.raises(ConfigError, match=name):
+        load_config(environ=env)
+
+
+def test_linear_lr_scaling():
+    c = load_config(environ={"MIRAM_BATCH_SIZE": "8", "MIRAM_ACCUM_STEPS": "4"})
+    assert c.effective_batch() == 32 and c.effective_lr() == pytest.approx(3e-4)

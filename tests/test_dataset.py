@@ -1,0 +1,114 @@
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import dataset
+from dataset import DataError
+
+
+def test_reads_rgb_16bit_float_and_normalises(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 1] = 200
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb)
+    g = dataset.read_image(str(tmp_path / "rgb.tif"))
+    assert g.shape == (20, 30) and g.dtype == np.float32 and np.allclose(g, 200 * 0.7154, atol=1e-3)
+    u16 = (np.arange(600).reshape(20, 30) * 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "u16.tif", u16)
+    n, (lo, hi) = dataset.normalize_intensity(dataset.read_image(str(tmp_path / "u16.tif")))
+    assert n.min() == 0 and n.max() == 1 and lo < hi
+    tifffile.imwrite(tmp_path / "f.tif", u16.astype(np.float32) / 7)
+    assert dataset.read_image(str(tmp_path / "f.tif")).max() == pytest.approx(59900 / 7, rel=1e-5)
+    assert dataset.normalize_intensity(np.full((9, 9), 5.0, np.float32))[0].max() == 0
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "empty file"), (b"this is not a tiff", "cannot read image"),
+])
+def test_bad_files_are_named(tmp_path, content, problem):
+    p = tmp_path / "bad scan ü.tif"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=problem) as e:
+        dataset.read_image(str(p))
+    assert "bad scan ü.tif" in str(e.value)
+
+
+def test_stack_and_nan_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 20, 20), np.uint8))
+    with pytest.raises(DataError, match="3-D stack"):
+        dataset.read_image(str(tmp_path / "stack.tif"))
+    a = np.ones((20, 20), np.float32)
+    a[3, 3] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", a)
+    with pytest.raises(DataError, match="NaN"):
+        dataset.read_image(str(tmp_path / "nan.tif"))
+
+
+def test_fit_to_square_keeps_aspect_ratio():
+    img = np.zeros((50, 100), np.float32)
+    img[:, 40:60] = 1  # a vertical bar 20 wide, full height
+    sq = dataset.fit_to_square(img, 100, order=0)
+    assert sq.shape == (100, 100)
+    rows = np.nonzero(sq.any(axis=1))[0]
+    assert rows.min() == 25 and rows.max() == 74  # padded top and bottom, not stretched
+    assert sq[50].sum() == 20
+
+
+def test_split_never_shares_a_subject(tiny_data):
+    data = dataset.load_slices(tiny_data, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert set(data.subjects) == {"subj0", "subj1", "subj2", "subj3"}
+    train, val = dataset.split_by_subject(data.subjects, 0.25, seed=0)
+    assert set(data.subjects[i] for i in train).isdisjoint(data.subjects[i] for i in val)
+    assert len(train) + len(val) == len(data) and len(val) == 3
+    assert data.labels.tolist() == [1.0, 0.0] * 6  # every other slice has a tumor
+    assert data.images.shape == (12, 1, 64, 64) and 0 <= data.images.min() and data.images.max() <= 1
+
+
+def test_unreadable_file_skipped_and_counted(tiny_data, capsys):
+    open(os.path.join(tiny_data, "HR", "zz_broken_001.tif"), "wb").write(b"garbage")
+    with pytest.warns(UserWarning, match="zz_broken_001.tif"):
+        data = dataset.load_slices(tiny_data, 64, r"^(.+?)(?:_\d+)?$")
+    assert len(data) == 12
+    assert "skipped 1 of 13" in capsys.readouterr().out
+
+
+def test_mask_size_mismatch_is_skipped(tiny_data):
+    tifffile.imwrite(os.path.join(tiny_data, "MASK", "subj0_000.tif"), np.zeros((10, 10), np.uint8))
+    with pytest.warns(UserWarning, match="mask is 10x10"):
+        data = dataset.load_slices(tiny_data, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert len(data) == 11
+
+
+def test_empty_or_missing_folder_says_dataset_empty(tmp_path):
+    with pytest.raises(DataError, match="Dataset empty.*nowhere"):
+        dataset.find_pairs(str(tmp_path / "nowhere"))
+    os.makedirs(tmp_path / "d" / "HR")
+    with pytest.raises(DataError, match="Dataset empty"):
+        dataset.find_pairs(str(tmp_path / "d"))
+
+
+def test_augment_is_seeded_and_in_range():
+    x = torch.rand(4, 1, 32, 32)
+    a = dataset.augment(x, torch.Generator().manual_seed(3))
+    b = dataset.augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, dataset.augment(x, torch.Generator().manual_seed(4)))
+
+
+def test_demo_builder_from_the_nilearn_template(tmp_path):
+    dest = str(tmp_path / "demo" / "Brain_MRI")
+    n = dataset.build_demo_data(dest, step=12, slab=2, gap=1)
+    hr = sorted(os.listdir(os.path.join(dest, "HR")))
+    assert n == len(hr) > 10 and hr == sorted(os.listdir(os.path.join(dest, "MASK")))
+    assert {h.split("_")[1] for h in hr} == {"axial", "coronal", "sagittal"}
+    masks = [tifffile.imread(os.path.join(dest, "MASK", h)) for h in hr]
+    with_tumor = sum(m.any() for m in masks)
+    assert 0.2 < with_tumor / n < 0.8
+    # the tumor is painted into the image: it differs from the template where the mask says so
+    img = tifffile.imread(os.path.join(dest, "HR", hr[0]))
+    assert img.dtype == np.uint8 and img.max() > 100
+    data = dataset.load_slices(dest, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert len(set(data.subjects)) >= 6  # slabs are subjects
+    assert not os.path.exists(dest + ".partial")

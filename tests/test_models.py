@@ -1,0 +1,170 @@
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from config import MiramError, ModelConfig
+from losses import masked_mse
+from models import MIRAM, patchify, unpatchify
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    return MIRAM(ModelConfig(**{**TINY, **kw})).eval()
+
+
+def test_shapes_and_exactly_49_visible():
+    m = tiny_model()  # 224x224, patch 16 -> 196 patches
+    x = torch.rand(2, 1, 224, 224)
+    out = m(x)
+    assert out.pred_fine.shape == (2, 196, 256) and out.pred_coarse.shape == (2, 196, 64)
+    assert out.mask.shape == (2, 196)
+    assert (out.mask == 0).sum(1).tolist() == [49, 49] == [round(196 * 0.25)] * 2
+    latent = m.encoder(x, mask_ratio=0.75)[0]
+    assert latent.shape == (2, 1 + 49, 32)
+    assert torch.isfinite(out.loss) and out.loss.ndim == 0
+
+
+def test_same_noise_same_mask_and_smallest_noise_kept():
+    m = tiny_model()
+    x = torch.rand(3, 1, 224, 224)
+    noise = torch.rand(3, 196)
+    a, b = m(x, noise), m(x, noise)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.pred_fine, b.pred_fine)
+    kept = noise.argsort(1)[:, :49]
+    assert torch.all(torch.gather(a.mask, 1, kept) == 0)
+    assert not torch.equal(m(x, torch.rand(3, 196)).mask, a.mask)
+
+
+@pytest.mark.parametrize("p", [16, 8])
+def test_patchify_roundtrip_row_major(p):
+    x = torch.rand(2, 1, 224 if p == 16 else 112, 224 if p == 16 else 112)
+    patches = patchify(x, p)
+    assert patches.shape == (2, 196, p * p)
+    assert torch.equal(unpatchify(patches, p, 1), x)
+    # patch 1 is the second patch of the first row; its pixels are row-major
+    assert torch.equal(patches[0, 1], x[0, 0, :p, p:2 * p].reshape(-1))
+
+
+def test_loss_is_masked_mse_of_input_and_avg_pooled_input():
+    m = tiny_model()
+    x = torch.rand(2, 1, 224, 224)
+    noise = torch.rand(2, 196)
+    out = m(x, noise)
+    mask = out.mask.bool()
+    tf = patchify(x, 16)
+    tc = patchify(F.avg_pool2d(x, 2), 8)
+    # independent: loop over masked patches only
+    fine = torch.stack([((out.pred_fine[b, i] - tf[b, i]) ** 2).mean() for b in range(2) for i in range(196)
+                        if mask[b, i]]).mean()
+    coarse = torch.stack([((out.pred_coarse[b, i] - tc[b, i]) ** 2).mean() for b in range(2) for i in range(196)
+                          if mask[b, i]]).mean()
+    assert out.loss_fine.item() == pytest.approx(fine.item(), rel=1e-5)
+    assert out.loss_coarse.item() == pytest.approx(coarse.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(fine.item() + 0.5 * coarse.item(), rel=1e-5)
+    # coarse target is the 2x2 average pool
+    fine_t, coarse_t = m.targets(x)
+    pooled = x.reshape(2, 1, 112, 2, 112, 2).mean(dim=(3, 5))
+    assert torch.allclose(unpatchify(coarse_t, 8, 1), pooled, atol=1e-6)
+
+
+def test_loss_ignores_visible_patches():
+    pred, target = torch.rand(2, 10, 4), torch.rand(2, 10, 4)
+    mask = torch.zeros(2, 10)
+    mask[:, :3] = 1
+    before = masked_mse(pred, target, mask)
+    pred2 = pred.clone()
+    pred2[:, 3:] += 100.0
+    assert masked_mse(pred2, target, mask).item() == before.item()
+    pred3 = pred.clone()
+    pred3[:, 0] += 1.0
+    assert masked_mse(pred3, target, mask).item() != before.item()
+
+
+def test_attention_readout_matches_the_block():
+    m = tiny_model()
+    x = torch.rand(2, 1, 224, 224)
+    tokens, _, _, atts = m.encoder(x, return_attention="all")
+    assert len(atts) == 2 and atts[-1].shape == (2, 2, 197, 197)
+    assert torch.allclose(atts[-1].sum(-1), torch.ones(2, 2, 197), atol=1e-5)
+    # attention @ v through the block's projection reproduces the block's own attention output
+    blk = m.encoder.blocks[0]
+    h = m.encoder.patch_embed(x).flatten(2).transpose(1, 2) + m.encoder.pos_embed[:, 1:]
+    h = torch.cat([(m.encoder.cls_token + m.encoder.pos_embed[:, :1]).expand(2, -1, -1), h], 1)
+    a = models.block_attention(blk, h)
+    B, N, D = h.shape
+    v = blk.attn.qkv(blk.norm1(h)).reshape(B, N, 3, 2, D // 2).permute(2, 0, 3, 1, 4)[2]
+    manual = blk.attn.proj((a @ v).transpose(1, 2).reshape(B, N, D))
+    assert torch.allclose(manual, blk.attn(blk.norm1(h)), atol=1e-5)
+    assert torch.allclose(atts[0], a, atol=1e-6)
+    # reading attention does not change the encoder's output
+    assert torch.equal(tokens, m.encoder(x)[0])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_linear_matches_plain_linear_forward_and_backward(fast, monkeypatch):
+    monkeypatch.setattr(models, "ONEDNN_LINEAR", fast and models.ONEDNN_LINEAR)
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(24, 40)
+    fl = models.FastLinear(24, 40)
+    fl.load_state_dict(ref.state_dict())
+    x1 = torch.randn(3, 7, 24, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    ref(x1).square().sum().backward()
+    fl(x2).square().sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-4)
+    assert torch.allclose(ref.weight.grad, fl.weight.grad, atol=1e-3)
+    assert torch.allclose(ref.bias.grad, fl.bias.grad, atol=1e-4)
+
+
+def test_tuned_model_trains_the_same():
+    x, noise = torch.rand(2, 1, 64, 64), torch.rand(2, 16)
+    a, b = tiny_model(img_size=64), tiny_model(img_size=64)
+    models.tune_for(b, torch.device("cpu"), amp=False)
+    la, lb = a.train()(x, noise).loss, b.train()(x, noise).loss
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), rel=1e-5)
+    ga = a.encoder.blocks[0].mlp.fc1.weight.grad
+    assert torch.allclose(ga, b.encoder.blocks[0].mlp.fc1.weight.grad, atol=1e-5)
+    assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_checkpoint_roundtrip_and_mismatch_refused(tmp_path):
+    m = tiny_model(img_size=64)
+    opt = torch.optim.AdamW(m.parameters())
+    m(torch.rand(1, 1, 64, 64)).loss.backward()
+    opt.step()
+    path = str(tmp_path / "c.pth")
+    models.save_checkpoint(path, m, "mae", optimizer=opt, epoch=3, metrics={"val": 0.5})
+    m2, state = models.build_from_checkpoint(path, "mae")
+    assert state["epoch"] == 3 and state["metrics"]["val"] == 0.5
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k])
+    other = ModelConfig(**{**TINY, "img_size": 64, "depth": 3})
+    with pytest.raises(MiramError, match="DEPTH: checkpoint 2 vs requested 3"):
+        models.load_checkpoint(path, "mae", expected=other)
+    with pytest.raises(MiramError, match="expected 'classifier'"):
+        models.load_checkpoint(path, "classifier")
+    with pytest.raises(MiramError, match="Model not found"):
+        models.load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _RunsCode(), "model_config": {}}, path)
+    with pytest.raises(MiramError, match="refused to load"):
+        models.load_checkpoint(str(path))
+    assert "pwned" not in capsys.readouterr().out
+    (tmp_path / "trunc.pth").write_bytes(path.read_bytes()[:50])
+    with pytest.raises(MiramError, match="trunc.pth"):
+        models.load_checkpoint(str(tmp_path / "trunc.pth"))

@@ -1,0 +1,233 @@
+"""Self-supervised pre-training of MIRAM: `python train.py [--preset demo] [--n-epochs N] ...`
+
+Writes into OUTPUT_PATH: checkpoint.pth (latest, resumable), best_miram_mae.pth (best validation loss),
+train_log.jsonl (one JSON line per epoch) and loss_curve.png. Restarting into the same OUTPUT_PATH resumes.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from config import MiramError, add_config_args, describe, load_config, run_cli
+from dataset import augment, batches, load_split
+from models import MIRAM, autocast, load_checkpoint, mask_noise, pick_device, save_checkpoint, tune_for
+
+CHECKPOINT = "checkpoint.pth"
+BEST = "best_miram_mae.pth"
+LOG = "train_log.jsonl"
+CURVE = "loss_curve.png"
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("MIRAM self-supervised pre-training", add_help=True)
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start from scratch even if OUTPUT_PATH holds a checkpoint (it is then replaced)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="E",
+                        help="stop after E epochs of this invocation (the schedule still spans N_EPOCHS); "
+                             "run again to continue")
+    return add_config_args(parser)
+
+
+def param_groups(model, weight_decay):
+    """No weight decay on biases, norms and tokens (MAE's convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith("token") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, lr, weight_decay):
+    # fused=True: one kernel for the whole update instead of a dozen per tensor; measured ~10% of a
+    # bf16 training step on CPU (bench/train_throughput.py). Same update rule.
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=True)
+
+
+def lr_at(step, total_steps, warmup_steps, base_lr, min_lr):
+    """Linear warm-up, then cosine decay to min_lr, per optimizer step."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_generator(seed, epoch):
+    # Every random draw of an epoch (order, augmentation, masks) comes from (seed, epoch): a resumed run
+    # replays exactly what an uninterrupted one would have done.
+    return torch.Generator().manual_seed(seed * 100003 + epoch)
+
+
+def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch, total_steps, base_lr):
+    from tqdm import tqdm
+    model.train()
+    gen = epoch_generator(cfg.SEED, epoch)
+    sums = {"loss": 0.0, "loss_fine": 0.0, "loss_coarse": 0.0}
+    seen = 0
+    warmup_steps = cfg.WARMUP_EPOCHS * steps_per_epoch
+    step = epoch * steps_per_epoch
+    micro = list(batches(len(data), cfg.BATCH_SIZE, gen))
+    bar = tqdm(micro, desc=f"epoch {epoch + 1}/{cfg.N_EPOCHS}", unit="batch", leave=False, file=sys.stdout,
+               disable=not sys.stdout.isatty())
+    optimizer.zero_grad(set_to_none=True)
+    for i, idx in enumerate(bar):
+        imgs = data.images[idx]
+        if cfg.AUGMENT:
+            imgs = augment(imgs, gen)
+        noise = torch.rand(imgs.shape[0], model.encoder.num_patches, generator=gen)
+        imgs, noise = imgs.to(device, non_blocking=True), noise.to(device, non_blocking=True)
+        with autocast(device, cfg.AMP):
+            out = model(imgs, noise)
+        loss = out.loss.float()
+        if not torch.isfinite(loss):
+            raise MiramError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: lower "
+                             f"LEARNING_RATE or turn AMP off; the last good checkpoint is kept")
+        (loss / cfg.ACCUM_STEPS).backward()
+        if (i + 1) % cfg.ACCUM_STEPS == 0 or i + 1 == len(micro):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup_steps, base_lr, cfg.MIN_LR)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        n = imgs.shape[0]
+        seen += n
+        for k in sums:
+            sums[k] += getattr(out, k).item() * n
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+    return {k: v / seen for k, v in sums.items()} | {"lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def validate(model, data, cfg, device):
+    """Loss on the validation split with fixed masks (EVAL_SEED), so epochs compare like with like."""
+    model.eval()
+    noise = mask_noise(len(data), model.encoder.num_patches, cfg.EVAL_SEED)
+    sums = {"loss": 0.0, "loss_fine": 0.0, "loss_coarse": 0.0}
+    for idx in batches(len(data), cfg.BATCH_SIZE):
+        imgs = data.images[idx].to(device)
+        with autocast(device, cfg.AMP):
+            out = model(imgs, noise[idx].to(device))
+        for k in sums:
+            sums[k] += getattr(out, k).float().item() * len(idx)
+    return {k: v / len(data) for k, v in sums.items()}
+
+
+def plot_losses(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation (fixed masks)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (fine + %s coarse)" % history[-1].get("lambda_coarse", ""))
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("MIRAM pre-training")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def read_history(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_history(history, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    cfg = load_config(args)
+    print(describe(cfg))
+    torch.manual_seed(cfg.SEED)
+    device = pick_device(cfg.DEVICE)
+    out_dir = cfg.OUTPUT_PATH
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise MiramError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise MiramError(f"{out_dir}: output directory is not writable")
+    ckpt_path, best_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, BEST)
+    log_path, curve_path = os.path.join(out_dir, LOG), os.path.join(out_dir, CURVE)
+
+    train_set, val_set = load_split(cfg)
+    print(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
+          f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects, device {device}")
+
+    model_cfg = cfg.model_config()
+    model = tune_for(MIRAM(model_cfg).to(device), device, cfg.AMP)
+    base_lr = cfg.effective_lr()
+    optimizer = make_optimizer(model, base_lr, cfg.WEIGHT_DECAY)
+    start_epoch, best_val, history = 0, float("inf"), []
+    if os.path.isfile(ckpt_path) and not args.no_resume:
+        state = load_checkpoint(ckpt_path, kind="mae", expected=model_cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+        best_val = state["metrics"].get("best_val_loss", float("inf"))
+        history = [h for h in read_history(log_path) if h["epoch"] <= start_epoch]
+        print(f"resuming from {ckpt_path} after epoch {start_epoch}")
+    elif args.no_resume and os.path.isfile(log_path):
+        os.remove(log_path)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f} M parameters; {model.encoder.num_patches} patches, "
+          f"{int(model.encoder.num_patches * (1 - model_cfg.mask_ratio))} visible")
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.BATCH_SIZE) / cfg.ACCUM_STEPS)
+    total_steps = cfg.N_EPOCHS * steps_per_epoch
+    if start_epoch >= cfg.N_EPOCHS:
+        print(f"already trained for {start_epoch} epochs (N_EPOCHS={cfg.N_EPOCHS}); nothing to do")
+    end_epoch = cfg.N_EPOCHS if args.stop_after is None else min(cfg.N_EPOCHS, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        try:
+            train_stats = train_one_epoch(model, train_set, optimizer, cfg, device, epoch, steps_per_epoch,
+                                          total_steps, base_lr)
+        except torch.cuda.OutOfMemoryError:
+            raise MiramError("CUDA out of memory: reduce BATCH_SIZE (e.g. --batch-size 8) and raise "
+                             "ACCUM_STEPS to keep the effective batch") from None
+        val_stats = validate(model, val_set, cfg, device)
+        seconds = time.time() - t0
+        is_best = val_stats["loss"] < best_val
+        best_val = min(best_val, val_stats["loss"])
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
+                  **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": round(seconds, 2),
+                  "images_per_s": round(len(train_set) / seconds, 2), "lambda_coarse": cfg.LAMBDA_COARSE}
+        history.append(record)
+        metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
+        extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}}
+        if is_best:
+            save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
+        # The resumable checkpoint is written last: it never points past a best/log that was not saved.
+        write_history(history, log_path)
+        save_checkpoint(ckpt_path, model, "mae", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
+                        extra=extra)
+        print(f"epoch {epoch + 1:>4}/{cfg.N_EPOCHS}  train {train_stats['loss']:.4f}  "
+              f"val {val_stats['loss']:.4f} (fine {val_stats['loss_fine']:.4f}, coarse "
+              f"{val_stats['loss_coarse']:.4f})  lr {train_stats['lr']:.2e}  {seconds:.1f}s"
+              f"{'  *best' if is_best else ''}", flush=True)
+    if history:
+        plot_losses(history, curve_path)
+    print(f"done: best validation loss {best_val:.4f}\n  {best_path}\n  {ckpt_path}\n  {log_path}\n  {curve_path}")
+    return {"best_val_loss": best_val, "history": history}
+
+
+if __name__ == "__main__":
+    run_cli(main)
