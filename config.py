@@ -134,6 +134,13 @@ class Config:
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
+    # tumor classification (fine-tuning the pre-trained encoder)
+    CLS_EPOCHS: int = 30
+    CLS_LR: float = 5e-4          # the head's rate for a batch of 16; encoder blocks get less (LAYER_DECAY)
+    LAYER_DECAY: float = 0.75     # block i of D gets CLS_LR * LAYER_DECAY ** (D - i)
+    CLS_WARMUP_EPOCHS: int = 3
+    CLS_WEIGHT_DECAY: float = 0.05
+    CLS_THRESHOLD: float = 0.5    # the loss is class-balanced, so 0.5 is the natural operating point
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -152,12 +159,17 @@ class Config:
 
     def validate(self):
         self.model_config()  # architecture checks
-        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS"):
+        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS"):
+        for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
+                     "CLS_WEIGHT_DECAY"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.LAYER_DECAY <= 1.0:
+            raise ConfigError(f"bad setting LAYER_DECAY: must be in (0, 1], got {self.LAYER_DECAY}")
+        if not 0.0 < self.CLS_THRESHOLD < 1.0:
+            raise ConfigError(f"bad setting CLS_THRESHOLD: must be in (0, 1), got {self.CLS_THRESHOLD}")
         if not 0.0 < self.VAL_FRACTION < 1.0:
             raise ConfigError(f"bad setting VAL_FRACTION: must be in (0, 1), got {self.VAL_FRACTION}")
         if self.DEVICE not in ("auto", "cpu", "cuda") and not self.DEVICE.startswith("cuda:"):
@@ -180,7 +192,8 @@ PRESETS = {
                  MIN_LR=1e-5, AMP=True),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
-                 DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0),
+                 DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,
+                 CLS_WARMUP_EPOCHS=0),
 }
 
 # Environment names that are not MIRAM_<FIELD>, kept because the spec documents them.
@@ -216,12 +229,15 @@ def flag_name(name):
     return "--" + name.lower().replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser):
-    """Adds --preset and one --<name> flag per setting; values are checked in load_config."""
+def add_config_args(parser: argparse.ArgumentParser, skip=()):
+    """Adds --preset and one --<name> flag per setting (except those in skip, whose flag the script
+    defines with its own meaning); values are checked in load_config."""
     group = parser.add_argument_group("settings (override config.py and MIRAM_* environment variables)")
     group.add_argument("--preset", default=None, choices=sorted(PRESETS),
                        help="a named set of defaults (env: MIRAM_PRESET)")
     for f in fields(Config):
+        if f.name in skip:
+            continue
         group.add_argument(flag_name(f.name), dest=f.name, default=None, metavar="V",
                            help=f"{f.name} (default {f.default!r})")
     return parser

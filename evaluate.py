@@ -31,12 +31,13 @@ def get_args_parser():
     p = argparse.ArgumentParser("MIRAM reconstruction evaluation")
     p.add_argument("--checkpoint", default=None, help="default: OUTPUT_PATH/best_miram_mae.pth")
     p.add_argument("--data", default=None, help="a folder of images to evaluate on (default: the validation split)")
-    p.add_argument("--mask-ratio", type=float, default=None, help="default: the checkpoint's own")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="mask ratio to evaluate (default: the checkpoint's own MASK_RATIO)")
     p.add_argument("--sweep", action="store_true", help=f"also evaluate mask ratios {SWEEP} and plot them")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated subset of " + ",".join(BASELINES))
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--n-samples", type=int, default=4, help="images shown in miram_eval_sample.png")
-    return add_config_args(p)
+    return add_config_args(p, skip=("MASK_RATIO",))
 
 
 # ---- classical fills ---------------------------------------------------------------------------------

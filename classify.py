@@ -1,0 +1,344 @@
+"""Tumor classification on the pre-trained MIRAM encoder, with attention heatmaps that are measured.
+
+    python classify.py                    # fine-tune best_miram_mae.pth (layer-wise lr decay)
+    python classify.py --linear-probe     # frozen encoder: what pre-training alone learned
+    python classify.py --from-scratch     # same network, no pre-training: the value of pre-training
+    python classify.py --predict scan.tif # probability + heatmap for one image, from the best classifier
+
+The label of an image: its mask has a non-zero pixel. The split is pre-training's (same subjects held out).
+Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json, tumor_viz_*.png
+(variants add a suffix: _linear_probe, _from_scratch), and classifier_checkpoint*.pth to resume from.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from config import MiramError, add_config_args, describe, load_config, run_cli
+from dataset import augment, batches, fit_to_square, load_split, normalize_intensity, read_image
+from models import (TumorClassifier, autocast, build_from_checkpoint, load_checkpoint, model_config_from,
+                    pick_device, save_checkpoint, tune_for)
+from train import epoch_generator, lr_at
+
+BEST = "best_tumor_classifier.pth"
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("MIRAM tumor classification")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--linear-probe", action="store_true", help="freeze the pre-trained encoder, train the head")
+    mode.add_argument("--from-scratch", action="store_true", help="train the same network without pre-training")
+    mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier")
+    p.add_argument("--checkpoint", default=None,
+                   help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth); with --predict, the classifier")
+    p.add_argument("--n-viz", type=int, default=3, help="heatmap figures per group (TP, FP, FN)")
+    p.add_argument("--no-resume", action="store_true")
+    return add_config_args(p)
+
+
+def variant_of(args):
+    return "linear_probe" if args.linear_probe else "from_scratch" if args.from_scratch else "finetune"
+
+
+def suffixed(name, variant):
+    if variant == "finetune":
+        return name
+    stem, ext = os.path.splitext(name)
+    return f"{stem}_{variant}{ext}"
+
+
+# ---- optimisation ------------------------------------------------------------------------------------
+
+def layer_decay_groups(model, base_lr, decay, weight_decay, train_encoder=True):
+    """Parameter groups with layer-wise lr decay: head at base_lr, block i of D at base_lr * decay**(D - i),
+    embeddings at base_lr * decay**(D + 1). No weight decay on biases, norms and tokens."""
+    depth = len(model.encoder.blocks)
+    groups = {}
+    for name, p in model.named_parameters():
+        if name.startswith("encoder."):
+            if not train_encoder:
+                p.requires_grad_(False)
+                continue
+            if name.startswith("encoder.blocks."):
+                layer = int(name.split(".")[2]) + 1
+            elif name.startswith("encoder.norm"):
+                layer = depth
+            else:  # patch_embed, cls_token
+                layer = 0
+            scale = decay ** (depth + 1 - layer)
+        else:
+            scale = 1.0
+        no_wd = p.ndim <= 1 or name.endswith("token")
+        key = (scale, no_wd)
+        g = groups.setdefault(key, {"params": [], "lr_scale": scale, "weight_decay": 0.0 if no_wd else weight_decay})
+        g["params"].append(p)
+    return list(groups.values())
+
+
+# ---- metrics -----------------------------------------------------------------------------------------
+
+def binary_metrics(probs, labels, threshold):
+    """AUROC, accuracy, sensitivity, specificity, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
+    from sklearn.metrics import roc_auc_score
+    probs, labels = np.asarray(probs, float), np.asarray(labels).astype(int)
+    pred = (probs >= threshold).astype(int)
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    tn = int(((pred == 0) & (labels == 0)).sum())
+    fp = int(((pred == 1) & (labels == 0)).sum())
+    fn = int(((pred == 0) & (labels == 1)).sum())
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+    auroc = float(roc_auc_score(labels, probs)) if len(set(labels.tolist())) == 2 else float("nan")
+    return {"auroc": auroc, "accuracy": ratio(tp + tn, len(labels)), "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn), "threshold": threshold,
+            "confusion_matrix": [[tn, fp], [fn, tp]], "n": len(labels), "n_positive": int(labels.sum())}
+
+
+def attention_rollout(attentions):
+    """Abnar & Zuidema (2020): average heads, add the residual (0.5 A + 0.5 I), renormalise rows, and
+    multiply through the blocks. attentions: list of (B, H, N, N) -> (B, N, N)."""
+    result = None
+    for a in attentions:
+        a = a.float().mean(dim=1)  # (B, N, N)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device)
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
+
+
+def cls_heatmaps(attentions, grid, size):
+    """CLS-to-patch attention of the last block (heads averaged) and of the rollout, each (B, size, size),
+    upsampled bilinearly and normalised to sum to 1."""
+    last = attentions[-1].float().mean(dim=1)[:, 0, 1:]  # (B, L)
+    roll = attention_rollout(attentions)[:, 0, 1:]  # (B, L)
+    out = {}
+    for name, h in (("last_block", last), ("rollout", roll)):
+        h = F.interpolate(h.reshape(-1, 1, grid, grid), size=(size, size), mode="bilinear", align_corners=False)
+        h = h[:, 0].clamp_min(0)
+        out[name] = h / h.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return out
+
+
+def localization(heat, tumor):
+    """Share of heatmap mass inside the tumor and pointing-game hits, per image. heat, tumor (B, H, W)."""
+    tumor = tumor.float()
+    mass = (heat * tumor).sum(dim=(1, 2))
+    flat = heat.flatten(1).argmax(1)
+    hit = tumor.flatten(1).gather(1, flat[:, None])[:, 0]
+    return mass, hit
+
+
+# ---- training ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_all(model, images, device, amp, batch=32, with_attention=False):
+    model.eval()
+    probs, heats = [], {"last_block": [], "rollout": []}
+    for idx in batches(len(images), batch):
+        x = images[idx].to(device)
+        with autocast(device, amp):
+            if with_attention:
+                logits, atts = model.forward_with_attention(x, "all")
+                for k, v in cls_heatmaps(atts, model.encoder.grid, x.shape[-1]).items():
+                    heats[k].append(v.cpu())
+            else:
+                logits = model(x)
+        probs.append(torch.sigmoid(logits.float()).cpu())
+    probs = torch.cat(probs)
+    return (probs, {k: torch.cat(v) for k, v in heats.items()}) if with_attention else probs
+
+
+def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True):
+    ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
+    best_path = os.path.join(out_dir, suffixed(BEST, variant))
+    groups = layer_decay_groups(model, cfg.CLS_LR, cfg.LAYER_DECAY, cfg.CLS_WEIGHT_DECAY,
+                                train_encoder=(variant != "linear_probe"))
+    base_lr = cfg.CLS_LR * cfg.BATCH_SIZE / 16
+    optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
+    n_pos = float(train_set.labels.sum())
+    n_neg = len(train_set) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
+                         "classification needs both (check the MASK/ folder)")
+    pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
+    start, best_auc, history = 0, -1.0, []
+    if resume and os.path.isfile(ckpt_path):
+        state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg)
+        if state.get("variant") != variant:
+            raise MiramError(f"{ckpt_path}: belongs to variant {state.get('variant')!r}, not {variant!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best_auc, history = state["epoch"], state["metrics"]["best_auroc"], json.loads(state["history"])
+        print(f"resuming {variant} from {ckpt_path} after epoch {start}")
+    steps_per_epoch = math.ceil(len(train_set) / cfg.BATCH_SIZE)
+    total, warm = cfg.CLS_EPOCHS * steps_per_epoch, cfg.CLS_WARMUP_EPOCHS * steps_per_epoch
+    for epoch in range(start, cfg.CLS_EPOCHS):
+        t0 = time.time()
+        model.train()
+        if variant == "linear_probe":
+            model.encoder.eval()  # frozen: no dropout/stat changes in the encoder
+        gen = epoch_generator(cfg.SEED + 1, epoch)
+        step, loss_sum = epoch * steps_per_epoch, 0.0
+        for idx in batches(len(train_set), cfg.BATCH_SIZE, gen):
+            x = augment(train_set.images[idx], gen).to(device)
+            y = train_set.labels[idx].to(device)
+            lr = lr_at(step, total, warm, base_lr, 0.0)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            with autocast(device, cfg.AMP):
+                logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+            if not torch.isfinite(loss):
+                raise MiramError(f"non-finite loss at classification epoch {epoch + 1}: lower CLS_LR")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(idx)
+        probs = predict_all(model, val_set.images, device, cfg.AMP)
+        m = binary_metrics(probs.numpy(), val_set.labels.numpy(), cfg.CLS_THRESHOLD)
+        is_best = not (m["auroc"] <= best_auc)  # nan AUROC (one class in validation) still saves
+        best_auc = m["auroc"] if is_best else best_auc
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / len(train_set), "val_auroc": m["auroc"],
+                        "val_accuracy": m["accuracy"], "seconds": round(time.time() - t0, 2)})
+        extra = {"variant": variant, "history": json.dumps(history)}
+        if is_best:
+            save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)
+        save_checkpoint(ckpt_path, model, "classifier", optimizer=optimizer, epoch=epoch + 1,
+                        metrics={"best_auroc": best_auc}, extra=extra)
+        print(f"[{variant}] epoch {epoch + 1:>3}/{cfg.CLS_EPOCHS}  loss {history[-1]['train_loss']:.4f}  "
+              f"val AUROC {m['auroc']:.3f}  acc {m['accuracy']:.3f}  {history[-1]['seconds']:.1f}s"
+              f"{'  *best' if is_best else ''}", flush=True)
+    return best_path, history
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+
+def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6))
+    panels = [("image", None), ("last block CLS attention", heats["last_block"]),
+              ("attention rollout", heats["rollout"])]
+    for ax, (name, h) in zip(axes, panels):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+        if h is not None:
+            ax.imshow(h / max(float(h.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if tumor is not None and tumor.any():
+            ax.contour(tumor.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{title}  p(tumor) = {prob:.3f}" + ("  (green: true tumor outline)" if tumor is not None
+                                                      and tumor.any() else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(model, val_set, cfg, device, variant, out_dir, n_viz):
+    probs, heats = predict_all(model, val_set.images, device, cfg.AMP, with_attention=True)
+    m = binary_metrics(probs.numpy(), val_set.labels.numpy(), cfg.CLS_THRESHOLD)
+    tumor = val_set.masks[:, 0] & (val_set.labels[:, None, None] > 0)
+    pos = val_set.labels > 0
+    loc = {}
+    for name, h in heats.items():
+        mass, hit = localization(h[pos], tumor[pos])
+        share = tumor[pos].float().mean(dim=(1, 2))
+        loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
+                     "tumor_share_of_image": float(share.mean()),
+                     "mass_inside_over_share": float((mass / share.clamp_min(1e-12)).mean())} if pos.any() else {}
+    m["localization"] = loc
+    m["variant"] = variant
+    m["n_val_subjects"] = len(set(val_set.subjects))
+    pred = probs >= cfg.CLS_THRESHOLD
+    groups = {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}
+    written = []
+    for gname, sel in groups.items():
+        for k, i in enumerate(torch.nonzero(sel)[:n_viz, 0].tolist()):
+            path = os.path.join(out_dir, f"tumor_viz_{gname}_{k}{'' if variant == 'finetune' else '_' + variant}.png")
+            save_heatmap_figure(path, val_set.images[i, 0].numpy(), {n: h[i].numpy() for n, h in heats.items()},
+                                float(probs[i]), tumor[i].numpy(), f"{gname.upper()} {val_set.names[i]}")
+            written.append(path)
+    return m, written
+
+
+# ---- entry points ------------------------------------------------------------------------------------
+
+def predict_one(args, cfg, device):
+    path = args.checkpoint or os.path.join(cfg.OUTPUT_PATH, BEST)
+    model, _ = build_from_checkpoint(path, "classifier", map_location=device)
+    model = model.to(device).eval()
+    raw = read_image(args.predict)
+    x = torch.from_numpy(fit_to_square(normalize_intensity(raw)[0], model.cfg.img_size))[None, None]
+    probs, heats = predict_all(model, x, device, False, with_attention=True)
+    prob = float(probs[0])
+    stem = os.path.splitext(os.path.basename(args.predict))[0]
+    os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
+    out = os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{stem}.png")
+    save_heatmap_figure(out, x[0, 0].numpy(), {k: v[0].numpy() for k, v in heats.items()}, prob, None,
+                        os.path.basename(args.predict))
+    verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
+    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD})\nheatmap: {out}")
+    return {"probability": prob, "heatmap": out}
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    cfg = load_config(args)
+    print(describe(cfg))
+    torch.manual_seed(cfg.SEED)
+    device = pick_device(cfg.DEVICE)
+    if args.predict:
+        return predict_one(args, cfg, device)
+    variant = variant_of(args)
+    out_dir = cfg.OUTPUT_PATH
+    os.makedirs(out_dir, exist_ok=True)
+    if variant == "from_scratch":
+        model_cfg = cfg.model_config()
+        model = TumorClassifier(model_cfg)
+        source = "random initialisation"
+    else:
+        mae_path = args.checkpoint or os.path.join(out_dir, "best_miram_mae.pth")
+        state = load_checkpoint(mae_path, kind="mae")
+        model_cfg = model_config_from(state)
+        model = TumorClassifier(model_cfg)
+        encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+        model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
+        source = f"{mae_path} (epoch {state.get('epoch')})"
+    cfg.IMG_SIZE = model_cfg.img_size
+    model = tune_for(model.to(device), device, cfg.AMP)
+    train_set, val_set = load_split(cfg)
+    print(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
+          f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
+    best_path, history = train_classifier(model, train_set, val_set, cfg, device, variant, out_dir,
+                                          resume=not args.no_resume)
+    best, _ = build_from_checkpoint(best_path, "classifier", map_location=device)
+    metrics, figures = report(best.to(device), val_set, cfg, device, variant, out_dir, args.n_viz)
+    metrics["history"] = history
+    metrics["checkpoint"] = os.path.abspath(best_path)
+    json_path = os.path.join(out_dir, suffixed("classification_metrics.json", variant))
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(metrics, f, indent=1)
+    os.replace(json_path + ".tmp", json_path)
+    cm = metrics["confusion_matrix"]
+    print(f"[{variant}] validation: AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}  "
+          f"sensitivity {metrics['sensitivity']:.3f}  specificity {metrics['specificity']:.3f}  F1 {metrics['f1']:.3f}"
+          f"  (threshold {metrics['threshold']})\n  confusion [[TN FP] [FN TP]] = {cm}")
+    for name, loc in metrics["localization"].items():
+        if loc:
+            print(f"  heatmap {name}: {loc['mass_inside']:.3f} of the mass inside the tumor "
+                  f"({loc['mass_inside_over_share']:.1f}x its share of the image), pointing game {loc['pointing_game']:.2f}")
+    print("wrote\n  " + "\n  ".join([best_path, json_path, *figures]))
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

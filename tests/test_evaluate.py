@@ -1,0 +1,77 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import train
+from config import MiramError, run_cli
+from conftest import tiny_args
+from models import mask_noise
+
+
+def test_masked_region_is_exactly_the_masked_patches():
+    mask = torch.zeros(1, 16)
+    mask[0, [0, 5, 15]] = 1
+    hole = evaluate.pixel_mask(mask, 16, 64)[0, 0]
+    assert hole.sum() == 3 * 256
+    assert hole[:16, :16].all() and hole[16:32, 16:32].all() and hole[48:, 48:].all()
+    assert not hole[:16, 16:].any()
+
+
+def test_same_seed_same_masks():
+    assert torch.equal(mask_noise(4, 196, 7), mask_noise(4, 196, 7))
+    assert not torch.equal(mask_noise(4, 196, 7), mask_noise(4, 196, 8))
+
+
+def test_perfect_prediction_scores_are_clean():
+    x = torch.rand(2, 1, 32, 32)
+    hole = torch.zeros_like(x)
+    hole[..., :16, :] = 1
+    s = evaluate.scores(x.clone(), x, hole)
+    assert all(math.isinf(v) for v in s["masked"]["psnr"].tolist())
+    assert torch.allclose(s["composite"]["ssim"], torch.ones(2))
+    summary = evaluate.summarize(evaluate.flatten({"m": {"fine": [s]}}))
+    assert summary["m"]["fine"]["masked"]["psnr"] == float("inf")
+
+
+@pytest.mark.parametrize("method", evaluate.BASELINES)
+def test_classical_fills_keep_known_pixels_and_fill_the_hole(method):
+    yy, xx = np.mgrid[:32, :32].astype(np.float64)
+    img = (xx + yy) / 62.0  # a ramp: linear and biharmonic fills are (near) exact inside
+    hole = np.zeros_like(img, bool)
+    hole[8:20, 10:22] = True
+    out = evaluate.classical_fill(img, hole, method)
+    assert np.array_equal(out[~hole], img[~hole])
+    err = np.abs(out - img)[hole].max()
+    assert err < (0.2 if method == "nearest" else 1e-6 if method == "linear" else 1e-3)
+
+
+def test_evaluate_end_to_end(tiny_data, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out))
+    res = evaluate.main(tiny_args(tiny_data, out, "--data", tiny_data, "--n-samples", "2", "--sweep"))
+    assert os.path.getsize(os.path.join(out, "miram_eval_sample.png")) > 0
+    assert os.path.getsize(os.path.join(out, "eval_sweep.png")) > 0
+    saved = json.load(open(os.path.join(out, "eval_metrics.json")))
+    assert saved["n_images"] == 12 and saved["mask_ratio"] == 0.75 and saved["seed"] == 1234
+    for scale in ("fine", "coarse"):
+        for region in ("masked", "composite"):
+            assert set(saved["miram"][scale][region]) == {"psnr", "ssim"}
+    assert set(saved["baselines"]) == {"nearest", "linear", "biharmonic"}
+    assert len(saved["per_image"]["miram"]["fine"]["masked"]["psnr"]) == 12
+    assert set(saved["sweep"]) == {"0.25", "0.5", "0.75", "0.9"}
+    # composite PSNR counts visible pixels as exact, so it can only be higher than masked PSNR
+    assert saved["miram"]["fine"]["composite"]["psnr"] > saved["miram"]["fine"]["masked"]["psnr"]
+    again = evaluate.main(tiny_args(tiny_data, out, "--data", tiny_data, "--baselines", "nearest"))
+    assert again["miram"] == res["miram"]  # same seed, same masks, same numbers
+    assert "MIRAM vs best baseline" in capsys.readouterr().out
+
+
+def test_missing_checkpoint_message(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, tiny_args(tiny_data, str(tmp_path / "empty")))
+    assert "Model not found" in capsys.readouterr().err
