@@ -17,16 +17,15 @@ import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from config import MiramError, add_config_args, describe, load_config, run_cli
-from dataset import augment, batches, fit_to_square, load_split, normalize_intensity, read_image
-from models import (TumorClassifier, autocast, build_from_checkpoint, load_checkpoint, model_config_from,
-                    pick_device, save_checkpoint, tune_for)
-from train import epoch_generator, lr_at
+from dataset import fit_to_square, normalize_intensity, read_image
+
+# torch (and models/train, which need it) are imported where used: `--predict --backend onnx` runs on
+# onnxruntime and numpy alone.
 
 BEST = "best_tumor_classifier.pth"
+ONNX = "miram_model_optimized.onnx"
 
 
 def get_args_parser():
@@ -37,6 +36,8 @@ def get_args_parser():
     mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier")
     p.add_argument("--checkpoint", default=None,
                    help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth); with --predict, the classifier")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="with --predict: onnx runs OUTPUT_PATH/" + ONNX + " with onnxruntime only")
     p.add_argument("--n-viz", type=int, default=3, help="heatmap figures per group (TP, FP, FN)")
     p.add_argument("--no-resume", action="store_true")
     return add_config_args(p)
@@ -104,6 +105,7 @@ def binary_metrics(probs, labels, threshold):
 def attention_rollout(attentions):
     """Abnar & Zuidema (2020): average heads, add the residual (0.5 A + 0.5 I), renormalise rows, and
     multiply through the blocks. attentions: list of (B, H, N, N) -> (B, N, N)."""
+    import torch
     result = None
     for a in attentions:
         a = a.float().mean(dim=1)  # (B, N, N)
@@ -113,49 +115,64 @@ def attention_rollout(attentions):
     return result
 
 
-def cls_heatmaps(attentions, grid, size):
-    """CLS-to-patch attention of the last block (heads averaged) and of the rollout, each (B, size, size),
-    upsampled bilinearly and normalised to sum to 1."""
+def cls_maps(attentions, grid):
+    """CLS-to-patch attention on the patch grid, (B, grid, grid) each: the last block's (heads averaged)
+    and the rollout's. The exported ONNX classifier computes the same two maps in its graph."""
     last = attentions[-1].float().mean(dim=1)[:, 0, 1:]  # (B, L)
     roll = attention_rollout(attentions)[:, 0, 1:]  # (B, L)
-    out = {}
-    for name, h in (("last_block", last), ("rollout", roll)):
-        h = F.interpolate(h.reshape(-1, 1, grid, grid), size=(size, size), mode="bilinear", align_corners=False)
-        h = h[:, 0].clamp_min(0)
-        out[name] = h / h.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    return out
+    return {"last_block": last.reshape(-1, grid, grid), "rollout": roll.reshape(-1, grid, grid)}
+
+
+def upsample_heatmaps(maps, size):
+    """(B, g, g) numpy maps -> (B, size, size), bilinear, non-negative, each summing to 1."""
+    from skimage.transform import resize
+    out = np.stack([resize(np.asarray(m, np.float64), (size, size), order=1, mode="edge", anti_aliasing=False)
+                    for m in maps]).clip(min=0)
+    return out / np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
 
 
 def localization(heat, tumor):
     """Share of heatmap mass inside the tumor and pointing-game hits, per image. heat, tumor (B, H, W)."""
-    tumor = tumor.float()
-    mass = (heat * tumor).sum(dim=(1, 2))
-    flat = heat.flatten(1).argmax(1)
-    hit = tumor.flatten(1).gather(1, flat[:, None])[:, 0]
+    tumor = np.asarray(tumor, bool)
+    mass = (heat * tumor).sum(axis=(1, 2))
+    peak = heat.reshape(len(heat), -1).argmax(1)
+    hit = tumor.reshape(len(tumor), -1)[np.arange(len(tumor)), peak].astype(float)
     return mass, hit
 
 
 # ---- training ----------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def predict_all(model, images, device, amp, batch=32, with_attention=False):
+    """-> probabilities (N,) numpy, and with_attention: {"last_block"|"rollout": (N, S, S) heatmaps}."""
+    import torch
+    from dataset import batches
+    from models import autocast
     model.eval()
-    probs, heats = [], {"last_block": [], "rollout": []}
-    for idx in batches(len(images), batch):
-        x = images[idx].to(device)
-        with autocast(device, amp):
-            if with_attention:
-                logits, atts = model.forward_with_attention(x, "all")
-                for k, v in cls_heatmaps(atts, model.encoder.grid, x.shape[-1]).items():
-                    heats[k].append(v.cpu())
-            else:
-                logits = model(x)
-        probs.append(torch.sigmoid(logits.float()).cpu())
-    probs = torch.cat(probs)
-    return (probs, {k: torch.cat(v) for k, v in heats.items()}) if with_attention else probs
+    probs, maps = [], {"last_block": [], "rollout": []}
+    with torch.no_grad():
+        for idx in batches(len(images), batch):
+            x = images[idx].to(device)
+            with autocast(device, amp):
+                if with_attention:
+                    logits, atts = model.forward_with_attention(x, "all")
+                    for k, v in cls_maps(atts, model.encoder.grid).items():
+                        maps[k].append(v.float().cpu().numpy())
+                else:
+                    logits = model(x)
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+    probs = np.concatenate(probs)
+    if not with_attention:
+        return probs
+    size = images.shape[-1]
+    return probs, {k: upsample_heatmaps(np.concatenate(v), size) for k, v in maps.items()}
 
 
 def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True):
+    import torch
+    import torch.nn.functional as F
+    from dataset import augment, batches
+    from models import autocast, load_checkpoint, save_checkpoint
+    from train import epoch_generator, lr_at
     ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
     best_path = os.path.join(out_dir, suffixed(BEST, variant))
     groups = layer_decay_groups(model, cfg.CLS_LR, cfg.LAYER_DECAY, cfg.CLS_WEIGHT_DECAY,
@@ -203,7 +220,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
             step += 1
             loss_sum += loss.item() * len(idx)
         probs = predict_all(model, val_set.images, device, cfg.AMP)
-        m = binary_metrics(probs.numpy(), val_set.labels.numpy(), cfg.CLS_THRESHOLD)
+        m = binary_metrics(probs, val_set.labels.numpy(), cfg.CLS_THRESHOLD)
         is_best = not (m["auroc"] <= best_auc)  # nan AUROC (one class in validation) still saves
         best_auc = m["auroc"] if is_best else best_auc
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / len(train_set), "val_auroc": m["auroc"],
@@ -245,16 +262,20 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
 
 def report(model, val_set, cfg, device, variant, out_dir, n_viz):
     probs, heats = predict_all(model, val_set.images, device, cfg.AMP, with_attention=True)
-    m = binary_metrics(probs.numpy(), val_set.labels.numpy(), cfg.CLS_THRESHOLD)
-    tumor = val_set.masks[:, 0] & (val_set.labels[:, None, None] > 0)
-    pos = val_set.labels > 0
+    labels = val_set.labels.numpy()
+    m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
+    pos = labels > 0
+    tumor = val_set.masks[:, 0].numpy() & pos[:, None, None]
     loc = {}
     for name, h in heats.items():
+        if not pos.any():
+            loc[name] = {}
+            continue
         mass, hit = localization(h[pos], tumor[pos])
-        share = tumor[pos].float().mean(dim=(1, 2))
+        share = tumor[pos].mean(axis=(1, 2))
         loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
                      "tumor_share_of_image": float(share.mean()),
-                     "mass_inside_over_share": float((mass / share.clamp_min(1e-12)).mean())} if pos.any() else {}
+                     "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean())}
     m["localization"] = loc
     m["variant"] = variant
     m["n_val_subjects"] = len(set(val_set.subjects))
@@ -262,42 +283,57 @@ def report(model, val_set, cfg, device, variant, out_dir, n_viz):
     groups = {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}
     written = []
     for gname, sel in groups.items():
-        for k, i in enumerate(torch.nonzero(sel)[:n_viz, 0].tolist()):
+        for k, i in enumerate(np.nonzero(sel)[0][:n_viz].tolist()):
             path = os.path.join(out_dir, f"tumor_viz_{gname}_{k}{'' if variant == 'finetune' else '_' + variant}.png")
-            save_heatmap_figure(path, val_set.images[i, 0].numpy(), {n: h[i].numpy() for n, h in heats.items()},
-                                float(probs[i]), tumor[i].numpy(), f"{gname.upper()} {val_set.names[i]}")
+            save_heatmap_figure(path, val_set.images[i, 0].numpy(), {n: h[i] for n, h in heats.items()},
+                                float(probs[i]), tumor[i], f"{gname.upper()} {val_set.names[i]}")
             written.append(path)
     return m, written
 
 
 # ---- entry points ------------------------------------------------------------------------------------
 
-def predict_one(args, cfg, device):
-    path = args.checkpoint or os.path.join(cfg.OUTPUT_PATH, BEST)
-    model, _ = build_from_checkpoint(path, "classifier", map_location=device)
-    model = model.to(device).eval()
+def predict_one(args, cfg):
+    """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export."""
     raw = read_image(args.predict)
-    x = torch.from_numpy(fit_to_square(normalize_intensity(raw)[0], model.cfg.img_size))[None, None]
-    probs, heats = predict_all(model, x, device, False, with_attention=True)
-    prob = float(probs[0])
+    if args.backend == "onnx":
+        from export_deploy import OnnxClassifier
+        runner = OnnxClassifier(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, ONNX))
+        size = runner.model_config["img_size"]
+        x = fit_to_square(normalize_intensity(raw)[0], size)[None, None]
+        prob, maps = runner(x)
+        heats = {k: upsample_heatmaps(v, size) for k, v in maps.items()}
+    else:
+        import torch
+        from models import build_from_checkpoint, pick_device
+        device = pick_device(cfg.DEVICE)
+        model, _ = build_from_checkpoint(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, BEST), "classifier",
+                                         map_location=device)
+        x = fit_to_square(normalize_intensity(raw)[0], model.cfg.img_size)[None, None]
+        prob, heats = predict_all(model.to(device), torch.from_numpy(x), device, False, with_attention=True)
+    prob = float(prob[0])
     stem = os.path.splitext(os.path.basename(args.predict))[0]
     os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
     out = os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{stem}.png")
-    save_heatmap_figure(out, x[0, 0].numpy(), {k: v[0].numpy() for k, v in heats.items()}, prob, None,
-                        os.path.basename(args.predict))
+    save_heatmap_figure(out, x[0, 0], {k: v[0] for k, v in heats.items()}, prob, None, os.path.basename(args.predict))
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
-    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD})\nheatmap: {out}")
-    return {"probability": prob, "heatmap": out}
+    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD}, {args.backend})"
+          f"\nheatmap: {out}")
+    return {"probability": prob, "heatmap": out, "heatmaps": heats}
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
+    if args.predict:
+        return predict_one(args, cfg)
     print(describe(cfg))
+    import torch
+    from dataset import load_split
+    from models import (TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, pick_device,
+                        tune_for)
     torch.manual_seed(cfg.SEED)
     device = pick_device(cfg.DEVICE)
-    if args.predict:
-        return predict_one(args, cfg, device)
     variant = variant_of(args)
     out_dir = cfg.OUTPUT_PATH
     os.makedirs(out_dir, exist_ok=True)

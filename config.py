@@ -189,7 +189,7 @@ PRESETS = {
     # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast.
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
-                 MIN_LR=1e-5, AMP=True),
+                 MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,

@@ -3,6 +3,8 @@
 Layout (the spec's): <DATASET_PATH>/HR/*.tif with MASK/*.tif of the same names (non-zero = tumor), or a
 flat folder of images. Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as float32.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import re
@@ -11,10 +13,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from config import MiramError
+
+# torch is imported inside the functions that need it: reading and normalising images (used by the
+# ONNX deployment path of enhance.py and classify.py) must work with numpy and onnxruntime alone.
 
 IMAGE_EXTS = (".tif", ".tiff", ".png")
 
@@ -162,6 +165,7 @@ class SliceSet:
         return len(self.names)
 
     def subset(self, idx):
+        import torch
         idx = list(idx)
         t = torch.as_tensor(idx, dtype=torch.long)
         return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
@@ -170,6 +174,7 @@ class SliceSet:
 
 def load_slices(root: str, size: int, subject_pattern: str, quiet=False) -> SliceSet:
     """Decodes every readable image (and its mask) once; unreadable files are skipped with a warning each."""
+    import torch
     pairs = find_pairs(root)
     images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
     skipped = 0
@@ -245,6 +250,8 @@ def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
     imgs (B, C, H, W) in [0, 1]; all randomness from `generator`, so a seeded run is reproducible.
     """
+    import torch
+    import torch.nn.functional as F
     B = imgs.shape[0]
 
     def uniform(lo, hi):
@@ -264,6 +271,7 @@ def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def batches(n: int, batch_size: int, generator: torch.Generator = None):
     """Index batches over n items, shuffled when a generator is given."""
+    import torch
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
@@ -302,7 +310,7 @@ def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     r = np.hypot(yy - cy, xx - cx)
     theta = np.arctan2(yy - cy, xx - cx)
     wobble = 1 + sum(rng.uniform(0, 0.18) * np.cos(j * theta + rng.uniform(0, 2 * np.pi)) for j in range(2, 6))
-    r0 = rng.uniform(5, 16)
+    r0 = rng.uniform(8, 22)
     core = r < r0 * wobble
     edema = (r < r0 * rng.uniform(1.4, 2.1) * wobble) & ~core
     core &= brain
@@ -310,9 +318,9 @@ def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     soft_core = ndimage.gaussian_filter(core.astype(float), 1.2)
     soft_edema = ndimage.gaussian_filter((core | edema).astype(float), 2.0)
     brain_mean = img[brain].mean()
-    core_level = brain_mean * rng.choice([rng.uniform(0.3, 0.6), rng.uniform(1.3, 1.7)])  # dark or bright
+    core_level = brain_mean * rng.choice([rng.uniform(0.15, 0.4), rng.uniform(1.5, 1.9)])  # dark or bright
     texture = ndimage.gaussian_filter(rng.normal(0, 1, img.shape), 1.5) * 0.12 * core_level
-    out = img * (1 - soft_edema * rng.uniform(0.12, 0.3))  # edema: hypointense on T1
+    out = img * (1 - soft_edema * rng.uniform(0.2, 0.35))  # edema: hypointense on T1
     out = out * (1 - soft_core) + (core_level + texture) * soft_core
     mask = np.zeros(img.shape, np.uint8)
     mask[edema] = 1
@@ -325,7 +333,8 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
 
     Slices are taken every `step` mm and grouped into slabs of `slab` slices with `gap` skipped positions
     between slabs; a slab is the "subject" of its slices (the file name's prefix), so a subject-grouped split
-    holds out whole slabs. Half of the slices get a synthetic tumor.
+    holds out whole slabs. Every other slice of a slab gets a synthetic tumor: its neighbours, 1 mm away,
+    show nearly the same anatomy without one, so a classifier has to find the lesion, not the anatomy.
     """
     import nibabel as nib
     import tifffile
@@ -345,7 +354,7 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
                 continue
             sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
             mask = np.zeros(sl.shape, np.uint8)
-            if rng.random() < 0.5:
+            if (within + slab_id) % 2:
                 sl, mask = paint_tumor(sl, rng)
             name = f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif"
             tifffile.imwrite(os.path.join(tmp, "HR", name), np.round(sl).astype(np.uint8))

@@ -190,17 +190,37 @@ def write_scan(scan: Scan, slices, path, coarse=False):
 
 # ---- the model on one slice of any size --------------------------------------------------------------
 
-def complementary_noise(grid, len_keep):
-    """(G, L) masking noise: pass g keeps a different window of len_keep patches, so every patch is
-    visible in at least one pass and hidden in the others. Patches are ordered by their 2x2 phase on the
-    grid, so at MASK_RATIO 0.75 each pass shows one phase: every hidden patch has visible neighbours."""
+def phase_rank(grid):
+    """A rank per patch: patches ordered by their 2x2 phase on the grid, then raster order. Windows of
+    this order spread visible patches evenly (at MASK_RATIO 0.75 a window is exactly one phase)."""
     L = grid * grid
     rows, cols = np.divmod(np.arange(L), grid)
-    order = np.lexsort((cols, rows, cols % 2, rows % 2))  # phase-major, then raster
+    order = np.lexsort((cols, rows, cols % 2, rows % 2))
     rank = np.empty(L, dtype=np.int64)
     rank[order] = np.arange(L)
-    passes = int(np.ceil(L / len_keep))
-    return np.stack([((rank - g * len_keep) % L).astype(np.float32) for g in range(passes)])
+    return rank
+
+
+def window_noise(grid, len_keep, damaged=None):
+    """(G, L) masking noise for deterministic passes at the trained mask ratio.
+
+    Pass g keeps the g-th window of len_keep undamaged patches, so across the passes every undamaged patch
+    is shown (and every patch is hidden in at least one pass when nothing is damaged). Damaged patches get
+    the largest noise: never shown, unless fewer than len_keep patches are undamaged.
+    """
+    L = grid * grid
+    damaged = np.zeros(L, bool) if damaged is None else np.asarray(damaged, bool)
+    rank = phase_rank(grid)
+    good = np.nonzero(~damaged)[0]
+    good = good[np.argsort(rank[good])]
+    bad = np.nonzero(damaged)[0]
+    U = len(good)
+    passes = max(1, int(np.ceil(U / len_keep)))
+    noise = np.empty((passes, L), np.float32)
+    for g in range(passes):
+        noise[g, good] = (np.arange(U) - g * len_keep) % U
+        noise[g, bad] = U + np.arange(len(bad))
+    return noise
 
 
 def tile_starts(n, tile, stride):
@@ -259,7 +279,7 @@ class Restorer:
         starts = self._tiles(canvas)
         tiles = [canvas[y:y + self.size, x:x + self.size] for y, x in starts]
         len_keep = int(self.grid ** 2 * (1 - self.ratio))
-        noise = complementary_noise(self.grid, len_keep)
+        noise = window_noise(self.grid, len_keep)
         fine, coarse = self._run(tiles, noise, self.ratio)  # (T, G, S, S)
         hidden = (noise >= len_keep).astype(np.float64)  # (G, L): 1 where the pass predicted the patch
         out_f = self._blend(canvas.shape, starts, fine, hidden, self.p, 1)
@@ -279,25 +299,27 @@ class Restorer:
         return acc / np.maximum(wsum, 1e-12)
 
     def inpaint(self, img, hole):
-        """Fills hole (bool (H, W)) from all other pixels; pixels outside the hole are returned unchanged."""
+        """Fills hole (bool (H, W)) from all other pixels; pixels outside the hole are returned unchanged.
+
+        Per tile, patches touching the hole are always hidden; the passes of window_noise show every other
+        patch once, at the trained mask ratio, and the hole's prediction is the mean over the passes.
+        """
         H, W = img.shape
         if not hole.any():
             return img.copy()
         canvas, hole_c = self._pad(img), self._pad(hole.astype(np.float64)) > 0
-        filled_in = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
+        shown = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
         starts = [(y, x) for y, x in self._tiles(canvas) if hole_c[y:y + self.size, x:x + self.size].any()]
         acc, wsum = np.zeros(canvas.shape), np.zeros(canvas.shape)
-        L, p, g = self.grid ** 2, self.p, self.grid
+        g, p = self.grid, self.p
+        len_keep = int(g * g * (1 - self.ratio))
         for y, x in starts:
-            tile_hole = hole_c[y:y + self.size, x:x + self.size]
-            patch_hole = tile_hole.reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)  # (L,)
-            n = int(patch_hole.sum())
-            if n == L:
+            damaged = hole_c[y:y + self.size, x:x + self.size].reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
+            if damaged.all():
                 raise MiramError("the damaged region covers a whole tile: nothing to inpaint from")
-            # every undamaged patch is visible; (n - 0.5) / L keeps exactly L - n of them despite rounding
-            noise = patch_hole.astype(np.float32)[None]
-            fine, _ = self._run([filled_in[y:y + self.size, x:x + self.size]], noise, (n - 0.5) / L)
-            acc[y:y + self.size, x:x + self.size] += fine[0, 0] * self.window
+            fine, _ = self._run([shown[y:y + self.size, x:x + self.size]], window_noise(g, len_keep, damaged),
+                                self.ratio)
+            acc[y:y + self.size, x:x + self.size] += fine[0].mean(0) * self.window
             wsum[y:y + self.size, x:x + self.size] += self.window
         pred = acc / np.maximum(wsum, 1e-12)
         return np.where(hole, pred[:H, :W], img)

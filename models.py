@@ -143,17 +143,24 @@ def make_blocks(dim, depth, heads, mlp_ratio):
     return nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
 
 
-def block_attention(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """The softmax attention a timm Block computes on x (B, N, D), as (B, heads, N, N).
+def block_with_attention(block: Block, x: torch.Tensor):
+    """A timm Block's forward on x (B, N, D) that also returns its softmax attention (B, heads, N, N).
 
-    Recomputed from the block's own weights, so the block itself keeps its fused kernel and training pays
-    nothing for heatmaps.
+    Same weights and maths as block(x) (checked in the tests), computed once; used only when attention is
+    asked for, so training keeps the fused kernel. The ONNX graphs export this path.
     """
     attn = block.attn
     B, N, _ = x.shape
-    qkv = attn.qkv(block.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, H, N, hd)
-    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+    h = block.norm1(x)
+    qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+    o = (weights @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)  # (B, N, H*hd)
+    o = attn.proj_drop(attn.proj(attn.norm(o)))
+    x = x + block.drop_path1(block.ls1(o))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, weights
 
 
 def mask_noise(batch: int, num_patches: int, seed: int, device="cpu") -> torch.Tensor:
@@ -208,8 +215,10 @@ class Encoder(nn.Module):
         attentions = []
         for i, blk in enumerate(self.blocks):
             if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
-                attentions.append(block_attention(blk, x))  # (B, H, N, N)
-            x = blk(x)
+                x, a = block_with_attention(blk, x)
+                attentions.append(a)  # (B, H, N, N)
+            else:
+                x = blk(x)
         return self.norm(x), mask, ids_restore, attentions
 
 

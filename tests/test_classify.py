@@ -45,17 +45,20 @@ def test_rollout_on_a_known_stack():
 
 
 def test_localization_measures():
-    heat = torch.zeros(1, 4, 4)
+    heat = np.zeros((1, 4, 4))
     heat[0, 0, 0], heat[0, 3, 3] = 0.75, 0.25
-    tumor = torch.zeros(1, 4, 4, dtype=torch.bool)
+    tumor = np.zeros((1, 4, 4), bool)
     tumor[0, :2, :2] = True
     mass, hit = classify.localization(heat, tumor)
-    assert mass.item() == pytest.approx(0.75) and hit.item() == 1.0
+    assert mass[0] == pytest.approx(0.75) and hit[0] == 1.0
+    up = classify.upsample_heatmaps(np.arange(4.0).reshape(1, 2, 2), 8)
+    assert up.shape == (1, 8, 8) and up.sum() == pytest.approx(1.0) and up[0, -1, -1] == up.max()
 
 
 def test_layer_decay_gives_the_encoder_less():
     from config import ModelConfig
-    m = classify.TumorClassifier(ModelConfig(img_size=32, embed_dim=16, depth=2, num_heads=2))
+    from models import TumorClassifier
+    m = TumorClassifier(ModelConfig(img_size=32, embed_dim=16, depth=2, num_heads=2))
     groups = classify.layer_decay_groups(m, 1.0, 0.5, 0.05)
     scales = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scales[id(m.head[0].weight)] == 1.0

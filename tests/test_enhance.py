@@ -32,14 +32,19 @@ def test_tiling_leaves_no_seams(shape):
     assert coarse.shape == ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
 
 
-def test_complementary_masks_hide_every_patch():
-    noise = enhance.complementary_noise(14, 49)
+def test_window_masks_show_every_patch_once():
+    noise = enhance.window_noise(14, 49)
     assert noise.shape == (4, 196)
     visible = noise < 49
     assert (visible.sum(1) == 49).all() and (visible.sum(0) == 1).all()  # each patch visible exactly once
     # at 0.75 each pass shows one 2x2 phase of the grid
     phases = {tuple(np.unique((np.arange(196)[v] // 14 % 2) * 2 + np.arange(196)[v] % 14 % 2)) for v in visible}
     assert phases == {(0,), (1,), (2,), (3,)}
+    damaged = np.zeros(196, bool)
+    damaged[[0, 1, 14, 15, 100]] = True
+    noise = enhance.window_noise(14, 49, damaged)
+    visible = noise < 49
+    assert not visible[:, damaged].any() and (visible[:, ~damaged].sum(0) >= 1).all()
 
 
 def make_scans(tmp_path):

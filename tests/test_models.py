@@ -91,18 +91,17 @@ def test_attention_readout_matches_the_block():
     tokens, _, _, atts = m.encoder(x, return_attention="all")
     assert len(atts) == 2 and atts[-1].shape == (2, 2, 197, 197)
     assert torch.allclose(atts[-1].sum(-1), torch.ones(2, 2, 197), atol=1e-5)
-    # attention @ v through the block's projection reproduces the block's own attention output
+    # the readout path computes what the fused block computes
+    assert torch.allclose(tokens, m.encoder(x)[0], atol=1e-5)
+    h = torch.randn(2, 197, 32)
     blk = m.encoder.blocks[0]
-    h = m.encoder.patch_embed(x).flatten(2).transpose(1, 2) + m.encoder.pos_embed[:, 1:]
-    h = torch.cat([(m.encoder.cls_token + m.encoder.pos_embed[:, :1]).expand(2, -1, -1), h], 1)
-    a = models.block_attention(blk, h)
-    B, N, D = h.shape
-    v = blk.attn.qkv(blk.norm1(h)).reshape(B, N, 3, 2, D // 2).permute(2, 0, 3, 1, 4)[2]
-    manual = blk.attn.proj((a @ v).transpose(1, 2).reshape(B, N, D))
-    assert torch.allclose(manual, blk.attn(blk.norm1(h)), atol=1e-5)
-    assert torch.allclose(atts[0], a, atol=1e-6)
-    # reading attention does not change the encoder's output
-    assert torch.equal(tokens, m.encoder(x)[0])
+    out, a = models.block_with_attention(blk, h)
+    assert torch.allclose(out, blk(h), atol=1e-5)
+    # and the weights are the softmax of scaled q.k from the block's own projection
+    q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(2, 197, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    assert torch.allclose(a, (q @ k.transpose(-2, -1) / 4).softmax(-1), atol=1e-6)
+    last_only = m.encoder(x, return_attention="last")[3]
+    assert len(last_only) == 1 and torch.allclose(last_only[0], atts[-1], atol=1e-6)
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -1,0 +1,390 @@
+"""Export MIRAM to ONNX, prove it computes what PyTorch computes, quantize, and benchmark.
+
+    python export_deploy.py [--iters 50] [--threads 2] [--skip-spec]
+
+From the best checkpoints in OUTPUT_PATH it writes:
+  miram_model_optimized.onnx  tumor classifier: images (B,1,S,S) -> probability (B,), the last block's CLS
+                              attention (B,g,g) and the attention rollout (B,g,g); when
+                              best_tumor_classifier.pth exists
+  miram_mae.onnx              restoration: images (B,1,S,S) and masking noise (B,L) -> fine (B,1,S,S),
+                              coarse (B,1,S/2,S/2) and mask (B,L); no random op in the graph
+  *_int8.onnx                 ONNX Runtime dynamic int8 variants, kept only when their measured accuracy
+                              cost is within the thresholds below
+  deploy_benchmark.json       parity, accuracy and latency (p50/p90/p99, images/s) at batch 1 and 16
+
+The ONNX runtime classes at the top (OnnxClassifier, OnnxMAE) need only numpy and onnxruntime: enhance.py
+and classify.py use them for `--backend onnx` without importing torch.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from config import MiramError, add_config_args, describe, load_config, run_cli
+
+CLASSIFIER_ONNX = "miram_model_optimized.onnx"
+MAE_ONNX = "miram_mae.onnx"
+OPSET = 18
+META_KEY = "miram_model_config"
+# Parity thresholds, PyTorch fp32 vs ONNX Runtime fp32 on real images.
+PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "rollout": 1e-4, "fine": 1e-3, "coarse": 1e-3},
+          "min_cosine": 0.9999}
+# A quantized variant is kept only within these accuracy costs on the validation split.
+INT8_MAX_AUROC_DROP = 0.005
+INT8_MAX_PSNR_DROP_DB = 0.2
+
+
+# ---- runtime (numpy + onnxruntime only) --------------------------------------------------------------
+
+class _OnnxModel:
+    def __init__(self, path, threads=None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MiramError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        if not os.path.isfile(path):
+            raise MiramError(f"Model not found: {path} (run export_deploy.py first)")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise MiramError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in meta:
+            raise MiramError(f"{path}: not a MIRAM export (no {META_KEY} metadata)")
+        self.model_config = json.loads(meta[META_KEY])
+        self.path = path
+
+
+class OnnxClassifier(_OnnxModel):
+    def __call__(self, images):
+        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {"last_block", "rollout"}: (B,g,g)."""
+        prob, last, roll = self.session.run(None, {"images": np.ascontiguousarray(images, np.float32)})
+        return prob, {"last_block": last, "rollout": roll}
+
+
+class OnnxMAE(_OnnxModel):
+    def __call__(self, images, noise, ratio=None):
+        """The same contract as enhance.torch_predictor: -> fine (B,1,S,S), coarse (B,1,S/2,S/2)."""
+        if ratio is not None and abs(ratio - self.model_config["mask_ratio"]) > 1e-9:
+            raise MiramError(f"{self.path} was exported for mask ratio {self.model_config['mask_ratio']}, not {ratio}")
+        fine, coarse, _ = self.session.run(None, {"images": np.ascontiguousarray(images, np.float32),
+                                                  "noise": np.ascontiguousarray(noise, np.float32)})
+        return fine, coarse
+
+
+# ---- export (torch) ----------------------------------------------------------------------------------
+
+def graphs():
+    """The two exported computations as torch modules (built lazily: torch is imported here)."""
+    import torch
+    from classify import cls_maps
+    from models import unpatchify
+
+    class ClassifierGraph(torch.nn.Module):
+        def __init__(self, clf):
+            super().__init__()
+            self.clf = clf
+
+        def forward(self, images):
+            logits, atts = self.clf.forward_with_attention(images, "all")
+            maps = cls_maps(atts, self.clf.encoder.grid)
+            return torch.sigmoid(logits), maps["last_block"], maps["rollout"]
+
+    class MAEGraph(torch.nn.Module):
+        def __init__(self, mae):
+            super().__init__()
+            self.mae = mae
+
+        def forward(self, images, noise):
+            out = self.mae(images, noise)
+            p, c = self.mae.cfg.patch_size, self.mae.cfg.in_chans
+            return unpatchify(out.pred_fine, p, c), unpatchify(out.pred_coarse, p // 2, c), out.mask
+
+    return ClassifierGraph, MAEGraph
+
+
+def export_onnx(module, example, names, outputs, path, model_config):
+    """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
+    after ONNX Runtime's (portable) graph optimizations as a single file."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    module.eval()
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        raw = os.path.join(tmp, "raw.onnx")
+        try:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            shapes = {n: {0: batch} for n in names}
+            prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
+                                     output_names=list(outputs), dynamic_shapes=shapes, verbose=False)
+            prog.save(raw)
+            model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
+            onnx.checker.check_model(model)
+        except Exception as e:
+            raise MiramError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]} "
+                             "(pip install onnx onnxruntime onnxscript; check PyTorch version compatibility)") from None
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(model_config)
+        onnx.save(model, raw)
+        opts = ort.SessionOptions()
+        # EXTENDED, not ALL: ALL adds layout changes tied to this CPU; the saved graph must stay portable.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        ort.InferenceSession(raw, opts, providers=["CPUExecutionProvider"])
+        os.replace(opts.optimized_model_filepath, path)
+    return path
+
+
+def quantize_int8(src, dst):
+    """ONNX Runtime dynamic int8: per-channel QInt8 weights (QUInt8 measured slower on this CPU kind),
+    activations quantized at run time, after ORT's recommended shape-inference pre-processing."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
+        prepared = os.path.join(tmp, "prep.onnx")
+        quant_pre_process(src, prepared, skip_symbolic_shape=True)
+        quantize_dynamic(prepared, dst, weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+def compare(ref, got):
+    ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    cos = float(ref @ got / max(np.linalg.norm(ref) * np.linalg.norm(got), 1e-30))
+    return {"max_abs": float(np.abs(ref - got).max()), "cosine": cos}
+
+
+def check_parity(results):
+    bad = [f"{k}: max-abs {v['max_abs']:.2e} (limit {PARITY['max_abs'][k]:.0e}), cosine {v['cosine']:.6f}"
+           for k, v in results.items() if k in PARITY["max_abs"]
+           and (v["max_abs"] > PARITY["max_abs"][k] or v["cosine"] < PARITY["min_cosine"])]
+    if results.get("mask_equal") is False:
+        bad.append("mask: ONNX Runtime's mask differs from PyTorch's")
+    if bad:
+        raise MiramError("ONNX export failed parity with PyTorch: " + "; ".join(bad))
+
+
+# ---- benchmark ---------------------------------------------------------------------------------------
+
+def percentiles(times, batch):
+    t = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "images_per_s": float(batch / np.median(t) * 1e3)}
+
+
+def bench_group(runners, batch, iters, warmup):
+    """Times each runner on the same input, interleaved round-robin so machine drift hits all alike."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times = {k: [] for k in runners}
+    for _ in range(iters):
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t0)
+    return {k: percentiles(v, batch) for k, v in times.items()}
+
+
+def model_runners(kind, torch_model, onnx_paths, batch, size, grid, threads):
+    """Callables for every backend on one fixed input."""
+    import torch
+    from models import autocast
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 1, size, size), dtype=np.float32)
+    noise = rng.random((batch, grid * grid), dtype=np.float32)
+    xt, nt = torch.from_numpy(x), torch.from_numpy(noise)
+    cpu = torch.device("cpu")
+
+    def torch_run(amp):
+        def run():
+            with torch.no_grad(), autocast(cpu, amp):
+                if kind == "classifier":
+                    torch_model(xt)
+                else:
+                    torch_model(xt, nt)
+        return run
+    runners = {"torch-fp32": torch_run(False), "torch-bf16": torch_run(True)}
+    for backend, path in onnx_paths.items():
+        m = (OnnxClassifier if kind == "classifier" else OnnxMAE)(path, threads)
+        runners[backend] = (lambda m=m: m(x)) if kind == "classifier" else (lambda m=m: m(x, noise))
+    return runners
+
+
+# ---- accuracy of the variants ------------------------------------------------------------------------
+
+def classifier_accuracy(paths, images, labels, threads):
+    from classify import binary_metrics
+    out = {}
+    for backend, path in paths.items():
+        clf = OnnxClassifier(path, threads)
+        probs = np.concatenate([clf(images[i:i + 16])[0] for i in range(0, len(images), 16)])
+        out[backend] = {"auroc": binary_metrics(probs, labels, 0.5)["auroc"], "probs": probs}
+    return out
+
+
+def mae_psnr(paths, images, noise, patch, threads):
+    """Masked-patch PSNR (fine scale) of each backend on the same seeded masks."""
+    out = {}
+    for backend, path in paths.items():
+        mae = OnnxMAE(path, threads)
+        vals = []
+        for i in range(0, len(images), 16):
+            x, n = images[i:i + 16], noise[i:i + 16]
+            fine, _, mask = mae.session.run(None, {"images": x, "noise": n})
+            g = x.shape[-1] // patch
+            hole = np.repeat(np.repeat(mask.reshape(-1, g, g), patch, 1), patch, 2)[:, None]
+            err = ((np.clip(fine, 0, 1) - x) ** 2 * hole).sum(axis=(1, 2, 3)) / hole.sum(axis=(1, 2, 3))
+            vals.append(10 * np.log10(1 / np.maximum(err, 1e-12)))
+        out[backend] = float(np.concatenate(vals).mean())
+    return out
+
+
+# ---- main --------------------------------------------------------------------------------------------
+
+def get_args_parser():
+    p = argparse.ArgumentParser("MIRAM ONNX export and benchmark")
+    p.add_argument("--iters", type=int, default=50, help="timed iterations at batch 1 (batch 16: a fifth)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime alike")
+    p.add_argument("--skip-spec", action="store_true", help="do not time the spec-size model")
+    p.add_argument("--max-images", type=int, default=64, help="validation images for parity and accuracy")
+    return add_config_args(p)
+
+
+def export_all(out_dir, prefix, clf, mae, example, noise_example):
+    """Exports both graphs (those whose model is given) and their int8 variants into out_dir."""
+    ClassifierGraph, MAEGraph = graphs()
+    paths = {}
+    if clf is not None:
+        p = export_onnx(ClassifierGraph(clf), (example,), ["images"], ["probability", "last_block", "rollout"],
+                        os.path.join(out_dir, prefix + CLASSIFIER_ONNX), clf.cfg.to_dict())
+        paths["classifier"] = {"ort-fp32": p, "ort-int8": quantize_int8(p, p.replace(".onnx", "_int8.onnx"))}
+    if mae is not None:
+        p = export_onnx(MAEGraph(mae), (example, noise_example), ["images", "noise"], ["fine", "coarse", "mask"],
+                        os.path.join(out_dir, prefix + MAE_ONNX), mae.cfg.to_dict())
+        paths["mae"] = {"ort-fp32": p, "ort-int8": quantize_int8(p, p.replace(".onnx", "_int8.onnx"))}
+    return paths
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    cfg = load_config(args)
+    print(describe(cfg))
+    import torch
+    from config import ModelConfig
+    from dataset import load_split
+    from models import MIRAM, TumorClassifier, build_from_checkpoint, mask_noise
+    torch.set_num_threads(args.threads)
+    out_dir = cfg.OUTPUT_PATH
+    mae, mae_state = build_from_checkpoint(os.path.join(out_dir, "best_miram_mae.pth"), "mae")
+    clf_path = os.path.join(out_dir, "best_tumor_classifier.pth")
+    clf = build_from_checkpoint(clf_path, "classifier")[0].eval() if os.path.isfile(clf_path) else None
+    if clf is None:
+        print(f"no {clf_path}: exporting the restoration model only (run classify.py for the classifier)")
+    mc = mae.cfg
+    cfg.IMG_SIZE = mc.img_size
+    _, val = load_split(cfg, quiet=True)
+    val = val.subset(range(min(args.max_images, len(val))))
+    images = val.images.numpy()
+    L = (mc.img_size // mc.patch_size) ** 2
+    noise = mask_noise(len(images), L, cfg.EVAL_SEED).numpy()
+    example = torch.from_numpy(images[:2])
+    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]))
+    print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
+          + ", ".join(p for group in paths.values() for p in group.values()))
+
+    # parity on real validation images
+    parity = {}
+    with torch.no_grad():
+        if clf is not None:
+            ref = graphs()[0](clf)(torch.from_numpy(images))
+            prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
+            parity["classifier"] = {"probability": compare(ref[0], prob),
+                                    "last_block": compare(ref[1], maps["last_block"]),
+                                    "rollout": compare(ref[2], maps["rollout"])}
+        ref = graphs()[1](mae)(torch.from_numpy(images), torch.from_numpy(noise))
+        sess = OnnxMAE(paths["mae"]["ort-fp32"], args.threads).session
+        fine, coarse, mask = sess.run(None, {"images": images, "noise": noise})
+        parity["mae"] = {"fine": compare(ref[0], fine), "coarse": compare(ref[1], coarse),
+                         "mask_equal": bool(np.array_equal(ref[2].numpy(), mask))}
+    for group in parity.values():
+        check_parity(group)
+    print("parity PyTorch vs ONNX Runtime fp32 on", len(images), "validation images: " + "; ".join(
+        f"{m}/{k} max-abs {v['max_abs']:.1e} cos {v['cosine']:.6f}" for m, g in parity.items()
+        for k, v in g.items() if isinstance(v, dict)) + f" (limits {PARITY})")
+
+    # accuracy of the int8 variants; drop those that cost too much
+    accuracy = {}
+    if clf is not None:
+        acc = classifier_accuracy(paths["classifier"], images, val.labels.numpy(), args.threads)
+        drop = acc["ort-fp32"]["auroc"] - acc["ort-int8"]["auroc"]
+        keep = not (drop > INT8_MAX_AUROC_DROP)
+        accuracy["classifier"] = {"auroc_fp32": acc["ort-fp32"]["auroc"], "auroc_int8": acc["ort-int8"]["auroc"],
+                                  "auroc_drop": drop, "max_abs_prob_diff": float(np.abs(
+                                      acc["ort-fp32"]["probs"] - acc["ort-int8"]["probs"]).max()),
+                                  "int8_kept": keep, "limit": INT8_MAX_AUROC_DROP}
+    ps = mae_psnr(paths["mae"], images, noise, mc.patch_size, args.threads)
+    accuracy["mae"] = {"masked_psnr_fp32": ps["ort-fp32"], "masked_psnr_int8": ps["ort-int8"],
+                       "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
+                       "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
+                       "limit_db": INT8_MAX_PSNR_DROP_DB}
+    for kind, a in accuracy.items():
+        if not a["int8_kept"]:
+            os.remove(paths[kind].pop("ort-int8"))
+        print(f"int8 {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))
+
+    # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights)
+    results = []
+    targets = [("checkpoint", clf, mae, paths)]
+    tmp = None
+    if not args.skip_spec:
+        tmp = tempfile.TemporaryDirectory(dir=out_dir)
+        spec = ModelConfig()
+        torch.manual_seed(0)
+        s_clf, s_mae = TumorClassifier(spec).eval(), MIRAM(spec).eval()
+        sx = torch.rand(2, 1, spec.img_size, spec.img_size)
+        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, sx, torch.rand(2, (spec.img_size // spec.patch_size) ** 2))
+        for kind in ("classifier", "mae"):  # the same rule as the checkpoint's: only kept variants
+            if kind in accuracy and not accuracy[kind]["int8_kept"]:
+                s_paths[kind].pop("ort-int8")
+        targets.append(("spec", s_clf, s_mae, s_paths))
+    for size_name, c, m, ps_ in targets:
+        for kind, model in (("classifier", c), ("mae", m)):
+            if model is None:
+                continue
+            mcfg = model.cfg
+            for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
+                runners = model_runners(kind, model, ps_[kind], batch, mcfg.img_size,
+                                        mcfg.img_size // mcfg.patch_size, args.threads)
+                for backend, r in bench_group(runners, batch, iters, args.warmup).items():
+                    results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch, **r})
+    if tmp is not None:
+        tmp.cleanup()
+    report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": mae_state.get("epoch"),
+              "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
+              "files": {k: v for k, v in paths.items()},
+              "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results"}
+    path = os.path.join(out_dir, "deploy_benchmark.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
+    print(f"{'model':10s} {'size':10s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'img/s':>8s}")
+    for r in results:
+        print(f"{r['model']:10s} {r['size']:10s} {r['backend']:11s} {r['batch']:5d} {r['p50_ms']:8.2f} "
+              f"{r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f}")
+    print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,100 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import classify
+import enhance
+import export_deploy
+import train
+from conftest import tiny_args, write_tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    data = write_tiny_dataset(str(base / "data"))
+    out = str(base / "o")
+    train.main(tiny_args(data, out))
+    classify.main(tiny_args(data, out, "--n-viz", "0"))
+    report = export_deploy.main(tiny_args(data, out, "--iters", "3", "--warmup", "1", "--skip-spec"))
+    return data, out, report
+
+
+def test_export_writes_checked_graphs_parity_and_benchmark(exported):
+    data, out, report = exported
+    for name in ("miram_model_optimized.onnx", "miram_mae.onnx", "deploy_benchmark.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    saved = json.load(open(os.path.join(out, "deploy_benchmark.json")))
+    assert saved["threads"] == 2 and saved["opset"] == export_deploy.OPSET
+    got = {(r["model"], r["backend"], r["batch"]) for r in saved["results"]}
+    for model in ("classifier", "mae"):
+        for backend in ("torch-fp32", "torch-bf16", "ort-fp32"):
+            assert (model, backend, 1) in got and (model, backend, 16) in got
+    for r in saved["results"]:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+    assert saved["parity"]["mae"]["mask_equal"] is True
+    assert saved["parity"]["classifier"]["probability"]["max_abs"] < 1e-4
+    assert "auroc_drop" in saved["accuracy"]["classifier"] and "psnr_drop_db" in saved["accuracy"]["mae"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_matches_torch(exported, batch):
+    data, out, _ = exported
+    from models import build_from_checkpoint
+    clf, _ = build_from_checkpoint(os.path.join(out, "best_tumor_classifier.pth"), "classifier")
+    mae, _ = build_from_checkpoint(os.path.join(out, "best_miram_mae.pth"), "mae")
+    x = torch.rand(batch, 1, 64, 64)
+    noise = torch.rand(batch, 16)
+    ClassifierGraph, MAEGraph = export_deploy.graphs()
+    with torch.no_grad():
+        ref = ClassifierGraph(clf.eval())(x)
+        ref_mae = MAEGraph(mae.eval())(x, noise)
+    prob, maps = export_deploy.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())
+    assert prob.shape == (batch,) and np.abs(prob - ref[0].numpy()).max() < 1e-4
+    assert np.abs(maps["rollout"] - ref[2].numpy()).max() < 1e-4
+    fine, coarse = export_deploy.OnnxMAE(os.path.join(out, "miram_mae.onnx"))(x.numpy(), noise.numpy())
+    assert fine.shape == (batch, 1, 64, 64) and coarse.shape == (batch, 1, 32, 32)
+    assert np.abs(fine - ref_mae[0].numpy()).max() < 1e-3
+
+
+def test_onnx_backends_agree_with_torch(exported, tmp_path):
+    data, out, _ = exported
+    scan = os.path.join(data, "HR", "subj0_000.tif")
+    t = classify.main(tiny_args(data, out, "--predict", scan))
+    o = classify.main(tiny_args(data, out, "--predict", scan, "--backend", "onnx"))
+    assert abs(t["probability"] - o["probability"]) < 1e-4
+    assert np.abs(t["heatmaps"]["last_block"] - o["heatmaps"]["last_block"]).max() < 1e-4
+    for mode in ("reconstruct", "inpaint"):
+        extra = []
+        if mode == "inpaint":
+            hole = np.zeros((72, 80), np.uint8)
+            hole[20:40, 30:47] = 1
+            tifffile.imwrite(tmp_path / "hole.tif", hole)
+            extra = ["--mask", str(tmp_path / "hole.tif")]
+        a, b = str(tmp_path / f"t_{mode}.tif"), str(tmp_path / f"o_{mode}.tif")
+        enhance.main(tiny_args(data, out, "--input", scan, "--output", a, "--mode", mode, *extra))
+        enhance.main(tiny_args(data, out, "--input", scan, "--output", b, "--mode", mode, "--backend", "onnx", *extra))
+        # uint8 output: equal up to a rounding step where fp32 differences straddle .5
+        assert np.abs(tifffile.imread(a).astype(int) - tifffile.imread(b).astype(int)).max() <= 1
+
+
+def test_onnx_path_runs_without_torch(exported, tmp_path):
+    data, out, _ = exported
+    scan = os.path.join(data, "HR", "subj1_001.tif")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "import classify, enhance\n"
+        f"classify.main(['--output-path', {out!r}, '--predict', {scan!r}, '--backend', 'onnx'])\n"
+        f"enhance.main(['--output-path', {out!r}, '--input', {scan!r}, '--output', {str(tmp_path / 'r.tif')!r},"
+        " '--backend', 'onnx'])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "p(tumor)" in r.stdout and os.path.isfile(tmp_path / "r.tif")
