@@ -39,7 +39,9 @@ def get_args_parser():
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="with --predict: onnx runs OUTPUT_PATH/" + ONNX + " with onnxruntime only")
     p.add_argument("--n-viz", type=int, default=3, help="heatmap figures per group (TP, FP, FN)")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a classifier checkpoint exists")
+    p.add_argument("--stop-after", type=int, default=None, metavar="E",
+                   help="stop after E epochs of this invocation; run again to continue")
     return add_config_args(p)
 
 
@@ -167,7 +169,7 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
     return probs, {k: upsample_heatmaps(np.concatenate(v), size) for k, v in maps.items()}
 
 
-def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True):
+def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None):
     import torch
     import torch.nn.functional as F
     from dataset import augment, batches
@@ -186,6 +188,10 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
                          "classification needs both (check the MASK/ folder)")
     pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
     start, best_auc, history = 0, -1.0, []
+    if not resume:
+        for stale in (ckpt_path, best_path):
+            if os.path.exists(stale):
+                os.remove(stale)
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg)
         if state.get("variant") != variant:
@@ -196,8 +202,10 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         print(f"resuming {variant} from {ckpt_path} after epoch {start}")
     steps_per_epoch = math.ceil(len(train_set) / cfg.BATCH_SIZE)
     total, warm = cfg.CLS_EPOCHS * steps_per_epoch, cfg.CLS_WARMUP_EPOCHS * steps_per_epoch
-    for epoch in range(start, cfg.CLS_EPOCHS):
+    end = cfg.CLS_EPOCHS if stop_after is None else min(cfg.CLS_EPOCHS, start + stop_after)
+    for epoch in range(start, end):
         t0 = time.time()
+        torch.manual_seed(cfg.SEED * 100003 + epoch)  # dropout: a resumed run replays the same draws
         model.train()
         if variant == "linear_probe":
             model.encoder.eval()  # frozen: no dropout/stat changes in the encoder
@@ -352,10 +360,16 @@ def main(argv=None):
     cfg.IMG_SIZE = model_cfg.img_size
     model = tune_for(model.to(device), device, cfg.AMP)
     train_set, val_set = load_split(cfg)
+    # only slices with a mask file carry a label; the others were for pre-training
+    train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
+    val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
+                         f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
     print(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
           f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
     best_path, history = train_classifier(model, train_set, val_set, cfg, device, variant, out_dir,
-                                          resume=not args.no_resume)
+                                          resume=not args.no_resume, stop_after=args.stop_after)
     best, _ = build_from_checkpoint(best_path, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, out_dir, args.n_viz)
     metrics["history"] = history

@@ -125,6 +125,7 @@ class Config:
     WARMUP_EPOCHS: int = 10
     MIN_LR: float = 0.0
     ACCUM_STEPS: int = 1
+    CHECKPOINT_EVERY: int = 1  # epochs between resumable checkpoints (and always after the last epoch)
     AUGMENT: bool = True
     AMP: bool = False  # bf16 autocast where supported (CPU with AVX-512 bf16, Ampere+ GPU), else fp16
     DEVICE: str = "auto"
@@ -159,7 +160,7 @@ class Config:
 
     def validate(self):
         self.model_config()  # architecture checks
-        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS"):
+        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
@@ -189,7 +190,7 @@ PRESETS = {
     # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast.
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
-                 MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50),
+                 MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,

@@ -129,6 +129,16 @@ def find_pairs(root: str):
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]
         pairs.append((path, masks.get(stem)))
+    if masks:
+        stems = {os.path.splitext(os.path.basename(p))[0] for p in images}
+        orphans = sorted(set(masks) - stems)
+        unlabeled = sum(m is None for _, m in pairs)
+        if orphans:
+            warnings.warn(f"{len(orphans)} mask(s) in {mask_dir} have no image in {image_dir} and are ignored "
+                          f"(first: {orphans[0]})", stacklevel=2)
+        if unlabeled:
+            warnings.warn(f"{unlabeled} image(s) in {image_dir} have no mask in {mask_dir}: used for pre-training, "
+                          "left out of classification", stacklevel=2)
     return pairs
 
 
@@ -194,6 +204,11 @@ def load_slices(root: str, size: int, subject_pattern: str, quiet=False) -> Slic
                                     f"{img.shape[0]}x{img.shape[1]}")
         except DataError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
+            skipped += 1
+            continue
+        if float(img.max()) == float(img.min()):
+            warnings.warn(f"skipping {img_path}: constant image (every pixel {img.flat[0]:g}), nothing to learn from",
+                          stacklevel=2)
             skipped += 1
             continue
         norm, _ = normalize_intensity(img)

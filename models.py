@@ -334,12 +334,17 @@ class TumorClassifier(nn.Module):
 
 # ---- checkpoints -------------------------------------------------------------------------------------
 
+TMP_PREFIX = ".tmp-"
+
+
 def atomic_torch_save(obj, path):
-    """Writes to a temporary file in the same folder, fsyncs, then renames: a crash leaves the old file."""
+    """Writes to a temporary file in the same folder, fsyncs, then renames: a crash or a full disk leaves
+    the previous file as it was, and a half-written file is never under the real name."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
@@ -348,10 +353,23 @@ def atomic_torch_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "write" in str(e).lower():
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise MiramError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept") from None
         raise
+
+
+def remove_stale_temporaries(folder):
+    """Deletes temporary files a killed process left behind (they are never read as checkpoints)."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [f for f in os.listdir(folder) if f.startswith(TMP_PREFIX)]
+    for f in stale:
+        os.remove(os.path.join(folder, f))
+    return len(stale)
 
 
 def save_checkpoint(path, model, kind, optimizer=None, scheduler=None, epoch=None, metrics=None, extra=None):

@@ -14,7 +14,8 @@ import torch
 
 from config import MiramError, add_config_args, describe, load_config, run_cli
 from dataset import augment, batches, load_split
-from models import MIRAM, autocast, load_checkpoint, mask_noise, pick_device, save_checkpoint, tune_for
+from models import (MIRAM, autocast, load_checkpoint, mask_noise, pick_device, remove_stale_temporaries,
+                    save_checkpoint, tune_for)
 
 CHECKPOINT = "checkpoint.pth"
 BEST = "best_miram_mae.pth"
@@ -65,6 +66,7 @@ def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch,
     from tqdm import tqdm
     model.train()
     gen = epoch_generator(cfg.SEED, epoch)
+    torch.manual_seed(cfg.SEED * 100003 + epoch)  # anything drawing from the global RNG replays on resume
     sums = {"loss": 0.0, "loss_fine": 0.0, "loss_coarse": 0.0}
     seen = 0
     warmup_steps = cfg.WARMUP_EPOCHS * steps_per_epoch
@@ -136,6 +138,11 @@ def plot_losses(history, path):
     os.replace(tmp, path)
 
 
+def peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def read_history(path):
     if not os.path.isfile(path):
         return []
@@ -145,10 +152,15 @@ def read_history(path):
 
 def write_history(history, path):
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for h in history:
-            f.write(json.dumps(h) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for h in history:
+                f.write(json.dumps(h) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise MiramError(f"{path}: could not write the training log ({e.strerror}); checkpoints are kept") from None
 
 
 def main(argv=None):
@@ -164,6 +176,8 @@ def main(argv=None):
         raise MiramError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK):
         raise MiramError(f"{out_dir}: output directory is not writable")
+    if remove_stale_temporaries(out_dir):
+        print(f"removed unfinished temporary files a killed run left in {out_dir}")
     ckpt_path, best_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, BEST)
     log_path, curve_path = os.path.join(out_dir, LOG), os.path.join(out_dir, CURVE)
 
@@ -209,7 +223,8 @@ def main(argv=None):
         best_val = min(best_val, val_stats["loss"])
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": round(seconds, 2),
-                  "images_per_s": round(len(train_set) / seconds, 2), "lambda_coarse": cfg.LAMBDA_COARSE}
+                  "images_per_s": round(len(train_set) / seconds, 2), "lambda_coarse": cfg.LAMBDA_COARSE,
+                  "max_rss_mb": round(peak_rss_mb(), 1)}
         history.append(record)
         metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
         extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}}
@@ -217,8 +232,9 @@ def main(argv=None):
             save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
         # The resumable checkpoint is written last: it never points past a best/log that was not saved.
         write_history(history, log_path)
-        save_checkpoint(ckpt_path, model, "mae", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
-                        extra=extra)
+        if (epoch + 1) % cfg.CHECKPOINT_EVERY == 0 or epoch + 1 == end_epoch:
+            save_checkpoint(ckpt_path, model, "mae", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
+                            extra=extra)
         print(f"epoch {epoch + 1:>4}/{cfg.N_EPOCHS}  train {train_stats['loss']:.4f}  "
               f"val {val_stats['loss']:.4f} (fine {val_stats['loss_fine']:.4f}, coarse "
               f"{val_stats['loss_coarse']:.4f})  lr {train_stats['lr']:.2e}  {seconds:.1f}s"

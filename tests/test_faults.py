@@ -1,0 +1,153 @@
+"""Nothing lost, nothing let in: kills, full disks, corrupted and hostile files."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import classify
+import dataset
+import models
+import train
+from config import MiramError, run_cli
+from conftest import tiny_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path):
+    cmd = [sys.executable, "train.py", *tiny_args(tiny_data, "OUT", "--n-epochs", "25")]
+    ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+    subprocess.run([c.replace("OUT", ref) for c in cmd], cwd=ROOT, check=True, capture_output=True)
+    proc = subprocess.Popen([c.replace("OUT", killed) for c in cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = os.path.join(killed, "train_log.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(log) and sum(1 for _ in open(log)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # no cleanup, no handler: as a crash or an OOM kill
+    proc.wait()
+    done = torch.load(os.path.join(killed, "checkpoint.pth"), weights_only=True)["epoch"]
+    assert 1 <= done < 25  # the log may be one epoch ahead of the checkpoint
+    r = subprocess.run([c.replace("OUT", killed) for c in cmd], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "resuming from" in r.stdout
+    assert_same_weights(weights(os.path.join(ref, "checkpoint.pth")), weights(os.path.join(killed, "checkpoint.pth")))
+    assert not [f for f in os.listdir(killed) if f.startswith(models.TMP_PREFIX)]
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pth")
+    m = models.MIRAM(models.ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                                        decoder_depth=1, decoder_num_heads=2))
+    models.save_checkpoint(path, m, "mae", epoch=1)
+    good = open(path, "rb").read()
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted mid-write
+
+    monkeypatch.setattr(models.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        models.save_checkpoint(path, m, "mae", epoch=2)
+    assert open(path, "rb").read() == good
+    assert models.load_checkpoint(path, "mae")["epoch"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint.pth"]
+    # a temporary file from a process killed harder (SIGKILL: no cleanup) is removed on the next start
+    (tmp_path / ".tmp-abc.pth").write_bytes(b"partial")
+    assert models.remove_stale_temporaries(str(tmp_path)) == 1
+
+
+def test_full_disk_is_one_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out, "--n-epochs", "2", "--stop-after", "1"))
+    before = open(os.path.join(out, "checkpoint.pth"), "rb").read()
+
+    def no_space(obj, f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(models.torch, "save", no_space)
+    with pytest.raises(SystemExit) as e:
+        run_cli(train.main, tiny_args(tiny_data, out, "--n-epochs", "2"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "previous one is kept" in err and "Traceback" not in err
+    assert open(os.path.join(out, "checkpoint.pth"), "rb").read() == before
+
+
+def test_classifier_resume_matches_uninterrupted(tiny_data, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d in (a, b):
+        os.makedirs(d)
+        os.link(os.path.join(out, "best_miram_mae.pth"), os.path.join(d, "best_miram_mae.pth"))
+    classify.main(tiny_args(tiny_data, a, "--cls-epochs", "3", "--n-viz", "0"))
+    classify.main(tiny_args(tiny_data, b, "--cls-epochs", "3", "--n-viz", "0", "--stop-after", "2"))
+    classify.main(tiny_args(tiny_data, b, "--cls-epochs", "3", "--n-viz", "0"))
+    assert_same_weights(weights(os.path.join(a, "classifier_checkpoint.pth")),
+                        weights(os.path.join(b, "classifier_checkpoint.pth")))
+
+
+def test_unwritable_output_directory(tiny_data, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        run_cli(train.main, tiny_args(tiny_data, str(blocker / "out")))
+    assert "cannot create the output directory" in capsys.readouterr().err
+
+
+def test_constant_and_orphan_files_are_warned_and_counted(tiny_data):
+    tifffile.imwrite(os.path.join(tiny_data, "HR", "subj9_000.tif"), np.zeros((40, 40), np.uint8))
+    tifffile.imwrite(os.path.join(tiny_data, "HR", "subj9_001.tif"), np.full((40, 40), 7, np.uint8))
+    tifffile.imwrite(os.path.join(tiny_data, "MASK", "ghost_000.tif"), np.zeros((40, 40), np.uint8))
+    with pytest.warns(UserWarning) as record:
+        data = dataset.load_slices(tiny_data, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    text = " ".join(str(w.message) for w in record)
+    assert "constant image" in text and "ghost_000" in text and "have no mask" in text
+    assert len(data) == 12  # the two constant images are skipped
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_tiff_bytes_read_or_raise_our_error(tmp_path_factory, data):
+    base = tmp_path_factory.mktemp("fuzz")
+    path = base / "seed.tif"
+    if not hasattr(test_fuzzed_tiff_bytes_read_or_raise_our_error, "seed"):
+        tifffile.imwrite(path, (np.arange(24 * 20) % 251).reshape(24, 20).astype(np.uint8))
+        test_fuzzed_tiff_bytes_read_or_raise_our_error.seed = path.read_bytes()
+    blob = bytearray(test_fuzzed_tiff_bytes_read_or_raise_our_error.seed)
+    for _ in range(data.draw(st.integers(1, 12))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    path = base / "fuzzed.tif"
+    path.write_bytes(bytes(blob))
+    try:
+        img = dataset.read_image(str(path))
+    except dataset.DataError as e:
+        assert "fuzzed.tif" in str(e)
+    else:
+        assert img.ndim == 2 and img.dtype == np.float32 and np.isfinite(img).all()
