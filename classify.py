@@ -169,12 +169,17 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
     return probs, {k: upsample_heatmaps(np.concatenate(v), size) for k, v in maps.items()}
 
 
-def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None):
+def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None,
+                     dist=None):
+    """Fine-tunes (or probes) with AdamW, warm-up + cosine, layer-wise decay and a class-balanced loss.
+    Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes."""
     import torch
     import torch.nn.functional as F
-    from dataset import augment, batches
+    from dataset import apply_augment, augment_params, batches
     from models import autocast, load_checkpoint, save_checkpoint
-    from train import epoch_generator, lr_at
+    from train import Distributed, epoch_generator, lr_at
+    dist = dist or Distributed()
+    say = print if dist.main else (lambda *a, **k: None)
     ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
     best_path = os.path.join(out_dir, suffixed(BEST, variant))
     groups = layer_decay_groups(model, cfg.CLS_LR, cfg.LAYER_DECAY, cfg.CLS_WEIGHT_DECAY,
@@ -188,19 +193,24 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
                          "classification needs both (check the MASK/ folder)")
     pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
     start, best_auc, history = 0, -1.0, []
-    if not resume:
+    if not resume and dist.main:
         for stale in (ckpt_path, best_path):
             if os.path.exists(stale):
                 os.remove(stale)
     if resume and os.path.isfile(ckpt_path):
-        state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg)
+        state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg, map_location=device)
         if state.get("variant") != variant:
             raise MiramError(f"{ckpt_path}: belongs to variant {state.get('variant')!r}, not {variant!r}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best_auc, history = state["epoch"], state["metrics"]["best_auroc"], json.loads(state["history"])
-        print(f"resuming {variant} from {ckpt_path} after epoch {start}")
-    steps_per_epoch = math.ceil(len(train_set) / cfg.BATCH_SIZE)
+        say(f"resuming {variant} from {ckpt_path} after epoch {start}")
+    net = dist.wrap(model, device)
+    global_batch = cfg.BATCH_SIZE * dist.world
+    steps_per_epoch = len(train_set) // global_batch if dist.enabled else math.ceil(len(train_set) / global_batch)
+    if steps_per_epoch == 0:
+        raise MiramError(f"{len(train_set)} labelled training slices are fewer than one global batch ({global_batch})")
+    base_lr = base_lr * dist.world  # linear scaling with the global batch
     total, warm = cfg.CLS_EPOCHS * steps_per_epoch, cfg.CLS_WARMUP_EPOCHS * steps_per_epoch
     end = cfg.CLS_EPOCHS if stop_after is None else min(cfg.CLS_EPOCHS, start + stop_after)
     for epoch in range(start, end):
@@ -210,15 +220,18 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         if variant == "linear_probe":
             model.encoder.eval()  # frozen: no dropout/stat changes in the encoder
         gen = epoch_generator(cfg.SEED + 1, epoch)
-        step, loss_sum = epoch * steps_per_epoch, 0.0
-        for idx in batches(len(train_set), cfg.BATCH_SIZE, gen):
-            x = augment(train_set.images[idx], gen).to(device)
+        step, sums = epoch * steps_per_epoch, [0.0, 0.0]
+        for gidx in batches(len(train_set), global_batch, gen, drop_last=dist.enabled):
+            params = augment_params(len(gidx), gen)
+            mine = dist.shard(gidx, cfg.BATCH_SIZE)
+            idx = gidx[mine]
+            x = apply_augment(train_set.images[idx], {k: v[mine] for k, v in params.items()}).to(device)
             y = train_set.labels[idx].to(device)
             lr = lr_at(step, total, warm, base_lr, 0.0)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             with autocast(device, cfg.AMP):
-                logits = model(x)
+                logits = net(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
             if not torch.isfinite(loss):
                 raise MiramError(f"non-finite loss at classification epoch {epoch + 1}: lower CLS_LR")
@@ -226,19 +239,22 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(idx)
+            sums[0] += loss.item() * len(idx)
+            sums[1] += len(idx)
+        loss_sum, seen = dist.sum(sums)
         probs = predict_all(model, val_set.images, device, cfg.AMP)
         m = binary_metrics(probs, val_set.labels.numpy(), cfg.CLS_THRESHOLD)
         is_best = not (m["auroc"] <= best_auc)  # nan AUROC (one class in validation) still saves
         best_auc = m["auroc"] if is_best else best_auc
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / len(train_set), "val_auroc": m["auroc"],
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_auroc": m["auroc"],
                         "val_accuracy": m["accuracy"], "seconds": round(time.time() - t0, 2)})
         extra = {"variant": variant, "history": json.dumps(history)}
-        if is_best:
-            save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)
-        save_checkpoint(ckpt_path, model, "classifier", optimizer=optimizer, epoch=epoch + 1,
-                        metrics={"best_auroc": best_auc}, extra=extra)
-        print(f"[{variant}] epoch {epoch + 1:>3}/{cfg.CLS_EPOCHS}  loss {history[-1]['train_loss']:.4f}  "
+        if dist.main:
+            if is_best:
+                save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)
+            save_checkpoint(ckpt_path, model, "classifier", optimizer=optimizer, epoch=epoch + 1,
+                            metrics={"best_auroc": best_auc}, extra=extra)
+        say(f"[{variant}] epoch {epoch + 1:>3}/{cfg.CLS_EPOCHS}  loss {history[-1]['train_loss']:.4f}  "
               f"val AUROC {m['auroc']:.3f}  acc {m['accuracy']:.3f}  {history[-1]['seconds']:.1f}s"
               f"{'  *best' if is_best else ''}", flush=True)
     return best_path, history
@@ -335,13 +351,22 @@ def main(argv=None):
     cfg = load_config(args)
     if args.predict:
         return predict_one(args, cfg)
-    print(describe(cfg))
+    from train import Distributed
+    dist = Distributed(cfg.DEVICE)
+    try:
+        return finetune(args, cfg, dist)
+    finally:
+        dist.close()
+
+
+def finetune(args, cfg, dist):
     import torch
     from dataset import load_split
-    from models import (TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, pick_device,
-                        tune_for)
+    from models import TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, tune_for
+    say = print if dist.main else (lambda *a, **k: None)
+    say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
-    device = pick_device(cfg.DEVICE)
+    device = dist.device(cfg.DEVICE)
     variant = variant_of(args)
     out_dir = cfg.OUTPUT_PATH
     os.makedirs(out_dir, exist_ok=True)
@@ -359,17 +384,20 @@ def main(argv=None):
         source = f"{mae_path} (epoch {state.get('epoch')})"
     cfg.IMG_SIZE = model_cfg.img_size
     model = tune_for(model.to(device), device, cfg.AMP)
-    train_set, val_set = load_split(cfg)
+    train_set, val_set = load_split(cfg, quiet=not dist.main)
     # only slices with a mask file carry a label; the others were for pre-training
     train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
     val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
                          f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
-    print(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
+    say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
           f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
     best_path, history = train_classifier(model, train_set, val_set, cfg, device, variant, out_dir,
-                                          resume=not args.no_resume, stop_after=args.stop_after)
+                                          resume=not args.no_resume, stop_after=args.stop_after, dist=dist)
+    dist.barrier()
+    if not dist.main:
+        return {}
     best, _ = build_from_checkpoint(best_path, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, out_dir, args.n_viz)
     metrics["history"] = history

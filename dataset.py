@@ -260,35 +260,45 @@ def load_split(cfg, quiet=False):
 
 # ---- augmentation ------------------------------------------------------------------------------------
 
-def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Small random affine (rotation +-10 deg, scale 0.9-1.1, shift +-5%), left-right flip, gamma 0.7-1.4.
+def augment_params(n: int, generator: torch.Generator):
+    """Random parameters for n images: rotation +-10 deg, scale 0.9-1.1, shift +-5%, left-right flip,
+    gamma 0.7-1.4. Drawn for a whole global batch, so every process of a distributed run (and a single
+    process with the same global batch) gives each image the same augmentation."""
+    import torch
 
-    imgs (B, C, H, W) in [0, 1]; all randomness from `generator`, so a seeded run is reproducible.
-    """
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+    return {"angle": uniform(-10, 10) * torch.pi / 180, "scale": uniform(0.9, 1.1),
+            "flip": torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0),
+            "tx": uniform(-0.05, 0.05), "ty": uniform(-0.05, 0.05),
+            "gamma": torch.exp(uniform(np.log(0.7), np.log(1.4)))}
+
+
+def apply_augment(imgs: torch.Tensor, params) -> torch.Tensor:
+    """imgs (B, C, H, W) in [0, 1] -> augmented, with params of augment_params(B, ...)."""
     import torch
     import torch.nn.functional as F
     B = imgs.shape[0]
-
-    def uniform(lo, hi):
-        return lo + (hi - lo) * torch.rand(B, generator=generator)
-
-    angle = uniform(-10, 10) * torch.pi / 180
-    scale = uniform(0.9, 1.1)
-    flip = torch.where(torch.rand(B, generator=generator) < 0.5, -1.0, 1.0)
-    tx, ty = uniform(-0.05, 0.05), uniform(-0.05, 0.05)
-    gamma = torch.exp(uniform(np.log(0.7), np.log(1.4)))
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    cos, sin = torch.cos(params["angle"]) / params["scale"], torch.sin(params["angle"]) / params["scale"]
+    flip = params["flip"]
+    theta = torch.stack([torch.stack([cos * flip, -sin, params["tx"]], 1),
+                         torch.stack([sin * flip, cos, params["ty"]], 1)], 1)
     grid = F.affine_grid(theta.to(imgs), list(imgs.shape), align_corners=False)
     out = F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp(0, 1) ** gamma.to(imgs).view(B, 1, 1, 1)
+    return out.clamp(0, 1) ** params["gamma"].to(imgs).view(B, 1, 1, 1)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator = None):
+def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Augments a batch with parameters drawn from `generator` (seeded run: reproducible)."""
+    return apply_augment(imgs, augment_params(imgs.shape[0], generator))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator = None, drop_last: bool = False):
     """Index batches over n items, shuffled when a generator is given."""
     import torch
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
 
 

@@ -2,6 +2,9 @@
 
 Writes into OUTPUT_PATH: checkpoint.pth (latest, resumable), best_miram_mae.pth (best validation loss),
 train_log.jsonl (one JSON line per epoch) and loss_curve.png. Restarting into the same OUTPUT_PATH resumes.
+
+Data-parallel: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, Gloo on CPU). BATCH_SIZE is per
+process; the learning rate scales with the global batch. Rank 0 alone writes logs, checkpoints and plots.
 """
 import argparse
 import json
@@ -13,7 +16,7 @@ import time
 import torch
 
 from config import MiramError, add_config_args, describe, load_config, run_cli
-from dataset import augment, batches, load_split
+from dataset import apply_augment, augment_params, batches, load_split, resolve_data_path
 from models import (MIRAM, autocast, load_checkpoint, mask_noise, pick_device, remove_stale_temporaries,
                     save_checkpoint, tune_for)
 
@@ -62,44 +65,124 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(seed * 100003 + epoch)
 
 
-def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch, total_steps, base_lr):
+class Distributed:
+    """torch.distributed as torchrun sets it up (WORLD_SIZE, RANK, LOCAL_RANK), or a single process."""
+
+    def __init__(self, device_name="auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            gpu = torch.cuda.is_available() and device_name != "cpu"
+            if gpu:
+                torch.cuda.set_device(self.local_rank)
+            torch.distributed.init_process_group("nccl" if gpu else "gloo")
+        self.main = self.rank == 0
+
+    def device(self, name):
+        if self.enabled and torch.cuda.is_available() and name != "cpu":
+            return torch.device("cuda", self.local_rank)
+        return pick_device(name)
+
+    def wrap(self, model, device):
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def shard(self, global_idx, batch_size):
+        """This process's part of a global batch: rank r takes items [r*B, (r+1)*B)."""
+        return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
+
+    def sum(self, values):
+        """Sums a list of floats over the processes."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.enabled:
+            if torch.distributed.get_backend() == "nccl":
+                t = t.cuda()
+            torch.distributed.all_reduce(t)
+        return t.cpu().tolist()
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def same_weights(self, model):
+        """True when every process holds bitwise the same parameters (checked through a checksum)."""
+        if not self.enabled:
+            return True
+        digest = torch.tensor([float(p.detach().double().sum()) for p in model.parameters()], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            digest = digest.cuda()
+        gathered = [torch.zeros_like(digest) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, digest)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def close(self):
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def steps_in_epoch(n_train, cfg, world):
+    # Distributed runs drop an incomplete last global batch, so every process steps the same number of times.
+    micro = n_train // (cfg.BATCH_SIZE * world) if world > 1 else math.ceil(n_train / cfg.BATCH_SIZE)
+    return math.ceil(micro / cfg.ACCUM_STEPS)
+
+
+def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch, total_steps, base_lr,
+                    dist=None):
+    """One pass over the training set. Order, augmentation and masks are drawn for each global batch from
+    (SEED, epoch), then split across processes: N processes with batch B replay a single process with
+    batch N*B."""
+    from contextlib import nullcontext
+
     from tqdm import tqdm
+    dist = dist or Distributed()
     model.train()
     gen = epoch_generator(cfg.SEED, epoch)
     torch.manual_seed(cfg.SEED * 100003 + epoch)  # anything drawing from the global RNG replays on resume
-    sums = {"loss": 0.0, "loss_fine": 0.0, "loss_coarse": 0.0}
-    seen = 0
+    num_patches = (cfg.IMG_SIZE // cfg.PATCH_SIZE) ** 2
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, loss_fine, loss_coarse (each times images), images
     warmup_steps = cfg.WARMUP_EPOCHS * steps_per_epoch
     step = epoch * steps_per_epoch
-    micro = list(batches(len(data), cfg.BATCH_SIZE, gen))
-    bar = tqdm(micro, desc=f"epoch {epoch + 1}/{cfg.N_EPOCHS}", unit="batch", leave=False, file=sys.stdout,
-               disable=not sys.stdout.isatty())
+    global_batches = list(batches(len(data), cfg.BATCH_SIZE * dist.world, gen, drop_last=dist.enabled))
+    bar = tqdm(global_batches, desc=f"epoch {epoch + 1}/{cfg.N_EPOCHS}", unit="batch", leave=False,
+               file=sys.stdout, disable=not (dist.main and sys.stdout.isatty()))
     optimizer.zero_grad(set_to_none=True)
-    for i, idx in enumerate(bar):
-        imgs = data.images[idx]
-        if cfg.AUGMENT:
-            imgs = augment(imgs, gen)
-        noise = torch.rand(imgs.shape[0], model.encoder.num_patches, generator=gen)
-        imgs, noise = imgs.to(device, non_blocking=True), noise.to(device, non_blocking=True)
-        with autocast(device, cfg.AMP):
-            out = model(imgs, noise)
-        loss = out.loss.float()
-        if not torch.isfinite(loss):
-            raise MiramError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: lower "
-                             f"LEARNING_RATE or turn AMP off; the last good checkpoint is kept")
-        (loss / cfg.ACCUM_STEPS).backward()
-        if (i + 1) % cfg.ACCUM_STEPS == 0 or i + 1 == len(micro):
+    for i, gidx in enumerate(bar):
+        params = augment_params(len(gidx), gen) if cfg.AUGMENT else None
+        noise = torch.rand(len(gidx), num_patches, generator=gen)
+        mine = dist.shard(gidx, cfg.BATCH_SIZE)
+        imgs = data.images[gidx[mine]]
+        if params is not None:
+            imgs = apply_augment(imgs, {k: v[mine] for k, v in params.items()})
+        imgs, noise = imgs.to(device, non_blocking=True), noise[mine].to(device, non_blocking=True)
+        last_micro = (i + 1) % cfg.ACCUM_STEPS == 0 or i + 1 == len(global_batches)
+        # gradients are all-reduced once per optimizer step, not per accumulated micro-batch
+        sync = nullcontext() if last_micro or not dist.enabled else model.no_sync()
+        with sync:
+            with autocast(device, cfg.AMP):
+                out = model(imgs, noise)
+            loss = out.loss.float()
+            if not torch.isfinite(loss):
+                raise MiramError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}: lower "
+                                 f"LEARNING_RATE or turn AMP off; the last good checkpoint is kept")
+            (loss / cfg.ACCUM_STEPS).backward()
+        if last_micro:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup_steps, base_lr, cfg.MIN_LR)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
         n = imgs.shape[0]
-        seen += n
-        for k in sums:
-            sums[k] += getattr(out, k).item() * n
-        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
-    return {k: v / seen for k, v in sums.items()} | {"lr": optimizer.param_groups[0]["lr"]}
+        for j, k in enumerate(("loss", "loss_fine", "loss_coarse")):
+            sums[j] += getattr(out, k).item() * n
+        sums[3] += n
+        bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
+    total = dist.sum(sums)
+    return {"loss": total[0] / total[3], "loss_fine": total[1] / total[3], "loss_coarse": total[2] / total[3],
+            "lr": optimizer.param_groups[0]["lr"]}
 
 
 @torch.no_grad()
@@ -166,58 +249,75 @@ def write_history(history, path):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
-    print(describe(cfg))
-    torch.manual_seed(cfg.SEED)
-    device = pick_device(cfg.DEVICE)
-    out_dir = cfg.OUTPUT_PATH
+    dist = Distributed(cfg.DEVICE)
     try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise MiramError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise MiramError(f"{out_dir}: output directory is not writable")
-    if remove_stale_temporaries(out_dir):
-        print(f"removed unfinished temporary files a killed run left in {out_dir}")
+        return run(args, cfg, dist)
+    finally:
+        dist.close()
+
+
+def run(args, cfg, dist):
+    say = print if dist.main else (lambda *a, **k: None)
+    say(describe(cfg, dist.world))
+    torch.manual_seed(cfg.SEED)
+    device = dist.device(cfg.DEVICE)
+    out_dir = cfg.OUTPUT_PATH
+    if dist.main:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise MiramError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
+        if not os.access(out_dir, os.W_OK):
+            raise MiramError(f"{out_dir}: output directory is not writable")
+        if remove_stale_temporaries(out_dir):
+            say(f"removed unfinished temporary files a killed run left in {out_dir}")
+        resolve_data_path(cfg)  # builds the demo set once, before the other processes read it
+    dist.barrier()
     ckpt_path, best_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, BEST)
     log_path, curve_path = os.path.join(out_dir, LOG), os.path.join(out_dir, CURVE)
 
-    train_set, val_set = load_split(cfg)
-    print(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
-          f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects, device {device}")
+    train_set, val_set = load_split(cfg, quiet=not dist.main)
+    say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
+        f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
+        f"{dist.world} process(es)")
 
     model_cfg = cfg.model_config()
     model = tune_for(MIRAM(model_cfg).to(device), device, cfg.AMP)
-    base_lr = cfg.effective_lr()
+    base_lr = cfg.effective_lr(dist.world)
     optimizer = make_optimizer(model, base_lr, cfg.WEIGHT_DECAY)
     start_epoch, best_val, history = 0, float("inf"), []
     if os.path.isfile(ckpt_path) and not args.no_resume:
-        state = load_checkpoint(ckpt_path, kind="mae", expected=model_cfg)
+        state = load_checkpoint(ckpt_path, kind="mae", expected=model_cfg, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
         best_val = state["metrics"].get("best_val_loss", float("inf"))
         history = [h for h in read_history(log_path) if h["epoch"] <= start_epoch]
-        print(f"resuming from {ckpt_path} after epoch {start_epoch}")
-    elif args.no_resume and os.path.isfile(log_path):
+        say(f"resuming from {ckpt_path} after epoch {start_epoch}")
+    elif args.no_resume and dist.main and os.path.isfile(log_path):
         os.remove(log_path)
+    net = dist.wrap(model, device)  # DDP averages gradients; `model` stays the plain module to save
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f} M parameters; {model.encoder.num_patches} patches, "
-          f"{int(model.encoder.num_patches * (1 - model_cfg.mask_ratio))} visible")
+    say(f"model: {n_params / 1e6:.2f} M parameters; {model.encoder.num_patches} patches, "
+        f"{int(model.encoder.num_patches * (1 - model_cfg.mask_ratio))} visible")
 
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.BATCH_SIZE) / cfg.ACCUM_STEPS)
+    steps_per_epoch = steps_in_epoch(len(train_set), cfg, dist.world)
+    if steps_per_epoch == 0:
+        raise MiramError(f"{len(train_set)} training slices are fewer than one global batch "
+                         f"({cfg.BATCH_SIZE} x {dist.world} processes): lower BATCH_SIZE")
     total_steps = cfg.N_EPOCHS * steps_per_epoch
     if start_epoch >= cfg.N_EPOCHS:
-        print(f"already trained for {start_epoch} epochs (N_EPOCHS={cfg.N_EPOCHS}); nothing to do")
+        say(f"already trained for {start_epoch} epochs (N_EPOCHS={cfg.N_EPOCHS}); nothing to do")
     end_epoch = cfg.N_EPOCHS if args.stop_after is None else min(cfg.N_EPOCHS, start_epoch + args.stop_after)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         try:
-            train_stats = train_one_epoch(model, train_set, optimizer, cfg, device, epoch, steps_per_epoch,
-                                          total_steps, base_lr)
+            train_stats = train_one_epoch(net, train_set, optimizer, cfg, device, epoch, steps_per_epoch,
+                                          total_steps, base_lr, dist)
         except torch.cuda.OutOfMemoryError:
             raise MiramError("CUDA out of memory: reduce BATCH_SIZE (e.g. --batch-size 8) and raise "
                              "ACCUM_STEPS to keep the effective batch") from None
-        val_stats = validate(model, val_set, cfg, device)
+        val_stats = validate(model, val_set, cfg, device)  # every process: same data, same result
         seconds = time.time() - t0
         is_best = val_stats["loss"] < best_val
         best_val = min(best_val, val_stats["loss"])
@@ -226,22 +326,29 @@ def main(argv=None):
                   "images_per_s": round(len(train_set) / seconds, 2), "lambda_coarse": cfg.LAMBDA_COARSE,
                   "max_rss_mb": round(peak_rss_mb(), 1)}
         history.append(record)
-        metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
-        extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}}
-        if is_best:
-            save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
-        # The resumable checkpoint is written last: it never points past a best/log that was not saved.
-        write_history(history, log_path)
-        if (epoch + 1) % cfg.CHECKPOINT_EVERY == 0 or epoch + 1 == end_epoch:
-            save_checkpoint(ckpt_path, model, "mae", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
-                            extra=extra)
-        print(f"epoch {epoch + 1:>4}/{cfg.N_EPOCHS}  train {train_stats['loss']:.4f}  "
-              f"val {val_stats['loss']:.4f} (fine {val_stats['loss_fine']:.4f}, coarse "
-              f"{val_stats['loss_coarse']:.4f})  lr {train_stats['lr']:.2e}  {seconds:.1f}s"
-              f"{'  *best' if is_best else ''}", flush=True)
-    if history:
+        if dist.main:
+            metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
+            extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
+                     "world_size": dist.world}
+            if is_best:
+                save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
+            # The resumable checkpoint is written last: it never points past a best/log that was not saved.
+            write_history(history, log_path)
+            if (epoch + 1) % cfg.CHECKPOINT_EVERY == 0 or epoch + 1 == end_epoch:
+                save_checkpoint(ckpt_path, model, "mae", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
+                                extra=extra)
+        say(f"epoch {epoch + 1:>4}/{cfg.N_EPOCHS}  train {train_stats['loss']:.4f}  "
+            f"val {val_stats['loss']:.4f} (fine {val_stats['loss_fine']:.4f}, coarse "
+            f"{val_stats['loss_coarse']:.4f})  lr {train_stats['lr']:.2e}  {seconds:.1f}s"
+            f"{'  *best' if is_best else ''}", flush=True)
+    if dist.enabled:
+        same = dist.same_weights(model)
+        say(f"{dist.world} processes hold {'identical' if same else 'DIFFERENT'} weights")
+        if not same:
+            raise MiramError("data-parallel processes diverged: their weights differ")
+    if history and dist.main:
         plot_losses(history, curve_path)
-    print(f"done: best validation loss {best_val:.4f}\n  {best_path}\n  {ckpt_path}\n  {log_path}\n  {curve_path}")
+    say(f"done: best validation loss {best_val:.4f}\n  {best_path}\n  {ckpt_path}\n  {log_path}\n  {curve_path}")
     return {"best_val_loss": best_val, "history": history}
 
 
