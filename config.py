@@ -134,6 +134,7 @@ class Config:
     VAL_FRACTION: float = 0.2
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
+    SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
     # tumor classification (fine-tuning the pre-trained encoder)
     CLS_EPOCHS: int = 30
@@ -167,6 +168,8 @@ class Config:
                      "CLS_WEIGHT_DECAY"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
+        if self.SLICE_AXIS not in (0, 1, 2):
+            raise ConfigError(f"bad setting SLICE_AXIS: must be 0, 1 or 2, got {self.SLICE_AXIS}")
         if not 0.0 < self.LAYER_DECAY <= 1.0:
             raise ConfigError(f"bad setting LAYER_DECAY: must be in (0, 1], got {self.LAYER_DECAY}")
         if not 0.0 < self.CLS_THRESHOLD < 1.0:

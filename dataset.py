@@ -106,40 +106,133 @@ def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
 
 # ---- finding files and subjects ----------------------------------------------------------------------
 
-def list_images(folder):
+def list_images(folder, exts=IMAGE_EXTS):
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
+                  if f.lower().endswith(exts) and not f.startswith("."))
 
 
-def find_pairs(root: str):
-    """[(image_path, mask_path or None)] for the HR/MASK layout or a flat folder of images."""
+NIFTI_EXTS = (".nii", ".nii.gz")
+
+
+def _stem(path):
+    base = os.path.basename(path)
+    for ext in (".nii.gz",) + IMAGE_EXTS + (".nii",):
+        if base.lower().endswith(ext):
+            return base[:-len(ext)]
+    return os.path.splitext(base)[0]
+
+
+@dataclass
+class Source:
+    """One 2-D slice to read: a file, or slice `index` (along `axis`) of a volume."""
+    image: str
+    mask: str = None
+    subject: str = ""
+    name: str = ""
+    index: int = None
+    axis: int = 2
+
+
+def _pair_by_stem(images, mask_dir, image_dir):
+    """Masks of the same names in mask_dir; warns about masks without image and images without mask."""
+    exts = NIFTI_EXTS if images and images[0].lower().endswith(NIFTI_EXTS) else IMAGE_EXTS
+    masks = {_stem(p): p for p in list_images(mask_dir, exts)} if mask_dir and os.path.isdir(mask_dir) else {}
+    pairs = [(p, masks.get(_stem(p))) for p in images]
+    if masks:
+        orphans = sorted(set(masks) - {_stem(p) for p in images})
+        unlabeled = sum(m is None for _, m in pairs)
+        if orphans:
+            warnings.warn(f"{len(orphans)} mask(s) in {mask_dir} have no image in {image_dir} and are ignored "
+                          f"(first: {orphans[0]})", stacklevel=3)
+        if unlabeled:
+            warnings.warn(f"{unlabeled} image(s) in {image_dir} have no mask in {mask_dir}: used for pre-training, "
+                          "left out of classification", stacklevel=3)
+    return pairs
+
+
+def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2):
+    """(layout, [Source]) for the layouts users have:
+
+    - "spec": <root>/HR/*.tif|png with MASK/ of the same names, or a flat folder of images;
+    - "kaggle_lgg": <root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif (subject = folder);
+    - "nifti": <root>[/HR]/*.nii[.gz], masks of the same names in MASK/ or masks/ (optional); every slice along
+      slice_axis (empty slices are skipped when read; subject = volume).
+    """
     if not os.path.isdir(root):
         raise DataError(f"Dataset empty: {root} does not exist (set DATASET_PATH or MIRAM_DATA_PATH)")
-    hr = os.path.join(root, "HR")
-    image_dir = hr if os.path.isdir(hr) else root
-    mask_dir = os.path.join(root, "MASK")
+    image_dir = os.path.join(root, "HR") if os.path.isdir(os.path.join(root, "HR")) else root
+    volumes = list_images(image_dir, NIFTI_EXTS)
+    if volumes:
+        import nibabel as nib
+        mask_dir = next((d for d in (os.path.join(root, "MASK"), os.path.join(root, "masks")) if os.path.isdir(d)), None)
+        sources = []
+        for vol, mask in _pair_by_stem(volumes, mask_dir, image_dir):
+            try:
+                shape = nib.load(vol).shape
+            except Exception as e:  # nibabel raises several kinds for a bad header
+                warnings.warn(f"skipping {vol}: cannot read NIfTI header ({type(e).__name__})", stacklevel=2)
+                continue
+            if len(shape) < 3:
+                raise DataError(f"{vol}: a NIfTI volume must be 3-D, got shape {shape}")
+            sources += [Source(vol, mask, _stem(vol), f"{_stem(vol)}[{i}]", i, slice_axis)
+                        for i in range(shape[slice_axis])]
+        return "nifti", sources
+    kaggle = os.path.join(root, "kaggle_3m") if os.path.isdir(os.path.join(root, "kaggle_3m")) else root
+    patients = sorted(d for d in os.listdir(kaggle) if os.path.isdir(os.path.join(kaggle, d)) and d not in ("HR", "MASK"))
+    if patients and any(f.endswith("_mask.tif") for d in patients for f in os.listdir(os.path.join(kaggle, d))):
+        sources = []
+        for d in patients:
+            folder = os.path.join(kaggle, d)
+            for p in list_images(folder):
+                if _stem(p).endswith("_mask"):
+                    continue
+                mask = os.path.join(folder, _stem(p) + "_mask" + os.path.splitext(p)[1])
+                sources.append(Source(p, mask if os.path.isfile(mask) else None, d, os.path.basename(p)))
+        if not sources:
+            raise DataError(f"Dataset empty: no images in the patient folders of {kaggle}")
+        return "kaggle_lgg", sources
     images = list_images(image_dir)
     if not images:
         raise DataError(f"Dataset empty: no {'/'.join(IMAGE_EXTS)} images in {image_dir} "
                         f"(check DATASET_PATH; images belong in HR/)")
-    masks = {}
-    if os.path.isdir(mask_dir):
-        masks = {os.path.splitext(os.path.basename(p))[0]: p for p in list_images(mask_dir)}
-    pairs = []
-    for path in images:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        pairs.append((path, masks.get(stem)))
-    if masks:
-        stems = {os.path.splitext(os.path.basename(p))[0] for p in images}
-        orphans = sorted(set(masks) - stems)
-        unlabeled = sum(m is None for _, m in pairs)
-        if orphans:
-            warnings.warn(f"{len(orphans)} mask(s) in {mask_dir} have no image in {image_dir} and are ignored "
-                          f"(first: {orphans[0]})", stacklevel=2)
-        if unlabeled:
-            warnings.warn(f"{unlabeled} image(s) in {image_dir} have no mask in {mask_dir}: used for pre-training, "
-                          "left out of classification", stacklevel=2)
-    return pairs
+    pairs = _pair_by_stem(images, os.path.join(root, "MASK"), image_dir)
+    return "spec", [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
+
+
+def find_pairs(root: str):
+    """[(image_path, mask_path or None)] of a spec-layout folder."""
+    return [(s.image, s.mask) for s in discover(root)[1]]
+
+
+class _VolumeCache:
+    """Keeps the last NIfTI volume read, so the slices of a volume decode it once."""
+
+    def __init__(self):
+        self.path, self.data = None, None
+
+    def slice(self, path, index, axis):
+        if path != self.path:
+            import nibabel as nib
+            try:
+                self.data = np.asanyarray(nib.load(path).dataobj)
+            except Exception as e:
+                raise DataError(f"{path}: cannot read NIfTI volume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            self.path = path
+        return to_grayscale(np.take(self.data, index, axis=axis), f"{path}[{index}]")
+
+
+def read_source(src: Source, cache: _VolumeCache):
+    """-> (image (H, W) float32, mask (H, W) or None); DataError naming the file when it cannot."""
+    if src.index is None:
+        img = read_image(src.image)
+        mask = read_image(src.mask) if src.mask else None
+    else:
+        img = cache.slice(src.image, src.index, src.axis)
+        mask = _VolumeCache().slice(src.mask, src.index, src.axis) if src.mask else None
+    if mask is not None and mask.shape != img.shape:
+        raise DataError(f"{src.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
+                        f"{img.shape[0]}x{img.shape[1]}")
+    return img, mask
 
 
 def subject_of(path: str, pattern: str) -> str:
@@ -182,34 +275,32 @@ class SliceSet:
                         [self.names[i] for i in idx], [self.subjects[i] for i in idx])
 
 
-def load_slices(root: str, size: int, subject_pattern: str, quiet=False) -> SliceSet:
-    """Decodes every readable image (and its mask) once; unreadable files are skipped with a warning each."""
+def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2) -> SliceSet:
+    """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each."""
     import torch
-    pairs = find_pairs(root)
+    layout, sources = discover(root, subject_pattern, slice_axis)
     images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
-    skipped = 0
-    iterator = pairs
+    skipped = empty = 0
+    cache = _VolumeCache()
+    iterator = sources
     if not quiet:
         from tqdm import tqdm
-        iterator = tqdm(pairs, desc=f"loading {root}", unit="img", leave=False, file=sys.stdout,
+        iterator = tqdm(sources, desc=f"loading {root}", unit="slice", leave=False, file=sys.stdout,
                         disable=not sys.stdout.isatty())
-    for img_path, mask_path in iterator:
+    for src in iterator:
         try:
-            img = read_image(img_path)
-            mask = None
-            if mask_path is not None:
-                mask = read_image(mask_path)
-                if mask.shape != img.shape:
-                    raise DataError(f"{mask_path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
-                                    f"{img.shape[0]}x{img.shape[1]}")
+            img, mask = read_source(src, cache)
         except DataError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
             skipped += 1
             continue
         if float(img.max()) == float(img.min()):
-            warnings.warn(f"skipping {img_path}: constant image (every pixel {img.flat[0]:g}), nothing to learn from",
-                          stacklevel=2)
-            skipped += 1
+            if src.index is not None:  # volumes have empty slices at their edges: expected, not an error
+                empty += 1
+            else:
+                warnings.warn(f"skipping {src.image}: constant image (every pixel {img.flat[0]:g}), nothing to "
+                              "learn from", stacklevel=2)
+                skipped += 1
             continue
         norm, _ = normalize_intensity(img)
         images.append(fit_to_square(norm, size))
@@ -220,12 +311,12 @@ def load_slices(root: str, size: int, subject_pattern: str, quiet=False) -> Slic
             masks.append(np.zeros((size, size), dtype=bool))
             labels.append(0.0)
         has_mask.append(mask is not None)
-        names.append(os.path.basename(img_path))
-        subjects.append(subject_of(img_path, subject_pattern))
+        names.append(src.name)
+        subjects.append(src.subject)
     if not images:
-        raise DataError(f"Dataset empty: none of the {len(pairs)} images in {root} could be read")
+        raise DataError(f"Dataset empty: none of the {len(sources)} slices in {root} ({layout} layout) could be read")
     if skipped and not quiet:
-        print(f"warning: skipped {skipped} of {len(pairs)} files that could not be read (see warnings above)")
+        print(f"warning: skipped {skipped} of {len(sources)} files that could not be read (see warnings above)")
     return SliceSet(torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(masks))[:, None],
                     torch.tensor(labels), torch.tensor(has_mask), names, subjects)
 
@@ -247,7 +338,7 @@ def resolve_data_path(cfg, quiet=False) -> str:
 def load_split(cfg, quiet=False):
     """(train, val) SliceSets of the configured data, split by subject with cfg.SEED."""
     root = resolve_data_path(cfg, quiet)
-    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet)
+    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS)
     train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SEED)
     if not val_idx:
         # One subject only: hold out its last slices rather than validate on training images.
@@ -393,13 +484,84 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
     return count
 
 
+def stored_dtype(path):
+    """The pixel type a file stores, read from its header only."""
+    low = path.lower()
+    try:
+        if low.endswith((".tif", ".tiff")):
+            import tifffile
+            with tifffile.TiffFile(path) as t:
+                return str(t.series[0].dtype)
+        if low.endswith(".png"):
+            from PIL import Image
+            with Image.open(path) as im:
+                return f"png:{im.mode}"
+        if low.endswith(NIFTI_EXTS):
+            import nibabel as nib
+            return str(nib.load(path).get_data_dtype())
+    except Exception:
+        return "unreadable"
+    return "?"
+
+
+def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):
+    """What a folder holds, as load_slices would see it: a dict, and a report printed by main()."""
+    from collections import Counter
+    layout, sources = discover(root, subject_pattern, slice_axis)
+    cache = _VolumeCache()
+    sizes, dtypes, unreadable = Counter(), Counter(), []
+    labelled = tumor = empty = 0
+    subjects = set()
+    for src in sources:
+        dtypes[stored_dtype(src.image)] += src.index is None or src.index == 0
+        try:
+            img, mask = read_source(src, cache)
+        except DataError as e:
+            unreadable.append(str(e))
+            continue
+        if src.index is not None and float(img.max()) == float(img.min()):
+            empty += 1
+            continue
+        sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
+        subjects.add(src.subject)
+        if mask is not None:
+            labelled += 1
+            tumor += bool((mask != 0).any())
+    dtypes = Counter({k: v for k, v in dtypes.items() if v})
+    return {"layout": layout, "slices": len(sources) - len(unreadable) - empty, "empty_slices_skipped": empty,
+            "subjects": len(subjects), "labelled": labelled, "with_tumor": tumor,
+            "tumor_share": tumor / labelled if labelled else None, "sizes": dict(sizes.most_common()),
+            "dtypes": dict(dtypes), "unreadable": unreadable}
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Build the demo data set (--build-demo DIR).")
+    parser = argparse.ArgumentParser(description="Inspect a data folder, or build the demo data set.")
+    parser.add_argument("--inspect", metavar="PATH", help="report layout, slices, subjects, tumor share, sizes, "
+                                                          "dtypes and unreadable files of a data folder")
     parser.add_argument("--build-demo", metavar="DIR", help="write the demo set (HR/ and MASK/) into DIR")
+    parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI: the axis to slice along")
     args = parser.parse_args(argv)
     if args.build_demo:
         n = build_demo_data(args.build_demo)
         print(f"wrote {n} slices to {args.build_demo}/HR and their masks to {args.build_demo}/MASK")
+    elif args.inspect:
+        from config import load_config
+        cfg = load_config()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = inspect(args.inspect, cfg.SUBJECT_PATTERN, args.slice_axis)
+        share = f"{r['tumor_share']:.1%}" if r["tumor_share"] is not None else "n/a (no masks)"
+        print(f"{args.inspect}: {r['layout']} layout\n"
+              f"  slices     {r['slices']}" + (f" ({r['empty_slices_skipped']} empty slices skipped)"
+                                               if r["empty_slices_skipped"] else "") + "\n"
+              f"  subjects   {r['subjects']}\n"
+              f"  labelled   {r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}\n"
+              f"  sizes      " + ", ".join(f"{k} x{v}" for k, v in r["sizes"].items()) + "\n"
+              f"  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
+              f"  unreadable {len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))
+        for w in caught:
+            print(f"  note: {w.message}")
+        return r
     else:
         parser.print_help()
 

@@ -216,7 +216,8 @@ def main(argv=None):
     model = model.to(device).eval()
     mcfg = model.cfg
     if args.data:
-        data, source = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN), f"all images in {args.data}"
+        data = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN, slice_axis=cfg.SLICE_AXIS)
+        source = f"all images in {args.data}"
     else:
         cfg.IMG_SIZE = mcfg.img_size
         _, data = load_split(cfg)

@@ -277,6 +277,8 @@ def run(args, cfg, dist):
     log_path, curve_path = os.path.join(out_dir, LOG), os.path.join(out_dir, CURVE)
 
     train_set, val_set = load_split(cfg, quiet=not dist.main)
+    if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
+        train_set.images = train_set.images.pin_memory()
     say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
         f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
         f"{dist.world} process(es)")

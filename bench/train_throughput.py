@@ -99,6 +99,27 @@ def loss_curve(steps, batch, fast, amp):
     return [step(base[i * batch:(i + 1) * batch], noise[i * batch:(i + 1) * batch]) for i in range(steps)]
 
 
+def loader_throughput(batch, reps=20):
+    """Images/s of the data path: decoding + normalising + resizing files once (the in-memory cache), and
+    assembling + augmenting a batch every step (what each training step pays)."""
+    from config import load_config
+    from dataset import apply_augment, augment_params, load_slices, resolve_data_path
+    cfg = load_config(environ={})
+    root = resolve_data_path(cfg, quiet=True)
+    t0 = time.perf_counter()
+    data = load_slices(root, SPEC.img_size, cfg.SUBJECT_PATTERN, quiet=True)
+    decode = len(data) / (time.perf_counter() - t0)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        idx = torch.randperm(len(data), generator=g)[:batch]
+        apply_augment(data.images[idx], augment_params(batch, g))
+        times.append(time.perf_counter() - t0)
+    return {"decode_images_per_s": decode, "batch_images_per_s": batch / statistics.median(times),
+            "n_images": len(data)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10)
@@ -118,6 +139,12 @@ def main(argv=None):
         r["ratio_vs_hf_fp32"] = r["median_img_s"] / ref
         print(f"{name:28s} {r['median_img_s']:12.1f} {r['best_img_s']:10.1f} {r['ratio_vs_hf_fp32']:9.2f}x")
     out = {"threads": args.threads, "batch": args.batch, "throughput": res}
+    loader = loader_throughput(args.batch)
+    out["loader"] = loader
+    best = max(r["median_img_s"] for r in res.values())
+    print(f"data loader: decode+normalise+resize {loader['decode_images_per_s']:.0f} images/s (once, into memory; "
+          f"{loader['n_images']} demo slices), batch assembly+augmentation {loader['batch_images_per_s']:.0f} images/s "
+          f"per step: {loader['batch_images_per_s'] / best:.0f}x the fastest training rate above")
     if args.curve_steps:
         plain = loss_curve(args.curve_steps, args.batch, fast=False, amp=False)
         curves = {"train.py fp32": loss_curve(args.curve_steps, args.batch, fast=True, amp=False),

@@ -112,3 +112,48 @@ def test_demo_builder_from_the_nilearn_template(tmp_path):
     data = dataset.load_slices(dest, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
     assert len(set(data.subjects)) >= 6  # slabs are subjects
     assert not os.path.exists(dest + ".partial")
+
+
+def test_kaggle_lgg_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    for patient in ("TCGA_CS_4941_19960909", "TCGA_DU_5849_19950405"):
+        folder = tmp_path / "kaggle_3m" / patient
+        folder.mkdir(parents=True)
+        for n in (1, 2, 3):
+            tifffile.imwrite(folder / f"{patient}_{n}.tif", rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+            mask = np.zeros((256, 256), np.uint8)
+            mask[100:120, 90:130] = 255 * (n == 2)
+            tifffile.imwrite(folder / f"{patient}_{n}_mask.tif", mask)
+    layout, sources = dataset.discover(str(tmp_path))
+    assert layout == "kaggle_lgg" and len(sources) == 6
+    data = dataset.load_slices(str(tmp_path), 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert set(data.subjects) == {"TCGA_CS_4941_19960909", "TCGA_DU_5849_19950405"}
+    assert data.labels.sum() == 2 and data.has_mask.all()
+
+
+def test_nifti_volume_layout_skips_empty_slices(tmp_path):
+    import nibabel as nib
+    (tmp_path / "MASK").mkdir()
+    for name in ("sub-01", "sub-02"):
+        vol = np.zeros((40, 48, 10), np.int16)
+        vol[5:35, 6:42, 2:8] = np.arange(30 * 36 * 6).reshape(30, 36, 6) % 300 + 100  # slices 0,1,8,9 empty
+        mask = np.zeros_like(vol, np.uint8)
+        mask[10:20, 10:20, 4] = 1
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "MASK" / f"{name}.nii.gz")
+    layout, sources = dataset.discover(str(tmp_path))
+    assert layout == "nifti" and len(sources) == 20
+    data = dataset.load_slices(str(tmp_path), 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert len(data) == 12 and set(data.subjects) == {"sub-01", "sub-02"}
+    assert data.labels.sum() == 2 and "sub-01[4]" in data.names
+    r = dataset.inspect(str(tmp_path))
+    assert r["empty_slices_skipped"] == 8 and r["slices"] == 12 and r["dtypes"] == {"int16": 2}
+
+
+def test_inspect_reports_unreadable_files(tiny_data, capsys):
+    open(os.path.join(tiny_data, "HR", "subj7_000.tif"), "wb").write(b"\x00garbage")
+    r = dataset.main(["--inspect", tiny_data])
+    out = capsys.readouterr().out
+    assert r["layout"] == "spec" and r["slices"] == 12 and r["subjects"] == 4 and len(r["unreadable"]) == 1
+    assert "unreadable 1" in out and "subj7_000.tif" in out and "tumor share 50.0%" in out
+    assert "72x80 x12" in out and "uint8" in out
