@@ -179,7 +179,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
     from models import autocast, load_checkpoint, save_checkpoint
     from train import Distributed, epoch_generator, lr_at
     dist = dist or Distributed()
-    say = print if dist.main else (lambda *a, **k: None)
+    say = dist.say
     ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
     best_path = os.path.join(out_dir, suffixed(BEST, variant))
     groups = layer_decay_groups(model, cfg.CLS_LR, cfg.LAYER_DECAY, cfg.CLS_WEIGHT_DECAY,
@@ -363,7 +363,7 @@ def finetune(args, cfg, dist):
     import torch
     from dataset import load_split
     from models import TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, tune_for
-    say = print if dist.main else (lambda *a, **k: None)
+    say = dist.say
     say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
     device = dist.device(cfg.DEVICE)

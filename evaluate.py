@@ -75,9 +75,13 @@ def pixel_mask(mask, patch, size):
 
 
 def scores(pred, target, hole):
-    """PSNR/SSIM of pred vs target: on the hole only ("masked") and on the composite ("composite")."""
+    """PSNR/SSIM of pred vs target: on the hole only ("masked") and on the whole composite ("composite").
+
+    Both use the composite (visible pixels pasted back), so a method's values outside the hole never count:
+    the SSIM windows centred in the hole see the true surroundings, as they do for a classical fill.
+    """
     comp = target * (1 - hole) + pred * hole
-    return {"masked": {"psnr": psnr(pred, target, weight=hole), "ssim": ssim(pred, target, weight=hole)},
+    return {"masked": {"psnr": psnr(comp, target, weight=hole), "ssim": ssim(comp, target, weight=hole)},
             "composite": {"psnr": psnr(comp, target), "ssim": ssim(comp, target)}}
 
 
@@ -166,7 +170,7 @@ def save_figure(shown, path, title):
         comp = img * (1 - hole) + fine * hole
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
         h = t(hole)
-        pm, sm = psnr(t(fine), t(img), weight=h).item(), ssim(t(fine), t(img), weight=h).item()
+        pm, sm = psnr(t(comp), t(img), weight=h).item(), ssim(t(comp), t(img), weight=h).item()
         pc, sc = psnr(t(comp), t(img)).item(), ssim(t(comp), t(img)).item()
         panels = [(img, "original"), (np.where(hole > 0, 0.5, img), "masked input"),
                   (fine, f"fine: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}"),
