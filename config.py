@@ -281,8 +281,15 @@ def describe(cfg: Config, world_size: int = 1) -> str:
     return "config: " + " ".join(items) + "\n        " + derived
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
 def run_cli(main, argv=None):
-    """Runs a script's main; a MiramError becomes one line on stderr and exit status 1."""
+    """Runs a script's main; a MiramError becomes one line on stderr and exit status 1, and warnings
+    (skipped files) are one line each."""
+    import warnings
+    warnings.formatwarning = _one_line_warning
     try:
         return main(argv)
     except MiramError as e:

@@ -40,8 +40,7 @@ def read_image(path: str) -> np.ndarray:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext in (".tif", ".tiff"):
-            import tifffile
-            arr = tifffile.imread(path)
+            arr = read_tiff(path)
         elif ext == ".png":
             from PIL import Image
             with Image.open(path) as im:
@@ -55,6 +54,18 @@ def read_image(path: str) -> np.ndarray:
     return to_grayscale(np.asarray(arr), path)
 
 
+def read_tiff(path: str) -> np.ndarray:
+    """A TIFF as an array with colour samples (if any) last, using the file's own axes: a 3-page stack and
+    a planar RGB image have the same shape, only the TIFF tags tell them apart."""
+    import tifffile
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr, axes = series.asarray(), series.axes
+    if "S" in axes and axes.index("S") != len(axes) - 1:
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+    return arr
+
+
 def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -64,8 +75,6 @@ def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # channels last (RGB, RGBA)
         rgb = arr[..., :3].astype(np.float64)
         arr = rgb @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luma, as scikit-image's rgb2gray
-    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and min(arr.shape[1:]) > 4:  # planar RGB
-        arr = np.moveaxis(arr[:3].astype(np.float64), 0, -1) @ np.array([0.2125, 0.7154, 0.0721])
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D slice, got an array of shape {arr.shape} (a 3-D stack?)")
     if min(arr.shape) < 8:

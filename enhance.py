@@ -85,8 +85,8 @@ def read_scan(path) -> Scan:
     meta = {}
     try:
         if kind == "tiff":
-            import tifffile
-            arr = tifffile.imread(path)
+            from dataset import read_tiff
+            arr = read_tiff(path)
         elif kind == "png":
             from PIL import Image
             with Image.open(path) as im:

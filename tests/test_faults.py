@@ -151,3 +151,57 @@ def test_fuzzed_tiff_bytes_read_or_raise_our_error(tmp_path_factory, data):
         assert "fuzzed.tif" in str(e)
     else:
         assert img.ndim == 2 and img.dtype == np.float32 and np.isfinite(img).all()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_tiny_dataset
+    base = tmp_path_factory.mktemp("trained")
+    data = write_tiny_dataset(str(base / "data"))
+    out = str(base / "o")
+    train.main(tiny_args(data, out))
+    classify.main(tiny_args(data, out, "--n-viz", "0"))
+    return data, out
+
+
+def bad_files(folder):
+    """One file per kind of bad input, each with a path that has a space and a non-ASCII letter."""
+    folder.mkdir(exist_ok=True)
+    files = {"truncated": folder / "trunc ü.tif", "zero-byte": folder / "empty ü.tif",
+             "not an image": folder / "text ü.tif", "NaN": folder / "nan ü.tif", "stack": folder / "stack ü.tif"}
+    tifffile.imwrite(files["truncated"], np.ones((64, 64), np.uint16))
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:100])
+    files["zero-byte"].write_bytes(b"")
+    files["not an image"].write_text("patient notes, not pixels")
+    a = np.ones((64, 64), np.float32)
+    a[1, 1] = np.inf
+    tifffile.imwrite(files["NaN"], a)
+    tifffile.imwrite(files["stack"], np.ones((4, 64, 64), np.uint8), photometric="minisblack")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zero-byte", "not an image", "NaN", "stack"])
+def test_every_script_gives_one_line_for_a_bad_file(trained, tmp_path, kind, capsys):
+    import evaluate
+    data, out = trained
+    bad = str(bad_files(tmp_path / "in")[kind])
+    calls = {
+        "classify --predict": (classify.main, tiny_args(data, out, "--predict", bad)),
+        "enhance": (__import__("enhance").main, tiny_args(data, out, "--input", bad, "--output",
+                                                          str(tmp_path / "r.tif"))),
+    }
+    if kind != "stack":  # enhance restores stacks slice by slice: a stack is valid input there
+        calls["evaluate --data (only bad files)"] = (evaluate.main, tiny_args(data, out, "--data", str(tmp_path / "in")))
+    for name, (fn, argv) in calls.items():
+        if kind == "stack" and name == "enhance":
+            continue
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli(fn, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 1, name
+        errors = [line for line in err if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in "\n".join(err), (name, err)
+        assert all(line.startswith(("error: ", "warning: ")) for line in err), (name, err)
+        assert "ü" in errors[0] or "Dataset empty" in errors[0], (name, errors)  # names the file or folder
+    assert not os.path.exists(tmp_path / "r.tif")  # nothing half-written
