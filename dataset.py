@@ -11,10 +11,14 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from config import MiramError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 # torch is imported inside the functions that need it: reading and normalising images (used by the
 # ONNX deployment path of enhance.py and classify.py) must work with numpy and onnxruntime alone.
@@ -566,7 +570,7 @@ def main(argv=None):
               f"  subjects   {r['subjects']}\n"
               f"  labelled   {r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}\n"
               f"  sizes      " + ", ".join(f"{k} x{v}" for k, v in r["sizes"].items()) + "\n"
-              f"  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
+              "  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
               f"  unreadable {len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))
         for w in caught:
             print(f"  note: {w.message}")

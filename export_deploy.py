@@ -18,7 +18,6 @@ and classify.py use them for `--backend onnx` without importing torch.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 

@@ -47,3 +47,14 @@ def clean_miram_env(monkeypatch):
 
 def tiny_args(data, out, *extra):
     return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]
+
+
+def train_tiny_pipeline(base):
+    """Tiny data, a pre-trained MAE and a fine-tuned classifier in base/o: what later phases start from."""
+    import classify
+    import train
+    data = write_tiny_dataset(os.path.join(base, "data"))
+    out = os.path.join(base, "o")
+    train.main(tiny_args(data, out))
+    classify.main(tiny_args(data, out, "--n-viz", "0"))
+    return data, out

@@ -8,7 +8,7 @@ import torch
 
 import evaluate
 import train
-from config import MiramError, run_cli
+from config import run_cli
 from conftest import tiny_args
 from models import mask_noise
 

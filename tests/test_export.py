@@ -11,19 +11,14 @@ import torch
 import classify
 import enhance
 import export_deploy
-import train
-from conftest import tiny_args, write_tiny_dataset
+from conftest import tiny_args, train_tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("export")
-    data = write_tiny_dataset(str(base / "data"))
-    out = str(base / "o")
-    train.main(tiny_args(data, out))
-    classify.main(tiny_args(data, out, "--n-viz", "0"))
+    data, out = train_tiny_pipeline(str(tmp_path_factory.mktemp("export")))
     report = export_deploy.main(tiny_args(data, out, "--iters", "3", "--warmup", "1", "--skip-spec"))
     return data, out, report
 

@@ -17,8 +17,8 @@ import classify
 import dataset
 import models
 import train
-from config import MiramError, run_cli
-from conftest import tiny_args
+from config import run_cli
+from conftest import tiny_args, train_tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,13 +155,7 @@ def test_fuzzed_tiff_bytes_read_or_raise_our_error(tmp_path_factory, data):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import write_tiny_dataset
-    base = tmp_path_factory.mktemp("trained")
-    data = write_tiny_dataset(str(base / "data"))
-    out = str(base / "o")
-    train.main(tiny_args(data, out))
-    classify.main(tiny_args(data, out, "--n-viz", "0"))
-    return data, out
+    return train_tiny_pipeline(str(tmp_path_factory.mktemp("trained")))
 
 
 def bad_files(folder):
