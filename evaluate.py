@@ -241,7 +241,9 @@ def main(argv=None):
     print(table(summary, baselines))
     if best:
         print(f"MIRAM vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
-    result = {"miram": summary["miram"], "baselines": {b: summary[b] for b in baselines},
+    # baselines: the fine scale's figures at the top level ("masked", "composite"), both scales below
+    result = {"miram": summary["miram"],
+              "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
               "margin_db": {"vs": best, "masked_psnr": gain}, "mask_ratio": ratio, "seed": cfg.EVAL_SEED,
               "checkpoint": os.path.abspath(ckpt), "epoch": state.get("epoch"), "n_images": len(data),
               "data": source, "intensity_range": "[0, 1] after robust per-image normalisation (0.5-99.5 pct)",

@@ -62,6 +62,7 @@ def test_evaluate_end_to_end(tiny_data, tmp_path, capsys):
         for region in ("masked", "composite"):
             assert set(saved["miram"][scale][region]) == {"psnr", "ssim"}
     assert set(saved["baselines"]) == {"nearest", "linear", "biharmonic"}
+    assert saved["baselines"]["biharmonic"]["masked"] == saved["baselines"]["biharmonic"]["fine"]["masked"]
     assert len(saved["per_image"]["miram"]["fine"]["masked"]["psnr"]) == 12
     assert set(saved["sweep"]) == {"0.25", "0.5", "0.75", "0.9"}
     # composite PSNR counts visible pixels as exact, so it can only be higher than masked PSNR
