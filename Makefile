@@ -37,3 +37,4 @@ bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
 	$(PY) bench/train_throughput.py
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py
+	$(PY) bench/quantization_variants.py

@@ -1,0 +1,81 @@
+"""Which int8 flavour is fastest for the spec-size classifier on this CPU: dynamic vs static (calibrated).
+
+    python bench/quantization_variants.py [--threads 2] [--iters 25] [--calibration 16]
+
+Exports the spec-size tumor classifier (untrained weights: timing only) as export_deploy.py does, then
+quantizes it three ways: ONNX Runtime dynamic int8 (what export_deploy.py ships), and static int8 in
+QOperator and QDQ formats calibrated on training slices of the configured data (the demo set by default).
+Times all of them and fp32 at batch 1, interleaved, and prints the probability difference to fp32.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import export_deploy as ed  # noqa: E402
+from config import ModelConfig, load_config  # noqa: E402
+from dataset import load_split  # noqa: E402
+from models import TumorClassifier  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=25)
+    p.add_argument("--calibration", type=int, default=16, help="training slices used to calibrate")
+    args = p.parse_args(argv)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    torch.set_num_threads(args.threads)
+    spec = ModelConfig()
+    cfg = load_config()
+    cfg.IMG_SIZE = spec.img_size
+    train, val = load_split(cfg, quiet=True)
+    calib = train.images[:args.calibration].numpy()
+    x = val.images[:1].numpy()
+    torch.manual_seed(0)
+    clf = TumorClassifier(spec).eval()
+    with tempfile.TemporaryDirectory() as d:
+        raw, fp32 = os.path.join(d, "raw.onnx"), os.path.join(d, "fp32.onnx")
+        ed.export_onnx(ed.graphs()[0](clf), (torch.from_numpy(calib[:2]),), ["images"],
+                       ["probability", "last_block", "rollout"], fp32, clf.cfg.to_dict(), raw_path=raw)
+        paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ed.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
+        prepared = os.path.join(d, "prep.onnx")
+        quant_pre_process(raw, prepared, skip_symbolic_shape=True)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter([{"images": calib[i:i + 1]} for i in range(len(calib))])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        for fmt, name in ((QuantFormat.QOperator, "ort-int8-static-qop"), (QuantFormat.QDQ, "ort-int8-static-qdq")):
+            out = os.path.join(d, name + ".onnx")
+            quantize_static(prepared, out, Reader(), quant_format=fmt, per_channel=True,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                            op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+            paths[name] = out
+        runners = {k: ed.OnnxClassifier(v, args.threads) for k, v in paths.items()}
+        ref = runners["ort-fp32"](x)[0]
+        times = {k: [] for k in runners}
+        for r in range(args.iters + 5):
+            for k, m in runners.items():
+                t0 = time.perf_counter()
+                m(x)
+                if r >= 5:
+                    times[k].append(time.perf_counter() - t0)
+        print(f"spec-size classifier, batch 1, {args.threads} threads, {args.iters} timed calls each (interleaved):")
+        for k, m in runners.items():
+            diff = float(np.abs(m(x)[0] - ref).max())
+            print(f"  {k:22s} p50 {statistics.median(times[k]) * 1e3:6.2f} ms   |p - p_fp32| {diff:.4f}")
+
+
+if __name__ == "__main__":
+    main()
