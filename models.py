@@ -372,8 +372,9 @@ def remove_stale_temporaries(folder):
     return len(stale)
 
 
-def save_checkpoint(path, model, kind, optimizer=None, scheduler=None, epoch=None, metrics=None, extra=None):
-    """A self-describing checkpoint of plain tensors and primitives; kind is "mae" or "classifier"."""
+def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None, extra=None):
+    """A self-describing checkpoint of plain tensors and primitives; kind is "mae" or "classifier".
+    No scheduler state: the learning rate is a function of the step (train.lr_at), restored with the epoch."""
     state = {
         "kind": kind,
         "model": model.state_dict(),
@@ -383,8 +384,6 @@ def save_checkpoint(path, model, kind, optimizer=None, scheduler=None, epoch=Non
     }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
     if extra:
         state.update(extra)
     atomic_torch_save(state, path)
