@@ -11,7 +11,6 @@ Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json,
 """
 import argparse
 import json
-import math
 import os
 import time
 
@@ -174,9 +173,9 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
     Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes."""
     import torch
     import torch.nn.functional as F
-    from dataset import apply_augment, augment_params, batches
+    from dataset import batches
     from models import autocast, load_checkpoint, save_checkpoint
-    from train import Distributed, epoch_generator, lr_at
+    from train import Distributed, epoch_generator, local_batch, lr_at, steps_in_epoch
     dist = dist or Distributed()
     say = dist.say
     ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
@@ -206,7 +205,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         say(f"resuming {variant} from {ckpt_path} after epoch {start}")
     net = dist.wrap(model, device)
     global_batch = cfg.BATCH_SIZE * dist.world
-    steps_per_epoch = len(train_set) // global_batch if dist.enabled else math.ceil(len(train_set) / global_batch)
+    steps_per_epoch = steps_in_epoch(len(train_set), cfg.BATCH_SIZE, dist.world)
     if steps_per_epoch == 0:
         raise MiramError(f"{len(train_set)} labelled training slices are fewer than one global batch ({global_batch})")
     base_lr = base_lr * dist.world  # linear scaling with the global batch
@@ -221,10 +220,8 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         gen = epoch_generator(cfg.SEED + 1, epoch)
         step, sums = epoch * steps_per_epoch, [0.0, 0.0]
         for gidx in batches(len(train_set), global_batch, gen, drop_last=dist.enabled):
-            params = augment_params(len(gidx), gen)
-            mine = dist.shard(gidx, cfg.BATCH_SIZE)
+            x, mine = local_batch(train_set.images, gidx, gen, dist, cfg.BATCH_SIZE, device)
             idx = gidx[mine]
-            x = apply_augment(train_set.images[idx], {k: v[mine] for k, v in params.items()}).to(device)
             y = train_set.labels[idx].to(device)
             lr = lr_at(step, total, warm, base_lr, 0.0)
             for g in optimizer.param_groups:
@@ -351,11 +348,8 @@ def main(argv=None):
     if args.predict:
         return predict_one(args, cfg)
     from train import Distributed
-    dist = Distributed(cfg.DEVICE)
-    try:
+    with Distributed(cfg.DEVICE) as dist:
         return finetune(args, cfg, dist)
-    finally:
-        dist.close()
 
 
 def finetune(args, cfg, dist):

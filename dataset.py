@@ -218,20 +218,23 @@ def find_pairs(root: str):
 
 
 class _VolumeCache:
-    """Keeps the last NIfTI volume read, so the slices of a volume decode it once."""
+    """Keeps the last two NIfTI volumes read (an image and its mask), so the slices of a volume decode
+    each file once."""
 
     def __init__(self):
-        self.path, self.data = None, None
+        self.volumes = {}
 
     def slice(self, path, index, axis):
-        if path != self.path:
+        if path not in self.volumes:
             import nibabel as nib
             try:
-                self.data = np.asanyarray(nib.load(path).dataobj)
+                data = np.asanyarray(nib.load(path).dataobj)
             except Exception as e:
                 raise DataError(f"{path}: cannot read NIfTI volume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-            self.path = path
-        return to_grayscale(np.take(self.data, index, axis=axis), f"{path}[{index}]")
+            if len(self.volumes) >= 2:
+                self.volumes.pop(next(iter(self.volumes)))  # the oldest
+            self.volumes[path] = data
+        return to_grayscale(np.take(self.volumes[path], index, axis=axis), f"{path}[{index}]")
 
 
 def read_source(src: Source, cache: _VolumeCache):
@@ -241,7 +244,7 @@ def read_source(src: Source, cache: _VolumeCache):
         mask = read_image(src.mask) if src.mask else None
     else:
         img = cache.slice(src.image, src.index, src.axis)
-        mask = _VolumeCache().slice(src.mask, src.index, src.axis) if src.mask else None
+        mask = cache.slice(src.mask, src.index, src.axis) if src.mask else None
     if mask is not None and mask.shape != img.shape:
         raise DataError(f"{src.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
                         f"{img.shape[0]}x{img.shape[1]}")
@@ -532,8 +535,11 @@ def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):
         except DataError as e:
             unreadable.append(str(e))
             continue
-        if src.index is not None and float(img.max()) == float(img.min()):
-            empty += 1
+        if float(img.max()) == float(img.min()):  # skipped by load_slices too
+            if src.index is not None:
+                empty += 1
+            else:
+                unreadable.append(f"{src.image}: constant image (every pixel {img.flat[0]:g})")
             continue
         sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
         subjects.add(src.subject)

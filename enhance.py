@@ -295,6 +295,10 @@ class Restorer:
         g = self.grid
         weights = hidden.reshape(-1, g, 1, g, 1).repeat(p, 2).repeat(p, 4).reshape(-1, g * p, g * p)  # (G,S,S)
         per_tile = (preds * weights[None]).sum(1) / weights.sum(0)[None]  # mean over the passes that hid it
+        return self._stitch(shape, starts, per_tile, down)
+
+    def _stitch(self, shape, starts, per_tile, down=1):
+        """Tiles placed at starts (full-resolution coordinates), blended with the window."""
         acc, wsum = np.zeros(shape), np.zeros(shape)
         win = self.window[::down, ::down]
         for (y, x), t in zip(starts, per_tile):
@@ -315,18 +319,17 @@ class Restorer:
         canvas, hole_c = self._pad(img), self._pad(hole.astype(np.float64)) > 0
         shown = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
         starts = [(y, x) for y, x in self._tiles(canvas) if hole_c[y:y + self.size, x:x + self.size].any()]
-        acc, wsum = np.zeros(canvas.shape), np.zeros(canvas.shape)
         g, p = self.grid, self.p
         len_keep = int(g * g * (1 - self.ratio))
+        per_tile = []
         for y, x in starts:
             damaged = hole_c[y:y + self.size, x:x + self.size].reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
             if damaged.all():
                 raise MiramError("the damaged region covers a whole tile: nothing to inpaint from")
             fine, _ = self._run([shown[y:y + self.size, x:x + self.size]], window_noise(g, len_keep, damaged),
                                 self.ratio)
-            acc[y:y + self.size, x:x + self.size] += fine[0].mean(0) * self.window
-            wsum[y:y + self.size, x:x + self.size] += self.window
-        pred = (acc / np.maximum(wsum, 1e-12))[:H, :W]
+            per_tile.append(fine[0].mean(0))  # mean over the passes
+        pred = self._stitch(canvas.shape, starts, per_tile)[:H, :W]
         if self.blend:
             pred = pred + boundary_correction(img - pred, hole)
         return np.where(hole, pred, img)

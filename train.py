@@ -96,7 +96,7 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def shard(self, global_idx, batch_size):
+    def shard(self, batch_size):
         """This process's part of a global batch: rank r takes items [r*B, (r+1)*B)."""
         return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
 
@@ -128,11 +128,30 @@ class Distributed:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
+    def __enter__(self):
+        return self
 
-def steps_in_epoch(n_train, cfg, world):
+    def __exit__(self, *exc):
+        self.close()
+
+
+def steps_in_epoch(n_train, batch_size, world, accum_steps=1):
     # Distributed runs drop an incomplete last global batch, so every process steps the same number of times.
-    micro = n_train // (cfg.BATCH_SIZE * world) if world > 1 else math.ceil(n_train / cfg.BATCH_SIZE)
-    return math.ceil(micro / cfg.ACCUM_STEPS)
+    micro = n_train // (batch_size * world) if world > 1 else math.ceil(n_train / batch_size)
+    return math.ceil(micro / accum_steps)
+
+
+def local_batch(images, gidx, gen, dist, batch_size, device, augment=True):
+    """This process's images of global batch `gidx`, on `device`, and the slice of the batch it took.
+
+    Augmentation is drawn for the whole global batch (the same on every process), then applied where the
+    model runs: on a GPU the CPU would otherwise bound the step rate."""
+    params = augment_params(len(gidx), gen) if augment else None
+    mine = dist.shard(batch_size)
+    imgs = images[gidx[mine]].to(device, non_blocking=True)
+    if params is not None:
+        imgs = apply_augment(imgs, {k: v[mine].to(device) for k, v in params.items()})
+    return imgs, mine
 
 
 def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch, total_steps, base_lr,
@@ -156,14 +175,8 @@ def train_one_epoch(model, data, optimizer, cfg, device, epoch, steps_per_epoch,
                file=sys.stdout, disable=not (dist.main and sys.stdout.isatty()))
     optimizer.zero_grad(set_to_none=True)
     for i, gidx in enumerate(bar):
-        params = augment_params(len(gidx), gen) if cfg.AUGMENT else None
-        noise = torch.rand(len(gidx), num_patches, generator=gen)
-        mine = dist.shard(gidx, cfg.BATCH_SIZE)
-        # augmentation runs where the model runs: on a GPU the CPU would otherwise bound the step rate
-        imgs = data.images[gidx[mine]].to(device, non_blocking=True)
-        if params is not None:
-            imgs = apply_augment(imgs, {k: v[mine].to(device) for k, v in params.items()})
-        noise = noise[mine].to(device, non_blocking=True)
+        imgs, mine = local_batch(data.images, gidx, gen, dist, cfg.BATCH_SIZE, device, cfg.AUGMENT)
+        noise = torch.rand(len(gidx), num_patches, generator=gen)[mine].to(device, non_blocking=True)
         last_micro = (i + 1) % cfg.ACCUM_STEPS == 0 or i + 1 == len(global_batches)
         # gradients are all-reduced once per optimizer step, not per accumulated micro-batch
         sync = nullcontext() if last_micro or not dist.enabled else model.no_sync()
@@ -255,11 +268,8 @@ def write_history(history, path):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
-    dist = Distributed(cfg.DEVICE)
-    try:
+    with Distributed(cfg.DEVICE) as dist:
         return run(args, cfg, dist)
-    finally:
-        dist.close()
 
 
 def run(args, cfg, dist):
@@ -309,7 +319,7 @@ def run(args, cfg, dist):
     say(f"model: {n_params / 1e6:.2f} M parameters; {model.encoder.num_patches} patches, "
         f"{int(model.encoder.num_patches * (1 - model_cfg.mask_ratio))} visible")
 
-    steps_per_epoch = steps_in_epoch(len(train_set), cfg, dist.world)
+    steps_per_epoch = steps_in_epoch(len(train_set), cfg.BATCH_SIZE, dist.world, cfg.ACCUM_STEPS)
     if steps_per_epoch == 0:
         raise MiramError(f"{len(train_set)} training slices are fewer than one global batch "
                          f"({cfg.BATCH_SIZE} x {dist.world} processes): lower BATCH_SIZE")

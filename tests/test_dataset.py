@@ -157,3 +157,6 @@ def test_inspect_reports_unreadable_files(tiny_data, capsys):
     assert r["layout"] == "spec" and r["slices"] == 12 and r["subjects"] == 4 and len(r["unreadable"]) == 1
     assert "unreadable 1" in out and "subj7_000.tif" in out and "tumor share 50.0%" in out
     assert "72x80 x12" in out and "uint8" in out
+    tifffile.imwrite(os.path.join(tiny_data, "HR", "subj8_000.tif"), np.zeros((40, 40), np.uint8))
+    r = dataset.inspect(tiny_data)
+    assert r["slices"] == 12 and any("constant image" in u for u in r["unreadable"])  # as load_slices skips it
