@@ -10,6 +10,7 @@ Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json,
 (variants add a suffix: _linear_probe, _from_scratch), and classifier_checkpoint*.pth to resume from.
 """
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -115,12 +116,26 @@ def attention_rollout(attentions):
     return result
 
 
-def cls_maps(attentions, grid):
-    """CLS-to-patch attention on the patch grid, (B, grid, grid) each: the last block's (heads averaged)
-    and the rollout's. The exported ONNX classifier computes the same two maps in its graph."""
-    last = attentions[-1].float().mean(dim=1)[:, 0, 1:]  # (B, L)
-    roll = attention_rollout(attentions)[:, 0, 1:]  # (B, L)
-    return {"last_block": last.reshape(-1, grid, grid), "rollout": roll.reshape(-1, grid, grid)}
+def on_grid(cls_attention, keep, valid, grid):
+    """CLS attention over the encoded tokens (B, K) -> (B, grid, grid), zero on patches not encoded."""
+    import torch
+    if valid is not None:
+        cls_attention = cls_attention * valid
+    out = torch.zeros(cls_attention.shape[0], grid * grid, dtype=cls_attention.dtype, device=cls_attention.device)
+    return out.scatter(1, keep, cls_attention).reshape(-1, grid, grid)
+
+
+def last_block_map(attentions, keep, valid, grid):
+    """The last block's CLS-to-patch attention, heads averaged, on the grid. The exported ONNX classifier
+    computes this map in its graph."""
+    return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
+
+
+def cls_maps(attentions, keep, valid, grid):
+    """CLS-to-patch attention on the patch grid, (B, grid, grid) each: the last block's and the rollout's."""
+    roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
+    return {"last_block": last_block_map(attentions, keep, valid, grid),
+            "rollout": on_grid(roll, keep, valid, grid)}
 
 
 def upsample_heatmaps(maps, size):
@@ -154,8 +169,8 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
             x = images[idx].to(device)
             with autocast(device, amp):
                 if with_attention:
-                    logits, atts = model.forward_with_attention(x, "all")
-                    for k, v in cls_maps(atts, model.encoder.grid).items():
+                    logits, atts, keep, valid = model.forward_with_attention(x, "all")
+                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid).items():
                         maps[k].append(v.float().cpu().numpy())
                 else:
                     logits = model(x)
@@ -262,9 +277,9 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6))
-    panels = [("image", None), ("last block CLS attention", heats["last_block"]),
-              ("attention rollout", heats["rollout"])]
+    titles = {"last_block": "last block CLS attention", "rollout": "attention rollout"}
+    panels = [("image", None)] + [(titles[k], heats[k]) for k in titles if k in heats]  # onnx: last block only
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, h) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         if h is not None:
@@ -370,7 +385,8 @@ def finetune(args, cfg, dist):
     else:
         mae_path = args.checkpoint or os.path.join(out_dir, "best_miram_mae.pth")
         state = load_checkpoint(mae_path, kind="mae")
-        model_cfg = model_config_from(state)
+        # the encoder's architecture from the checkpoint; which patches it reads is this run's setting
+        model_cfg = dataclasses.replace(model_config_from(state), foreground_threshold=cfg.FOREGROUND_THRESHOLD)
         model = TumorClassifier(model_cfg)
         encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
         model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match

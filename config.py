@@ -31,6 +31,9 @@ DECODER_NUM_HEADS = 8
 MASK_RATIO = 0.75
 LAMBDA_FINE = 1.0
 LAMBDA_COARSE = 0.5
+# The classifier encodes only the patches whose mean intensity (of the [0, 1]-scaled slice) exceeds this:
+# empty background carries no evidence, and a brain slice is often half background. Negative: every patch.
+FOREGROUND_THRESHOLD = 0.01
 
 # Pre-training.
 N_EPOCHS = 200
@@ -66,6 +69,7 @@ class ModelConfig:
     mask_ratio: float = MASK_RATIO
     lambda_fine: float = LAMBDA_FINE
     lambda_coarse: float = LAMBDA_COARSE
+    foreground_threshold: float = FOREGROUND_THRESHOLD  # the classifier's; the MAE ignores it
 
     def __post_init__(self):
         _check_model(self)
@@ -92,6 +96,8 @@ def _check_model(m):
     need(0.0 <= m.mask_ratio < 1.0, "MASK_RATIO", f"must be in [0, 1), got {m.mask_ratio}")
     need(int((m.img_size // m.patch_size) ** 2 * (1 - m.mask_ratio)) >= 1, "MASK_RATIO",
          f"{m.mask_ratio} leaves no visible patch")
+    need(m.foreground_threshold < 1.0, "FOREGROUND_THRESHOLD",
+         f"{m.foreground_threshold} would drop every patch of a [0, 1]-scaled slice")
     need(m.mlp_ratio > 0, "MLP_RATIO", f"must be positive, got {m.mlp_ratio}")
     need(m.lambda_fine >= 0 and m.lambda_coarse >= 0 and m.lambda_fine + m.lambda_coarse > 0,
          "LAMBDA_FINE", "loss weights must be non-negative and not both zero")
@@ -115,6 +121,7 @@ class Config:
     DECODER_DEPTH: int = DECODER_DEPTH
     DECODER_NUM_HEADS: int = DECODER_NUM_HEADS
     MASK_RATIO: float = MASK_RATIO
+    FOREGROUND_THRESHOLD: float = FOREGROUND_THRESHOLD
     LAMBDA_FINE: float = LAMBDA_FINE
     LAMBDA_COARSE: float = LAMBDA_COARSE
     # pre-training
@@ -150,7 +157,8 @@ class Config:
             embed_dim=self.EMBED_DIM, depth=self.DEPTH, num_heads=self.NUM_HEADS, mlp_ratio=self.MLP_RATIO,
             decoder_embed_dim=self.DECODER_EMBED_DIM, decoder_depth=self.DECODER_DEPTH,
             decoder_num_heads=self.DECODER_NUM_HEADS, mask_ratio=self.MASK_RATIO,
-            lambda_fine=self.LAMBDA_FINE, lambda_coarse=self.LAMBDA_COARSE)
+            lambda_fine=self.LAMBDA_FINE, lambda_coarse=self.LAMBDA_COARSE,
+            foreground_threshold=self.FOREGROUND_THRESHOLD)
 
     def effective_batch(self, world_size: int = 1) -> int:
         return self.BATCH_SIZE * self.ACCUM_STEPS * world_size

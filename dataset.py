@@ -103,6 +103,23 @@ def normalize_intensity(img: np.ndarray, low=0.5, high=99.5):
     return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32), (float(lo), float(hi))
 
 
+def foreground_patches(images, patch, threshold):
+    """The patches the classifier encodes: those whose mean intensity exceeds threshold (all, when it is
+    negative). images (B, 1, S, S) in [0, 1] -> keep (B, K) int64 patch indices, foreground first in raster
+    order, and valid (B, K) bool. K is the batch's largest count; an image with fewer is padded with its
+    first background patches, marked invalid (the encoder masks them out of attention, so a result does not
+    depend on the rest of the batch). numpy only: the ONNX runtime path uses it without torch."""
+    images = np.asarray(images, np.float32)
+    B, g = images.shape[0], images.shape[-1] // patch
+    means = images[:, 0, :g * patch, :g * patch].reshape(B, g, patch, g, patch).mean(axis=(2, 4)).reshape(B, -1)
+    fg = means > threshold if threshold >= 0 else np.ones_like(means, bool)
+    counts = np.maximum(fg.sum(axis=1), 1)  # a blank image still gives the encoder one patch
+    K = int(counts.max())
+    keep = np.argsort(~fg, axis=1, kind="stable")[:, :K].astype(np.int64)
+    valid = np.arange(K)[None, :] < counts[:, None]
+    return keep, valid
+
+
 def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
     """Pads to a centred square (no distortion of the aspect ratio), then resizes to size x size."""
     from skimage.transform import resize

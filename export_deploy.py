@@ -3,9 +3,9 @@
     python export_deploy.py [--iters 50] [--threads 2] [--skip-spec]
 
 From the best checkpoints in OUTPUT_PATH it writes:
-  miram_model_optimized.onnx  tumor classifier: images (B,1,S,S) -> probability (B,), the last block's CLS
-                              attention (B,g,g) and the attention rollout (B,g,g); when
-                              best_tumor_classifier.pth exists
+  miram_model_optimized.onnx  tumor classifier: images (B,1,S,S), the patches to encode keep (B,K) and
+                              valid (B,K) (dataset.foreground_patches) -> probability (B,) and the last
+                              block's CLS attention (B,g,g); when best_tumor_classifier.pth exists
   miram_mae.onnx              restoration: images (B,1,S,S) and masking noise (B,L) -> fine (B,1,S,S),
                               coarse (B,1,S/2,S/2) and mask (B,L); no random op in the graph
   *_int8.onnx                 ONNX Runtime dynamic int8 variants, kept only when their measured accuracy
@@ -16,6 +16,7 @@ The ONNX runtime classes at the top (OnnxClassifier, OnnxMAE) need only numpy an
 and classify.py use them for `--backend onnx` without importing torch.
 """
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -30,7 +31,7 @@ MAE_ONNX = "miram_mae.onnx"
 OPSET = 18
 META_KEY = "miram_model_config"
 # Parity thresholds, PyTorch fp32 vs ONNX Runtime fp32 on real images.
-PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "rollout": 1e-4, "fine": 1e-3, "coarse": 1e-3},
+PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3},
           "min_cosine": 0.9999}
 # A quantized variant is kept only within these accuracy costs on the validation split.
 INT8_MAX_AUROC_DROP = 0.005
@@ -66,10 +67,19 @@ class _OnnxModel:
 
 
 class OnnxClassifier(_OnnxModel):
+    def __init__(self, path, threads=None, foreground_threshold=None):
+        """foreground_threshold overrides the exported model's (for timing all patches, say)."""
+        super().__init__(path, threads)
+        self.threshold = (self.model_config["foreground_threshold"] if foreground_threshold is None
+                          else foreground_threshold)
+
     def __call__(self, images):
-        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {"last_block", "rollout"}: (B,g,g)."""
-        prob, last, roll = self.session.run(None, {"images": np.ascontiguousarray(images, np.float32)})
-        return prob, {"last_block": last, "rollout": roll}
+        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {"last_block": (B,g,g)}."""
+        from dataset import foreground_patches  # numpy only
+        images = np.ascontiguousarray(images, np.float32)
+        keep, valid = foreground_patches(images, self.model_config["patch_size"], self.threshold)
+        prob, last = self.session.run(None, {"images": images, "keep": keep, "valid": valid})
+        return prob, {"last_block": last}
 
 
 class OnnxMAE(_OnnxModel):
@@ -87,18 +97,19 @@ class OnnxMAE(_OnnxModel):
 def graphs():
     """The two exported computations as torch modules (built lazily: torch is imported here)."""
     import torch
-    from classify import cls_maps
+    from classify import last_block_map
     from models import unpatchify
 
     class ClassifierGraph(torch.nn.Module):
+        """The patch selection stays outside (numpy, data-dependent K); the graph encodes what it is given.
+        No rollout: it needs every block's attention and cost ~15% of the latency (measured)."""
         def __init__(self, clf):
             super().__init__()
             self.clf = clf
 
-        def forward(self, images):
-            logits, atts = self.clf.forward_with_attention(images, "all")
-            maps = cls_maps(atts, self.clf.encoder.grid)
-            return torch.sigmoid(logits), maps["last_block"], maps["rollout"]
+        def forward(self, images, keep, valid):
+            logits, atts, _, _ = self.clf.forward_with_attention(images, "last", keep, valid)
+            return torch.sigmoid(logits), last_block_map(atts, keep, valid, self.clf.encoder.grid)
 
     class MAEGraph(torch.nn.Module):
         def __init__(self, mae):
@@ -113,10 +124,11 @@ def graphs():
     return ClassifierGraph, MAEGraph
 
 
-def export_onnx(module, example, names, outputs, path, model_config, raw_path=None):
+def export_onnx(module, example, names, outputs, path, model_config, raw_path=None, token_inputs=()):
     """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
     after ONNX Runtime's (portable) graph optimizations as a single file; raw_path also keeps the graph as
-    exported (the input quantization wants: it knows the plain MatMuls, not ORT's fused ops)."""
+    exported (the input quantization wants: it knows the plain MatMuls, not ORT's fused ops). token_inputs
+    also get a dynamic second axis (the number of encoded patches)."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -126,7 +138,8 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
         raw = os.path.join(tmp, "raw.onnx")
         try:
             batch = torch.export.Dim("batch", min=1, max=1024)
-            shapes = {n: {0: batch} for n in names}
+            tokens = torch.export.Dim("tokens", min=1, max=4096)
+            shapes = {n: {0: batch, 1: tokens} if n in token_inputs else {0: batch} for n in names}
             prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
                                      output_names=list(outputs), dynamic_shapes=shapes, verbose=False)
             prog.save(raw)
@@ -199,28 +212,44 @@ def bench_group(runners, batch, iters, warmup):
     return {k: percentiles(v, batch) for k, v in times.items()}
 
 
-def model_runners(kind, torch_model, onnx_paths, batch, size, grid, threads):
-    """Callables for every backend on one fixed input."""
+def benchmark_batches(images, batch, grid, count):
+    """count inputs of `batch` real slices, taken in turn through images (wrapping), with masking noise:
+    every backend sees the same sequence, so images with more foreground weigh the same for all."""
+    rng = np.random.default_rng(0)
+    order = np.arange(count * batch) % len(images)
+    return [(np.ascontiguousarray(images[order[i * batch:(i + 1) * batch]], np.float32),
+             rng.random((batch, grid * grid), dtype=np.float32)) for i in range(count)]
+
+
+def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None):
+    """Callables for every backend; each call takes the next input of the shared sequence."""
     import torch
     from models import autocast
-    rng = np.random.default_rng(0)
-    x = rng.random((batch, 1, size, size), dtype=np.float32)
-    noise = rng.random((batch, grid * grid), dtype=np.float32)
-    xt, nt = torch.from_numpy(x), torch.from_numpy(noise)
     cpu = torch.device("cpu")
+    tensors = [(torch.from_numpy(x), torch.from_numpy(n)) for x, n in inputs]
 
-    def torch_run(amp):
+    def cycle(fn, items):
+        state = {"i": 0}
+
         def run():
-            with torch.no_grad(), autocast(cpu, amp):
-                if kind == "classifier":
-                    torch_model(xt)
-                else:
-                    torch_model(xt, nt)
+            item = items[state["i"] % len(items)]
+            state["i"] += 1
+            fn(*item)
         return run
-    runners = {"torch-fp32": torch_run(False), "torch-bf16": torch_run(True)}
+
+    def torch_call(amp):
+        def call(x, n):
+            with torch.no_grad(), autocast(cpu, amp):
+                torch_model(x) if kind == "classifier" else torch_model(x, n)
+        return call
+    runners = {"torch-fp32": cycle(torch_call(False), tensors), "torch-bf16": cycle(torch_call(True), tensors)}
     for backend, path in onnx_paths.items():
-        m = (OnnxClassifier if kind == "classifier" else OnnxMAE)(path, threads)
-        runners[backend] = (lambda m=m: m(x)) if kind == "classifier" else (lambda m=m: m(x, noise))
+        if kind == "classifier":
+            m = OnnxClassifier(path, threads, foreground_threshold)
+            runners[backend] = cycle(lambda x, n, m=m: m(x), inputs)
+        else:
+            m = OnnxMAE(path, threads)
+            runners[backend] = cycle(lambda x, n, m=m: m(x, n), inputs)
     return runners
 
 
@@ -265,14 +294,22 @@ def get_args_parser():
     return add_config_args(p)
 
 
+def foreground_inputs(clf, images):
+    """(keep, valid) tensors for the classifier graph: the same selection OnnxClassifier makes."""
+    import torch
+    from dataset import foreground_patches
+    keep, valid = foreground_patches(images.numpy(), clf.cfg.patch_size, clf.cfg.foreground_threshold)
+    return torch.from_numpy(keep), torch.from_numpy(valid)
+
+
 def export_all(out_dir, prefix, clf, mae, example, noise_example):
     """Exports both graphs (those whose model is given) and their int8 variants into out_dir."""
     ClassifierGraph, MAEGraph = graphs()
     paths = {}
     jobs = []
     if clf is not None:
-        jobs.append(("classifier", ClassifierGraph(clf), (example,), ["images"], ["probability", "last_block", "rollout"],
-                     CLASSIFIER_ONNX, clf.cfg))
+        jobs.append(("classifier", ClassifierGraph(clf), (example, *foreground_inputs(clf, example)),
+                     ["images", "keep", "valid"], ["probability", "last_block"], CLASSIFIER_ONNX, clf.cfg))
     if mae is not None:
         jobs.append(("mae", MAEGraph(mae), (example, noise_example), ["images", "noise"], ["fine", "coarse", "mask"],
                      MAE_ONNX, mae.cfg))
@@ -280,7 +317,7 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example):
         path = os.path.join(out_dir, prefix + name)
         raw = path.replace(".onnx", ".raw.onnx")
         try:
-            export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), raw_path=raw)
+            export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), raw_path=raw, token_inputs=("keep", "valid"))
             paths[kind] = {"ort-fp32": path, "ort-int8": quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))}
         finally:
             if os.path.exists(raw):
@@ -319,11 +356,11 @@ def main(argv=None):
     parity = {}
     with torch.no_grad():
         if clf is not None:
-            ref = graphs()[0](clf)(torch.from_numpy(images))
+            x = torch.from_numpy(images)
+            ref = graphs()[0](clf)(x, *foreground_inputs(clf, x))
             prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
             parity["classifier"] = {"probability": compare(ref[0], prob),
-                                    "last_block": compare(ref[1], maps["last_block"]),
-                                    "rollout": compare(ref[2], maps["rollout"])}
+                                    "last_block": compare(ref[1], maps["last_block"])}
         ref = graphs()[1](mae)(torch.from_numpy(images), torch.from_numpy(noise))
         sess = OnnxMAE(paths["mae"]["ort-fp32"], args.threads).session
         fine, coarse, mask = sess.run(None, {"images": images, "noise": noise})
@@ -357,29 +394,42 @@ def main(argv=None):
 
     # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights)
     results = []
-    targets = [("checkpoint", clf, mae, paths)]
+    targets = [("checkpoint", clf, mae, paths, images, None)]
     tmp = None
     if not args.skip_spec:
         tmp = tempfile.TemporaryDirectory(dir=out_dir)
         spec = ModelConfig()
         torch.manual_seed(0)
         s_clf, s_mae = TumorClassifier(spec).eval(), MIRAM(spec).eval()
-        sx = torch.rand(2, 1, spec.img_size, spec.img_size)
-        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, sx, torch.rand(2, (spec.img_size // spec.patch_size) ** 2))
+        spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
+        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, spec_images[:2],
+                             torch.rand(2, (spec.img_size // spec.patch_size) ** 2))
         for kind in ("classifier", "mae"):  # the same rule as the checkpoint's: only kept variants
             if kind in accuracy and not accuracy[kind]["int8_kept"]:
                 s_paths[kind].pop("ort-int8")
-        targets.append(("spec", s_clf, s_mae, s_paths))
-    for size_name, c, m, ps_ in targets:
+        targets.append(("spec", s_clf, s_mae, s_paths, spec_images.numpy(), None))
+        # the same spec-size classifier made to encode every patch: what the foreground selection saves
+        s_all = TumorClassifier(dataclasses.replace(spec, foreground_threshold=-1.0)).eval()
+        s_all.load_state_dict(s_clf.state_dict())
+        targets.append(("spec-all-patches", s_all, None, s_paths, spec_images.numpy(), -1.0))
+    for size_name, c, m, ps_, imgs, threshold in targets:
         for kind, model in (("classifier", c), ("mae", m)):
             if model is None:
                 continue
             mcfg = model.cfg
+            grid = mcfg.img_size // mcfg.patch_size
             for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
-                runners = model_runners(kind, model, ps_[kind], batch, mcfg.img_size,
-                                        mcfg.img_size // mcfg.patch_size, args.threads)
+                inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
+                runners = model_runners(kind, model, ps_[kind], inputs, args.threads, threshold)
+                patches = grid * grid
+                if kind == "classifier":
+                    from dataset import foreground_patches
+                    t = mcfg.foreground_threshold
+                    patches = float(np.mean([foreground_patches(x, mcfg.patch_size, t)[1].sum(1).mean()
+                                             for x, _ in inputs]))
                 for backend, r in bench_group(runners, batch, iters, args.warmup).items():
-                    results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch, **r})
+                    results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch,
+                                    "patches_per_image": patches, **r})
     if tmp is not None:
         tmp.cleanup()
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": mae_state.get("epoch"),
@@ -391,10 +441,11 @@ def main(argv=None):
         json.dump(report, f, indent=1)
     os.replace(path + ".tmp", path)
     print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
-    print(f"{'model':10s} {'size':10s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'img/s':>8s}")
+    print(f"{'model':10s} {'size':16s} {'patches':>7s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} "
+          f"{'p99':>8s} {'img/s':>8s}")
     for r in results:
-        print(f"{r['model']:10s} {r['size']:10s} {r['backend']:11s} {r['batch']:5d} {r['p50_ms']:8.2f} "
-              f"{r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f}")
+        print(f"{r['model']:10s} {r['size']:16s} {r['patches_per_image']:7.1f} {r['backend']:11s} {r['batch']:5d} "
+              f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f}")
     print(f"wrote {path}")
     return report
 

@@ -143,7 +143,7 @@ def make_blocks(dim, depth, heads, mlp_ratio):
     return nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
 
 
-def block_with_attention(block: Block, x: torch.Tensor):
+def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None):
     """A timm Block's forward on x (B, N, D) that also returns its softmax attention (B, heads, N, N).
 
     Same weights and maths as block(x) (checked in the tests), computed once; used only when attention is
@@ -155,7 +155,10 @@ def block_with_attention(block: Block, x: torch.Tensor):
     qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    if attn_mask is not None:  # bool, True = may attend (as SDPA's)
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    weights = logits.softmax(dim=-1)
     o = (weights @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)  # (B, N, H*hd)
     o = attn.proj_drop(attn.proj(attn.norm(o)))
     x = x + block.drop_path1(block.ls1(o))
@@ -198,27 +201,35 @@ class Encoder(nn.Module):
         mask = torch.gather(mask, 1, ids_restore)  # (B, L), 1 = masked
         return x_visible, mask, ids_restore
 
-    def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None):
+    def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None, keep=None, valid=None):
         """imgs (B, C, H, W) -> tokens (B, 1+K, D), mask (B, L) or None, ids_restore, attentions.
 
-        With mask_ratio=None (or 0) every patch is encoded; return_attention is None, "last" or "all".
+        With mask_ratio=None (or 0) every patch is encoded, or only the patches keep (B, K) indexes (the
+        foreground: the encoder was pre-trained on subsets of patches), of which valid (B, K) bool says
+        which are real (the others pad the batch and no token attends to them); return_attention is None,
+        "last" or "all".
         """
         x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # (B, L, D)
         x = x + self.pos_embed[:, 1:]
         mask = ids_restore = None
-        if mask_ratio:
+        if keep is not None:
+            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+        elif mask_ratio:
             if noise is None:
                 noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
             x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, K, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+        attn_mask = None
+        if valid is not None:  # key mask (B, 1, 1, 1+K), True = may attend: padding gets no attention
+            attn_mask = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)[:, None, None]
         attentions = []
         for i, blk in enumerate(self.blocks):
             if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
-                x, a = block_with_attention(blk, x)
+                x, a = block_with_attention(blk, x, attn_mask)
                 attentions.append(a)  # (B, H, N, N)
             else:
-                x = blk(x)
+                x = blk(x, attn_mask=attn_mask)
         return self.norm(x), mask, ids_restore, attentions
 
 
@@ -321,15 +332,25 @@ class TumorClassifier(nn.Module):
         self.apply(_init_weights)
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
 
-    def forward(self, imgs):
-        """imgs (B, C, H, W) -> logits (B,)"""
-        tokens = self.encoder(imgs)[0]  # (B, 1+L, D)
-        return self.head(tokens[:, 0]).squeeze(-1)
+    def foreground(self, imgs):
+        """(keep, valid) for imgs: the patches above cfg.foreground_threshold (dataset.foreground_patches)."""
+        from dataset import foreground_patches
+        keep, valid = foreground_patches(imgs.detach().float().cpu().numpy(), self.cfg.patch_size,
+                                         self.cfg.foreground_threshold)
+        keep = torch.from_numpy(keep).to(imgs.device)
+        return keep, (None if valid.all() else torch.from_numpy(valid).to(imgs.device))  # no padding: no mask
 
-    def forward_with_attention(self, imgs, which="all"):
-        """-> logits (B,), attentions: list of (B, H, 1+L, 1+L), one per block ("all") or the last."""
-        tokens, _, _, attentions = self.encoder(imgs, return_attention=which)
-        return self.head(tokens[:, 0]).squeeze(-1), attentions
+    def forward(self, imgs, keep=None, valid=None):
+        """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None)."""
+        return self.forward_with_attention(imgs, None, keep, valid)[0]
+
+    def forward_with_attention(self, imgs, which="all", keep=None, valid=None):
+        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all") or the last (which),
+        keep (B, K) and valid (B, K): the patches those K tokens are."""
+        if keep is None:
+            keep, valid = self.foreground(imgs)
+        tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid)
+        return self.head(tokens[:, 0]).squeeze(-1), attentions, keep, valid
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------

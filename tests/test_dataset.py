@@ -160,3 +160,18 @@ def test_inspect_reports_unreadable_files(tiny_data, capsys):
     tifffile.imwrite(os.path.join(tiny_data, "HR", "subj8_000.tif"), np.zeros((40, 40), np.uint8))
     r = dataset.inspect(tiny_data)
     assert r["slices"] == 12 and any("constant image" in u for u in r["unreadable"])  # as load_slices skips it
+
+
+def test_foreground_patches_pads_to_the_batch_and_marks_padding():
+    from dataset import foreground_patches
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    x[0, 0, :4, :4] = 1        # patch 0 of a 2x2 grid
+    x[1, 0, 4:, :] = 1         # patches 2 and 3
+    # x[2] is blank
+    keep, valid = foreground_patches(x, 4, 0.01)
+    assert keep.shape == valid.shape == (3, 2) and keep.dtype == np.int64
+    assert keep[0, 0] == 0 and valid[0].tolist() == [True, False]
+    assert keep[1].tolist() == [2, 3] and valid[1].all()
+    assert valid[2].tolist() == [True, False]  # a blank slice still gives the encoder one patch
+    keep, valid = foreground_patches(x, 4, -1)  # negative: every patch
+    assert keep.tolist() == [[0, 1, 2, 3]] * 3 and valid.all()

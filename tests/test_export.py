@@ -47,14 +47,18 @@ def test_dynamic_batch_matches_torch(exported, batch):
     clf, _ = build_from_checkpoint(os.path.join(out, "best_tumor_classifier.pth"), "classifier")
     mae, _ = build_from_checkpoint(os.path.join(out, "best_miram_mae.pth"), "mae")
     x = torch.rand(batch, 1, 64, 64)
+    x[-1, :, :32] = 0  # the last image has half the foreground: the others' batch pads it
     noise = torch.rand(batch, 16)
     ClassifierGraph, MAEGraph = export_deploy.graphs()
     with torch.no_grad():
-        ref = ClassifierGraph(clf.eval())(x)
+        ref = ClassifierGraph(clf.eval())(x, *export_deploy.foreground_inputs(clf, x))
         ref_mae = MAEGraph(mae.eval())(x, noise)
+        alone = torch.sigmoid(clf(x[-1:]))  # on its own: no padding
     prob, maps = export_deploy.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())
     assert prob.shape == (batch,) and np.abs(prob - ref[0].numpy()).max() < 1e-4
-    assert np.abs(maps["rollout"] - ref[2].numpy()).max() < 1e-4
+    assert abs(prob[-1] - alone.item()) < 1e-4  # a result does not depend on the rest of the batch
+    assert np.abs(maps["last_block"] - ref[1].numpy()).max() < 1e-4
+    assert (maps["last_block"][-1, :2] == 0).all()  # blank patches are not encoded: no attention
     fine, coarse = export_deploy.OnnxMAE(os.path.join(out, "miram_mae.onnx"))(x.numpy(), noise.numpy())
     assert fine.shape == (batch, 1, 64, 64) and coarse.shape == (batch, 1, 32, 32)
     assert np.abs(fine - ref_mae[0].numpy()).max() < 1e-3

@@ -166,3 +166,24 @@ def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
     (tmp_path / "trunc.pth").write_bytes(path.read_bytes()[:50])
     with pytest.raises(MiramError, match="trunc.pth"):
         models.load_checkpoint(str(tmp_path / "trunc.pth"))
+
+
+def test_classifier_reads_only_foreground_and_ignores_batch_padding():
+    from models import TumorClassifier
+    torch.manual_seed(0)
+    m = TumorClassifier(ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    x[1, :, :16] = 0  # half blank: padded when batched with x[0]
+    with torch.no_grad():
+        batched = m(x)
+        alone = torch.cat([m(x[:1]), m(x[1:])])
+        keep, valid = m.foreground(x[1:])
+        logits, atts, _, _ = m.forward_with_attention(x[1:], "last")
+        changed = x[1:].clone()
+        changed[:, :, :16] = 0.005  # below the threshold: still background, same result
+        assert keep.shape == (1, 8) and valid is None and atts[0].shape[-1] == 9
+        assert torch.allclose(m(changed), alone[1:], atol=1e-6)
+        brighter = x[1:].clone()
+        brighter[:, :, :16] = 0.5  # now foreground: read, and the result moves
+        assert not torch.allclose(m(brighter), alone[1:], atol=1e-4)
+    assert torch.allclose(batched, alone, atol=1e-5)
