@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export_deploy as ed  # noqa: E402
 from config import ModelConfig, load_config  # noqa: E402
-from dataset import load_split  # noqa: E402
+from dataset import foreground_patches, load_split  # noqa: E402
 from models import TumorClassifier  # noqa: E402
 
 
@@ -43,15 +43,20 @@ def main(argv=None):
     clf = TumorClassifier(spec).eval()
     with tempfile.TemporaryDirectory() as d:
         raw, fp32 = os.path.join(d, "raw.onnx"), os.path.join(d, "fp32.onnx")
-        ed.export_onnx(ed.graphs()[0](clf), (torch.from_numpy(calib[:2]),), ["images"],
-                       ["probability", "last_block", "rollout"], fp32, clf.cfg.to_dict(), raw_path=raw)
+        example = torch.from_numpy(calib[:2])
+        ed.export_onnx(ed.graphs()[0](clf), (example, *ed.foreground_inputs(clf, example)), ["images", "keep", "valid"],
+                       ["probability", "last_block"], fp32, clf.cfg.to_dict(), raw_path=raw, token_inputs=("keep", "valid"))
         paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ed.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
         prepared = os.path.join(d, "prep.onnx")
         quant_pre_process(raw, prepared, skip_symbolic_shape=True)
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self.items = iter([{"images": calib[i:i + 1]} for i in range(len(calib))])
+                feeds = []
+                for i in range(len(calib)):
+                    keep, valid = foreground_patches(calib[i:i + 1], spec.patch_size, spec.foreground_threshold)
+                    feeds.append({"images": calib[i:i + 1], "keep": keep, "valid": valid})
+                self.items = iter(feeds)
 
             def get_next(self):
                 return next(self.items, None)
