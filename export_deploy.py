@@ -94,11 +94,74 @@ class OnnxMAE(_OnnxModel):
 
 # ---- export (torch) ----------------------------------------------------------------------------------
 
+_ORT_OPS = {}
+
+
+def ort_fused_ops():
+    """ONNX Runtime's fused CPU kernels for GELU and multi-head attention (com.microsoft Gelu and
+    MultiHeadAttention), for the dynamo exporter: (translation table, run_block for Encoder.forward).
+
+    The exporter writes GELU as Div/Erf/Add/Mul/Mul, which ORT does not fuse, and attention as 5
+    Transposes, 2 MatMuls and a Softmax per block; with the fused kernels the spec classifier measured
+    10-14% faster in fp32 and int8. Attention is a torch custom op (eager: SDPA on the same maths) so the
+    exporter sees one node to translate. The last block keeps its explicit attention: its weights are an
+    output. Registered once per process."""
+    if _ORT_OPS:
+        return _ORT_OPS["table"], _ORT_OPS["run_block"]
+    import onnx
+    import onnxscript
+    import torch
+    import torch.nn.functional as F
+    from onnxscript import opset18 as op
+
+    msft = onnxscript.values.Opset("com.microsoft", 1)
+    param, optional = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.FormalParameterOption.Optional
+    floats = ("T", ["tensor(float)"], "")
+    gelu_op = onnxscript.values.Op(msft, "Gelu", onnx.defs.OpSchema(
+        "Gelu", "com.microsoft", 1, inputs=[param("X", "T")], outputs=[param("Y", "T")], type_constraints=[floats]))
+    mha_op = onnxscript.values.Op(msft, "MultiHeadAttention", onnx.defs.OpSchema(
+        "MultiHeadAttention", "com.microsoft", 1,
+        inputs=[param("query", "T"), param("key", "T", param_option=optional), param("value", "T", param_option=optional),
+                param("bias", "T", param_option=optional), param("key_padding_mask", "M", param_option=optional)],
+        outputs=[param("output", "T")], type_constraints=[floats, ("M", ["tensor(int32)"], "")],
+        attributes=[onnx.defs.OpSchema.Attribute("num_heads", onnx.defs.OpSchema.AttrType.INT, "heads")]))
+
+    @torch.library.custom_op("miram::attention", mutates_args=())
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """q, k, v (B, N, D), keys (B, N) 1 = real token -> (B, N, D)"""
+        B, N, D = q.shape
+        heads = [t.reshape(B, N, num_heads, D // num_heads).transpose(1, 2) for t in (q, k, v)]
+        bias = ((keys.to(q.dtype) - 1) * 1e4)[:, None, None]  # as Encoder.forward's mask
+        return F.scaled_dot_product_attention(*heads, attn_mask=bias).transpose(1, 2).reshape(B, N, D)
+
+    @attention.register_fake
+    def _(q, k, v, keys, num_heads):
+        return torch.empty_like(q)
+
+    def gelu_onnx(x, approximate: str = "none"):
+        return gelu_op(x)
+
+    def attention_onnx(q, k, v, keys, num_heads: int):
+        return mha_op(q, k, v, None, op.Cast(keys, to=onnx.TensorProto.INT32), num_heads=num_heads)
+
+    def run_block(block, x, keys):
+        """A timm Block (pre-norm, no layer scale or q/k norm, as make_blocks builds) through the custom op."""
+        attn = block.attn
+        q, k, v = attn.qkv(block.norm1(x)).split(x.shape[-1], dim=-1)
+        x = x + attn.proj(attention(q, k, v, keys, attn.num_heads))
+        return x + block.mlp(block.norm2(x))
+
+    _ORT_OPS["table"] = {torch.ops.aten.gelu.default: gelu_onnx, torch.ops.miram.attention.default: attention_onnx}
+    _ORT_OPS["run_block"] = run_block
+    return _ORT_OPS["table"], run_block
+
+
 def graphs():
     """The two exported computations as torch modules (built lazily: torch is imported here)."""
     import torch
     from classify import last_block_map
     from models import unpatchify
+    _, run_block = ort_fused_ops()
 
     class ClassifierGraph(torch.nn.Module):
         """The patch selection stays outside (numpy, data-dependent K); the graph encodes what it is given.
@@ -108,7 +171,7 @@ def graphs():
             self.clf = clf
 
         def forward(self, images, keep, valid):
-            logits, atts, _, _ = self.clf.forward_with_attention(images, "last", keep, valid)
+            logits, atts, _, _ = self.clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
             return torch.sigmoid(logits), last_block_map(atts, keep, valid, self.clf.encoder.grid)
 
     class MAEGraph(torch.nn.Module):
@@ -122,6 +185,14 @@ def graphs():
             return unpatchify(out.pred_fine, p, c), unpatchify(out.pred_coarse, p // 2, c), out.mask
 
     return ClassifierGraph, MAEGraph
+
+
+def classifier_reference(clf, images, keep, valid):
+    """What the torch model itself computes (its own blocks, not the export's): the parity reference."""
+    import torch
+    from classify import last_block_map
+    logits, atts, _, _ = clf.forward_with_attention(images, "last", keep, valid)
+    return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
 
 
 def export_onnx(module, example, names, outputs, path, model_config, raw_path=None, token_inputs=()):
@@ -141,7 +212,8 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
             tokens = torch.export.Dim("tokens", min=1, max=4096)
             shapes = {n: {0: batch, 1: tokens} if n in token_inputs else {0: batch} for n in names}
             prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
-                                     output_names=list(outputs), dynamic_shapes=shapes, verbose=False)
+                                     output_names=list(outputs), dynamic_shapes=shapes, verbose=False,
+                                     custom_translation_table=ort_fused_ops()[0])
             prog.save(raw)
             model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
             onnx.checker.check_model(model)
@@ -357,7 +429,7 @@ def main(argv=None):
     with torch.no_grad():
         if clf is not None:
             x = torch.from_numpy(images)
-            ref = graphs()[0](clf)(x, *foreground_inputs(clf, x))
+            ref = classifier_reference(clf, x, *foreground_inputs(clf, x))
             prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
             parity["classifier"] = {"probability": compare(ref[0], prob),
                                     "last_block": compare(ref[1], maps["last_block"])}

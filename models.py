@@ -199,26 +199,37 @@ class Encoder(nn.Module):
         mask = torch.gather(mask, 1, ids_restore)  # (B, L), 1 = masked
         return x_visible, mask, ids_restore
 
-    def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None, keep=None, valid=None):
+    def embed(self, imgs, keep=None):
+        """Patch embeddings plus positions (B, L, D), or only those of the patches keep (B, K) indexes: the
+        embedding is a linear map per patch, so the others are never computed."""
+        if keep is None:
+            return self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        B, C, p, g = imgs.shape[0], self.cfg.in_chans, self.cfg.patch_size, self.grid
+        patches = imgs.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)  # conv order
+        patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, C*p*p)
+        weight = self.patch_embed.weight.reshape(self.patch_embed.out_channels, -1)
+        pos = torch.gather(self.pos_embed[:, 1:].expand(B, -1, -1), 1, keep[..., None].expand(-1, -1, weight.shape[0]))
+        return F.linear(patches, weight, self.patch_embed.bias) + pos
+
+    def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None, keep=None, valid=None,
+                run_block=None):
         """imgs (B, C, H, W) -> tokens (B, 1+K, D), mask (B, L) or None, ids_restore, attentions.
 
         With mask_ratio=None (or 0) every patch is encoded, or only the patches keep (B, K) indexes (the
         foreground: the encoder was pre-trained on subsets of patches), of which valid (B, K) bool says
         which are real (the others pad the batch and no token attends to them); return_attention is None,
-        "last" or "all".
+        "last" or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
+        read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token).
         """
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # (B, L, D)
-        x = x + self.pos_embed[:, 1:]
+        x = self.embed(imgs, keep)  # (B, L or K, D)
         mask = ids_restore = None
-        if keep is not None:
-            x = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
-        elif mask_ratio:
+        if keep is None and mask_ratio:
             if noise is None:
                 noise = torch.rand(x.shape[0], x.shape[1], device=x.device)
             x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, K, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
-        attn_mask = None
+        keys = attn_mask = None
         if valid is not None:
             # an additive key mask (B, 1, 1, 1+K): padding gets no attention. Additive and finite, not
             # boolean: the exported graph then needs one Add per block, not Where/IsNaN guards (measured
@@ -230,6 +241,8 @@ class Encoder(nn.Module):
             if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
                 x, a = block_with_attention(blk, x, attn_mask)
                 attentions.append(a)  # (B, H, N, N)
+            elif run_block is not None:
+                x = run_block(blk, x, keys if keys is not None else x.new_ones(x.shape[:2]))
             else:
                 x = blk(x, attn_mask=attn_mask)
         return self.norm(x), mask, ids_restore, attentions
@@ -346,12 +359,13 @@ class TumorClassifier(nn.Module):
         """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None)."""
         return self.forward_with_attention(imgs, None, keep, valid)[0]
 
-    def forward_with_attention(self, imgs, which="all", keep=None, valid=None):
+    def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
         """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all") or the last (which),
-        keep (B, K) and valid (B, K): the patches those K tokens are."""
+        keep (B, K) and valid (B, K): the patches those K tokens are. run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
-        tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid)
+        tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
+                                                run_block=run_block)
         return self.head(tokens[:, 0]).squeeze(-1), attentions, keep, valid
 
 

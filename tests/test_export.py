@@ -38,6 +38,12 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     assert saved["parity"]["mae"]["mask_equal"] is True
     assert saved["parity"]["classifier"]["probability"]["max_abs"] < 1e-4
     assert "auroc_drop" in saved["accuracy"]["classifier"] and "psnr_drop_db" in saved["accuracy"]["mae"]
+    # ONNX Runtime's fused kernels are in the graph: attention in every block but the last (whose weights
+    # are an output), GELU (ORT merges it with the bias before it) in every block and the head
+    import onnx
+    ops = [n.op_type for n in onnx.load(os.path.join(out, "miram_model_optimized.onnx")).graph.node]
+    assert ops.count("MultiHeadAttention") == 1  # tiny preset: DEPTH 2
+    assert ops.count("Gelu") + ops.count("BiasGelu") == 3 and "Erf" not in ops
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -51,7 +57,7 @@ def test_dynamic_batch_matches_torch(exported, batch):
     noise = torch.rand(batch, 16)
     ClassifierGraph, MAEGraph = export_deploy.graphs()
     with torch.no_grad():
-        ref = ClassifierGraph(clf.eval())(x, *export_deploy.foreground_inputs(clf, x))
+        ref = export_deploy.classifier_reference(clf.eval(), x, *export_deploy.foreground_inputs(clf, x))
         ref_mae = MAEGraph(mae.eval())(x, noise)
         alone = torch.sigmoid(clf(x[-1:]))  # on its own: no padding
     prob, maps = export_deploy.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())

@@ -187,3 +187,13 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         brighter[:, :, :16] = 0.5  # now foreground: read, and the result moves
         assert not torch.allclose(m(brighter), alone[1:], atol=1e-4)
     assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def test_embedding_only_kept_patches_equals_the_convolution():
+    from models import Encoder
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(img_size=32, patch_size=8, in_chans=2, embed_dim=16, depth=1, num_heads=2))
+    x = torch.rand(3, 2, 32, 32)
+    keep = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
+    full = enc.embed(x)  # the convolution on every patch
+    assert torch.allclose(enc.embed(x, keep), torch.gather(full, 1, keep[..., None].expand(-1, -1, 16)), atol=1e-5)
