@@ -38,3 +38,4 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py
 	$(PY) bench/quantization_variants.py
+	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py
