@@ -1,6 +1,6 @@
 """Batch-1 latency of the spec-size tumor classifier, repeated in rounds, so machine drift shows as spread.
 
-    MIRAM_PRESET=demo python bench/classifier_latency.py [--rounds 5] [--iters 30] [--threads 2]
+    MIRAM_PRESET=demo python bench/classifier_latency.py [--rounds 5] [--iters 50] [--threads 2]
 
 export_deploy.py times each backend once per run; on a shared 2-core machine one run can land in a slow
 minute. This exports the spec-size classifier (384/12/6, untrained weights: timing only) exactly as
@@ -26,7 +26,7 @@ from models import TumorClassifier  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--iters", type=int, default=50, help="timed calls per backend and round (50: every demo validation slice)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
