@@ -114,6 +114,8 @@ def ort_fused_ops():
     import torch.nn.functional as F
     from onnxscript import opset18 as op
 
+    from models import padding_bias
+
     msft = onnxscript.values.Opset("com.microsoft", 1)
     param, optional = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.FormalParameterOption.Optional
     floats = ("T", ["tensor(float)"], "")
@@ -131,8 +133,7 @@ def ort_fused_ops():
         """q, k, v (B, N, D), keys (B, N) 1 = real token -> (B, N, D)"""
         B, N, D = q.shape
         heads = [t.reshape(B, N, num_heads, D // num_heads).transpose(1, 2) for t in (q, k, v)]
-        bias = ((keys.to(q.dtype) - 1) * 1e4)[:, None, None]  # as Encoder.forward's mask
-        return F.scaled_dot_product_attention(*heads, attn_mask=bias).transpose(1, 2).reshape(B, N, D)
+        return F.scaled_dot_product_attention(*heads, attn_mask=padding_bias(keys, q.dtype)).transpose(1, 2).reshape(B, N, D)
 
     @attention.register_fake
     def _(q, k, v, keys, num_heads):
@@ -159,7 +160,6 @@ def ort_fused_ops():
 def graphs():
     """The two exported computations as torch modules (built lazily: torch is imported here)."""
     import torch
-    from classify import last_block_map
     from models import unpatchify
     _, run_block = ort_fused_ops()
 
@@ -171,8 +171,7 @@ def graphs():
             self.clf = clf
 
         def forward(self, images, keep, valid):
-            logits, atts, _, _ = self.clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
-            return torch.sigmoid(logits), last_block_map(atts, keep, valid, self.clf.encoder.grid)
+            return classifier_outputs(self.clf, images, keep, valid, run_block)
 
     class MAEGraph(torch.nn.Module):
         def __init__(self, mae):
@@ -187,12 +186,23 @@ def graphs():
     return ClassifierGraph, MAEGraph
 
 
-def classifier_reference(clf, images, keep, valid):
-    """What the torch model itself computes (its own blocks, not the export's): the parity reference."""
+def classifier_outputs(clf, images, keep, valid, run_block=None):
+    """The exported classifier's outputs (probability, last-block map). With run_block=None the model runs
+    its own blocks, not the export's fused ones: that is the parity reference."""
     import torch
     from classify import last_block_map
-    logits, atts, _, _ = clf.forward_with_attention(images, "last", keep, valid)
+    logits, atts, _, _ = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
     return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
+
+
+def spec_models():
+    """The spec-size classifier and MAE (untrained, seeded: timing only) that every latency figure uses."""
+    import torch
+    from config import ModelConfig
+    from models import MIRAM, TumorClassifier
+    spec = ModelConfig()
+    torch.manual_seed(0)
+    return TumorClassifier(spec).eval(), MIRAM(spec).eval()
 
 
 def export_onnx(module, example, names, outputs, path, model_config, raw_path=None, token_inputs=()):
@@ -366,21 +376,13 @@ def get_args_parser():
     return add_config_args(p)
 
 
-def foreground_inputs(clf, images):
-    """(keep, valid) tensors for the classifier graph: the same selection OnnxClassifier makes."""
-    import torch
-    from dataset import foreground_patches
-    keep, valid = foreground_patches(images.numpy(), clf.cfg.patch_size, clf.cfg.foreground_threshold)
-    return torch.from_numpy(keep), torch.from_numpy(valid)
-
-
 def export_all(out_dir, prefix, clf, mae, example, noise_example):
     """Exports both graphs (those whose model is given) and their int8 variants into out_dir."""
     ClassifierGraph, MAEGraph = graphs()
     paths = {}
     jobs = []
     if clf is not None:
-        jobs.append(("classifier", ClassifierGraph(clf), (example, *foreground_inputs(clf, example)),
+        jobs.append(("classifier", ClassifierGraph(clf), (example, *clf.foreground(example)),
                      ["images", "keep", "valid"], ["probability", "last_block"], CLASSIFIER_ONNX, clf.cfg))
     if mae is not None:
         jobs.append(("mae", MAEGraph(mae), (example, noise_example), ["images", "noise"], ["fine", "coarse", "mask"],
@@ -402,9 +404,8 @@ def main(argv=None):
     cfg = load_config(args)
     print(describe(cfg))
     import torch
-    from config import ModelConfig
     from dataset import load_split
-    from models import MIRAM, TumorClassifier, build_from_checkpoint, mask_noise
+    from models import TumorClassifier, build_from_checkpoint, mask_noise
     torch.set_num_threads(args.threads)
     out_dir = cfg.OUTPUT_PATH
     mae, mae_state = build_from_checkpoint(os.path.join(out_dir, "best_miram_mae.pth"), "mae")
@@ -429,7 +430,7 @@ def main(argv=None):
     with torch.no_grad():
         if clf is not None:
             x = torch.from_numpy(images)
-            ref = classifier_reference(clf, x, *foreground_inputs(clf, x))
+            ref = classifier_outputs(clf, x, *clf.foreground(x))
             prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
             parity["classifier"] = {"probability": compare(ref[0], prob),
                                     "last_block": compare(ref[1], maps["last_block"])}
@@ -470,9 +471,8 @@ def main(argv=None):
     tmp = None
     if not args.skip_spec:
         tmp = tempfile.TemporaryDirectory(dir=out_dir)
-        spec = ModelConfig()
-        torch.manual_seed(0)
-        s_clf, s_mae = TumorClassifier(spec).eval(), MIRAM(spec).eval()
+        s_clf, s_mae = spec_models()
+        spec = s_clf.cfg
         spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
         s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, spec_images[:2],
                              torch.rand(2, (spec.img_size // spec.patch_size) ** 2))

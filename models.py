@@ -164,6 +164,14 @@ def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None):
     return x, weights
 
 
+def padding_bias(keys: torch.Tensor, dtype) -> torch.Tensor:
+    """keys (B, N), 1 = real token -> the additive attention mask (B, 1, 1, N): 0, or -1e4 for padding.
+
+    Additive and finite, not boolean: the exported graph then needs one Add per block, not Where/IsNaN
+    guards (measured ~2 ms of 24 at spec size); exp(-1e4) is exactly 0 in fp32, bf16 and fp16."""
+    return ((keys.to(dtype) - 1) * 1e4)[:, None, None]
+
+
 def mask_noise(batch: int, num_patches: int, seed: int, device="cpu") -> torch.Tensor:
     """Masking noise from a seed: the same seed gives the same masks on every run and machine."""
     g = torch.Generator().manual_seed(seed)
@@ -230,12 +238,9 @@ class Encoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
         keys = attn_mask = None
-        if valid is not None:
-            # an additive key mask (B, 1, 1, 1+K): padding gets no attention. Additive and finite, not
-            # boolean: the exported graph then needs one Add per block, not Where/IsNaN guards (measured
-            # ~2 ms of 24 at spec size); exp(-1e4) is exactly 0 in fp32, bf16 and fp16.
-            keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1).to(x.dtype)
-            attn_mask = ((keys - 1) * 1e4)[:, None, None]
+        if valid is not None:  # padding gets no attention
+            keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1).to(x.dtype)  # the CLS token is real
+            attn_mask = padding_bias(keys, x.dtype)
         attentions = []
         for i, blk in enumerate(self.blocks):
             if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
@@ -348,12 +353,12 @@ class TumorClassifier(nn.Module):
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
 
     def foreground(self, imgs):
-        """(keep, valid) for imgs: the patches above cfg.foreground_threshold (dataset.foreground_patches)."""
+        """(keep, valid) tensors for imgs: the patches above cfg.foreground_threshold, as
+        dataset.foreground_patches selects them (the ONNX runtime path makes the same selection)."""
         from dataset import foreground_patches
         keep, valid = foreground_patches(imgs.detach().float().cpu().numpy(), self.cfg.patch_size,
                                          self.cfg.foreground_threshold)
-        keep = torch.from_numpy(keep).to(imgs.device)
-        return keep, (None if valid.all() else torch.from_numpy(valid).to(imgs.device))  # no padding: no mask
+        return torch.from_numpy(keep).to(imgs.device), torch.from_numpy(valid).to(imgs.device)
 
     def forward(self, imgs, keep=None, valid=None):
         """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None)."""
@@ -364,6 +369,8 @@ class TumorClassifier(nn.Module):
         keep (B, K) and valid (B, K): the patches those K tokens are. run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
+            if valid.all():
+                valid = None  # no padding: no mask to apply
         tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
                                                 run_block=run_block)
         return self.head(tokens[:, 0]).squeeze(-1), attentions, keep, valid

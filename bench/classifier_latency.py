@@ -18,9 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export_deploy as ed  # noqa: E402
-from config import ModelConfig, load_config  # noqa: E402
+from config import load_config  # noqa: E402
 from dataset import foreground_patches, load_split  # noqa: E402
-from models import TumorClassifier  # noqa: E402
 
 
 def main(argv=None):
@@ -30,13 +29,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    spec = ModelConfig()
+    clf, _ = ed.spec_models()
+    spec = clf.cfg
     cfg = load_config()
     cfg.IMG_SIZE = spec.img_size
     _, val = load_split(cfg, quiet=True)
     images = val.images.numpy()
-    torch.manual_seed(0)
-    clf = TumorClassifier(spec).eval()
     grid = spec.img_size // spec.patch_size
     inputs = ed.benchmark_batches(images, 1, grid, args.iters)
     patches = np.mean([foreground_patches(x, spec.patch_size, spec.foreground_threshold)[1].sum() for x, _ in inputs])

@@ -19,9 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export_deploy as ed  # noqa: E402
-from config import ModelConfig, load_config  # noqa: E402
+from config import load_config  # noqa: E402
 from dataset import foreground_patches, load_split  # noqa: E402
-from models import TumorClassifier  # noqa: E402
 
 
 def main(argv=None):
@@ -33,18 +32,17 @@ def main(argv=None):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     torch.set_num_threads(args.threads)
-    spec = ModelConfig()
+    clf, _ = ed.spec_models()
+    spec = clf.cfg
     cfg = load_config()
     cfg.IMG_SIZE = spec.img_size
     train, val = load_split(cfg, quiet=True)
     calib = train.images[:args.calibration].numpy()
     x = val.images[:1].numpy()
-    torch.manual_seed(0)
-    clf = TumorClassifier(spec).eval()
     with tempfile.TemporaryDirectory() as d:
         raw, fp32 = os.path.join(d, "raw.onnx"), os.path.join(d, "fp32.onnx")
         example = torch.from_numpy(calib[:2])
-        ed.export_onnx(ed.graphs()[0](clf), (example, *ed.foreground_inputs(clf, example)), ["images", "keep", "valid"],
+        ed.export_onnx(ed.graphs()[0](clf), (example, *clf.foreground(example)), ["images", "keep", "valid"],
                        ["probability", "last_block"], fp32, clf.cfg.to_dict(), raw_path=raw, token_inputs=("keep", "valid"))
         paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ed.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
         prepared = os.path.join(d, "prep.onnx")

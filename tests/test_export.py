@@ -57,7 +57,7 @@ def test_dynamic_batch_matches_torch(exported, batch):
     noise = torch.rand(batch, 16)
     ClassifierGraph, MAEGraph = export_deploy.graphs()
     with torch.no_grad():
-        ref = export_deploy.classifier_reference(clf.eval(), x, *export_deploy.foreground_inputs(clf, x))
+        ref = export_deploy.classifier_outputs(clf.eval(), x, *clf.foreground(x))
         ref_mae = MAEGraph(mae.eval())(x, noise)
         alone = torch.sigmoid(clf(x[-1:]))  # on its own: no padding
     prob, maps = export_deploy.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())

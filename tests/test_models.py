@@ -181,7 +181,7 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         logits, atts, _, _ = m.forward_with_attention(x[1:], "last")
         changed = x[1:].clone()
         changed[:, :, :16] = 0.005  # below the threshold: still background, same result
-        assert keep.shape == (1, 8) and valid is None and atts[0].shape[-1] == 9
+        assert keep.shape == (1, 8) and valid.all() and atts[0].shape[-1] == 9
         assert torch.allclose(m(changed), alone[1:], atol=1e-6)
         brighter = x[1:].clone()
         brighter[:, :, :16] = 0.5  # now foreground: read, and the result moves
