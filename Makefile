@@ -18,6 +18,7 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	export MIRAM_PRESET=demo && \
 	$(PY) train.py && \
+	$(PY) train.py --inpaint && \
 	$(PY) evaluate.py && \
 	$(PY) classify.py && \
 	$(PY) classify.py --predict $(DEMO_SLICE) && \

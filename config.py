@@ -150,6 +150,10 @@ class Config:
     CLS_WARMUP_EPOCHS: int = 3
     CLS_WEIGHT_DECAY: float = 0.05
     CLS_THRESHOLD: float = 0.5    # the loss is class-balanced, so 0.5 is the natural operating point
+    # inpainting fine-tune (`train.py --inpaint`): the pre-trained MAE learns to correct a biharmonic fill
+    INPAINT_EPOCHS: int = 20
+    INPAINT_LR: float = 1e-4      # pre-trained weights, batch of 16; the new embedding and head get 10x
+    INPAINT_COPIES: int = 10      # synthetic damaged regions drawn per training slice (fixed by SEED)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -169,11 +173,12 @@ class Config:
 
     def validate(self):
         self.model_config()  # architecture checks
-        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY"):
+        for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY", "INPAINT_EPOCHS",
+                     "INPAINT_COPIES"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
-                     "CLS_WEIGHT_DECAY"):
+                     "CLS_WEIGHT_DECAY", "INPAINT_LR"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
         if self.SLICE_AXIS not in (0, 1, 2):
@@ -201,11 +206,11 @@ PRESETS = {
     # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast.
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
-                 MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10),
+                 MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10, INPAINT_EPOCHS=10),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,
-                 CLS_WARMUP_EPOCHS=0),
+                 CLS_WARMUP_EPOCHS=0, INPAINT_EPOCHS=1, INPAINT_COPIES=2),
 }
 
 # Environment names that are not MIRAM_<FIELD>, kept because the spec documents them.

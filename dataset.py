@@ -120,6 +120,86 @@ def foreground_patches(images, patch, threshold):
     return keep, valid
 
 
+# ---- damaged regions and their classical fill (inpainting) -------------------------------------------
+
+# The synthetic damage of the inpainting fine-tune and benchmark, per kind: nominal sizes in pixels.
+DAMAGE_SIZES = {"block": {"small": 12, "medium": 24, "large": 48},   # side
+                "stripe": {"small": 4, "medium": 8, "large": 16},    # height of a band across the brain
+                "blob": {"small": 8, "medium": 16, "large": 28}}     # mean radius
+# Inside a hole, the model's correction of the classical fill ramps from 0 at the edge to full weight
+# this many pixels in: the fill is right at the known pixels, and the correction must not step there.
+FILL_RAMP_PX = 6
+
+
+def synthetic_damage(kind, size, brain, rng):
+    """A damaged region (bool, brain's shape) of the given kind and size, centred on a brain pixel."""
+    from scipy import ndimage
+    H, W = brain.shape
+    inner = ndimage.binary_erosion(brain, iterations=8)
+    ys, xs = np.nonzero(inner if inner.any() else brain)
+    if len(ys) == 0:
+        ys, xs = np.array([H // 2]), np.array([W // 2])
+    k = rng.integers(len(ys))
+    cy, cx = ys[k], xs[k]
+    yy, xx = np.mgrid[:H, :W]
+    if kind == "block":
+        h = size // 2
+        return (abs(yy - cy) <= h) & (abs(xx - cx) <= h)
+    if kind == "stripe":
+        cols = brain.any(axis=0) if brain.any() else np.ones(W, bool)
+        return (abs(yy - cy) < size / 2) & cols[None, :]
+    if kind != "blob":
+        raise ValueError(f"unknown damage kind {kind!r}")
+    theta = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + sum(rng.uniform(0, 0.25) * np.cos(j * theta + rng.uniform(0, 6.3)) for j in range(2, 5))
+    return np.hypot(yy - cy, xx - cx) < size * wobble
+
+
+def random_damage(brain, rng):
+    """One region of a random kind, its size drawn around the kind's range (0.7x smallest to 1.3x largest)."""
+    kind = list(DAMAGE_SIZES)[rng.integers(len(DAMAGE_SIZES))]
+    sizes = DAMAGE_SIZES[kind].values()
+    return synthetic_damage(kind, int(rng.uniform(0.7 * min(sizes), 1.3 * max(sizes))), brain, rng)
+
+
+def biharmonic_fill(img, hole, margin=8):
+    """img with hole (bool) filled by scikit-image's biharmonic inpainting, solved on the hole's bounding
+    box plus a margin only (the same fill as on the whole image, far cheaper for a small hole); pixels
+    outside the hole are returned unchanged."""
+    from skimage.restoration import inpaint_biharmonic
+    img = np.asarray(img, np.float64)
+    if not hole.any():
+        return img.copy()
+    ys, xs = np.nonzero(hole)
+    y0, y1 = max(0, ys.min() - margin), min(hole.shape[0], ys.max() + margin + 1)
+    x0, x1 = max(0, xs.min() - margin), min(hole.shape[1], xs.max() + margin + 1)
+    out = img.copy()
+    out[y0:y1, x0:x1] = inpaint_biharmonic(np.where(hole, 0.0, img)[y0:y1, x0:x1], hole[y0:y1, x0:x1])
+    return np.where(hole, out, img)
+
+
+def fill_weight(hole, ramp=FILL_RAMP_PX):
+    """Per pixel, how much of the model's correction applies: 0 outside the hole, rising to 1 at ramp px
+    from its edge."""
+    from scipy import ndimage
+    return np.minimum(1.0, ndimage.distance_transform_edt(hole) / ramp)
+
+
+def damaged_set(images, copies, seed):
+    """copies synthetic damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed:
+    float32 tensors (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original."""
+    import torch
+    rng = np.random.default_rng(seed)
+    prefilled, weights, targets = [], [], []
+    for img in np.asarray(images, np.float64)[:, 0]:
+        for _ in range(copies):
+            hole = random_damage(img > 0.1, rng)
+            prefilled.append(biharmonic_fill(img, hole))
+            weights.append(fill_weight(hole))
+            targets.append(img)
+    return tuple(torch.from_numpy(np.stack(a)[:, None].astype(np.float32)) for a in (prefilled, weights, targets))
+
+
 def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
     """Pads to a centred square (no distortion of the aspect ratio), then resizes to size x size."""
     from skimage.transform import resize

@@ -10,9 +10,12 @@ Modes:
                groups; each pass shows one group and predicts the others, and every patch's value is the
                mean of the passes that hid it. Deterministic: no random mask is drawn.
   inpaint      Fills the region marked non-zero in --mask (same size as the scan; any shape, across patch
-               borders) from everything else, which is kept exactly, pixel for pixel. The MAE prediction
-               is corrected by a smooth (biharmonic) field so it meets the known pixels at the region's
-               edge; --no-blend keeps the raw prediction.
+               borders) from everything else, which is kept exactly, pixel for pixel. With the fine-tuned
+               inpainting model (`train.py --inpaint`: OUTPUT_PATH/best_miram_inpaint.pth, or
+               miram_inpaint.onnx with --backend onnx): the region's biharmonic fill, corrected by the
+               model, which sees every patch of the slice. Without it: the MAE's own prediction of the
+               hidden patches, corrected by a smooth (biharmonic) field so it meets the known pixels at the
+               region's edge (--no-blend keeps the raw prediction).
   --scale coarse also writes the 112x112-scale reconstruction (half resolution) as <output>_coarse.
 
 Reads .tif/.tiff (8/16-bit, float; a slice or a stack), .png, NIfTI (.nii/.nii.gz, every slice along the
@@ -45,9 +48,13 @@ def get_args_parser():
     p.add_argument("--checkpoint", help="default OUTPUT_PATH/best_miram_mae.pth")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: run OUTPUT_PATH/miram_mae.onnx with onnxruntime only (see export_deploy.py)")
+    p.add_argument("--inpaint-checkpoint", help="inpaint: the fine-tuned inpainting model; default "
+                   "OUTPUT_PATH/best_miram_inpaint.pth (miram_inpaint.onnx with --backend onnx), used when it exists")
+    p.add_argument("--mae-fill", action="store_true",
+                   help="inpaint: use the pre-trained MAE's own prediction even when the inpainting model exists")
     p.add_argument("--no-blend", action="store_true",
-                   help="inpaint: keep the raw MAE prediction, without the boundary correction that makes it "
-                        "meet the known pixels (see README: measured better on average, worse on large blocks)")
+                   help="inpaint with the MAE's prediction: keep it raw, without the boundary correction that "
+                        "makes it meet the known pixels (README: measured worse)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
     return add_config_args(p)
@@ -245,8 +252,9 @@ def blend_window(tile, ramp):
 class Restorer:
     """Runs a MIRAM (torch or ONNX Runtime) over tiles of a [0, 1]-scaled slice."""
 
-    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, overlap=64, blend=True):
+    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, overlap=64, blend=True, correct=None):
         self.predict = predict  # (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..)
+        self.correct = correct  # the inpainting model: (prefilled, weight (B,1,S,S) float32) -> restored
         self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
         self.grid = img_size // patch_size
         overlap = min(overlap, img_size // 4)  # small test models: keep a positive stride
@@ -316,6 +324,8 @@ class Restorer:
         H, W = img.shape
         if not hole.any():
             return img.copy()
+        if self.correct is not None:
+            return self._corrected_fill(img, hole)
         canvas, hole_c = self._pad(img), self._pad(hole.astype(np.float64)) > 0
         shown = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
         starts = [(y, x) for y, x in self._tiles(canvas) if hole_c[y:y + self.size, x:x + self.size].any()]
@@ -334,6 +344,23 @@ class Restorer:
             pred = pred + boundary_correction(img - pred, hole)
         return np.where(hole, pred, img)
 
+    def _corrected_fill(self, img, hole):
+        """The hole's biharmonic fill plus the inpainting model's correction, tile by tile; the model
+        returns its input outside the hole, so only tiles that touch the hole run."""
+        from dataset import biharmonic_fill, fill_weight
+        H, W = img.shape
+        prefilled = biharmonic_fill(img, hole)
+        canvas, weight = self._pad(prefilled), self._pad(fill_weight(hole))
+        starts = [(y, x) for y, x in self._tiles(canvas) if weight[y:y + self.size, x:x + self.size].any()]
+        tiles = np.stack([canvas[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
+        weights = np.stack([weight[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
+        corrections = []
+        for s in range(0, len(starts), self.batch):
+            out = self.correct(tiles[s:s + self.batch, None], weights[s:s + self.batch, None])
+            corrections.extend(out[:, 0] - tiles[s:s + self.batch])
+        correction = self._stitch(canvas.shape, starts, corrections)[:H, :W]
+        return np.where(hole, prefilled + correction, img)
+
 
 def boundary_correction(residual, hole):
     """The smooth field that makes a prediction meet the known pixels at the hole's edge.
@@ -341,17 +368,8 @@ def boundary_correction(residual, hole):
     residual = image - prediction is known outside the hole; its biharmonic fill inside the hole, added to
     the prediction, removes the step at the boundary while keeping the structure the model predicted.
     """
-    from skimage.restoration import inpaint_biharmonic
-    if not hole.any():
-        return np.zeros_like(residual)
-    ys, xs = np.nonzero(hole)
-    pad = 8  # only the hole and a margin take part: the solve stays small for small holes
-    y0, y1 = max(0, ys.min() - pad), min(hole.shape[0], ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(hole.shape[1], xs.max() + pad + 1)
-    out = np.zeros_like(residual)
-    r = np.where(hole, 0.0, residual)[y0:y1, x0:x1]
-    out[y0:y1, x0:x1] = inpaint_biharmonic(r, hole[y0:y1, x0:x1])
-    return np.where(hole, out, 0.0)
+    from dataset import biharmonic_fill
+    return np.where(hole, biharmonic_fill(residual, hole), 0.0)
 
 
 def torch_predictor(model, device):
@@ -370,6 +388,15 @@ def torch_predictor(model, device):
 def onnx_predictor(path):
     from export_deploy import OnnxMAE
     return OnnxMAE(path)
+
+
+def torch_corrector(model, device):
+    import torch
+
+    @torch.no_grad()
+    def correct(prefilled, weight):
+        return model(torch.from_numpy(prefilled).to(device), torch.from_numpy(weight).to(device)).float().cpu().numpy()
+    return correct
 
 
 # ---- one scan ----------------------------------------------------------------------------------------
@@ -440,11 +467,29 @@ def process_file(restorer, inp, out, mode, mask_path, scale, overwrite):
     return outs
 
 
+def inpainting_model_path(args, cfg):
+    """The fine-tuned inpainting model to use, or None (then inpaint uses the MAE's own prediction)."""
+    if args.mode != "inpaint" or args.mae_fill:
+        return None
+    if args.inpaint_checkpoint:
+        return args.inpaint_checkpoint  # asked for by name: a missing file is an error, not a fallback
+    path = os.path.join(cfg.OUTPUT_PATH, "miram_inpaint.onnx" if args.backend == "onnx" else "best_miram_inpaint.pth")
+    if os.path.isfile(path):
+        return path
+    print(f"note: {path} not found (train.py --inpaint makes it): inpainting with the MAE's own prediction")
+    return None
+
+
 def build_restorer(args, cfg):
+    fill_path = inpainting_model_path(args, cfg)
+    correct = None
     if args.backend == "onnx":
-        path = os.path.join(cfg.OUTPUT_PATH, "miram_mae.onnx")
-        runner = onnx_predictor(args.checkpoint or path)
+        from export_deploy import OnnxInpainter
+        runner = onnx_predictor(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "miram_mae.onnx"))
         mc = runner.model_config
+        if fill_path:
+            correct = OnnxInpainter(fill_path)
+            fill_size = correct.model_config["img_size"]
     else:
         from models import build_from_checkpoint, pick_device
         device = pick_device(cfg.DEVICE)
@@ -452,8 +497,14 @@ def build_restorer(args, cfg):
                                          "mae", map_location=device)
         model = model.to(device).eval()
         runner, mc = torch_predictor(model, device), model.cfg.to_dict()
+        if fill_path:
+            inpainter, _ = build_from_checkpoint(fill_path, "inpaint", map_location=device)
+            correct, fill_size = torch_corrector(inpainter.to(device).eval(), device), inpainter.cfg.img_size
+    if correct is not None and fill_size != mc["img_size"]:
+        raise MiramError(f"{fill_path}: works on {fill_size}-pixel tiles, the MAE on {mc['img_size']}: "
+                         "fine-tune it from this MAE (train.py --inpaint)")
     return Restorer(runner, mc["img_size"], mc["patch_size"], mc["mask_ratio"], batch=args.batch,
-                    blend=not args.no_blend)
+                    blend=not args.no_blend, correct=correct)
 
 
 def run_inputs(restorer, args, cfg):

@@ -8,7 +8,9 @@ From the best checkpoints in OUTPUT_PATH it writes:
                               block's CLS attention (B,g,g); when best_tumor_classifier.pth exists
   miram_mae.onnx              restoration: images (B,1,S,S) and masking noise (B,L) -> fine (B,1,S,S),
                               coarse (B,1,S/2,S/2) and mask (B,L); no random op in the graph
-  *_int8.onnx                 ONNX Runtime dynamic int8 variants, kept only when their measured accuracy
+  miram_inpaint.onnx          inpainting (train.py --inpaint): the biharmonic pre-fill and fill weight
+                              (B,1,S,S) -> the restored slice (B,1,S,S); when best_miram_inpaint.pth exists
+  *_int8.onnx                 ONNX Runtime dynamic int8 variants (classifier and MAE), kept only when their measured accuracy
                               cost is within the thresholds below
   deploy_benchmark.json       parity, accuracy and latency (p50/p90/p99, images/s) at batch 1 and 16
 
@@ -28,10 +30,11 @@ from config import MiramError, add_config_args, describe, load_config, run_cli
 
 CLASSIFIER_ONNX = "miram_model_optimized.onnx"
 MAE_ONNX = "miram_mae.onnx"
+INPAINT_ONNX = "miram_inpaint.onnx"
 OPSET = 18
 META_KEY = "miram_model_config"
 # Parity thresholds, PyTorch fp32 vs ONNX Runtime fp32 on real images.
-PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3},
+PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3, "restored": 1e-3},
           "min_cosine": 0.9999}
 # A quantized variant is kept only within these accuracy costs on the validation split.
 INT8_MAX_AUROC_DROP = 0.005
@@ -90,6 +93,13 @@ class OnnxMAE(_OnnxModel):
         fine, coarse, _ = self.session.run(None, {"images": np.ascontiguousarray(images, np.float32),
                                                   "noise": np.ascontiguousarray(noise, np.float32)})
         return fine, coarse
+
+
+class OnnxInpainter(_OnnxModel):
+    def __call__(self, prefilled, weight):
+        """The same contract as enhance.torch_corrector: (B,1,S,S) float32 each -> restored (B,1,S,S)."""
+        return self.session.run(None, {"prefilled": np.ascontiguousarray(prefilled, np.float32),
+                                       "weight": np.ascontiguousarray(weight, np.float32)})[0]
 
 
 # ---- export (torch) ----------------------------------------------------------------------------------
@@ -195,6 +205,82 @@ def classifier_outputs(clf, images, keep, valid, run_block=None):
     return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
 
 
+def fuse_residual_norms(model):
+    """Rewrites every pre-norm residual step, Add(bias) -> Add(residual) -> LayerNormalization, as one
+    com.microsoft SkipLayerNormalization (its 4th output is the residual sum the next block needs), and moves
+    the q/k/v bias Add in front of a MultiHeadAttention into the op's own bias input. ORT's optimizer does
+    neither on these graphs (dynamic token axis). Returns the number of nodes removed."""
+    from onnx import helper
+    g = model.graph
+    consts = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    for o in g.output:
+        uses[o.name] = uses.get(o.name, 0) + 1
+
+    def bias_add(name):
+        """The Add(x, 1-D constant) that produced name and nothing else reads: (node, x, bias) or None."""
+        n = producer.get(name)
+        if n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx") or uses.get(name) != 1:
+            return None
+        x, b = n.input
+        if b not in consts and x in consts:
+            x, b = b, x
+        if b not in consts or len(consts[b].dims) != 1:
+            return None
+        return n, x, b
+
+    drop, replace = set(), {}
+    for ln in g.node:
+        if ln.op_type != "LayerNormalization" or len(ln.input) < 3 or len(ln.output) != 1:
+            continue
+        axis = next((a.i for a in ln.attribute if a.name == "axis"), -1)
+        eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
+        res = producer.get(ln.input[0])
+        if axis != -1 or res is None or res.op_type != "Add" or res.domain not in ("", "ai.onnx") or id(res) in drop:
+            continue
+        a, b = res.input
+        if a in consts or b in consts:
+            continue
+        found = bias_add(b) or bias_add(a)
+        if found:
+            badd, x, bias = found
+            skip = a if badd.output[0] == b else b
+            inputs = [x, skip, ln.input[1], ln.input[2], bias]
+            drop.add(id(badd))
+        else:
+            inputs = [a, b, ln.input[1], ln.input[2]]
+        outputs = [ln.output[0]] + (["", "", res.output[0]] if uses[res.output[0]] > 1 else [])
+        node = helper.make_node("SkipLayerNormalization", inputs, outputs, name=ln.name + "_skip",
+                                domain="com.microsoft", epsilon=eps)
+        drop.add(id(ln))
+        replace[id(res)] = node  # at the residual Add's place: every input exists by then
+    for mha in g.node:
+        if mha.op_type != "MultiHeadAttention" or len(mha.input) < 3 or (len(mha.input) > 3 and mha.input[3]):
+            continue
+        split = producer.get(mha.input[0])
+        if split is None or split.op_type != "Split" or list(split.output) != list(mha.input[:3]):
+            continue
+        found = bias_add(split.input[0])
+        if not found:
+            continue
+        badd, x, bias = found
+        split.input[0] = x
+        ins = list(mha.input) + [""] * (4 - len(mha.input))
+        ins[3] = bias
+        del mha.input[:]
+        mha.input.extend(ins)
+        drop.add(id(badd))
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+    removed = len(g.node) - len(nodes)
+    del g.node[:]
+    g.node.extend(nodes)
+    return removed
+
+
 def spec_models():
     """The spec-size classifier and MAE (untrained, seeded: timing only) that every latency figure uses."""
     import torch
@@ -226,6 +312,7 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
                                      custom_translation_table=ort_fused_ops()[0])
             prog.save(raw)
             model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
+            fuse_residual_norms(model)
             onnx.checker.check_model(model)
         except Exception as e:
             raise MiramError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]} "
@@ -376,11 +463,17 @@ def get_args_parser():
     return add_config_args(p)
 
 
-def export_all(out_dir, prefix, clf, mae, example, noise_example):
-    """Exports both graphs (those whose model is given) and their int8 variants into out_dir."""
+def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None):
+    """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
+    int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only)."""
     ClassifierGraph, MAEGraph = graphs()
     paths = {}
     jobs = []
+    if inpainter is not None:
+        weight = example.new_zeros(example.shape)
+        weight[..., 8:24, 8:24] = 1.0
+        jobs.append(("inpaint", inpainter, (example, weight), ["prefilled", "weight"], ["restored"], INPAINT_ONNX,
+                     inpainter.cfg))
     if clf is not None:
         jobs.append(("classifier", ClassifierGraph(clf), (example, *clf.foreground(example)),
                      ["images", "keep", "valid"], ["probability", "last_block"], CLASSIFIER_ONNX, clf.cfg))
@@ -392,7 +485,9 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example):
         raw = path.replace(".onnx", ".raw.onnx")
         try:
             export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), raw_path=raw, token_inputs=("keep", "valid"))
-            paths[kind] = {"ort-fp32": path, "ort-int8": quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))}
+            paths[kind] = {"ort-fp32": path}
+            if kind != "inpaint":
+                paths[kind]["ort-int8"] = quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))
         finally:
             if os.path.exists(raw):
                 os.remove(raw)
@@ -413,6 +508,8 @@ def main(argv=None):
     clf = build_from_checkpoint(clf_path, "classifier")[0].eval() if os.path.isfile(clf_path) else None
     if clf is None:
         print(f"no {clf_path}: exporting the restoration model only (run classify.py for the classifier)")
+    fill_path = os.path.join(out_dir, "best_miram_inpaint.pth")
+    inpainter = build_from_checkpoint(fill_path, "inpaint")[0].eval() if os.path.isfile(fill_path) else None
     mc = mae.cfg
     cfg.IMG_SIZE = mc.img_size
     _, val = load_split(cfg, quiet=True)
@@ -421,7 +518,7 @@ def main(argv=None):
     L = (mc.img_size // mc.patch_size) ** 2
     noise = mask_noise(len(images), L, cfg.EVAL_SEED).numpy()
     example = torch.from_numpy(images[:2])
-    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]))
+    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]), inpainter)
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
 
@@ -439,6 +536,12 @@ def main(argv=None):
         fine, coarse, mask = sess.run(None, {"images": images, "noise": noise})
         parity["mae"] = {"fine": compare(ref[0], fine), "coarse": compare(ref[1], coarse),
                          "mask_equal": bool(np.array_equal(ref[2].numpy(), mask))}
+        if inpainter is not None:
+            from dataset import damaged_set
+            prefilled, weight, _ = damaged_set(images[:16], 1, cfg.EVAL_SEED)
+            ref = inpainter(prefilled, weight)
+            got = OnnxInpainter(paths["inpaint"]["ort-fp32"], args.threads)(prefilled.numpy(), weight.numpy())
+            parity["inpaint"] = {"restored": compare(ref, got)}
     for group in parity.values():
         check_parity(group)
     print("parity PyTorch vs ONNX Runtime fp32 on", len(images), "validation images: " + "; ".join(

@@ -2,7 +2,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,21 +39,28 @@ def _gaussian_window(size: int, sigma: float, device, dtype):
     return g
 
 
-def ssim_map(pred, target, data_range=1.0, sigma=1.5, k1=0.01, k2=0.03):
+def _band(n, g):
+    """(n - k + 1, n) matrix whose row i holds the window g at columns i..i+k-1."""
+    k = len(g)
+    idx = torch.arange(n - k + 1, device=g.device)[:, None] + torch.arange(k, device=g.device)[None, :]
+    return torch.zeros(n - k + 1, n, device=g.device, dtype=g.dtype).scatter_(1, idx, g.expand(n - k + 1, k))
+
+
+def ssim_map(pred, target, data_range=1.0, sigma=1.5, k1=0.01, k2=0.03, dtype=torch.float64):
     """The SSIM index map of Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5).
 
     pred, target (B, C, H, W) -> (B, C, H-10, W-10): only windows wholly inside the image, as scikit-image
     does (`structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)`).
     """
-    x, y = pred.double(), target.double()
+    x, y = pred.to(dtype), target.to(dtype)  # float64 for metrics; float32 is enough for a loss
     radius = int(3.5 * sigma + 0.5)  # scikit-image's truncate=3.5 -> 11 taps for sigma 1.5
     g = _gaussian_window(2 * radius + 1, sigma, x.device, x.dtype)
-    C = x.shape[1]
-    wx = g.view(1, 1, 1, -1).expand(C, 1, 1, -1)
-    wy = g.view(1, 1, -1, 1).expand(C, 1, -1, 1)
+    # The separable blur as two banded matrix products (rows, then columns; valid windows only): on CPU
+    # ~10x faster than the depthwise convolution, forward and backward (a training loss uses it).
+    rows, cols = _band(x.shape[-2], g), _band(x.shape[-1], g)
 
     def blur(t):
-        return F.conv2d(F.conv2d(t, wx, groups=C), wy, groups=C)
+        return rows @ t @ cols.T
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x ** 2
@@ -64,13 +70,13 @@ def ssim_map(pred, target, data_range=1.0, sigma=1.5, k1=0.01, k2=0.03):
     return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
 
 
-def ssim(pred, target, data_range=1.0, weight=None):
+def ssim(pred, target, data_range=1.0, weight=None, dtype=torch.float64):
     """Mean SSIM per image (B,). `weight` (B, 1, H, W) restricts the average to windows centred on it."""
-    m = ssim_map(pred, target, data_range)
+    m = ssim_map(pred, target, data_range, dtype=dtype)
     if weight is None:
         return m.mean(dim=(1, 2, 3)).float()
     crop = (weight.shape[-1] - m.shape[-1]) // 2
-    w = weight[..., crop:weight.shape[-2] - crop, crop:weight.shape[-1] - crop].double().expand_as(m)
+    w = weight[..., crop:weight.shape[-2] - crop, crop:weight.shape[-1] - crop].to(m.dtype).expand_as(m)
     return ((m * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1)).float()
 
 

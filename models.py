@@ -337,6 +337,60 @@ def _init_weights(m):
         nn.init.zeros_(m.bias)
 
 
+# ---- inpainting --------------------------------------------------------------------------------------
+
+# Gaussian smoothing (px) of the predicted correction: each patch's correction comes from its own token,
+# and neighbouring patches' corrections need not meet at their shared border (steps lowered SSIM).
+CORRECTION_SMOOTH_SIGMA = 2.0
+
+
+def smoothing_matrix(n, sigma):
+    """(n, n) matrix M such that M @ x blurs the columns of x with a Gaussian, renormalised at the edges."""
+    i = torch.arange(n, dtype=torch.float32)
+    m = torch.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma ** 2))
+    m = m * (abs(i[:, None] - i[None, :]) <= int(3 * sigma + 0.5))
+    return m / m.sum(1, keepdim=True)
+
+
+class InpaintingMIRAM(nn.Module):
+    """The pre-trained MIRAM, fine-tuned to correct a classical fill of a damaged region.
+
+    Input: the slice with its hole pre-filled by biharmonic inpainting (dataset.biharmonic_fill), and
+    weight (dataset.fill_weight): 0 outside the hole, ramping to 1 inside it. Every patch is encoded (the
+    damaged ones too, their pre-fill standing in for the lost pixels), each token told which of its
+    pixels are damaged by a learned embedding of its patch of the weight; the decoder's new head predicts a
+    correction per pixel, applied with the weight. The head starts at zero: untrained, the model returns the biharmonic fill itself.
+    """
+
+    def __init__(self, cfg: ModelConfig = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.mae = MIRAM(cfg)
+        self.damage_embed = nn.Linear(cfg.patch_size ** 2, cfg.embed_dim)
+        nn.init.zeros_(self.damage_embed.weight)
+        nn.init.zeros_(self.damage_embed.bias)
+        self.correction_head = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * cfg.in_chans)
+        nn.init.zeros_(self.correction_head.weight)
+        nn.init.zeros_(self.correction_head.bias)
+        self.register_buffer("smooth", smoothing_matrix(cfg.img_size, CORRECTION_SMOOTH_SIGMA), persistent=False)
+
+    def forward(self, prefilled, weight):
+        """prefilled (B, C, S, S), weight (B, 1, S, S) -> the restored slice (B, C, S, S)."""
+        enc, mae, p = self.mae.encoder, self.mae, self.cfg.patch_size
+        x = enc.embed(prefilled) + self.damage_embed(patchify(weight, p))  # (B, L, D)
+        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in enc.blocks:
+            x = blk(x)
+        x = mae.decoder_embed(enc.norm(x)) + mae.decoder_pos_embed  # (B, 1+L, Dd)
+        for blk in mae.decoder_blocks:
+            x = blk(x)
+        correction = unpatchify(self.correction_head(mae.decoder_norm(x)[:, 1:]), p, self.cfg.in_chans)
+        correction = self.smooth @ correction @ self.smooth.T  # no steps at patch borders
+        return prefilled + weight * correction
+
+
 # ---- classifier --------------------------------------------------------------------------------------
 
 class TumorClassifier(nn.Module):
@@ -417,7 +471,7 @@ def remove_stale_temporaries(folder):
 
 
 def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None, extra=None):
-    """A self-describing checkpoint of plain tensors and primitives; kind is "mae" or "classifier".
+    """A self-describing checkpoint of plain tensors and primitives; kind is "mae", "inpaint" or "classifier".
     No scheduler state: the learning rate is a function of the step (train.lr_at), restored with the epoch."""
     state = {
         "kind": kind,
@@ -477,7 +531,7 @@ def build_from_checkpoint(path, kind="mae", map_location="cpu"):
     """Rebuilds the model a checkpoint describes and loads its weights (strict: every key must match)."""
     state = load_checkpoint(path, kind=kind, map_location=map_location)
     cfg = model_config_from(state)
-    model = MIRAM(cfg) if kind == "mae" else TumorClassifier(cfg)
+    model = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}[kind](cfg)
     model.load_state_dict(state["model"])
     return model, state
 

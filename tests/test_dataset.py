@@ -175,3 +175,29 @@ def test_foreground_patches_pads_to_the_batch_and_marks_padding():
     assert valid[2].tolist() == [True, False]  # a blank slice still gives the encoder one patch
     keep, valid = foreground_patches(x, 4, -1)  # negative: every patch
     assert keep.tolist() == [[0, 1, 2, 3]] * 3 and valid.all()
+
+
+@pytest.mark.parametrize("kind", ["block", "stripe", "blob"])
+def test_synthetic_damage_lies_on_the_brain_and_grows_with_size(kind):
+    brain = np.zeros((96, 96), bool)
+    brain[10:86, 16:80] = True
+    areas = []
+    for size in dataset.DAMAGE_SIZES[kind].values():
+        hole = dataset.synthetic_damage(kind, size, brain, np.random.default_rng(3))
+        assert hole.shape == brain.shape and hole.any()
+        assert brain[hole].mean() > 0.5  # centred on the brain
+        areas.append(hole.sum())
+    assert areas == sorted(areas) and areas[0] < areas[-1]
+
+
+def test_local_biharmonic_fill_matches_the_whole_image_solve():
+    from skimage.restoration import inpaint_biharmonic
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:80, :90]
+    img = np.sin(yy / 9.0) * np.cos(xx / 13.0) + 0.01 * rng.random((80, 90))
+    hole = (abs(yy - 40) < 6) & (abs(xx - 30) < 9)
+    local = dataset.biharmonic_fill(img, hole)
+    assert np.array_equal(local[~hole], img[~hole])
+    assert np.abs(local - inpaint_biharmonic(img, hole)).max() < 0.02
+    weight = dataset.fill_weight(hole)
+    assert (weight[~hole] == 0).all() and (weight[hole] > 0).all() and weight.max() == 1.0

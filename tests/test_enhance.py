@@ -168,3 +168,45 @@ def test_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(enhance.main, ["--output-path", str(tmp_path), "--input", "x.tif"])
     assert "Model not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 150)])
+def test_corrected_fill_over_tiles_with_a_model_that_adds_nothing_is_the_biharmonic_fill(shape):
+    from dataset import biharmonic_fill
+    rng = np.random.default_rng(1)
+    img = rng.random(shape)
+    hole = np.zeros(shape, bool)
+    hole[30:50, 40:90] = True  # across tile borders on the larger slice
+    calls = []
+
+    def correct(prefilled, weight):
+        calls.append(len(prefilled))
+        return prefilled
+    restorer = enhance.Restorer(None, 64, 16, 0.75, overlap=16, correct=correct)
+    out = restorer.inpaint(img, hole)
+    assert np.allclose(out, biharmonic_fill(img, hole), atol=1e-6)
+    assert np.array_equal(out[~hole], img[~hole])
+    tiles = len(enhance.tile_starts(shape[0], 64, 48)) * len(enhance.tile_starts(shape[1], 64, 48))
+    assert 0 < sum(calls) <= tiles  # only the tiles that touch the hole run
+
+
+def test_inpaint_uses_the_fine_tuned_model_when_it_exists(tiny_ckpt, tiny_data, tmp_path, capsys):
+    scan = os.path.join(tiny_data, "HR", "subj1_000.tif")
+    img = tifffile.imread(scan)
+    hole = np.zeros(img.shape, np.uint8)
+    hole[20:44, 25:50] = 1
+    tifffile.imwrite(tmp_path / "hole.tif", hole)
+    common = ["--input", scan, "--mode", "inpaint", "--mask", str(tmp_path / "hole.tif")]
+    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "mae.tif")))
+    assert "best_miram_inpaint.pth not found" in capsys.readouterr().out
+    train.main(tiny_args(tiny_data, tiny_ckpt, "--inpaint"))
+    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "ft.tif")))
+    assert "not found" not in capsys.readouterr().out
+    mae, ft = tifffile.imread(tmp_path / "mae.tif"), tifffile.imread(tmp_path / "ft.tif")
+    assert np.array_equal(ft[hole == 0], img[hole == 0]) and not np.array_equal(ft, mae)
+    # --mae-fill asks for the MAE's own prediction back
+    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "back.tif"), "--mae-fill"))
+    assert np.array_equal(tifffile.imread(tmp_path / "back.tif"), mae)
+    with pytest.raises(MiramError, match="Model not found"):
+        enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "x.tif"),
+                               "--inpaint-checkpoint", str(tmp_path / "none.pth")))

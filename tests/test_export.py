@@ -11,6 +11,7 @@ import torch
 import classify
 import enhance
 import export_deploy
+import train
 from conftest import tiny_args, train_tiny_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,13 +20,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     data, out = train_tiny_pipeline(str(tmp_path_factory.mktemp("export")))
+    train.main(tiny_args(data, out, "--inpaint"))
     report = export_deploy.main(tiny_args(data, out, "--iters", "3", "--warmup", "1", "--skip-spec"))
     return data, out, report
 
 
 def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     data, out, report = exported
-    for name in ("miram_model_optimized.onnx", "miram_mae.onnx", "deploy_benchmark.json"):
+    for name in ("miram_model_optimized.onnx", "miram_mae.onnx", "miram_inpaint.onnx", "deploy_benchmark.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     saved = json.load(open(os.path.join(out, "deploy_benchmark.json")))
     assert saved["threads"] == 2 and saved["opset"] == export_deploy.OPSET
@@ -37,6 +39,7 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
     assert saved["parity"]["mae"]["mask_equal"] is True
     assert saved["parity"]["classifier"]["probability"]["max_abs"] < 1e-4
+    assert saved["parity"]["inpaint"]["restored"]["max_abs"] < 1e-3
     assert "auroc_drop" in saved["accuracy"]["classifier"] and "psnr_drop_db" in saved["accuracy"]["mae"]
     # ONNX Runtime's fused kernels are in the graph: attention in every block but the last (whose weights
     # are an output), GELU (ORT merges it with the bias before it) in every block and the head
@@ -44,6 +47,12 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     ops = [n.op_type for n in onnx.load(os.path.join(out, "miram_model_optimized.onnx")).graph.node]
     assert ops.count("MultiHeadAttention") == 1  # tiny preset: DEPTH 2
     assert ops.count("Gelu") + ops.count("BiasGelu") == 3 and "Erf" not in ops
+    # every residual Add + LayerNorm pair is one SkipLayerNormalization (2 per block); q/k/v biases moved
+    # into the attention op
+    assert ops.count("SkipLayerNormalization") == 4 and ops.count("LayerNormalization") == 1  # the first
+    assert ops.count("Add") < 6
+    mae_ops = [n.op_type for n in onnx.load(os.path.join(out, "miram_mae.onnx")).graph.node]
+    assert mae_ops.count("SkipLayerNormalization") == 6  # encoder 2 blocks, decoder 1
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -94,12 +103,18 @@ def test_onnx_backends_agree_with_torch(exported, tmp_path):
 def test_onnx_path_runs_without_torch(exported, tmp_path):
     data, out, _ = exported
     scan = os.path.join(data, "HR", "subj1_001.tif")
+    hole = np.zeros((72, 80), np.uint8)
+    hole[10:30, 12:40] = 1
+    tifffile.imwrite(tmp_path / "hole.tif", hole)
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
         "import classify, enhance\n"
         f"classify.main(['--output-path', {out!r}, '--predict', {scan!r}, '--backend', 'onnx'])\n"
         f"enhance.main(['--output-path', {out!r}, '--input', {scan!r}, '--output', {str(tmp_path / 'r.tif')!r},"
-        " '--backend', 'onnx'])\n")
+        " '--backend', 'onnx'])\n"
+        f"enhance.main(['--output-path', {out!r}, '--input', {scan!r}, '--output', {str(tmp_path / 'i.tif')!r},"
+        f" '--mode', 'inpaint', '--mask', {str(tmp_path / 'hole.tif')!r}, '--backend', 'onnx'])\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "p(tumor)" in r.stdout and os.path.isfile(tmp_path / "r.tif")
+    assert "p(tumor)" in r.stdout and os.path.isfile(tmp_path / "r.tif") and os.path.isfile(tmp_path / "i.tif")
+    assert "not found" not in r.stdout  # the exported inpainting model was used

@@ -197,3 +197,17 @@ def test_embedding_only_kept_patches_equals_the_convolution():
     keep = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
     full = enc.embed(x)  # the convolution on every patch
     assert torch.allclose(enc.embed(x, keep), torch.gather(full, 1, keep[..., None].expand(-1, -1, 16)), atol=1e-5)
+
+
+def test_inpainter_starts_as_the_prefill_and_never_touches_pixels_outside_the_hole():
+    torch.manual_seed(0)
+    m = models.InpaintingMIRAM(ModelConfig(img_size=64, **TINY)).eval()
+    prefilled = torch.rand(2, 1, 64, 64)
+    weight = torch.zeros(2, 1, 64, 64)
+    weight[:, :, 10:30, 20:45] = torch.rand(2, 1, 20, 25)
+    with torch.no_grad():
+        assert torch.equal(m(prefilled, weight), prefilled)  # zero-initialised correction
+        torch.nn.init.normal_(m.correction_head.weight)  # a trained head: corrections inside only
+        out = m(prefilled, weight)
+    assert torch.equal(out[weight == 0], prefilled[weight == 0])
+    assert not torch.allclose(out[weight > 0], prefilled[weight > 0])
