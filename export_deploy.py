@@ -205,82 +205,6 @@ def classifier_outputs(clf, images, keep, valid, run_block=None):
     return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
 
 
-def fuse_residual_norms(model):
-    """Rewrites every pre-norm residual step, Add(bias) -> Add(residual) -> LayerNormalization, as one
-    com.microsoft SkipLayerNormalization (its 4th output is the residual sum the next block needs), and moves
-    the q/k/v bias Add in front of a MultiHeadAttention into the op's own bias input. ORT's optimizer does
-    neither on these graphs (dynamic token axis). Returns the number of nodes removed."""
-    from onnx import helper
-    g = model.graph
-    consts = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
-
-    def bias_add(name):
-        """The Add(x, 1-D constant) that produced name and nothing else reads: (node, x, bias) or None."""
-        n = producer.get(name)
-        if n is None or n.op_type != "Add" or n.domain not in ("", "ai.onnx") or uses.get(name) != 1:
-            return None
-        x, b = n.input
-        if b not in consts and x in consts:
-            x, b = b, x
-        if b not in consts or len(consts[b].dims) != 1:
-            return None
-        return n, x, b
-
-    drop, replace = set(), {}
-    for ln in g.node:
-        if ln.op_type != "LayerNormalization" or len(ln.input) < 3 or len(ln.output) != 1:
-            continue
-        axis = next((a.i for a in ln.attribute if a.name == "axis"), -1)
-        eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
-        res = producer.get(ln.input[0])
-        if axis != -1 or res is None or res.op_type != "Add" or res.domain not in ("", "ai.onnx") or id(res) in drop:
-            continue
-        a, b = res.input
-        if a in consts or b in consts:
-            continue
-        found = bias_add(b) or bias_add(a)
-        if found:
-            badd, x, bias = found
-            skip = a if badd.output[0] == b else b
-            inputs = [x, skip, ln.input[1], ln.input[2], bias]
-            drop.add(id(badd))
-        else:
-            inputs = [a, b, ln.input[1], ln.input[2]]
-        outputs = [ln.output[0]] + (["", "", res.output[0]] if uses[res.output[0]] > 1 else [])
-        node = helper.make_node("SkipLayerNormalization", inputs, outputs, name=ln.name + "_skip",
-                                domain="com.microsoft", epsilon=eps)
-        drop.add(id(ln))
-        replace[id(res)] = node  # at the residual Add's place: every input exists by then
-    for mha in g.node:
-        if mha.op_type != "MultiHeadAttention" or len(mha.input) < 3 or (len(mha.input) > 3 and mha.input[3]):
-            continue
-        split = producer.get(mha.input[0])
-        if split is None or split.op_type != "Split" or list(split.output) != list(mha.input[:3]):
-            continue
-        found = bias_add(split.input[0])
-        if not found:
-            continue
-        badd, x, bias = found
-        split.input[0] = x
-        ins = list(mha.input) + [""] * (4 - len(mha.input))
-        ins[3] = bias
-        del mha.input[:]
-        mha.input.extend(ins)
-        drop.add(id(badd))
-    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    removed = len(g.node) - len(nodes)
-    del g.node[:]
-    g.node.extend(nodes)
-    return removed
-
-
 def spec_models():
     """The spec-size classifier and MAE (untrained, seeded: timing only) that every latency figure uses."""
     import torch
@@ -312,7 +236,6 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
                                      custom_translation_table=ort_fused_ops()[0])
             prog.save(raw)
             model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
-            fuse_residual_norms(model)
             onnx.checker.check_model(model)
         except Exception as e:
             raise MiramError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]} "
