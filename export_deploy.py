@@ -290,17 +290,22 @@ def percentiles(times, batch):
             "p99_ms": float(np.percentile(t, 99)), "images_per_s": float(batch / np.median(t) * 1e3)}
 
 
-def bench_group(runners, batch, iters, warmup):
-    """Times each runner on the same input, interleaved round-robin so machine drift hits all alike."""
+def bench_group(runners, batch, iters, warmup, block=5):
+    """Times each runner on the same inputs, in turns of `block` back-to-back calls so machine drift hits
+    all alike. Each turn starts with one untimed call: PyTorch's OpenMP workers busy-wait a while after
+    its calls, and a call right after them shared the cores (measured: ORT fp32 right after PyTorch
+    ~1-2 ms slower of ~15). Timed calls are then steady back-to-back calls of one backend, as served."""
     for _ in range(warmup):
         for run in runners.values():
             run()
     times = {k: [] for k in runners}
-    for _ in range(iters):
+    while len(next(iter(times.values()))) < iters:
         for k, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t0)
+            run()  # settle: untimed
+            for _ in range(min(block, iters - len(times[k]))):
+                t0 = time.perf_counter()
+                run()
+                times[k].append(time.perf_counter() - t0)
     return {k: percentiles(v, batch) for k, v in times.items()}
 
 
