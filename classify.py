@@ -190,7 +190,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
     import torch.nn.functional as F
     from dataset import batches
     from models import autocast, load_checkpoint, save_checkpoint
-    from train import Distributed, epoch_generator, local_batch, lr_at, steps_in_epoch
+    from train import Distributed, epoch_generator, local_batch, lr_at, steps_in_epoch, take_step
     dist = dist or Distributed()
     say = dist.say
     ckpt_path = os.path.join(out_dir, suffixed("classifier_checkpoint.pth", variant))
@@ -238,17 +238,11 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
             x, mine = local_batch(train_set.images, gidx, gen, dist, cfg.BATCH_SIZE, device)
             idx = gidx[mine]
             y = train_set.labels[idx].to(device)
-            lr = lr_at(step, total, warm, base_lr, 0.0)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
             with autocast(device, cfg.AMP):
                 logits = net(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
-            if not torch.isfinite(loss):
-                raise MiramError(f"non-finite loss at classification epoch {epoch + 1}: lower CLS_LR")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            take_step(optimizer, loss, lr_at(step, total, warm, base_lr, 0.0),
+                      f"non-finite loss at classification epoch {epoch + 1}: lower CLS_LR")
             step += 1
             sums[0] += loss.item() * len(idx)
             sums[1] += len(idx)

@@ -215,6 +215,19 @@ def spec_models():
     return TumorClassifier(spec).eval(), MIRAM(spec).eval()
 
 
+def spec_bench_setup(threads):
+    """What the benches under bench/ start from: torch at `threads` threads, the untrained spec-size
+    classifier, and the demo (or configured) training and validation slices at its image size."""
+    import torch
+    from dataset import load_split
+    torch.set_num_threads(threads)
+    clf, _ = spec_models()
+    cfg = load_config()
+    cfg.IMG_SIZE = clf.cfg.img_size
+    train, val = load_split(cfg, quiet=True)
+    return clf, train, val
+
+
 def export_onnx(module, example, names, outputs, path, model_config, raw_path=None, token_inputs=()):
     """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
     after ONNX Runtime's (portable) graph optimizations as a single file; raw_path also keeps the graph as

@@ -68,6 +68,18 @@ def lr_at(step, total_steps, warmup_steps, base_lr, min_lr):
     return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def take_step(optimizer, loss, lr, stop_message):
+    """One optimizer step at lr (each group scaled by its "lr_scale"); a non-finite loss stops with
+    stop_message instead."""
+    if not torch.isfinite(loss):
+        raise MiramError(stop_message)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def epoch_generator(seed, epoch):
     # Every random draw of an epoch (order, augmentation, masks) comes from (seed, epoch): a resumed run
     # replays exactly what an uninterrupted one would have done.
@@ -371,17 +383,11 @@ def finetune_inpainting(args, cfg):
             x, w, t = (a[idx] for a in train_data)
             flip = torch.rand(len(idx), generator=gen) < 0.5  # left-right mirror: the brain's own symmetry
             x, w, t = (torch.where(flip[:, None, None, None], a.flip(-1), a).to(device) for a in (x, w, t))
-            lr = lr_at(step, total, steps_per_epoch, base_lr, 0.0)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
             with autocast(device, cfg.AMP):
                 pred = model(x, w).float()
             loss = inpainting_loss(pred, t, w).mean()
-            if not torch.isfinite(loss):
-                raise MiramError(f"non-finite loss at inpainting epoch {epoch + 1}: lower INPAINT_LR")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            take_step(optimizer, loss, lr_at(step, total, steps_per_epoch, base_lr, 0.0),
+                      f"non-finite loss at inpainting epoch {epoch + 1}: lower INPAINT_LR")
             step += 1
             sums[0] += loss.item() * len(idx)
             sums[1] += len(idx)

@@ -4,7 +4,7 @@
 
 export_deploy.py times each backend once per run; on a shared 2-core machine one run can land in a slow
 minute. This exports the spec-size classifier (384/12/6, untrained weights: timing only) exactly as
-export_deploy.py does, then times PyTorch eager fp32 and ONNX Runtime fp32 and int8 interleaved on the same
+export_deploy.py does, then times PyTorch eager fp32 and ONNX Runtime fp32 and int8 in alternating turns (export_deploy.bench_group) on the same
 sequence of validation slices (their foreground patches, as deployed), `--rounds` times, and prints each
 round's medians and the ratio ORT fp32 / eager within the round, then the median over the rounds.
 """
@@ -18,8 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export_deploy as ed  # noqa: E402
-from config import load_config  # noqa: E402
-from dataset import foreground_patches, load_split  # noqa: E402
+from dataset import foreground_patches  # noqa: E402
 
 
 def main(argv=None):
@@ -28,12 +27,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=50, help="timed calls per backend and round (50: every demo validation slice)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clf, _ = ed.spec_models()
+    clf, _, val = ed.spec_bench_setup(args.threads)
     spec = clf.cfg
-    cfg = load_config()
-    cfg.IMG_SIZE = spec.img_size
-    _, val = load_split(cfg, quiet=True)
     images = val.images.numpy()
     grid = spec.img_size // spec.patch_size
     inputs = ed.benchmark_batches(images, 1, grid, args.iters)

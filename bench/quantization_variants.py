@@ -5,7 +5,7 @@
 Exports the spec-size tumor classifier (untrained weights: timing only) as export_deploy.py does, then
 quantizes it three ways: ONNX Runtime dynamic int8 (what export_deploy.py ships), and static int8 in
 QOperator and QDQ formats calibrated on training slices of the configured data (the demo set by default).
-Times all of them and fp32 at batch 1, interleaved, and prints the probability difference to fp32.
+Times all of them and fp32 at batch 1, in alternating turns (export_deploy.bench_group), and prints the probability difference to fp32.
 """
 import argparse
 import os
@@ -19,8 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import export_deploy as ed  # noqa: E402
-from config import load_config  # noqa: E402
-from dataset import foreground_patches, load_split  # noqa: E402
+from dataset import foreground_patches  # noqa: E402
 
 
 def main(argv=None):
@@ -31,12 +30,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    torch.set_num_threads(args.threads)
-    clf, _ = ed.spec_models()
+    clf, train, val = ed.spec_bench_setup(args.threads)
     spec = clf.cfg
-    cfg = load_config()
-    cfg.IMG_SIZE = spec.img_size
-    train, val = load_split(cfg, quiet=True)
     calib = train.images[:args.calibration].numpy()
     x = val.images[:1].numpy()
     with tempfile.TemporaryDirectory() as d:
@@ -74,7 +69,7 @@ def main(argv=None):
                 m(x)
                 if r >= 5:
                     times[k].append(time.perf_counter() - t0)
-        print(f"spec-size classifier, batch 1, {args.threads} threads, {args.iters} timed calls each (interleaved):")
+        print(f"spec-size classifier, batch 1, {args.threads} threads, {args.iters} timed calls each (in alternating turns):")
         for k, m in runners.items():
             diff = float(np.abs(m(x)[0] - ref).max())
             print(f"  {k:22s} p50 {statistics.median(times[k]) * 1e3:6.2f} ms   |p - p_fp32| {diff:.4f}")
