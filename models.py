@@ -220,16 +220,19 @@ class Encoder(nn.Module):
         return F.linear(patches, weight, self.patch_embed.bias) + pos
 
     def forward(self, imgs, noise=None, mask_ratio=None, return_attention=None, keep=None, valid=None,
-                run_block=None):
+                run_block=None, token_bias=None):
         """imgs (B, C, H, W) -> tokens (B, 1+K, D), mask (B, L) or None, ids_restore, attentions.
 
         With mask_ratio=None (or 0) every patch is encoded, or only the patches keep (B, K) indexes (the
         foreground: the encoder was pre-trained on subsets of patches), of which valid (B, K) bool says
         which are real (the others pad the batch and no token attends to them); return_attention is None,
         "last" or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
-        read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token).
+        read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token). token_bias (B, L, D) is
+        added to the patch embeddings (InpaintingMIRAM's damage embedding).
         """
         x = self.embed(imgs, keep)  # (B, L or K, D)
+        if token_bias is not None:
+            x = x + token_bias
         mask = ids_restore = None
         if keep is None and mask_ratio:
             if noise is None:
@@ -286,17 +289,24 @@ class MIRAM(nn.Module):
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
         torch.nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward_decoder(self, latent, ids_restore):
-        """latent (B, 1+K, D) -> fine (B, L, p*p*C), coarse (B, L, (p/2)^2*C)."""
+    def decoder_features(self, latent, ids_restore=None):
+        """latent (B, 1+K, D) -> the decoder's normalised patch tokens (B, L, Dd). ids_restore (B, L) puts
+        the K visible tokens and L-K mask tokens back in patch order; None: every patch was encoded, in order."""
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        B, L = ids_restore.shape
-        mask_tokens = self.mask_token.expand(B, L + 1 - x.shape[1], -1)  # (B, L-K, Dd)
-        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, L, Dd), visible first
-        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # original order
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        if ids_restore is not None:
+            B, L = ids_restore.shape
+            mask_tokens = self.mask_token.expand(B, L + 1 - x.shape[1], -1)  # (B, L-K, Dd)
+            x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, L, Dd), visible first
+            x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))  # original order
+            x = torch.cat([x[:, :1], x_], dim=1)
+        x = x + self.decoder_pos_embed  # (B, 1+L, Dd)
         for blk in self.decoder_blocks:
             x = blk(x)
-        x = self.decoder_norm(x)[:, 1:]  # (B, L, Dd)
+        return self.decoder_norm(x)[:, 1:]  # (B, L, Dd)
+
+    def forward_decoder(self, latent, ids_restore):
+        """latent (B, 1+K, D) -> fine (B, L, p*p*C), coarse (B, L, (p/2)^2*C)."""
+        x = self.decoder_features(latent, ids_restore)
         return self.head_fine(x), self.head_coarse(x)
 
     def targets(self, imgs):
@@ -377,16 +387,9 @@ class InpaintingMIRAM(nn.Module):
 
     def forward(self, prefilled, weight):
         """prefilled (B, C, S, S), weight (B, 1, S, S) -> the restored slice (B, C, S, S)."""
-        enc, mae, p = self.mae.encoder, self.mae, self.cfg.patch_size
-        x = enc.embed(prefilled) + self.damage_embed(patchify(weight, p))  # (B, L, D)
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        for blk in enc.blocks:
-            x = blk(x)
-        x = mae.decoder_embed(enc.norm(x)) + mae.decoder_pos_embed  # (B, 1+L, Dd)
-        for blk in mae.decoder_blocks:
-            x = blk(x)
-        correction = unpatchify(self.correction_head(mae.decoder_norm(x)[:, 1:]), p, self.cfg.in_chans)
+        p = self.cfg.patch_size
+        latent, _, _, _ = self.mae.encoder(prefilled, token_bias=self.damage_embed(patchify(weight, p)))
+        correction = unpatchify(self.correction_head(self.mae.decoder_features(latent)), p, self.cfg.in_chans)
         correction = self.smooth @ correction @ self.smooth.T  # no steps at patch borders
         return prefilled + weight * correction
 

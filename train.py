@@ -345,9 +345,9 @@ def finetune_inpainting(args, cfg):
     model = InpaintingMIRAM(model_cfg)
     model.mae.load_state_dict(mae_state["model"])
     model = tune_for(model.to(device), device, cfg.AMP)
-    new = {"damage_embed.weight", "damage_embed.bias", "correction_head.weight", "correction_head.bias"}
-    groups = [{"params": [p for n, p in model.named_parameters() if n not in new], "lr_scale": 1.0},
-              {"params": [p for n, p in model.named_parameters() if n in new], "lr_scale": 10.0}]
+    pretrained = [p for n, p in model.named_parameters() if n.startswith("mae.")]
+    added = [p for n, p in model.named_parameters() if not n.startswith("mae.")]  # damage embedding, head
+    groups = [{"params": pretrained, "lr_scale": 1.0}, {"params": added, "lr_scale": 10.0}]
     base_lr = cfg.INPAINT_LR * cfg.BATCH_SIZE / 16
     optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999), weight_decay=0.05)
     start, best_val, history = 0, float("inf"), []
@@ -359,15 +359,16 @@ def finetune_inpainting(args, cfg):
         history = [h for h in read_history(log_path) if h["epoch"] <= start]
         say(f"resuming the inpainting fine-tune from {ckpt_path} after epoch {start}")
 
+    prefill_loss = hole_mse(val_data[0], val_data[2], val_data[1]).mean().item()  # what the model corrects
+
     def validate_fill():
         model.eval()
-        losses, prefill = [], []
+        losses = []
         with torch.no_grad(), autocast(device, cfg.AMP):
             for s in range(0, len(val_data[0]), 32):
                 x, w, t = (a[s:s + 32].to(device) for a in val_data)
                 losses.append(hole_mse(model(x, w).float(), t, w))
-                prefill.append(hole_mse(x, t, w))
-        return torch.cat(losses).mean().item(), torch.cat(prefill).mean().item()
+        return torch.cat(losses).mean().item()
 
     steps_per_epoch = steps_in_epoch(len(train_data[0]), cfg.BATCH_SIZE, 1)
     total = cfg.INPAINT_EPOCHS * steps_per_epoch
@@ -391,7 +392,7 @@ def finetune_inpainting(args, cfg):
             step += 1
             sums[0] += loss.item() * len(idx)
             sums[1] += len(idx)
-        val_loss, prefill_loss = validate_fill()
+        val_loss = validate_fill()
         is_best = val_loss < best_val
         best_val = min(best_val, val_loss)
         history.append({"epoch": epoch + 1, "train_loss": sums[0] / sums[1], "val_loss": val_loss,

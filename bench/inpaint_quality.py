@@ -43,18 +43,19 @@ def main(argv=None):
     mc = model.cfg
     predict = torch_predictor(model, torch.device("cpu"))
     fill_path = args.inpaint_checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_inpaint.pth")
-    restorers = {"miram_mae": Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio)}
+    restorers = {}  # the first is compared with the classical fills in the printed lines
     if os.path.isfile(fill_path):
         inpainter, _ = build_from_checkpoint(fill_path, "inpaint")
         restorers["miram"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio,
                                       correct=torch_corrector(inpainter.eval(), torch.device("cpu")))
     else:
         print(f"no {fill_path} (train.py --inpaint): MIRAM with the MAE's own prediction only")
+    restorers["miram_mae"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio)
     cfg.IMG_SIZE = mc.img_size
     _, val = load_split(cfg, quiet=True)
     images = val.images[:args.max_images, 0].double().numpy()
     rng = np.random.default_rng(args.seed)
-    methods = (*sorted(restorers, reverse=True), "biharmonic", "linear")
+    methods = (*restorers, "biharmonic", "linear")
     scores = {}
     for kind, sizes in DAMAGE_SIZES.items():
         for size_name, size in sizes.items():
