@@ -201,7 +201,7 @@ def classifier_outputs(clf, images, keep, valid, run_block=None):
     its own blocks, not the export's fused ones: that is the parity reference."""
     import torch
     from classify import last_block_map
-    logits, atts, _, _ = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
+    logits, atts, _, _ = clf.forward_with_attention(images, "cls", keep, valid, run_block=run_block)
     return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
 
 

@@ -143,21 +143,26 @@ def make_blocks(dim, depth, heads, mlp_ratio):
     return nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
 
 
-def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None):
+def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None, cls_only=False):
     """A timm Block's forward on x (B, N, D) that also returns its softmax attention (B, heads, N, N).
 
     Same weights and maths as block(x) (checked in the tests), computed once; used only when attention is
-    asked for, so training keeps the fused kernel. The ONNX graphs export this path.
+    asked for, so training keeps the fused kernel. The ONNX graphs export this path. cls_only: the output
+    for the first (CLS) token alone, (B, 1, D), and its attention row (B, heads, 1, N): the other tokens
+    still give keys and values, but their own projection and MLP are skipped (a model that reads only the
+    CLS token after this block gets the same result).
     """
     attn = block.attn
     B, N, _ = x.shape
     h = block.norm1(x)
     qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+    if cls_only:
+        q, x = q[:, :, :1], x[:, :1]
     q, k = attn.q_norm(q), attn.k_norm(k)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, Nq, N)
     weights = (logits if attn_mask is None else logits + attn_mask).softmax(dim=-1)  # mask: additive
-    o = (weights @ v).transpose(1, 2).reshape(B, N, attn.attn_dim)  # (B, N, H*hd)
+    o = (weights @ v).transpose(1, 2).reshape(B, q.shape[2], attn.attn_dim)  # (B, Nq, H*hd)
     o = attn.proj_drop(attn.proj(attn.norm(o)))
     x = x + block.drop_path1(block.ls1(o))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
@@ -228,7 +233,9 @@ class Encoder(nn.Module):
         which are real (the others pad the batch and no token attends to them); return_attention is None,
         "last" or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
         read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token). token_bias (B, L, D) is
-        added to the patch embeddings (InpaintingMIRAM's damage embedding).
+        added to the patch embeddings (InpaintingMIRAM's damage embedding). return_attention "cls": the last
+        block runs for the CLS token alone (tokens (B, 1, D); its attention (B, H, 1, 1+K)), for a reader
+        of the CLS token only.
         """
         x = self.embed(imgs, keep)  # (B, L or K, D)
         if token_bias is not None:
@@ -246,9 +253,10 @@ class Encoder(nn.Module):
             attn_mask = padding_bias(keys, x.dtype)
         attentions = []
         for i, blk in enumerate(self.blocks):
-            if return_attention == "all" or (return_attention == "last" and i == len(self.blocks) - 1):
-                x, a = block_with_attention(blk, x, attn_mask)
-                attentions.append(a)  # (B, H, N, N)
+            last = i == len(self.blocks) - 1
+            if return_attention == "all" or (return_attention in ("last", "cls") and last):
+                x, a = block_with_attention(blk, x, attn_mask, cls_only=return_attention == "cls")
+                attentions.append(a)  # (B, H, N or 1, N)
             elif run_block is not None:
                 x = run_block(blk, x, keys if keys is not None else x.new_ones(x.shape[:2]))
             else:
@@ -418,12 +426,14 @@ class TumorClassifier(nn.Module):
         return torch.from_numpy(keep).to(imgs.device), torch.from_numpy(valid).to(imgs.device)
 
     def forward(self, imgs, keep=None, valid=None):
-        """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None)."""
-        return self.forward_with_attention(imgs, None, keep, valid)[0]
+        """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None).
+        The head reads only the CLS token, so the last block runs for it alone (Encoder.forward's "cls")."""
+        return self.forward_with_attention(imgs, "cls", keep, valid)[0]
 
     def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
-        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all") or the last (which),
-        keep (B, K) and valid (B, K): the patches those K tokens are. run_block: see Encoder.forward."""
+        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all") or the last ("last"),
+        or the last block's CLS row (B, H, 1, 1+K) ("cls"), keep (B, K) and valid (B, K): the patches those K
+        tokens are. run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
             if valid.all():

@@ -101,6 +101,11 @@ def test_attention_readout_matches_the_block():
     assert torch.allclose(a, (q @ k.transpose(-2, -1) / 4).softmax(-1), atol=1e-6)
     last_only = m.encoder(x, return_attention="last")[3]
     assert len(last_only) == 1 and torch.allclose(last_only[0], atts[-1], atol=1e-6)
+    # the CLS-only last block: the same CLS token and attention row, without the other tokens' outputs
+    cls_tokens, _, _, cls_att = m.encoder(x, return_attention="cls")
+    assert cls_tokens.shape == (2, 1, 32) and cls_att[0].shape == (2, 2, 1, 197)
+    assert torch.allclose(cls_tokens[:, 0], tokens[:, 0], atol=1e-5)
+    assert torch.allclose(cls_att[0][:, :, 0], atts[-1][:, :, 0], atol=1e-6)
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -187,6 +192,12 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         brighter[:, :, :16] = 0.5  # now foreground: read, and the result moves
         assert not torch.allclose(m(brighter), alone[1:], atol=1e-4)
     assert torch.allclose(batched, alone, atol=1e-5)
+    # the CLS-only last block gives what every token's last block gives, padding included
+    keep, valid = m.foreground(x)
+    assert not valid.all()
+    with torch.no_grad():
+        every_token = m.head(m.encoder(x, keep=keep, valid=valid)[0][:, 0]).squeeze(-1)
+    assert torch.allclose(batched, every_token, atol=1e-5)
 
 
 def test_embedding_only_kept_patches_equals_the_convolution():
