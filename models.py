@@ -500,10 +500,15 @@ def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None,
     atomic_torch_save(state, path)
 
 
-def config_mismatch(saved: dict, expected: ModelConfig):
+# Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
+# changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
+UNUSED_SETTINGS = {"mae": {"foreground_threshold"}, "inpaint": {"foreground_threshold"}}
+
+
+def config_mismatch(saved: dict, expected: ModelConfig, ignore=()):
     """Human-readable differences between a checkpoint's model config and the one asked for."""
     want = expected.to_dict()
-    keys = sorted(set(saved) | set(want))
+    keys = sorted((set(saved) | set(want)) - set(ignore))
     return [f"{k.upper()}: checkpoint {saved.get(k)!r} vs requested {want.get(k)!r}"
             for k in keys if saved.get(k) != want.get(k)]
 
@@ -527,7 +532,7 @@ def load_checkpoint(path, kind=None, expected: ModelConfig = None, map_location=
     if kind is not None and state.get("kind") != kind:
         raise MiramError(f"{path}: is a {state.get('kind')!r} checkpoint, expected {kind!r}")
     if expected is not None:
-        diff = config_mismatch(state["model_config"], expected)
+        diff = config_mismatch(state["model_config"], expected, UNUSED_SETTINGS.get(state.get("kind"), ()))
         if diff:
             raise MiramError(f"{path}: checkpoint from another configuration ({'; '.join(diff)})")
     return state

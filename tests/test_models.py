@@ -153,6 +153,13 @@ def test_checkpoint_roundtrip_and_mismatch_refused(tmp_path):
         models.load_checkpoint(path, "mae", expected=other)
     with pytest.raises(MiramError, match="expected 'classifier'"):
         models.load_checkpoint(path, "classifier")
+    # the MAE never reads the classifier's foreground threshold: no reason to refuse a resume
+    threshold = ModelConfig(**{**TINY, "img_size": 64, "foreground_threshold": 0.2})
+    assert models.load_checkpoint(path, "mae", expected=threshold)["epoch"] == 3
+    clf_path = str(tmp_path / "clf.pth")
+    models.save_checkpoint(clf_path, models.TumorClassifier(m.cfg), "classifier")
+    with pytest.raises(MiramError, match="FOREGROUND_THRESHOLD: checkpoint 0.01 vs requested 0.2"):
+        models.load_checkpoint(clf_path, "classifier", expected=threshold)
     with pytest.raises(MiramError, match="Model not found"):
         models.load_checkpoint(str(tmp_path / "missing.pth"))
 
