@@ -253,7 +253,9 @@ class Restorer:
     """Runs a MIRAM (torch or ONNX Runtime) over tiles of a [0, 1]-scaled slice."""
 
     def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, overlap=64, blend=True, correct=None):
-        self.predict = predict  # (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..)
+        # predict: the MAE, (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..);
+        # None in a restorer that only inpaints with the fine-tuned model
+        self.predict = predict
         self.correct = correct  # the inpainting model: (prefilled, weight (B,1,S,S) float32) -> restored
         self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
         self.grid = img_size // patch_size
@@ -481,29 +483,30 @@ def inpainting_model_path(args, cfg):
 
 
 def build_restorer(args, cfg):
+    """The Restorer for args' mode and backend. Inpainting with the fine-tuned model loads only that model:
+    it holds the pre-trained MAE's weights and configuration, so the MAE itself is not needed."""
     fill_path = inpainting_model_path(args, cfg)
-    correct = None
+    predict = correct = None
     if args.backend == "onnx":
         from export_deploy import OnnxInpainter
-        runner = onnx_predictor(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "miram_mae.onnx"))
-        mc = runner.model_config
         if fill_path:
             correct = OnnxInpainter(fill_path)
-            fill_size = correct.model_config["img_size"]
+            mc = correct.model_config
+        else:
+            predict = onnx_predictor(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "miram_mae.onnx"))
+            mc = predict.model_config
     else:
         from models import build_from_checkpoint, pick_device
         device = pick_device(cfg.DEVICE)
-        model, _ = build_from_checkpoint(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth"),
-                                         "mae", map_location=device)
-        model = model.to(device).eval()
-        runner, mc = torch_predictor(model, device), model.cfg.to_dict()
         if fill_path:
             inpainter, _ = build_from_checkpoint(fill_path, "inpaint", map_location=device)
-            correct, fill_size = torch_corrector(inpainter.to(device).eval(), device), inpainter.cfg.img_size
-    if correct is not None and fill_size != mc["img_size"]:
-        raise MiramError(f"{fill_path}: works on {fill_size}-pixel tiles, the MAE on {mc['img_size']}: "
-                         "fine-tune it from this MAE (train.py --inpaint)")
-    return Restorer(runner, mc["img_size"], mc["patch_size"], mc["mask_ratio"], batch=args.batch,
+            correct, mc = torch_corrector(inpainter.to(device).eval(), device), inpainter.cfg.to_dict()
+        else:
+            model, _ = build_from_checkpoint(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth"),
+                                             "mae", map_location=device)
+            model = model.to(device).eval()
+            predict, mc = torch_predictor(model, device), model.cfg.to_dict()
+    return Restorer(predict, mc["img_size"], mc["patch_size"], mc["mask_ratio"], batch=args.batch,
                     blend=not args.no_blend, correct=correct)
 
 

@@ -1,5 +1,6 @@
 import io
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -66,7 +67,6 @@ def make_scans(tmp_path):
     vol = np.stack([(base * 1000).astype(np.int16)] * 4, -1)
     nib.save(nib.Nifti1Image(vol, affine), tmp_path / "vol.nii.gz"); files["vol.nii.gz"] = np.int16
     from pydicom.data import get_testdata_file
-    import shutil
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr.dcm"); files["mr.dcm"] = np.int16
     return files
 
@@ -204,6 +204,12 @@ def test_inpaint_uses_the_fine_tuned_model_when_it_exists(tiny_ckpt, tiny_data, 
     assert "not found" not in capsys.readouterr().out
     mae, ft = tifffile.imread(tmp_path / "mae.tif"), tifffile.imread(tmp_path / "ft.tif")
     assert np.array_equal(ft[hole == 0], img[hole == 0]) and not np.array_equal(ft, mae)
+    # the fine-tuned model carries the MAE's weights and settings: it needs no MAE checkpoint beside it
+    alone = tmp_path / "inpaint_only"
+    alone.mkdir()
+    shutil.copy(os.path.join(tiny_ckpt, "best_miram_inpaint.pth"), alone)
+    enhance.main(tiny_args(tiny_data, str(alone), *common, "--output", str(tmp_path / "alone.tif")))
+    assert np.array_equal(tifffile.imread(tmp_path / "alone.tif"), ft)
     # --mae-fill asks for the MAE's own prediction back
     enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "back.tif"), "--mae-fill"))
     assert np.array_equal(tifffile.imread(tmp_path / "back.tif"), mae)
