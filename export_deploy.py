@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -244,9 +245,13 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
             batch = torch.export.Dim("batch", min=1, max=1024)
             tokens = torch.export.Dim("tokens", min=1, max=4096)
             shapes = {n: {0: batch, 1: tokens} if n in token_inputs else {0: batch} for n in names}
-            prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
-                                     output_names=list(outputs), dynamic_shapes=shapes, verbose=False,
-                                     custom_translation_table=ort_fused_ops()[0])
+            with warnings.catch_warnings():
+                # One Dim shared by several inputs is meant: the exporter's note that it names the axis
+                # once ("The axis name: batch will not be used ...") is no news to a user.
+                warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+                prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
+                                         output_names=list(outputs), dynamic_shapes=shapes, verbose=False,
+                                         custom_translation_table=ort_fused_ops()[0])
             prog.save(raw)
             model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
             onnx.checker.check_model(model)
