@@ -392,6 +392,10 @@ class InpaintingMIRAM(nn.Module):
         nn.init.zeros_(self.correction_head.weight)
         nn.init.zeros_(self.correction_head.bias)
         self.register_buffer("smooth", smoothing_matrix(cfg.img_size, CORRECTION_SMOOTH_SIGMA), persistent=False)
+        # Kept for the checkpoint, unused here (every patch is encoded; the new head predicts): frozen, so
+        # data-parallel training finds no parameter without a gradient.
+        for p in (self.mae.mask_token, *self.mae.head_fine.parameters(), *self.mae.head_coarse.parameters()):
+            p.requires_grad_(False)
 
     def forward(self, prefilled, weight):
         """prefilled (B, C, S, S), weight (B, 1, S, S) -> the restored slice (B, C, S, S)."""

@@ -291,10 +291,17 @@ def main(argv=None):
     cfg = load_config(args)
     with Distributed(cfg.DEVICE) as dist:
         if args.inpaint:
-            if dist.enabled:
-                raise MiramError("train.py --inpaint runs in one process (it takes minutes): run it without torchrun")
-            return finetune_inpainting(args, cfg)
+            return finetune_inpainting(args, cfg, dist)
         return run(args, cfg, dist)
+
+
+def check_same_weights(dist, model):
+    """After data-parallel training: says so, and stops if the processes' weights differ."""
+    if dist.enabled:
+        same = dist.same_weights(model)
+        dist.say(f"{dist.world} processes hold {'identical' if same else 'DIFFERENT'} weights")
+        if not same:
+            raise MiramError("data-parallel processes diverged: their weights differ")
 
 
 def hole_mse(pred, target, weight):
@@ -315,24 +322,26 @@ def inpainting_loss(pred, target, weight):
     return hole_mse(pred, target, weight) + INPAINT_SSIM_WEIGHT * (1 - ssim(pred, target, weight=hole, dtype=pred.dtype))
 
 
-def finetune_inpainting(args, cfg):
+def finetune_inpainting(args, cfg, dist=None):
     """Fine-tunes InpaintingMIRAM from best_miram_mae.pth on synthetic damage (dataset.random_damage:
     blocks, stripes, blobs) of the training slices, INPAINT_COPIES fixed draws per slice; validation on
     2 draws per validation slice, against the biharmonic fill the model corrects. Resumable; keeps the
-    epoch with the lowest validation loss."""
+    epoch with the lowest validation loss. Under torchrun, as pre-training: each global batch is drawn
+    once and split across the processes, which replay one process with their summed batch."""
     from dataset import damaged_set
     from models import InpaintingMIRAM, model_config_from
-    say = print
-    say(describe(cfg, 1))
+    dist = dist or Distributed()
+    say = dist.say
+    say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
-    device = pick_device(cfg.DEVICE)
+    device = dist.device(cfg.DEVICE)
     out_dir = cfg.OUTPUT_PATH
     mae_path = os.path.join(out_dir, BEST)
     ckpt_path, best_path = os.path.join(out_dir, INPAINT_CHECKPOINT), os.path.join(out_dir, INPAINT_BEST)
     log_path = os.path.join(out_dir, INPAINT_LOG)
     mae_state = load_checkpoint(mae_path, kind="mae")
     model_cfg = model_config_from(mae_state)
-    if remove_stale_temporaries(out_dir):
+    if dist.main and remove_stale_temporaries(out_dir):
         say(f"removed unfinished temporary files a killed run left in {out_dir}")
     cfg.IMG_SIZE = model_cfg.img_size
     train_set, val_set = load_split(cfg)
@@ -348,7 +357,7 @@ def finetune_inpainting(args, cfg):
     pretrained = [p for n, p in model.named_parameters() if n.startswith("mae.")]
     added = [p for n, p in model.named_parameters() if not n.startswith("mae.")]  # damage embedding, head
     groups = [{"params": pretrained, "lr_scale": 1.0}, {"params": added, "lr_scale": 10.0}]
-    base_lr = cfg.INPAINT_LR * cfg.BATCH_SIZE / 16
+    base_lr = cfg.INPAINT_LR * cfg.BATCH_SIZE * dist.world / 16  # scaled by the global batch, as pre-training
     optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999), weight_decay=0.05)
     start, best_val, history = 0, float("inf"), []
     if os.path.isfile(ckpt_path) and not args.no_resume:
@@ -370,7 +379,11 @@ def finetune_inpainting(args, cfg):
                 losses.append(hole_mse(model(x, w).float(), t, w))
         return torch.cat(losses).mean().item()
 
-    steps_per_epoch = steps_in_epoch(len(train_data[0]), cfg.BATCH_SIZE, 1)
+    net = dist.wrap(model, device)  # DDP averages gradients; `model` stays the plain module to save
+    steps_per_epoch = steps_in_epoch(len(train_data[0]), cfg.BATCH_SIZE, dist.world)
+    if steps_per_epoch == 0:
+        raise MiramError(f"{len(train_data[0])} damaged training slices are fewer than one global batch "
+                         f"({cfg.BATCH_SIZE} x {dist.world} processes): lower BATCH_SIZE")
     total = cfg.INPAINT_EPOCHS * steps_per_epoch
     end = cfg.INPAINT_EPOCHS if args.stop_after is None else min(cfg.INPAINT_EPOCHS, start + args.stop_after)
     if start >= cfg.INPAINT_EPOCHS:
@@ -380,31 +393,37 @@ def finetune_inpainting(args, cfg):
         model.train()
         gen = epoch_generator(cfg.SEED + 2, epoch)
         step, sums = epoch * steps_per_epoch, [0.0, 0]
-        for idx in batches(len(train_data[0]), cfg.BATCH_SIZE, gen):
+        mine = dist.shard(cfg.BATCH_SIZE)
+        for gidx in batches(len(train_data[0]), cfg.BATCH_SIZE * dist.world, gen, drop_last=dist.enabled):
+            flip = torch.rand(len(gidx), generator=gen) < 0.5  # left-right mirror: the brain's own symmetry
+            idx, flip = gidx[mine], flip[mine]
             x, w, t = (a[idx] for a in train_data)
-            flip = torch.rand(len(idx), generator=gen) < 0.5  # left-right mirror: the brain's own symmetry
             x, w, t = (torch.where(flip[:, None, None, None], a.flip(-1), a).to(device) for a in (x, w, t))
             with autocast(device, cfg.AMP):
-                pred = model(x, w).float()
+                pred = net(x, w).float()
             loss = inpainting_loss(pred, t, w).mean()
             take_step(optimizer, loss, lr_at(step, total, steps_per_epoch, base_lr, 0.0),
                       f"non-finite loss at inpainting epoch {epoch + 1}: lower INPAINT_LR")
             step += 1
             sums[0] += loss.item() * len(idx)
             sums[1] += len(idx)
-        val_loss = validate_fill()
+        sums = dist.sum(sums)
+        val_loss = validate_fill()  # every process: same data, same result
         is_best = val_loss < best_val
         best_val = min(best_val, val_loss)
         history.append({"epoch": epoch + 1, "train_loss": sums[0] / sums[1], "val_loss": val_loss,
                         "val_loss_biharmonic": prefill_loss, "seconds": round(time.time() - t0, 2)})
         metrics = {"best_val_loss": best_val, "val_loss": val_loss, "val_loss_biharmonic": prefill_loss}
-        if is_best:
-            save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics)
-        write_history(history, log_path)
-        save_checkpoint(ckpt_path, model, "inpaint", optimizer=optimizer, epoch=epoch + 1, metrics=metrics)
+        if dist.main:
+            if is_best:
+                save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics)
+            write_history(history, log_path)
+            save_checkpoint(ckpt_path, model, "inpaint", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
+                            extra={"world_size": dist.world})
         say(f"[inpaint] epoch {epoch + 1:>3}/{cfg.INPAINT_EPOCHS}  train {history[-1]['train_loss']:.5f}  "
             f"val {val_loss:.5f} (biharmonic fill {prefill_loss:.5f})  {history[-1]['seconds']:.1f}s"
             f"{'  *best' if is_best else ''}", flush=True)
+    check_same_weights(dist, model)
     say(f"done: best validation hole MSE {best_val:.5f}\n  {best_path}\n  {ckpt_path}\n  {log_path}")
     return {"best_val_loss": best_val, "history": history}
 
@@ -496,11 +515,7 @@ def run(args, cfg, dist):
             f"val {val_stats['loss']:.4f} (fine {val_stats['loss_fine']:.4f}, coarse "
             f"{val_stats['loss_coarse']:.4f})  lr {train_stats['lr']:.2e}  {seconds:.1f}s"
             f"{'  *best' if is_best else ''}", flush=True)
-    if dist.enabled:
-        same = dist.same_weights(model)
-        say(f"{dist.world} processes hold {'identical' if same else 'DIFFERENT'} weights")
-        if not same:
-            raise MiramError("data-parallel processes diverged: their weights differ")
+    check_same_weights(dist, model)
     if history and dist.main:
         plot_losses(history, curve_path)
     say(f"done: best validation loss {best_val:.4f}\n  {best_path}\n  {ckpt_path}\n  {log_path}\n  {curve_path}")

@@ -1,6 +1,7 @@
 """torchrun data parallelism on CPU (Gloo): both processes agree, and match one process with the same
 global batch."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,3 +38,27 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
              *[c if c != "2" else "3" for c in common], "--batch-size", "2", "--output-path", ddp_out])
     assert "resuming from" in r.stdout and "identical weights" in r.stdout
+
+
+def test_inpainting_fine_tune_two_process_gloo_matches_single_process(tmp_path):
+    data = write_tiny_dataset(str(tmp_path / "data"), n_subjects=5, per_subject=4)  # 16 train / 4 val
+    common = ["--preset", "tiny", "--dataset-path", data, "--n-epochs", "1", "--val-fraction", "0.2"]
+    mae_out = str(tmp_path / "mae")
+    run([sys.executable, "train.py", *common, "--batch-size", "4", "--output-path", mae_out])
+    ddp_out, single_out = str(tmp_path / "ddp"), str(tmp_path / "single")
+    for out in (ddp_out, single_out):
+        os.makedirs(out)
+        shutil.copy(os.path.join(mae_out, "best_miram_mae.pth"), out)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+             "--inpaint", *common, "--batch-size", "2", "--output-path", ddp_out])
+    assert "2 processes hold identical weights" in r.stdout and r.stdout.count("config:") == 1
+    run([sys.executable, "train.py", "--inpaint", *common, "--batch-size", "4", "--output-path", single_out])
+    a = torch.load(os.path.join(ddp_out, "inpaint_checkpoint.pth"), weights_only=True)
+    b = torch.load(os.path.join(single_out, "inpaint_checkpoint.pth"), weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["world_size"] == 2
+    init = torch.load(os.path.join(mae_out, "best_miram_mae.pth"), weights_only=True)["model"]
+    for k in a["model"]:
+        start = init[k[4:]] if k.startswith("mae.") else torch.zeros_like(a["model"][k])  # the new parts start at 0
+        # the same step as one process, far below what the step moved
+        assert (a["model"][k] - b["model"][k]).abs().max() < 1e-6, k
+        assert k.startswith(("mae.head_", "mae.mask_token")) or (b["model"][k] - start).abs().max() > 1e-5, k
