@@ -364,11 +364,13 @@ def main(argv=None):
 def finetune(args, cfg, dist):
     import torch
     from dataset import load_split
-    from models import TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, tune_for
+    from models import (TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, resolve_amp,
+                        tune_for)
     say = dist.say
     say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
     device = dist.device(cfg.DEVICE)
+    cfg.AMP = resolve_amp(device, cfg.AMP, say)
     variant = variant_of(args)
     out_dir = cfg.OUTPUT_PATH
     os.makedirs(out_dir, exist_ok=True)

@@ -134,7 +134,7 @@ class Config:
     ACCUM_STEPS: int = 1
     CHECKPOINT_EVERY: int = 1  # epochs between resumable checkpoints (and always after the last epoch)
     AUGMENT: bool = True
-    AMP: bool = False  # bf16 autocast where supported (CPU with AVX-512 bf16, Ampere+ GPU), else fp16
+    AMP: bool = False  # bf16 autocast (GPU without bf16: fp16); a CPU without native bf16 stays in fp32
     DEVICE: str = "auto"
     SEED: int = 0
     # data
@@ -203,7 +203,8 @@ class Config:
 # Presets change defaults only; the environment and flags still win over them.
 PRESETS = {
     # About 3 M parameters: on a 2-core CPU it learns more in ten minutes than the spec-size model does
-    # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast.
+    # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast
+    # on a CPU with AVX-512 BF16; where bf16 would be emulated, training runs in fp32 (models.resolve_amp).
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10, INPAINT_EPOCHS=10),

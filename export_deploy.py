@@ -40,6 +40,7 @@ PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "co
 # A quantized variant is kept only within these accuracy costs on the validation split.
 INT8_MAX_AUROC_DROP = 0.005
 INT8_MAX_PSNR_DROP_DB = 0.2
+BF16_SKIPPED = "this CPU has no native bf16 (AVX-512 BF16 or AMX): PyTorch emulates it, many times slower than fp32"
 
 
 # ---- runtime (numpy + onnxruntime only) --------------------------------------------------------------
@@ -339,7 +340,7 @@ def benchmark_batches(images, batch, grid, count):
 def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None):
     """Callables for every backend; each call takes the next input of the shared sequence."""
     import torch
-    from models import autocast
+    from models import autocast, native_amp
     cpu = torch.device("cpu")
     tensors = [(torch.from_numpy(x), torch.from_numpy(n)) for x, n in inputs]
 
@@ -357,7 +358,9 @@ def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_thr
             with torch.no_grad(), autocast(cpu, amp):
                 torch_model(x) if kind == "classifier" else torch_model(x, n)
         return call
-    runners = {"torch-fp32": cycle(torch_call(False), tensors), "torch-bf16": cycle(torch_call(True), tensors)}
+    runners = {"torch-fp32": cycle(torch_call(False), tensors)}
+    if native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
+        runners["torch-bf16"] = cycle(torch_call(True), tensors)
     for backend, path in onnx_paths.items():
         if kind == "classifier":
             m = OnnxClassifier(path, threads, foreground_threshold)
@@ -446,7 +449,7 @@ def main(argv=None):
     print(describe(cfg))
     import torch
     from dataset import load_split
-    from models import TumorClassifier, build_from_checkpoint, mask_noise
+    from models import TumorClassifier, build_from_checkpoint, mask_noise, native_amp
     torch.set_num_threads(args.threads)
     out_dir = cfg.OUTPUT_PATH
     mae, mae_state = build_from_checkpoint(os.path.join(out_dir, "best_miram_mae.pth"), "mae")
@@ -557,6 +560,8 @@ def main(argv=None):
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
               "files": {k: v for k, v in paths.items()},
               "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results"}
+    if not native_amp(torch.device("cpu")):
+        report["skipped"] = {"torch-bf16": BF16_SKIPPED}
     path = os.path.join(out_dir, "deploy_benchmark.json")
     with open(path + ".tmp", "w") as f:
         json.dump(report, f, indent=1)
@@ -567,6 +572,8 @@ def main(argv=None):
     for r in results:
         print(f"{r['model']:10s} {r['size']:16s} {r['patches_per_image']:7.1f} {r['backend']:11s} {r['batch']:5d} "
               f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f}")
+    if "skipped" in report:
+        print(f"torch-bf16 not timed: {BF16_SKIPPED}")
     print(f"wrote {path}")
     return report
 

@@ -21,7 +21,7 @@ import torch
 from config import MiramError, add_config_args, describe, load_config, run_cli
 from dataset import apply_augment, augment_params, batches, load_split, resolve_data_path
 from models import (MIRAM, autocast, load_checkpoint, mask_noise, pick_device, remove_stale_temporaries,
-                    save_checkpoint, tune_for)
+                    resolve_amp, save_checkpoint, tune_for)
 
 CHECKPOINT = "checkpoint.pth"
 BEST = "best_miram_mae.pth"
@@ -335,6 +335,7 @@ def finetune_inpainting(args, cfg, dist=None):
     say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
     device = dist.device(cfg.DEVICE)
+    cfg.AMP = resolve_amp(device, cfg.AMP, say)
     out_dir = cfg.OUTPUT_PATH
     mae_path = os.path.join(out_dir, BEST)
     ckpt_path, best_path = os.path.join(out_dir, INPAINT_CHECKPOINT), os.path.join(out_dir, INPAINT_BEST)
@@ -433,6 +434,7 @@ def run(args, cfg, dist):
     say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
     device = dist.device(cfg.DEVICE)
+    cfg.AMP = resolve_amp(device, cfg.AMP, say)
     out_dir = cfg.OUTPUT_PATH
     if dist.main:
         try:

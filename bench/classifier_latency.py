@@ -38,7 +38,7 @@ def main(argv=None):
         rows = []
         for r in range(args.rounds):
             runners = ed.model_runners("classifier", clf, paths, inputs, args.threads)
-            runners.pop("torch-bf16")
+            runners.pop("torch-bf16", None)
             res = ed.bench_group(runners, 1, args.iters, 5)
             row = {k: v["p50_ms"] for k, v in res.items()}
             row["ratio"] = row["ort-fp32"] / row["torch-fp32"]

@@ -229,3 +229,13 @@ def test_inpainter_starts_as_the_prefill_and_never_touches_pixels_outside_the_ho
         out = m(prefilled, weight)
     assert torch.equal(out[weight == 0], prefilled[weight == 0])
     assert not torch.allclose(out[weight > 0], prefilled[weight > 0])
+
+
+def test_amp_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch):
+    cpu, said = torch.device("cpu"), []
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert models.resolve_amp(cpu, True, said.append) is False and "running in fp32" in said[0]
+    assert models.resolve_amp(cpu, False, said.append) is False and len(said) == 1
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert models.resolve_amp(cpu, True, said.append) is True and len(said) == 1
