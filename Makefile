@@ -38,5 +38,6 @@ bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
 	$(PY) bench/train_throughput.py
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py
+	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py
