@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import ModelConfig  # noqa: E402
-from models import MIRAM, ONEDNN_LINEAR, tune_for, use_fast_linear  # noqa: E402
+from models import MIRAM, ONEDNN_LINEAR, native_amp, tune_for, use_fast_linear  # noqa: E402
 from train import make_optimizer  # noqa: E402
 
 SPEC = ModelConfig()
@@ -67,6 +67,8 @@ def candidates():
         "miram-fp32 (train.py)": make_step(tune_for(MIRAM(SPEC), CPU, False).train(), "miram", False, True),
         "miram-bf16 (train.py)": make_step(tune_for(MIRAM(SPEC), CPU, True).train(), "miram", True, True),
     }
+    if not native_amp(CPU):  # emulated bf16: many times slower, and train.py would not use it here
+        out = {k: v for k, v in out.items() if "bf16" not in k}
     return out
 
 
@@ -131,7 +133,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, oneDNN linear "
-          f"{'available' if ONEDNN_LINEAR else 'MISSING (fallback)'}")
+          f"{'available' if ONEDNN_LINEAR else 'MISSING (fallback)'}, native bf16 "
+          f"{'yes' if native_amp(CPU) else 'no: bf16 candidates left out (bench/amp_step.py shows why)'}")
     res = throughput(args.steps, args.warmup, args.batch)
     ref = res["hf-fp32"]["median_img_s"]
     print(f"{'candidate':28s} {'img/s median':>12s} {'img/s best':>10s} {'vs HF fp32':>10s}")
@@ -149,6 +152,8 @@ def main(argv=None):
         plain = loss_curve(args.curve_steps, args.batch, fast=False, amp=False)
         curves = {"train.py fp32": loss_curve(args.curve_steps, args.batch, fast=True, amp=False),
                   "train.py bf16": loss_curve(args.curve_steps, args.batch, fast=True, amp=True)}
+        if not native_amp(CPU):
+            curves.pop("train.py bf16")
         out["loss_curve"] = {"plain_fp32": plain}
         for name, c in curves.items():
             rel = max(abs(a - b) / abs(b) for a, b in zip(c, plain))
