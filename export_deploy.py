@@ -39,6 +39,7 @@ PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "co
           "min_cosine": 0.9999}
 # A quantized variant is kept only within these accuracy costs on the validation split.
 INT8_MAX_AUROC_DROP = 0.005
+INT8_MAX_MEAN_PROB_CHANGE = 0.02  # AUROC on a small validation set can hide large probability changes
 INT8_MAX_PSNR_DROP_DB = 0.2
 BF16_SKIPPED = "this CPU has no native bf16 (AVX-512 BF16 or AMX): PyTorch emulates it, many times slower than fp32"
 
@@ -275,13 +276,18 @@ def export_onnx(module, example, names, outputs, path, model_config, raw_path=No
 
 def quantize_int8(src, dst):
     """ONNX Runtime dynamic int8: per-channel QInt8 weights (QUInt8 measured slower on this CPU kind),
-    activations quantized at run time, after ORT's recommended shape-inference pre-processing."""
+    activations quantized at run time, after ORT's recommended shape-inference pre-processing.
+
+    Weights use 7 bits (reduce_range): CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply u8
+    activations by s8 weights with VPMADDUBSW, whose pairwise int16 sums saturate with full-range weights.
+    Measured on an AVX2 CPU (AMD Zen 3), demo classifier: 8-bit weights changed probabilities by 0.12 on
+    average (at most 0.30) and masked PSNR by -0.34 dB; 7-bit by 0.004 (0.022) and -0.03 dB, no slower."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
         prepared = os.path.join(tmp, "prep.onnx")
         quant_pre_process(src, prepared, skip_symbolic_shape=True)
-        quantize_dynamic(prepared, dst, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(prepared, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
     return dst
 
 
@@ -502,11 +508,12 @@ def main(argv=None):
     if clf is not None:
         acc = classifier_accuracy(paths["classifier"], images, val.labels.numpy(), args.threads)
         drop = acc["ort-fp32"]["auroc"] - acc["ort-int8"]["auroc"]
-        keep = not (drop > INT8_MAX_AUROC_DROP)
+        change = np.abs(acc["ort-fp32"]["probs"] - acc["ort-int8"]["probs"])
+        keep = not (drop > INT8_MAX_AUROC_DROP or change.mean() > INT8_MAX_MEAN_PROB_CHANGE)
         accuracy["classifier"] = {"auroc_fp32": acc["ort-fp32"]["auroc"], "auroc_int8": acc["ort-int8"]["auroc"],
-                                  "auroc_drop": drop, "max_abs_prob_diff": float(np.abs(
-                                      acc["ort-fp32"]["probs"] - acc["ort-int8"]["probs"]).max()),
-                                  "int8_kept": keep, "limit": INT8_MAX_AUROC_DROP}
+                                  "auroc_drop": drop, "mean_abs_prob_diff": float(change.mean()),
+                                  "max_abs_prob_diff": float(change.max()), "int8_kept": keep,
+                                  "limit": INT8_MAX_AUROC_DROP, "limit_mean_prob_diff": INT8_MAX_MEAN_PROB_CHANGE}
     ps = mae_psnr(paths["mae"], images, noise, mc.patch_size, args.threads)
     accuracy["mae"] = {"masked_psnr_fp32": ps["ort-fp32"], "masked_psnr_int8": ps["ort-int8"],
                        "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],

@@ -56,7 +56,7 @@ def main(argv=None):
 
         for fmt, name in ((QuantFormat.QOperator, "ort-int8-static-qop"), (QuantFormat.QDQ, "ort-int8-static-qdq")):
             out = os.path.join(d, name + ".onnx")
-            quantize_static(prepared, out, Reader(), quant_format=fmt, per_channel=True,
+            quantize_static(prepared, out, Reader(), quant_format=fmt, per_channel=True, reduce_range=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             op_types_to_quantize=["MatMul", "Gemm", "Conv"])
             paths[name] = out

@@ -46,6 +46,7 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     assert saved["parity"]["classifier"]["probability"]["max_abs"] < 1e-4
     assert saved["parity"]["inpaint"]["restored"]["max_abs"] < 1e-3
     assert "auroc_drop" in saved["accuracy"]["classifier"] and "psnr_drop_db" in saved["accuracy"]["mae"]
+    assert "mean_abs_prob_diff" in saved["accuracy"]["classifier"]
     # ONNX Runtime's fused kernels are in the graph: attention in every block but the last (whose weights
     # are an output), GELU (ORT merges it with the bias before it) in every block and the head
     import onnx
@@ -117,3 +118,17 @@ def test_onnx_path_runs_without_torch(exported, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "p(tumor)" in r.stdout and os.path.isfile(tmp_path / "r.tif") and os.path.isfile(tmp_path / "i.tif")
     assert "not found" not in r.stdout  # the exported inpainting model was used
+
+
+def test_int8_weights_fit_seven_bits(tmp_path):
+    """Full-range s8 weights saturate VPMADDUBSW's int16 pair sums on CPUs without VNNI: 7-bit ones never do."""
+    import onnx
+    from onnx import numpy_helper
+    from config import ModelConfig
+    torch.manual_seed(0)
+    clf = models.TumorClassifier(ModelConfig(img_size=64, embed_dim=32, depth=2, num_heads=2)).eval()
+    path = export_deploy.export_all(str(tmp_path), "", clf, None, torch.rand(2, 1, 64, 64), None)["classifier"]["ort-int8"]
+    weights = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    # |w| <= 64: a pair of u8 x s8 products sums to at most 2 * 255 * 64 = 32640, inside int16
+    assert len(weights) >= 8 and all(abs(w.astype(int)).max() <= 64 for w in weights)
+    assert any(abs(w.astype(int)).max() == 64 for w in weights)  # and the range is used
