@@ -231,7 +231,7 @@ class Encoder(nn.Module):
         With mask_ratio=None (or 0) every patch is encoded, or only the patches keep (B, K) indexes (the
         foreground: the encoder was pre-trained on subsets of patches), of which valid (B, K) bool says
         which are real (the others pad the batch and no token attends to them); return_attention is None,
-        "last" or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
+        "cls" (below) or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
         read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token). token_bias (B, L, D) is
         added to the patch embeddings (InpaintingMIRAM's damage embedding). return_attention "cls": the last
         block runs for the CLS token alone (tokens (B, 1, D); its attention (B, H, 1, 1+K)), for a reader
@@ -254,7 +254,7 @@ class Encoder(nn.Module):
         attentions = []
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            if return_attention == "all" or (return_attention in ("last", "cls") and last):
+            if return_attention == "all" or (return_attention == "cls" and last):
                 x, a = block_with_attention(blk, x, attn_mask, cls_only=return_attention == "cls")
                 attentions.append(a)  # (B, H, N or 1, N)
             elif run_block is not None:
@@ -435,9 +435,9 @@ class TumorClassifier(nn.Module):
         return self.forward_with_attention(imgs, "cls", keep, valid)[0]
 
     def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
-        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all") or the last ("last"),
-        or the last block's CLS row (B, H, 1, 1+K) ("cls"), keep (B, K) and valid (B, K): the patches those K
-        tokens are. run_block: see Encoder.forward."""
+        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), or the last block's
+        CLS row (B, H, 1, 1+K) ("cls"), keep (B, K) and valid (B, K): the patches those K tokens are.
+        run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
             if valid.all():

@@ -99,11 +99,9 @@ def test_attention_readout_matches_the_block():
     # and the weights are the softmax of scaled q.k from the block's own projection
     q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(2, 197, 3, 2, 16).permute(2, 0, 3, 1, 4)
     assert torch.allclose(a, (q @ k.transpose(-2, -1) / 4).softmax(-1), atol=1e-6)
-    last_only = m.encoder(x, return_attention="last")[3]
-    assert len(last_only) == 1 and torch.allclose(last_only[0], atts[-1], atol=1e-6)
     # the CLS-only last block: the same CLS token and attention row, without the other tokens' outputs
     cls_tokens, _, _, cls_att = m.encoder(x, return_attention="cls")
-    assert cls_tokens.shape == (2, 1, 32) and cls_att[0].shape == (2, 2, 1, 197)
+    assert len(cls_att) == 1 and cls_tokens.shape == (2, 1, 32) and cls_att[0].shape == (2, 2, 1, 197)
     assert torch.allclose(cls_tokens[:, 0], tokens[:, 0], atol=1e-5)
     assert torch.allclose(cls_att[0][:, :, 0], atts[-1][:, :, 0], atol=1e-6)
 
@@ -190,7 +188,7 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         batched = m(x)
         alone = torch.cat([m(x[:1]), m(x[1:])])
         keep, valid = m.foreground(x[1:])
-        logits, atts, _, _ = m.forward_with_attention(x[1:], "last")
+        logits, atts, _, _ = m.forward_with_attention(x[1:], "cls")
         changed = x[1:].clone()
         changed[:, :, :16] = 0.005  # below the threshold: still background, same result
         assert keep.shape == (1, 8) and valid.all() and atts[0].shape[-1] == 9
