@@ -570,7 +570,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def native_amp(device: torch.device) -> bool:
     """Whether autocast runs on native low-precision hardware here: a CUDA GPU, or a CPU with AVX-512 BF16
-    or AMX. Other CPUs emulate bf16 matmuls: a demo-size training step measured 17x slower than fp32 on
+    or AMX. Other CPUs emulate bf16 matmuls: a demo-size training step measured 16-17x slower than fp32 on
     an AVX2 CPU (AMD Zen 3; bench/amp_step.py)."""
     if device.type != "cpu":
         return True

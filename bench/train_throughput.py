@@ -72,11 +72,9 @@ def candidates():
     return out
 
 
-def throughput(steps, warmup, batch):
-    cands = candidates()
-    g = torch.Generator().manual_seed(0)
-    imgs = torch.rand(batch, SPEC.in_chans, SPEC.img_size, SPEC.img_size, generator=g)
-    noise = torch.rand(batch, (SPEC.img_size // SPEC.patch_size) ** 2, generator=g)
+def time_steps(cands, imgs, noise, steps, warmup):
+    """Seconds of each candidate's training steps, round-robin (one step each per round) after `warmup`
+    untimed rounds, so drift on a shared machine hits all alike."""
     times = {k: [] for k in cands}
     for r in range(warmup + steps):
         for name, step in cands.items():
@@ -84,6 +82,14 @@ def throughput(steps, warmup, batch):
             step(imgs, noise)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def throughput(steps, warmup, batch):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(batch, SPEC.in_chans, SPEC.img_size, SPEC.img_size, generator=g)
+    noise = torch.rand(batch, (SPEC.img_size // SPEC.patch_size) ** 2, generator=g)
+    times = time_steps(candidates(), imgs, noise, steps, warmup)
     return {k: {"median_img_s": batch / statistics.median(v), "best_img_s": batch / min(v)} for k, v in times.items()}
 
 
