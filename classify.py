@@ -183,9 +183,10 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
 
 
 def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None,
-                     dist=None):
+                     dist=None, record=None):
     """Fine-tunes (or probes) with AdamW, warm-up + cosine, layer-wise decay and a class-balanced loss.
-    Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes."""
+    Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes.
+    record: fields every checkpoint carries (dataset.split_record: the subjects it learned from)."""
     import torch
     import torch.nn.functional as F
     from dataset import batches
@@ -253,7 +254,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         best_auc = m["auroc"] if is_best else best_auc
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_auroc": m["auroc"],
                         "val_accuracy": m["accuracy"], "seconds": round(time.time() - t0, 2)})
-        extra = {"variant": variant, "history": json.dumps(history)}
+        extra = {"variant": variant, "history": json.dumps(history), **(record or {})}
         if dist.main:
             if is_best:
                 save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)
@@ -363,7 +364,7 @@ def main(argv=None):
 
 def finetune(args, cfg, dist):
     import torch
-    from dataset import load_split
+    from dataset import load_split, split_record
     from models import (TumorClassifier, build_from_checkpoint, load_checkpoint, model_config_from, resolve_amp,
                         tune_for)
     say = dist.say
@@ -378,6 +379,7 @@ def finetune(args, cfg, dist):
         model_cfg = cfg.model_config()
         model = TumorClassifier(model_cfg)
         source = "random initialisation"
+        parents = []
     else:
         mae_path = args.checkpoint or os.path.join(out_dir, "best_miram_mae.pth")
         state = load_checkpoint(mae_path, kind="mae")
@@ -387,9 +389,11 @@ def finetune(args, cfg, dist):
         encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
         model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
         source = f"{mae_path} (epoch {state.get('epoch')})"
+        parents = [(mae_path, state)]
     cfg.IMG_SIZE = model_cfg.img_size
     model = tune_for(model.to(device), device, cfg.AMP)
-    train_set, val_set = load_split(cfg, quiet=not dist.main)
+    train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
+    record = split_record(cfg, train_set, *(parent for _, parent in parents))
     # only slices with a mask file carry a label; the others were for pre-training
     train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
     val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
@@ -399,7 +403,8 @@ def finetune(args, cfg, dist):
     say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
           f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
     best_path, history = train_classifier(model, train_set, val_set, cfg, device, variant, out_dir,
-                                          resume=not args.no_resume, stop_after=args.stop_after, dist=dist)
+                                          resume=not args.no_resume, stop_after=args.stop_after, dist=dist,
+                                          record=record)
     dist.barrier()
     if not dist.main:
         return {}

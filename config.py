@@ -139,6 +139,8 @@ class Config:
     SEED: int = 0
     # data
     VAL_FRACTION: float = 0.2
+    # the subject split's own seed, apart from SEED: training seeds can vary while validation stays held out
+    SPLIT_SEED: int = 0
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
     SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis

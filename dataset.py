@@ -448,18 +448,44 @@ def resolve_data_path(cfg, quiet=False) -> str:
     return cfg.DEMO_DATA_PATH
 
 
-def load_split(cfg, quiet=False):
-    """(train, val) SliceSets of the configured data, split by subject with cfg.SEED."""
+def load_split(cfg, quiet=False, trained_on=()):
+    """(train, val) SliceSets of the configured data, split by subject with cfg.SPLIT_SEED. trained_on:
+    (path, checkpoint state) pairs the caller builds on; a validation subject any of them was trained on is
+    refused (another SPLIT_SEED, VAL_FRACTION, SUBJECT_PATTERN or data set would leak it into validation)."""
     root = resolve_data_path(cfg, quiet)
     data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS)
-    train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SEED)
+    train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED)
     if not val_idx:
         # One subject only: hold out its last slices rather than validate on training images.
         n_val = max(1, round(len(data) * cfg.VAL_FRACTION)) if len(data) > 1 else 0
         train_idx, val_idx = list(range(len(data) - n_val)), list(range(len(data) - n_val, len(data)))
         if not quiet:
             print("warning: one subject only; validating on its last slices, which neighbour training slices")
+    else:  # (with one subject, validation shares it with training by construction, and the warning says so)
+        for path, state in trained_on:
+            refuse_trained_subjects([data.subjects[i] for i in val_idx], state, path)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else data.subset(train_idx)
+
+
+def split_record(cfg, train_set, *parents):
+    """Checkpoint fields naming every subject a model learned from: its own training split's and those of
+    the checkpoints it started from (parents), so that later scripts can check validation is held out."""
+    subjects = set(train_set.subjects)
+    for parent in parents:
+        subjects.update(parent.get("train_subjects", ()))
+    return {"train_subjects": sorted(subjects),
+            "split": {"SPLIT_SEED": cfg.SPLIT_SEED, "VAL_FRACTION": cfg.VAL_FRACTION,
+                      "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN}}
+
+
+def refuse_trained_subjects(val_subjects, state, path):
+    # Checkpoints from before the record was kept carry no "train_subjects": nothing to check against.
+    leaked = sorted(set(val_subjects) & set(state.get("train_subjects", ())))
+    if leaked:
+        split = ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items())
+        raise DataError(f"{path} was trained on {len(leaked)} of the {len(set(val_subjects))} validation subjects "
+                        f"(e.g. {leaked[0]}), so its validation figures would be inflated: use the split it was "
+                        f"trained with ({split or 'see its train_config'}) and the same data")
 
 
 # ---- augmentation ------------------------------------------------------------------------------------

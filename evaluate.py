@@ -224,7 +224,7 @@ def main(argv=None):
         source = f"all images in {args.data}"
     else:
         cfg.IMG_SIZE = mcfg.img_size
-        _, data = load_split(cfg)
+        _, data = load_split(cfg, trained_on=[(ckpt, state)])
         source = f"validation split of {resolve_data_path(cfg, quiet=True)} (subjects never trained on)"
     if args.max_images:
         data = data.subset(range(min(args.max_images, len(data))))

@@ -458,16 +458,25 @@ def main(argv=None):
     from models import TumorClassifier, build_from_checkpoint, mask_noise, native_amp
     torch.set_num_threads(args.threads)
     out_dir = cfg.OUTPUT_PATH
-    mae, mae_state = build_from_checkpoint(os.path.join(out_dir, "best_miram_mae.pth"), "mae")
+    mae_path = os.path.join(out_dir, "best_miram_mae.pth")
+    mae, mae_state = build_from_checkpoint(mae_path, "mae")
+    trained_on = [(mae_path, mae_state)]  # the accuracy figures below must come from subjects none learned from
+
+    def load_if_present(path, kind):
+        if not os.path.isfile(path):
+            return None
+        model, state = build_from_checkpoint(path, kind)
+        trained_on.append((path, state))
+        return model.eval()
+
     clf_path = os.path.join(out_dir, "best_tumor_classifier.pth")
-    clf = build_from_checkpoint(clf_path, "classifier")[0].eval() if os.path.isfile(clf_path) else None
+    clf = load_if_present(clf_path, "classifier")
     if clf is None:
         print(f"no {clf_path}: exporting the restoration model only (run classify.py for the classifier)")
-    fill_path = os.path.join(out_dir, "best_miram_inpaint.pth")
-    inpainter = build_from_checkpoint(fill_path, "inpaint")[0].eval() if os.path.isfile(fill_path) else None
+    inpainter = load_if_present(os.path.join(out_dir, "best_miram_inpaint.pth"), "inpaint")
     mc = mae.cfg
     cfg.IMG_SIZE = mc.img_size
-    _, val = load_split(cfg, quiet=True)
+    _, val = load_split(cfg, quiet=True, trained_on=trained_on)
     val = val.subset(range(min(args.max_images, len(val))))
     images = val.images.numpy()
     L = (mc.img_size // mc.patch_size) ** 2

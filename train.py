@@ -19,7 +19,7 @@ import time
 import torch
 
 from config import MiramError, add_config_args, describe, load_config, run_cli
-from dataset import apply_augment, augment_params, batches, load_split, resolve_data_path
+from dataset import apply_augment, augment_params, batches, load_split, resolve_data_path, split_record
 from models import (MIRAM, autocast, load_checkpoint, mask_noise, pick_device, remove_stale_temporaries,
                     resolve_amp, save_checkpoint, tune_for)
 
@@ -345,7 +345,8 @@ def finetune_inpainting(args, cfg, dist=None):
     if dist.main and remove_stale_temporaries(out_dir):
         say(f"removed unfinished temporary files a killed run left in {out_dir}")
     cfg.IMG_SIZE = model_cfg.img_size
-    train_set, val_set = load_split(cfg)
+    train_set, val_set = load_split(cfg, trained_on=[(mae_path, mae_state)])
+    record = split_record(cfg, train_set, mae_state)
     t0 = time.time()
     train_data = damaged_set(train_set.images, cfg.INPAINT_COPIES, cfg.SEED)
     val_data = damaged_set(val_set.images, 2, cfg.EVAL_SEED)
@@ -417,10 +418,10 @@ def finetune_inpainting(args, cfg, dist=None):
         metrics = {"best_val_loss": best_val, "val_loss": val_loss, "val_loss_biharmonic": prefill_loss}
         if dist.main:
             if is_best:
-                save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics)
+                save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics, extra=record)
             write_history(history, log_path)
             save_checkpoint(ckpt_path, model, "inpaint", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
-                            extra={"world_size": dist.world})
+                            extra={"world_size": dist.world, **record})
         say(f"[inpaint] epoch {epoch + 1:>3}/{cfg.INPAINT_EPOCHS}  train {history[-1]['train_loss']:.5f}  "
             f"val {val_loss:.5f} (biharmonic fill {prefill_loss:.5f})  {history[-1]['seconds']:.1f}s"
             f"{'  *best' if is_best else ''}", flush=True)
@@ -505,7 +506,7 @@ def run(args, cfg, dist):
         if dist.main:
             metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
             extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
-                     "world_size": dist.world}
+                     "world_size": dist.world, **split_record(cfg, train_set)}
             if is_best:
                 save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
             # The resumable checkpoint is written last: it never points past a best/log that was not saved.

@@ -201,3 +201,29 @@ def test_local_biharmonic_fill_matches_the_whole_image_solve():
     assert np.abs(local - inpaint_biharmonic(img, hole)).max() < 0.02
     weight = dataset.fill_weight(hole)
     assert (weight[~hole] == 0).all() and (weight[hole] > 0).all() and weight.max() == 1.0
+
+
+def test_split_follows_split_seed_not_seed(tiny_data):
+    from config import load_config
+    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    first = dataset.load_split(cfg, quiet=True)[1].subjects
+    cfg.SEED = 7  # another training seed: the same held-out subjects
+    assert dataset.load_split(cfg, quiet=True)[1].subjects == first
+    cfg.SPLIT_SEED = 1  # 4 subjects, 1 held out: seed 1 holds out another one
+    assert dataset.load_split(cfg, quiet=True)[1].subjects != first
+
+
+def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
+    from config import load_config
+    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    train, val = dataset.load_split(cfg, quiet=True)
+    state = dataset.split_record(cfg, train)
+    assert set(state["train_subjects"]) == set(train.subjects) and state["split"]["SPLIT_SEED"] == 0
+    dataset.load_split(cfg, quiet=True, trained_on=[("mae.pth", state)])  # its own split: accepted
+    dataset.load_split(cfg, quiet=True, trained_on=[("old.pth", {})])  # no record (older checkpoint): accepted
+    # a child checkpoint inherits what its parent learned from, even subjects outside its own training split
+    child = dataset.split_record(cfg, val, state)
+    assert set(child["train_subjects"]) == {"subj0", "subj1", "subj2", "subj3"}
+    cfg.SPLIT_SEED = 1
+    with pytest.raises(DataError, match=r"mae\.pth was trained on 1 of the 1 validation subjects .*SPLIT_SEED=0"):
+        dataset.load_split(cfg, quiet=True, trained_on=[("mae.pth", state)])

@@ -199,3 +199,21 @@ def test_every_script_gives_one_line_for_a_bad_file(trained, tmp_path, kind, cap
         assert all(line.startswith(("error: ", "warning: ")) for line in err), (name, err)
         assert "ü" in errors[0] or "Dataset empty" in errors[0], (name, errors)  # names the file or folder
     assert not os.path.exists(tmp_path / "r.tif")  # nothing half-written
+
+
+def test_scripts_refuse_to_validate_on_subjects_the_checkpoint_trained_on(trained, capsys):
+    import evaluate
+    import export_deploy
+    data, out = trained
+    leaky = ["--split-seed", "1"]  # holds out a subject pre-training (SPLIT_SEED 0) trained on
+    calls = {"evaluate": evaluate.main, "train --inpaint": lambda a: train.main([*a, "--inpaint"]),
+             "classify": classify.main, "export_deploy": export_deploy.main}
+    before = sorted(os.listdir(out))
+    for name, fn in calls.items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli(fn, tiny_args(data, out, *leaky))
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+        assert e.value.code == 1 and len(err) == 1, (name, err)
+        assert "best_miram_mae.pth was trained on" in err[0] and "SPLIT_SEED=0" in err[0], (name, err)
+    assert sorted(os.listdir(out)) == before  # refused before writing anything
