@@ -38,21 +38,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config()
     torch.set_num_threads(2)
-    model, _ = build_from_checkpoint(args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth"), "mae")
+    mae_path = args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth")
+    model, mae_state = build_from_checkpoint(mae_path, "mae")
+    trained_on = [(mae_path, mae_state)]  # scored on subjects neither model learned from
     model.eval()
     mc = model.cfg
     predict = torch_predictor(model, torch.device("cpu"))
     fill_path = args.inpaint_checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_inpaint.pth")
     restorers = {}  # the first is compared with the classical fills in the printed lines
     if os.path.isfile(fill_path):
-        inpainter, _ = build_from_checkpoint(fill_path, "inpaint")
+        inpainter, fill_state = build_from_checkpoint(fill_path, "inpaint")
+        trained_on.append((fill_path, fill_state))
         restorers["miram"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio,
                                       correct=torch_corrector(inpainter.eval(), torch.device("cpu")))
     else:
         print(f"no {fill_path} (train.py --inpaint): MIRAM with the MAE's own prediction only")
     restorers["miram_mae"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio)
     cfg.IMG_SIZE = mc.img_size
-    _, val = load_split(cfg, quiet=True)
+    _, val = load_split(cfg, quiet=True, trained_on=trained_on)
     images = val.images[:args.max_images, 0].double().numpy()
     rng = np.random.default_rng(args.seed)
     methods = (*restorers, "biharmonic", "linear")
