@@ -183,13 +183,13 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
 
 
 def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None,
-                     dist=None, record=None):
+                     dist=None, learned_from=None):
     """Fine-tunes (or probes) with AdamW, warm-up + cosine, layer-wise decay and a class-balanced loss.
     Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes.
-    record: fields every checkpoint carries (dataset.split_record: the subjects it learned from)."""
+    learned_from: fields every checkpoint carries (dataset.split_record: the subjects it learned from)."""
     import torch
     import torch.nn.functional as F
-    from dataset import batches
+    from dataset import batches, refuse_other_split
     from models import autocast, load_checkpoint, save_checkpoint
     from train import Distributed, epoch_generator, local_batch, lr_at, steps_in_epoch, take_step
     dist = dist or Distributed()
@@ -215,6 +215,8 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg, map_location=device)
         if state.get("variant") != variant:
             raise MiramError(f"{ckpt_path}: belongs to variant {state.get('variant')!r}, not {variant!r}")
+        if learned_from:
+            refuse_other_split(state, learned_from, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best_auc, history = state["epoch"], state["metrics"]["best_auroc"], json.loads(state["history"])
@@ -254,7 +256,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         best_auc = m["auroc"] if is_best else best_auc
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_auroc": m["auroc"],
                         "val_accuracy": m["accuracy"], "seconds": round(time.time() - t0, 2)})
-        extra = {"variant": variant, "history": json.dumps(history), **(record or {})}
+        extra = {"variant": variant, "history": json.dumps(history), **(learned_from or {})}
         if dist.main:
             if is_best:
                 save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)
@@ -393,7 +395,7 @@ def finetune(args, cfg, dist):
     cfg.IMG_SIZE = model_cfg.img_size
     model = tune_for(model.to(device), device, cfg.AMP)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
-    record = split_record(cfg, train_set, *(parent for _, parent in parents))
+    learned_from = split_record(cfg, train_set, *(parent for _, parent in parents))
     # only slices with a mask file carry a label; the others were for pre-training
     train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
     val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
@@ -404,7 +406,7 @@ def finetune(args, cfg, dist):
           f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
     best_path, history = train_classifier(model, train_set, val_set, cfg, device, variant, out_dir,
                                           resume=not args.no_resume, stop_after=args.stop_after, dist=dist,
-                                          record=record)
+                                          learned_from=learned_from)
     dist.barrier()
     if not dist.main:
         return {}

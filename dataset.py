@@ -478,6 +478,17 @@ def split_record(cfg, train_set, *parents):
                       "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN}}
 
 
+def refuse_other_split(state, record, path):
+    """A resumed run keeps the subjects its checkpoint trained on as training subjects: under another split
+    they could be validating it now (record: this run's split_record)."""
+    dropped = sorted(set(state.get("train_subjects", ())) - set(record["train_subjects"]))
+    if dropped:
+        split = ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items())
+        raise DataError(f"{path}: cannot resume under this split: the checkpoint trained on {len(dropped)} "
+                        f"subject(s) it does not train on (e.g. {dropped[0]}); use the checkpoint's split ({split}) "
+                        "and data, or --no-resume to start over")
+
+
 def refuse_trained_subjects(val_subjects, state, path):
     # Checkpoints from before the record was kept carry no "train_subjects": nothing to check against.
     leaked = sorted(set(val_subjects) & set(state.get("train_subjects", ())))

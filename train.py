@@ -19,7 +19,8 @@ import time
 import torch
 
 from config import MiramError, add_config_args, describe, load_config, run_cli
-from dataset import apply_augment, augment_params, batches, load_split, resolve_data_path, split_record
+from dataset import (apply_augment, augment_params, batches, load_split, refuse_other_split, resolve_data_path,
+                     split_record)
 from models import (MIRAM, autocast, load_checkpoint, mask_noise, pick_device, remove_stale_temporaries,
                     resolve_amp, save_checkpoint, tune_for)
 
@@ -346,7 +347,7 @@ def finetune_inpainting(args, cfg, dist=None):
         say(f"removed unfinished temporary files a killed run left in {out_dir}")
     cfg.IMG_SIZE = model_cfg.img_size
     train_set, val_set = load_split(cfg, trained_on=[(mae_path, mae_state)])
-    record = split_record(cfg, train_set, mae_state)
+    learned_from = split_record(cfg, train_set, mae_state)
     t0 = time.time()
     train_data = damaged_set(train_set.images, cfg.INPAINT_COPIES, cfg.SEED)
     val_data = damaged_set(val_set.images, 2, cfg.EVAL_SEED)
@@ -364,6 +365,7 @@ def finetune_inpainting(args, cfg, dist=None):
     start, best_val, history = 0, float("inf"), []
     if os.path.isfile(ckpt_path) and not args.no_resume:
         state = load_checkpoint(ckpt_path, kind="inpaint", expected=model_cfg, map_location=device)
+        refuse_other_split(state, learned_from, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best_val = state["epoch"], state["metrics"]["best_val_loss"]
@@ -418,10 +420,11 @@ def finetune_inpainting(args, cfg, dist=None):
         metrics = {"best_val_loss": best_val, "val_loss": val_loss, "val_loss_biharmonic": prefill_loss}
         if dist.main:
             if is_best:
-                save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics, extra=record)
+                save_checkpoint(best_path, model, "inpaint", epoch=epoch + 1, metrics=metrics,
+                                extra=learned_from)
             write_history(history, log_path)
             save_checkpoint(ckpt_path, model, "inpaint", optimizer=optimizer, epoch=epoch + 1, metrics=metrics,
-                            extra={"world_size": dist.world, **record})
+                            extra={"world_size": dist.world, **learned_from})
         say(f"[inpaint] epoch {epoch + 1:>3}/{cfg.INPAINT_EPOCHS}  train {history[-1]['train_loss']:.5f}  "
             f"val {val_loss:.5f} (biharmonic fill {prefill_loss:.5f})  {history[-1]['seconds']:.1f}s"
             f"{'  *best' if is_best else ''}", flush=True)
@@ -457,6 +460,7 @@ def run(args, cfg, dist):
     say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
         f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
         f"{dist.world} process(es)")
+    learned_from = split_record(cfg, train_set)  # every checkpoint names the subjects it learned from
 
     model_cfg = cfg.model_config()
     model = tune_for(MIRAM(model_cfg).to(device), device, cfg.AMP)
@@ -465,6 +469,7 @@ def run(args, cfg, dist):
     start_epoch, best_val, history = 0, float("inf"), []
     if os.path.isfile(ckpt_path) and not args.no_resume:
         state = load_checkpoint(ckpt_path, kind="mae", expected=model_cfg, map_location=device)
+        refuse_other_split(state, learned_from, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
@@ -506,7 +511,7 @@ def run(args, cfg, dist):
         if dist.main:
             metrics = {"best_val_loss": best_val, **{f"val_{k}": v for k, v in val_stats.items()}}
             extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
-                     "world_size": dist.world, **split_record(cfg, train_set)}
+                     "world_size": dist.world, **learned_from}
             if is_best:
                 save_checkpoint(best_path, model, "mae", epoch=epoch + 1, metrics=metrics, extra=extra)
             # The resumable checkpoint is written last: it never points past a best/log that was not saved.

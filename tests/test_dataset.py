@@ -227,3 +227,16 @@ def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
     cfg.SPLIT_SEED = 1
     with pytest.raises(DataError, match=r"mae\.pth was trained on 1 of the 1 validation subjects .*SPLIT_SEED=0"):
         dataset.load_split(cfg, quiet=True, trained_on=[("mae.pth", state)])
+
+
+def test_resuming_under_another_split_is_refused(tiny_data):
+    from config import load_config
+    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    train = dataset.load_split(cfg, quiet=True)[0]
+    saved = dataset.split_record(cfg, train)
+    dataset.refuse_other_split(saved, dataset.split_record(cfg, train), "checkpoint.pth")  # same split
+    dataset.refuse_other_split({}, dataset.split_record(cfg, train), "checkpoint.pth")  # no record: nothing to check
+    cfg.SPLIT_SEED = 1
+    moved = dataset.split_record(cfg, dataset.load_split(cfg, quiet=True)[0])
+    with pytest.raises(DataError, match=r"checkpoint\.pth: cannot resume under this split: .* 1 subject"):
+        dataset.refuse_other_split(saved, moved, "checkpoint.pth")

@@ -216,4 +216,9 @@ def test_scripts_refuse_to_validate_on_subjects_the_checkpoint_trained_on(traine
         err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
         assert e.value.code == 1 and len(err) == 1, (name, err)
         assert "best_miram_mae.pth was trained on" in err[0] and "SPLIT_SEED=0" in err[0], (name, err)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # resuming pre-training would now train on validation subjects
+        run_cli(train.main, tiny_args(data, out, *leaky))
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
+    assert e.value.code == 1 and len(err) == 1 and "checkpoint.pth: cannot resume under this split" in err[0], err
     assert sorted(os.listdir(out)) == before  # refused before writing anything
