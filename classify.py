@@ -116,6 +116,19 @@ def attention_rollout(attentions):
     return result
 
 
+def attention_relevance(attentions, grads):
+    """Chefer, Gur & Wolf (2021): each block's attention weighted by the logit's gradient with respect to
+    it, negative evidence dropped, heads averaged, then carried through the residual stream: R = I, then
+    R <- R + mean_h((dA * A)+) @ R block by block. attentions, grads: lists of (B, H, N, N) -> (B, N, N).
+    Unlike raw attention it says where the evidence *for this logit* is, not only where CLS looks."""
+    import torch
+    result = None
+    for a, g in zip(attentions, grads):
+        cam = (g.float() * a.float()).clamp(min=0).mean(dim=1)  # (B, N, N)
+        result = torch.eye(cam.shape[-1], device=cam.device) + cam if result is None else result + cam @ result
+    return result
+
+
 def on_grid(cls_attention, keep, valid, grid):
     """CLS attention over the encoded tokens (B, K) -> (B, grid, grid), zero on patches not encoded."""
     import torch
@@ -131,11 +144,14 @@ def last_block_map(attentions, keep, valid, grid):
     return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
 
 
-def cls_maps(attentions, keep, valid, grid):
-    """CLS-to-patch attention on the patch grid, (B, grid, grid) each: the last block's and the rollout's."""
+def cls_maps(attentions, keep, valid, grid, grads=None):
+    """CLS-to-patch maps on the patch grid, (B, grid, grid) each: the last block's attention, the rollout,
+    and with the logit's gradients (grads, one per block) the gradient-weighted relevance."""
     roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
-    return {"last_block": last_block_map(attentions, keep, valid, grid),
-            "rollout": on_grid(roll, keep, valid, grid)}
+    maps = {"last_block": last_block_map(attentions, keep, valid, grid), "rollout": on_grid(roll, keep, valid, grid)}
+    if grads is not None:
+        maps["relevance"] = on_grid(attention_relevance(attentions, grads)[:, 0, 1:], keep, valid, grid)
+    return maps
 
 
 def upsample_heatmaps(maps, size):
@@ -158,23 +174,26 @@ def localization(heat, tumor):
 # ---- training ----------------------------------------------------------------------------------------
 
 def predict_all(model, images, device, amp, batch=32, with_attention=False):
-    """-> probabilities (N,) numpy, and with_attention: {"last_block"|"rollout": (N, S, S) heatmaps}."""
+    """-> probabilities (N,) numpy, and with_attention: {"last_block"|"rollout"|"relevance": (N, S, S)
+    heatmaps} (relevance needs the gradient: one backward pass per batch)."""
     import torch
     from dataset import batches
     from models import autocast
     model.eval()
-    probs, maps = [], {"last_block": [], "rollout": []}
-    with torch.no_grad():
-        for idx in batches(len(images), batch):
-            x = images[idx].to(device)
-            with autocast(device, amp):
-                if with_attention:
-                    logits, atts, keep, valid = model.forward_with_attention(x, "all")
-                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid).items():
+    probs, maps = [], {"last_block": [], "rollout": [], "relevance": []}
+    for idx in batches(len(images), batch):
+        x = images[idx].to(device)
+        with torch.set_grad_enabled(with_attention), autocast(device, amp):
+            if with_attention:
+                logits, atts, keep, valid = model.forward_with_attention(x, "all")
+                # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
+                grads = torch.autograd.grad(logits.float().sum(), atts)
+                with torch.no_grad():
+                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads).items():
                         maps[k].append(v.float().cpu().numpy())
-                else:
-                    logits = model(x)
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            else:
+                logits = model(x)
+        probs.append(torch.sigmoid(logits.detach().float()).cpu().numpy())
     probs = np.concatenate(probs)
     if not with_attention:
         return probs
@@ -274,7 +293,8 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    titles = {"last_block": "last block CLS attention", "rollout": "attention rollout"}
+    titles = {"last_block": "last block CLS attention", "rollout": "attention rollout",
+              "relevance": "gradient-weighted relevance"}
     panels = [("image", None)] + [(titles[k], heats[k]) for k in titles if k in heats]  # onnx: last block only
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, h) in zip(axes, panels):

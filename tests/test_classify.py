@@ -44,6 +44,43 @@ def test_rollout_on_a_known_stack():
     assert torch.allclose(classify.attention_rollout([a, a])[0], expect @ expect)
 
 
+def test_relevance_on_a_known_stack():
+    eye = torch.eye(3)[None, None]
+    zero = torch.zeros(1, 1, 3, 3)
+    # no gradient anywhere: only the identity (each token is its own evidence)
+    assert torch.allclose(classify.attention_relevance([eye, eye], [zero, zero]), torch.eye(3)[None])
+    # one block, two heads: A * dA per head, negatives dropped, heads averaged, added to I
+    a = torch.full((1, 2, 3, 3), 0.5)
+    g = torch.zeros(1, 2, 3, 3)
+    g[0, 0, 0, 1], g[0, 1, 0, 1], g[0, 0, 0, 2] = 2.0, 1.0, -4.0  # negative evidence is dropped
+    r = classify.attention_relevance([a], [g])[0]
+    expect = torch.eye(3)
+    expect[0, 1] = (0.5 * 2.0 + 0.5 * 1.0) / 2
+    assert torch.allclose(r, expect)
+    # a second block composes through the residual: R + cam @ R
+    assert torch.allclose(classify.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
+
+
+def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
+    from config import ModelConfig
+    from models import TumorClassifier
+    torch.manual_seed(0)
+    m = TumorClassifier(ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)).eval()
+    x = torch.rand(3, 1, 32, 32)
+    x[1, :, :16] = 0  # half blank: padded beside the others
+    cpu = torch.device("cpu")
+    probs, heats = classify.predict_all(m, x, cpu, False, with_attention=True)
+    assert set(heats) == {"last_block", "rollout", "relevance"}
+    for i in range(3):
+        p, h = classify.predict_all(m, x[i:i + 1], cpu, False, with_attention=True)
+        assert abs(p[0] - probs[i]) < 1e-5
+        for k in heats:
+            assert np.abs(h[k][0] - heats[k][i]).max() < 1e-6, k
+            assert heats[k][i].min() >= 0 and heats[k][i].sum() == pytest.approx(1.0)
+    assert heats["relevance"][1, :8].sum() == 0  # blank patches were not encoded (bilinear spreads the edge)
+    assert all(p.grad is None for p in m.parameters())  # the maps' backward pass leaves no gradients behind
+
+
 def test_localization_measures():
     heat = np.zeros((1, 4, 4))
     heat[0, 0, 0], heat[0, 3, 3] = 0.75, 0.25
@@ -79,7 +116,7 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
     saved = json.load(open(os.path.join(out, "classification_metrics.json")))
     for k in ("auroc", "accuracy", "sensitivity", "specificity", "f1", "threshold", "confusion_matrix"):
         assert k in saved
-    assert set(saved["localization"]) == {"last_block", "rollout"}
+    assert set(saved["localization"]) == {"last_block", "rollout", "relevance"}
     assert 0 <= saved["localization"]["rollout"]["mass_inside"] <= 1
     assert sum(map(sum, m["confusion_matrix"])) == m["n"]
     # linear probe: the encoder stays exactly the pre-trained one
