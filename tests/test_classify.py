@@ -118,6 +118,7 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
         assert k in saved
     assert set(saved["localization"]) == {"last_block", "rollout", "relevance"}
     assert 0 <= saved["localization"]["rollout"]["mass_inside"] <= 1
+    assert saved["localization"]["relevance"]["mass_inside_over_share_median"] >= 0
     assert sum(map(sum, m["confusion_matrix"])) == m["n"]
     # linear probe: the encoder stays exactly the pre-trained one
     classify.main(tiny_args(tiny_data, out, "--linear-probe", "--n-viz", "0"))
