@@ -202,7 +202,7 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
 
 
 def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, resume=True, stop_after=None,
-                     dist=None, learned_from=None):
+                     dist=None, *, learned_from):
     """Fine-tunes (or probes) with AdamW, warm-up + cosine, layer-wise decay and a class-balanced loss.
     Under torchrun each process takes its share of every global batch (train.Distributed); rank 0 writes.
     learned_from: fields every checkpoint carries (dataset.split_record: the subjects it learned from)."""
@@ -234,8 +234,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         state = load_checkpoint(ckpt_path, kind="classifier", expected=model.cfg, map_location=device)
         if state.get("variant") != variant:
             raise MiramError(f"{ckpt_path}: belongs to variant {state.get('variant')!r}, not {variant!r}")
-        if learned_from:
-            refuse_other_split(state, learned_from, ckpt_path)
+        refuse_other_split(state, learned_from, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best_auc, history = state["epoch"], state["metrics"]["best_auroc"], json.loads(state["history"])
@@ -275,7 +274,7 @@ def train_classifier(model, train_set, val_set, cfg, device, variant, out_dir, r
         best_auc = m["auroc"] if is_best else best_auc
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_auroc": m["auroc"],
                         "val_accuracy": m["accuracy"], "seconds": round(time.time() - t0, 2)})
-        extra = {"variant": variant, "history": json.dumps(history), **(learned_from or {})}
+        extra = {"variant": variant, "history": json.dumps(history), **learned_from}
         if dist.main:
             if is_best:
                 save_checkpoint(best_path, model, "classifier", epoch=epoch + 1, metrics=m, extra=extra)

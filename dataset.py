@@ -478,25 +478,28 @@ def split_record(cfg, train_set, *parents):
                       "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN}}
 
 
+def recorded_split(state):
+    """The split settings a checkpoint was trained under, for the messages below."""
+    return ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items()) or "not recorded"
+
+
 def refuse_other_split(state, record, path):
     """A resumed run keeps the subjects its checkpoint trained on as training subjects: under another split
     they could be validating it now (record: this run's split_record)."""
     dropped = sorted(set(state.get("train_subjects", ())) - set(record["train_subjects"]))
     if dropped:
-        split = ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items())
         raise DataError(f"{path}: cannot resume under this split: the checkpoint trained on {len(dropped)} "
-                        f"subject(s) it does not train on (e.g. {dropped[0]}); use the checkpoint's split ({split}) "
-                        "and data, or --no-resume to start over")
+                        f"subject(s) that this split does not train on (e.g. {dropped[0]}); use the checkpoint's "
+                        f"split ({recorded_split(state)}) and data, or --no-resume to start over")
 
 
 def refuse_trained_subjects(val_subjects, state, path):
     # Checkpoints from before the record was kept carry no "train_subjects": nothing to check against.
     leaked = sorted(set(val_subjects) & set(state.get("train_subjects", ())))
     if leaked:
-        split = ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items())
         raise DataError(f"{path} was trained on {len(leaked)} of the {len(set(val_subjects))} validation subjects "
                         f"(e.g. {leaked[0]}), so its validation figures would be inflated: use the split it was "
-                        f"trained with ({split or 'see its train_config'}) and the same data")
+                        f"trained with ({recorded_split(state)}) and the same data")
 
 
 # ---- augmentation ------------------------------------------------------------------------------------
