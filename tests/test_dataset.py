@@ -203,9 +203,14 @@ def test_local_biharmonic_fill_matches_the_whole_image_solve():
     assert (weight[~hole] == 0).all() and (weight[hole] > 0).all() and weight.max() == 1.0
 
 
-def test_split_follows_split_seed_not_seed(tiny_data):
+def split_config(data):
+    """Defaults (SPLIT_SEED 0, VAL_FRACTION 0.2: one of the 4 tiny subjects held out) on the tiny data."""
     from config import load_config
-    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    return load_config(environ={"MIRAM_DATASET_PATH": data, "MIRAM_IMG_SIZE": "32"})
+
+
+def test_split_follows_split_seed_not_seed(tiny_data):
+    cfg = split_config(tiny_data)
     first = dataset.load_split(cfg, quiet=True)[1].subjects
     cfg.SEED = 7  # another training seed: the same held-out subjects
     assert dataset.load_split(cfg, quiet=True)[1].subjects == first
@@ -214,8 +219,7 @@ def test_split_follows_split_seed_not_seed(tiny_data):
 
 
 def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
-    from config import load_config
-    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    cfg = split_config(tiny_data)
     train, val = dataset.load_split(cfg, quiet=True)
     state = dataset.split_record(cfg, train)
     assert set(state["train_subjects"]) == set(train.subjects) and state["split"]["SPLIT_SEED"] == 0
@@ -230,8 +234,7 @@ def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
 
 
 def test_resuming_under_another_split_is_refused(tiny_data):
-    from config import load_config
-    cfg = load_config(environ={"MIRAM_DATASET_PATH": tiny_data, "MIRAM_IMG_SIZE": "32"})
+    cfg = split_config(tiny_data)
     train = dataset.load_split(cfg, quiet=True)[0]
     saved = dataset.split_record(cfg, train)
     dataset.refuse_other_split(saved, dataset.split_record(cfg, train), "checkpoint.pth")  # same split
