@@ -6,7 +6,11 @@ configuration once at start.
 """
 import argparse
 import dataclasses
+import datetime
+import math
 import os
+import platform
+import re
 import sys
 from dataclasses import dataclass, fields
 
@@ -16,6 +20,28 @@ DRIVE_PATH = ""
 DATASET_PATH = os.path.join(DRIVE_PATH, "mri_project", "Brain_MRI") if DRIVE_PATH else ""
 OUTPUT_PATH = "outputs"
 DEMO_DATA_PATH = os.path.join("data", "demo", "Brain_MRI")
+
+# What the phases write into OUTPUT_PATH and read back from it.
+ARTIFACTS = {
+    "checkpoint": "checkpoint.pth",              # pre-training, resumable
+    "mae": "best_miram_mae.pth",                 # pre-training, best validation loss
+    "train_log": "train_log.jsonl",
+    "loss_curve": "loss_curve.png",
+    "inpaint_checkpoint": "inpaint_checkpoint.pth",
+    "inpaint": "best_miram_inpaint.pth",
+    "inpaint_log": "inpaint_log.jsonl",
+    "classifier_checkpoint": "classifier_checkpoint.pth",
+    "classifier": "best_tumor_classifier.pth",
+    "classifier_log": "classifier_log.jsonl",
+    "classification_metrics": "classification_metrics.json",
+    "eval_metrics": "eval_metrics.json",
+    "eval_sample": "miram_eval_sample.png",
+    "eval_sweep": "eval_sweep.png",
+    "classifier_onnx": "miram_model_optimized.onnx",
+    "mae_onnx": "miram_mae.onnx",
+    "inpaint_onnx": "miram_inpaint.onnx",
+    "deploy_benchmark": "deploy_benchmark.json",
+}
 
 # Model (ViT-S/16 encoder, light decoder).
 IMG_SIZE = 224
@@ -74,8 +100,21 @@ class ModelConfig:
     def __post_init__(self):
         _check_model(self)
 
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_visible(self) -> int:
+        return visible_count(self.num_patches, self.mask_ratio)
+
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def visible_count(num_patches: int, mask_ratio: float) -> int:
+    """Patches left visible at a mask ratio: int(L * (1 - ratio)), as MAE keeps them."""
+    return int(num_patches * (1 - mask_ratio))
 
 
 def _check_model(m):
@@ -94,7 +133,7 @@ def _check_model(m):
     need(m.embed_dim % 4 == 0 and m.decoder_embed_dim % 4 == 0, "EMBED_DIM",
          "embedding sizes must be multiples of 4 (2-D sin-cos position embedding)")
     need(0.0 <= m.mask_ratio < 1.0, "MASK_RATIO", f"must be in [0, 1), got {m.mask_ratio}")
-    need(int((m.img_size // m.patch_size) ** 2 * (1 - m.mask_ratio)) >= 1, "MASK_RATIO",
+    need(visible_count((m.img_size // m.patch_size) ** 2, m.mask_ratio) >= 1, "MASK_RATIO",
          f"{m.mask_ratio} leaves no visible patch")
     need(m.foreground_threshold < 1.0, "FOREGROUND_THRESHOLD",
          f"{m.foreground_threshold} would drop every patch of a [0, 1]-scaled slice")
@@ -156,6 +195,7 @@ class Config:
     INPAINT_EPOCHS: int = 20
     INPAINT_LR: float = 1e-4      # pre-trained weights, batch of 16; the new embedding and head get 10x
     INPAINT_COPIES: int = 10      # synthetic damaged regions drawn per training slice (fixed by SEED)
+    INPAINT_WARMUP_EPOCHS: int = 1
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -166,12 +206,22 @@ class Config:
             lambda_fine=self.LAMBDA_FINE, lambda_coarse=self.LAMBDA_COARSE,
             foreground_threshold=self.FOREGROUND_THRESHOLD)
 
-    def effective_batch(self, world_size: int = 1) -> int:
-        return self.BATCH_SIZE * self.ACCUM_STEPS * world_size
+    def artifact(self, name: str, suffix: str = "") -> str:
+        """The path of one of ARTIFACTS in OUTPUT_PATH; suffix goes before the extension (variants)."""
+        stem, ext = os.path.splitext(ARTIFACTS[name])
+        return os.path.join(self.OUTPUT_PATH, stem + suffix + ext)
+
+    def effective_batch(self, world_size: int = 1, n_train: int = None) -> int:
+        """Images per optimizer step; a batch larger than the training set is the training set."""
+        batch = self.BATCH_SIZE * world_size
+        return (batch if n_train is None else min(batch, n_train)) * self.ACCUM_STEPS
+
+    def scaled_lr(self, lr: float, world_size: int = 1, n_train: int = None) -> float:
+        # Linear scaling rule: every learning rate is stated for the spec's batch of 16.
+        return lr * self.effective_batch(world_size, n_train) / 16
 
     def effective_lr(self, world_size: int = 1) -> float:
-        # Linear scaling rule: LEARNING_RATE is stated for the spec's batch of 16.
-        return self.LEARNING_RATE * self.effective_batch(world_size) / 16
+        return self.scaled_lr(self.LEARNING_RATE, world_size)
 
     def validate(self):
         self.model_config()  # architecture checks
@@ -179,8 +229,12 @@ class Config:
                      "INPAINT_COPIES"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
-                     "CLS_WEIGHT_DECAY", "INPAINT_LR"):
+                     "CLS_WEIGHT_DECAY", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
         if self.SLICE_AXIS not in (0, 1, 2):
@@ -193,7 +247,6 @@ class Config:
             raise ConfigError(f"bad setting VAL_FRACTION: must be in (0, 1), got {self.VAL_FRACTION}")
         if self.DEVICE not in ("auto", "cpu", "cuda") and not self.DEVICE.startswith("cuda:"):
             raise ConfigError(f"bad setting DEVICE: expected auto, cpu, cuda or cuda:N, got {self.DEVICE!r}")
-        import re
         try:
             if re.compile(self.SUBJECT_PATTERN).groups < 1:
                 raise ConfigError("bad setting SUBJECT_PATTERN: needs one capture group (the subject id)")
@@ -204,9 +257,8 @@ class Config:
 
 # Presets change defaults only; the environment and flags still win over them.
 PRESETS = {
-    # About 3 M parameters: on a 2-core CPU it learns more in ten minutes than the spec-size model does
-    # (MEASURED.md). 400 epochs of the 208 demo training slices take about 8 minutes with bf16 autocast
-    # on a CPU with AVX-512 BF16; where bf16 would be emulated, training runs in fp32 (models.resolve_amp).
+    # About 3 M parameters: on a 2-core CPU it learns more in ten minutes than the spec-size model does.
+    # Where bf16 would be emulated, training runs in fp32 (hardware.resolve_amp); see docs/RESULTS.md.
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10, INPAINT_EPOCHS=10),
@@ -287,6 +339,25 @@ def load_config(args=None, environ=None) -> Config:
     cfg = Config(**values)
     cfg.preset = preset
     return cfg.validate()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), for every figure a run reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_info() -> dict:
+    """Where a figure came from: the command, the CPU and the time, stored beside it in each JSON artifact."""
+    return {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def describe(cfg: Config, world_size: int = 1) -> str:

@@ -1,7 +1,8 @@
-"""Data: reading slices, normalising them, the subject-grouped split, augmentation, and the demo set.
+"""Data: layouts of slices on disk, the subject-grouped split, augmentation, and the demo set.
 
-Layout (the spec's): <DATASET_PATH>/HR/*.tif with MASK/*.tif of the same names (non-zero = tumor), or a
-flat folder of images. Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as float32.
+Layouts (LAYOUTS, tried in order): <DATASET_PATH>/HR/ images with MASK/ of the same names (the spec's), or a
+flat folder of images; NIfTI volumes; the Kaggle LGG folders. Every image format of imaging.py is read.
+Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as float32.
 """
 from __future__ import annotations
 
@@ -15,222 +16,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from config import MiramError
+from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, normalize_intensity, read_slice,
+                     read_volume, split_ext, stored_dtype, to_grayscale, volume_shape)
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
-# torch is imported inside the functions that need it: reading and normalising images (used by the
-# ONNX deployment path of enhance.py and classify.py) must work with numpy and onnxruntime alone.
-
-IMAGE_EXTS = (".tif", ".tiff", ".png")
-
-
-class DataError(MiramError):
-    pass
+# torch is imported inside the functions that need it, so that `dataset.py --inspect` and the demo builder
+# stay light.
+SLICE_KINDS = ("tiff", "png", "dicom")  # one slice per file; VOLUME_KINDS hold many
 
 
-# ---- reading one image -------------------------------------------------------------------------------
-
-def read_image(path: str) -> np.ndarray:
-    """Reads a 2-D slice as float32 (H, W), converting RGB/multi-channel to grayscale.
-
-    Raises DataError naming the file for anything that is not a readable, finite 2-D image.
-    """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext in (".tif", ".tiff"):
-            arr = read_tiff(path)
-        elif ext == ".png":
-            from PIL import Image
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-        else:
-            raise DataError(f"{path}: unsupported format {ext!r} (expected {', '.join(IMAGE_EXTS)})")
-    except DataError:
-        raise
-    except Exception as e:  # every decoder has its own exception zoo; all mean "cannot read this file"
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return to_grayscale(np.asarray(arr), path)
-
-
-def read_tiff(path: str) -> np.ndarray:
-    """A TIFF as an array with colour samples (if any) last, using the file's own axes: a 3-page stack and
-    a planar RGB image have the same shape, only the TIFF tags tell them apart."""
-    import tifffile
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        arr, axes = series.asarray(), series.axes
-    if "S" in axes and axes.index("S") != len(axes) - 1:
-        arr = np.moveaxis(arr, axes.index("S"), -1)
-    return arr
-
-
-def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
-    arr = np.squeeze(arr)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # channels last (RGB, RGBA)
-        rgb = arr[..., :3].astype(np.float64)
-        arr = rgb @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luma, as scikit-image's rgb2gray
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D slice, got an array of shape {arr.shape} (a 3-D stack?)")
-    if min(arr.shape) < 8:
-        raise DataError(f"{path}: image too small ({arr.shape[0]}x{arr.shape[1]})")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise DataError(f"{path}: contains NaN or infinite pixel values")
-    return arr
-
-
-def normalize_intensity(img: np.ndarray, low=0.5, high=99.5):
-    """Robust per-image scaling to [0, 1]: the low/high percentiles map to 0/1, the rest is clipped.
-
-    Returns (image, (lo, hi)) so that a result can be mapped back to the original range. A constant image
-    maps to zeros.
-    """
-    lo, hi = np.percentile(img, [low, high])
-    if hi <= lo:  # flat within the percentiles: fall back to the full range
-        lo, hi = float(img.min()), float(img.max())
-    if hi <= lo:
-        return np.zeros_like(img, dtype=np.float32), (float(lo), float(lo) + 1.0)
-    return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32), (float(lo), float(hi))
-
-
-def foreground_patches(images, patch, threshold):
-    """The patches the classifier encodes: those whose mean intensity exceeds threshold (all, when it is
-    negative). images (B, 1, S, S) in [0, 1] -> keep (B, K) int64 patch indices, foreground first in raster
-    order, and valid (B, K) bool. K is the batch's largest count; an image with fewer is padded with its
-    first background patches, marked invalid (the encoder masks them out of attention, so a result does not
-    depend on the rest of the batch). numpy only: the ONNX runtime path uses it without torch."""
-    images = np.asarray(images, np.float32)
-    B, g = images.shape[0], images.shape[-1] // patch
-    means = images[:, 0, :g * patch, :g * patch].reshape(B, g, patch, g, patch).mean(axis=(2, 4)).reshape(B, -1)
-    fg = means > threshold if threshold >= 0 else np.ones_like(means, bool)
-    counts = np.maximum(fg.sum(axis=1), 1)  # a blank image still gives the encoder one patch
-    K = int(counts.max())
-    keep = np.argsort(~fg, axis=1, kind="stable")[:, :K].astype(np.int64)
-    valid = np.arange(K)[None, :] < counts[:, None]
-    return keep, valid
-
-
-# ---- damaged regions and their classical fill (inpainting) -------------------------------------------
-
-# The synthetic damage of the inpainting fine-tune and benchmark, per kind: nominal sizes in pixels.
-DAMAGE_SIZES = {"block": {"small": 12, "medium": 24, "large": 48},   # side
-                "stripe": {"small": 4, "medium": 8, "large": 16},    # height of a band across the brain
-                "blob": {"small": 8, "medium": 16, "large": 28}}     # mean radius
-# Inside a hole, the model's correction of the classical fill ramps from 0 at the edge to full weight
-# this many pixels in: the fill is right at the known pixels, and the correction must not step there.
-FILL_RAMP_PX = 6
-
-
-def synthetic_damage(kind, size, brain, rng):
-    """A damaged region (bool, brain's shape) of the given kind and size, centred on a brain pixel."""
-    from scipy import ndimage
-    H, W = brain.shape
-    inner = ndimage.binary_erosion(brain, iterations=8)
-    ys, xs = np.nonzero(inner if inner.any() else brain)
-    if len(ys) == 0:
-        ys, xs = np.array([H // 2]), np.array([W // 2])
-    k = rng.integers(len(ys))
-    cy, cx = ys[k], xs[k]
-    yy, xx = np.mgrid[:H, :W]
-    if kind == "block":
-        h = size // 2
-        return (abs(yy - cy) <= h) & (abs(xx - cx) <= h)
-    if kind == "stripe":
-        cols = brain.any(axis=0) if brain.any() else np.ones(W, bool)
-        return (abs(yy - cy) < size / 2) & cols[None, :]
-    if kind != "blob":
-        raise ValueError(f"unknown damage kind {kind!r}")
-    theta = np.arctan2(yy - cy, xx - cx)
-    wobble = 1 + sum(rng.uniform(0, 0.25) * np.cos(j * theta + rng.uniform(0, 6.3)) for j in range(2, 5))
-    return np.hypot(yy - cy, xx - cx) < size * wobble
-
-
-def random_damage(brain, rng):
-    """One region of a random kind, its size drawn around the kind's range (0.7x smallest to 1.3x largest)."""
-    kind = list(DAMAGE_SIZES)[rng.integers(len(DAMAGE_SIZES))]
-    sizes = DAMAGE_SIZES[kind].values()
-    return synthetic_damage(kind, int(rng.uniform(0.7 * min(sizes), 1.3 * max(sizes))), brain, rng)
-
-
-def biharmonic_fill(img, hole, margin=8):
-    """img with hole (bool) filled by scikit-image's biharmonic inpainting, solved on the hole's bounding
-    box plus a margin only (the same fill as on the whole image, far cheaper for a small hole); pixels
-    outside the hole are returned unchanged."""
-    from skimage.restoration import inpaint_biharmonic
-    img = np.asarray(img, np.float64)
-    if not hole.any():
-        return img.copy()
-    ys, xs = np.nonzero(hole)
-    y0, y1 = max(0, ys.min() - margin), min(hole.shape[0], ys.max() + margin + 1)
-    x0, x1 = max(0, xs.min() - margin), min(hole.shape[1], xs.max() + margin + 1)
-    out = img.copy()
-    out[y0:y1, x0:x1] = inpaint_biharmonic(np.where(hole, 0.0, img)[y0:y1, x0:x1], hole[y0:y1, x0:x1])
-    return np.where(hole, out, img)
-
-
-def fill_weight(hole, ramp=FILL_RAMP_PX):
-    """Per pixel, how much of the model's correction applies: 0 outside the hole, rising to 1 at ramp px
-    from its edge."""
-    from scipy import ndimage
-    return np.minimum(1.0, ndimage.distance_transform_edt(hole) / ramp)
-
-
-def damaged_set(images, copies, seed):
-    """copies synthetic damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed:
-    float32 tensors (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original."""
-    import torch
-    rng = np.random.default_rng(seed)
-    prefilled, weights, targets = [], [], []
-    for img in np.asarray(images, np.float64)[:, 0]:
-        for _ in range(copies):
-            hole = random_damage(img > 0.1, rng)
-            prefilled.append(biharmonic_fill(img, hole))
-            weights.append(fill_weight(hole))
-            targets.append(img)
-    return tuple(torch.from_numpy(np.stack(a)[:, None].astype(np.float32)) for a in (prefilled, weights, targets))
-
-
-def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
-    """Pads to a centred square (no distortion of the aspect ratio), then resizes to size x size."""
-    from skimage.transform import resize
-    h, w = img.shape
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    square = np.zeros((side, side), dtype=img.dtype)
-    square[top:top + h, left:left + w] = img
-    if side == size:
-        return square.astype(np.float32)
-    return resize(square, (size, size), order=order, anti_aliasing=(order > 0 and side > size),
-                  preserve_range=True).astype(np.float32)
-
-
-# ---- finding files and subjects ----------------------------------------------------------------------
-
-def list_images(folder, exts=IMAGE_EXTS):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(exts) and not f.startswith("."))
-
-
-NIFTI_EXTS = (".nii", ".nii.gz")
-
-
-def _stem(path):
-    base = os.path.basename(path)
-    for ext in (".nii.gz",) + IMAGE_EXTS + (".nii",):
-        if base.lower().endswith(ext):
-            return base[:-len(ext)]
-    return os.path.splitext(base)[0]
-
+# ---- layouts: where the slices, their masks and their subjects are ----------------------------------
 
 @dataclass
 class Source:
@@ -243,10 +40,13 @@ class Source:
     axis: int = 2
 
 
-def _pair_by_stem(images, mask_dir, image_dir):
+def _stem(path):
+    return split_ext(path)[0]
+
+
+def _pair_by_stem(images, mask_dir, image_dir, kinds):
     """Masks of the same names in mask_dir; warns about masks without image and images without mask."""
-    exts = NIFTI_EXTS if images and images[0].lower().endswith(NIFTI_EXTS) else IMAGE_EXTS
-    masks = {_stem(p): p for p in list_images(mask_dir, exts)} if mask_dir and os.path.isdir(mask_dir) else {}
+    masks = {_stem(p): p for p in list_images(mask_dir, kinds)} if mask_dir and os.path.isdir(mask_dir) else {}
     pairs = [(p, masks.get(_stem(p))) for p in images]
     if masks:
         orphans = sorted(set(masks) - {_stem(p) for p in images})
@@ -260,85 +60,110 @@ def _pair_by_stem(images, mask_dir, image_dir):
     return pairs
 
 
-def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2):
-    """(layout, [Source]) for the layouts users have:
+def _image_dir(root):
+    return os.path.join(root, "HR") if os.path.isdir(os.path.join(root, "HR")) else root
 
-    - "spec": <root>/HR/*.tif|png with MASK/ of the same names, or a flat folder of images;
-    - "kaggle_lgg": <root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif (subject = folder);
-    - "nifti": <root>[/HR]/*.nii[.gz], masks of the same names in MASK/ or masks/ (optional); every slice along
-      slice_axis (empty slices are skipped when read; subject = volume).
-    """
-    if not os.path.isdir(root):
-        raise DataError(f"Dataset empty: {root} does not exist (set DATASET_PATH or MIRAM_DATA_PATH)")
-    image_dir = os.path.join(root, "HR") if os.path.isdir(os.path.join(root, "HR")) else root
-    volumes = list_images(image_dir, NIFTI_EXTS)
-    if volumes:
-        import nibabel as nib
-        mask_dir = next((d for d in (os.path.join(root, "MASK"), os.path.join(root, "masks")) if os.path.isdir(d)), None)
-        sources = []
-        for vol, mask in _pair_by_stem(volumes, mask_dir, image_dir):
-            try:
-                shape = nib.load(vol).shape
-            except Exception as e:  # nibabel raises several kinds for a bad header
-                warnings.warn(f"skipping {vol}: cannot read NIfTI header ({type(e).__name__})", stacklevel=2)
-                continue
-            if len(shape) < 3:
-                raise DataError(f"{vol}: a NIfTI volume must be 3-D, got shape {shape}")
-            sources += [Source(vol, mask, _stem(vol), f"{_stem(vol)}[{i}]", i, slice_axis)
-                        for i in range(shape[slice_axis])]
-        return "nifti", sources
+
+def find_volumes(root, subject_pattern, slice_axis):
+    """NIfTI volumes in <root>[/HR], masks of the same names in MASK/ or masks/ (optional); every slice along
+    slice_axis (empty slices are skipped when read); subject = volume."""
+    image_dir = _image_dir(root)
+    volumes = list_images(image_dir, VOLUME_KINDS)
+    if not volumes:
+        return None
+    singles = list_images(image_dir, SLICE_KINDS)
+    if singles:  # two kinds of subject in one folder: which one the user meant is theirs to say
+        raise DataError(f"{image_dir}: holds both volumes ({len(volumes)}, e.g. {os.path.basename(volumes[0])}) and "
+                        f"single-slice images ({len(singles)}, e.g. {os.path.basename(singles[0])}); put them "
+                        "in separate folders")
+    mask_dir = next((d for d in (os.path.join(root, "MASK"), os.path.join(root, "masks")) if os.path.isdir(d)), None)
+    sources = []
+    for vol, mask in _pair_by_stem(volumes, mask_dir, image_dir, VOLUME_KINDS):
+        try:
+            shape = volume_shape(vol)
+        except Exception as e:  # nibabel raises several kinds for a bad header
+            warnings.warn(f"skipping {vol}: cannot read its header ({type(e).__name__})", stacklevel=2)
+            continue
+        if len(shape) != 3:
+            raise DataError(f"{vol}: a volume must be 3-D, got shape {shape}")
+        sources += [Source(vol, mask, _stem(vol), f"{_stem(vol)}[{i}]", i, slice_axis)
+                    for i in range(shape[slice_axis])]
+    return sources
+
+
+def find_kaggle_lgg(root, subject_pattern, slice_axis):
+    """<root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif; subject = folder."""
     kaggle = os.path.join(root, "kaggle_3m") if os.path.isdir(os.path.join(root, "kaggle_3m")) else root
     patients = sorted(d for d in os.listdir(kaggle) if os.path.isdir(os.path.join(kaggle, d)) and d not in ("HR", "MASK"))
-    if patients and any(f.endswith("_mask.tif") for d in patients for f in os.listdir(os.path.join(kaggle, d))):
-        sources = []
-        for d in patients:
-            folder = os.path.join(kaggle, d)
-            for p in list_images(folder):
-                if _stem(p).endswith("_mask"):
-                    continue
-                mask = os.path.join(folder, _stem(p) + "_mask" + os.path.splitext(p)[1])
-                sources.append(Source(p, mask if os.path.isfile(mask) else None, d, os.path.basename(p)))
-        if not sources:
-            raise DataError(f"Dataset empty: no images in the patient folders of {kaggle}")
-        return "kaggle_lgg", sources
-    images = list_images(image_dir)
+    if not (patients and any(f.endswith("_mask.tif") for d in patients for f in os.listdir(os.path.join(kaggle, d)))):
+        return None
+    sources = []
+    for d in patients:
+        folder = os.path.join(kaggle, d)
+        for p in list_images(folder, SLICE_KINDS):
+            if _stem(p).endswith("_mask"):
+                continue
+            mask = os.path.join(folder, _stem(p) + "_mask" + split_ext(p)[1])
+            sources.append(Source(p, mask if os.path.isfile(mask) else None, d, os.path.basename(p)))
+    if not sources:
+        raise DataError(f"Dataset empty: no images in the patient folders of {kaggle}")
+    return sources
+
+
+def find_slices(root, subject_pattern, slice_axis):
+    """The spec's <root>/HR/ slices with MASK/ of the same names, or a flat folder of slices; the subject is
+    the file name matched by SUBJECT_PATTERN."""
+    image_dir = _image_dir(root)
+    images = list_images(image_dir, SLICE_KINDS)
     if not images:
-        raise DataError(f"Dataset empty: no {'/'.join(IMAGE_EXTS)} images in {image_dir} "
-                        f"(check DATASET_PATH; images belong in HR/)")
-    pairs = _pair_by_stem(images, os.path.join(root, "MASK"), image_dir)
-    return "spec", [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
+        raise DataError(f"Dataset empty: no {'/'.join(ext for k in SLICE_KINDS for ext in FORMATS[k])} images "
+                        f"in {image_dir} (check DATASET_PATH; images belong in HR/)")
+    pairs = _pair_by_stem(images, os.path.join(root, "MASK"), image_dir, SLICE_KINDS)
+    return [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
+
+
+# Tried in order: the first that recognizes the folder (returns sources, not None) reads it. A new layout
+# is one function here.
+LAYOUTS = {"nifti": find_volumes, "kaggle_lgg": find_kaggle_lgg, "spec": find_slices}
+
+
+def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2):
+    """(layout, [Source]) of a data folder."""
+    if not os.path.exists(root):
+        raise DataError(f"Dataset empty: {root} does not exist (set DATASET_PATH or MIRAM_DATA_PATH)")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: is a file; DATASET_PATH must be a folder of images (HR/ and MASK/)")
+    for layout, find in LAYOUTS.items():
+        sources = find(root, subject_pattern, slice_axis)
+        if sources is not None:
+            return layout, sources
 
 
 def find_pairs(root: str):
-    """[(image_path, mask_path or None)] of a spec-layout folder."""
+    """[(image_path, mask_path or None)] of a data folder."""
     return [(s.image, s.mask) for s in discover(root)[1]]
 
 
 class _VolumeCache:
-    """Keeps the last two NIfTI volumes read (an image and its mask), so the slices of a volume decode
-    each file once."""
+    """Keeps the last two volumes read (an image and its mask), so the slices of a volume decode each file
+    once."""
 
     def __init__(self):
         self.volumes = {}
 
     def slice(self, path, index, axis):
         if path not in self.volumes:
-            import nibabel as nib
-            try:
-                data = np.asanyarray(nib.load(path).dataobj)
-            except Exception as e:
-                raise DataError(f"{path}: cannot read NIfTI volume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
             if len(self.volumes) >= 2:
                 self.volumes.pop(next(iter(self.volumes)))  # the oldest
-            self.volumes[path] = data
+            self.volumes[path] = read_volume(path)
         return to_grayscale(np.take(self.volumes[path], index, axis=axis), f"{path}[{index}]")
 
 
 def read_source(src: Source, cache: _VolumeCache):
     """-> (image (H, W) float32, mask (H, W) or None); DataError naming the file when it cannot."""
     if src.index is None:
-        img = read_image(src.image)
-        mask = read_image(src.mask) if src.mask else None
+        img = read_slice(src.image)
+        mask = read_slice(src.mask) if src.mask else None
     else:
         img = cache.slice(src.image, src.index, src.axis)
         mask = cache.slice(src.mask, src.index, src.axis) if src.mask else None
@@ -349,7 +174,7 @@ def read_source(src: Source, cache: _VolumeCache):
 
 
 def subject_of(path: str, pattern: str) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = _stem(path)
     m = re.match(pattern, stem)
     return m.group(1) if m and m.group(1) else stem
 
@@ -635,26 +460,6 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     os.replace(tmp, dest)  # a half-built set is never mistaken for a finished one
     return count
-
-
-def stored_dtype(path):
-    """The pixel type a file stores, read from its header only."""
-    low = path.lower()
-    try:
-        if low.endswith((".tif", ".tiff")):
-            import tifffile
-            with tifffile.TiffFile(path) as t:
-                return str(t.series[0].dtype)
-        if low.endswith(".png"):
-            from PIL import Image
-            with Image.open(path) as im:
-                return f"png:{im.mode}"
-        if low.endswith(NIFTI_EXTS):
-            import nibabel as nib
-            return str(nib.load(path).get_data_dtype())
-    except Exception:
-        return "unreadable"
-    return "?"
 
 
 def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):

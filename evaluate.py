@@ -18,12 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config import MiramError, add_config_args, describe, load_config, run_cli
+from checkpoint import build_from_checkpoint
+from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
 from dataset import load_slices, load_split, resolve_data_path
+from hardware import pick_device
 from losses import finite_mean, psnr, ssim
-from models import build_from_checkpoint, mask_noise, pick_device, unpatchify
+from models import mask_noise, unpatchify
+from restoration import CLASSICAL_FILLS, classical_fill
 
-BASELINES = ("nearest", "linear", "biharmonic")
+BASELINES = tuple(CLASSICAL_FILLS)
 SWEEP = (0.25, 0.5, 0.75, 0.9)
 
 
@@ -38,33 +41,6 @@ def get_args_parser():
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--n-samples", type=int, default=4, help="images shown in miram_eval_sample.png")
     return add_config_args(p, skip=("MASK_RATIO",))
-
-
-# ---- classical fills ---------------------------------------------------------------------------------
-
-def classical_fill(img: np.ndarray, hole: np.ndarray, method: str) -> np.ndarray:
-    """Fills hole (bool, True = unknown) of a 2-D image from the known pixels only."""
-    from scipy import ndimage
-    if not hole.any():
-        return img.copy()
-    if method == "nearest":
-        _, (iy, ix) = ndimage.distance_transform_edt(hole, return_indices=True)
-        return img[iy, ix]
-    if method == "linear":
-        from scipy.interpolate import griddata
-        known = np.argwhere(~hole)
-        unknown = np.argwhere(hole)
-        out = img.copy()
-        vals = griddata(known, img[~hole], unknown, method="linear")
-        outside = np.isnan(vals)  # beyond the convex hull of known pixels: nearest
-        if outside.any():
-            vals[outside] = classical_fill(img, hole, "nearest")[hole][outside]
-        out[hole] = vals
-        return out
-    if method == "biharmonic":
-        from skimage.restoration import inpaint_biharmonic
-        return inpaint_biharmonic(img, hole)
-    raise ValueError(f"unknown fill method {method!r}")
 
 
 # ---- metrics -----------------------------------------------------------------------------------------
@@ -209,21 +185,21 @@ def save_sweep(sweep, path):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
-    print(describe(cfg))
     baselines = tuple(b for b in args.baselines.split(",") if b)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise MiramError(f"unknown baseline(s) {sorted(unknown)}; choose from {', '.join(BASELINES)}")
     device = pick_device(cfg.DEVICE)
-    ckpt = args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth")
+    ckpt = args.checkpoint or cfg.artifact("mae")
     model, state = build_from_checkpoint(ckpt, "mae", map_location=device)
     model = model.to(device).eval()
     mcfg = model.cfg
+    cfg.IMG_SIZE = mcfg.img_size
+    print(describe(cfg))
     if args.data:
         data = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN, slice_axis=cfg.SLICE_AXIS)
         source = f"all images in {args.data}"
     else:
-        cfg.IMG_SIZE = mcfg.img_size
         _, data = load_split(cfg, trained_on=[(ckpt, state)])
         source = f"validation split of {resolve_data_path(cfg, quiet=True)} (subjects never trained on)"
     if args.max_images:
@@ -247,7 +223,7 @@ def main(argv=None):
               "margin_db": {"vs": best, "masked_psnr": gain}, "mask_ratio": ratio, "seed": cfg.EVAL_SEED,
               "checkpoint": os.path.abspath(ckpt), "epoch": state.get("epoch"), "n_images": len(data),
               "data": source, "intensity_range": "[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
-              "per_image": {"names": data.names, **per_image}}
+              "per_image": {"names": data.names, **per_image}, "run": run_info()}
     if args.sweep:
         result["sweep"] = {}
         for r in SWEEP:
@@ -255,15 +231,14 @@ def main(argv=None):
             result["sweep"][str(r)] = summarize(pr)
             print(f"sweep mask {r}: MIRAM masked PSNR {result['sweep'][str(r)]['miram']['fine']['masked']['psnr']:.2f} dB")
     os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
-    json_path = os.path.join(cfg.OUTPUT_PATH, "eval_metrics.json")
-    png_path = os.path.join(cfg.OUTPUT_PATH, "miram_eval_sample.png")
+    json_path, png_path = cfg.artifact("eval_metrics"), cfg.artifact("eval_sample")
     with open(json_path + ".tmp", "w") as f:
         json.dump(result, f, indent=1, default=lambda v: None)
     os.replace(json_path + ".tmp", json_path)
     save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
     written = [json_path, png_path]
     if args.sweep:
-        sweep_path = os.path.join(cfg.OUTPUT_PATH, "eval_sweep.png")
+        sweep_path = cfg.artifact("eval_sweep")
         save_sweep(result["sweep"], sweep_path)
         written.append(sweep_path)
     print("wrote\n  " + "\n  ".join(written))

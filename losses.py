@@ -29,7 +29,14 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, weig
     else:
         weight = weight.float().expand_as(err)
         mse = (err * weight).sum(dim=dims) / weight.sum(dim=dims).clamp_min(1)
-    return 10 * torch.log10(data_range ** 2 / mse)  # mse == 0 -> inf, as intended
+    return psnr_from_mse(mse, data_range)
+
+
+def psnr_from_mse(mse, data_range: float = 1.0):
+    """PSNR in dB of a mean squared error (a tensor, or a float for errors pooled over images); 0 -> inf."""
+    if not isinstance(mse, torch.Tensor):
+        return float(10 * math.log10(data_range ** 2 / mse)) if mse > 0 else float("inf")
+    return 10 * torch.log10(data_range ** 2 / mse)
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype):

@@ -1,9 +1,7 @@
 """MIRAM: a ViT masked autoencoder that reconstructs hidden patches at two scales, and the tumor classifier
-built on its encoder. Reads top to bottom: helpers -> encoder -> MIRAM -> classifier -> checkpoints.
+built on its encoder, and the heatmaps read from its attention. Reads top to bottom: helpers -> encoder -> MIRAM
+-> inpainting -> classifier -> heatmaps. Checkpoints: checkpoint.py; devices and kernels: hardware.py.
 """
-import os
-import pickle
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from config import MiramError, ModelConfig
+from config import ModelConfig, visible_count
+from imaging import foreground_patches
 from losses import dual_scale_loss, masked_mse
 
 
@@ -48,93 +47,6 @@ def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     x = x.reshape(B, h, w, p, p, channels)
     x = torch.einsum("bhwpqc->bchpwq", x)
     return x.reshape(B, channels, h * p, w * p)
-
-
-def _onednn_linear_available() -> bool:
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        x, w = torch.ones(2, 4), torch.ones(3, 4)
-        return torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-ONEDNN_LINEAR = _onednn_linear_available()
-
-
-def _onednn_linear(x, w, b):
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-
-
-class _OneDNNLinearFn(torch.autograd.Function):
-    """y = x W^T + b with every product on oneDNN's fp32 GEMM, which runs about 2x faster than torch's
-    default fp32 matmul on the AMD CPUs we measured (MEASURED.md). The backward is written out because the
-    op has no autograd formula of its own."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_linear(grad_out, weight.t(), None)  # (..., in); oneDNN reads the transpose in place
-        if ctx.needs_input_grad[1]:
-            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-            grad_w = _onednn_linear(g2.t(), x2.t(), None)  # (out, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
-        return grad_x, grad_w, grad_b
-
-
-class FastLinear(nn.Linear):
-    """nn.Linear that uses oneDNN's fp32 GEMM on CPU when it can; same parameters, same state dict.
-
-    Falls back to F.linear on GPU, under autocast (bf16 GEMMs are already on oneDNN), in other dtypes, while
-    exporting to ONNX, and where the private op is missing.
-    """
-
-    def forward(self, x):
-        if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling()):
-            return _OneDNNLinearFn.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
-
-
-def use_fast_linear(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switches every nn.Linear of a model to FastLinear (or back); weights are untouched."""
-    for m in model.modules():
-        if enabled and type(m) is nn.Linear:
-            m.__class__ = FastLinear
-        elif not enabled and type(m) is FastLinear:
-            m.__class__ = nn.Linear
-    return model
-
-
-def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
-    """timm's fused SDPA kernel, or its plain q@k -> softmax -> @v path.
-
-    Under bf16 autocast on CPU the plain path trains ~1.4x faster (SDPA's CPU flash backward is slow in
-    bf16 at these sequence lengths); in fp32 and on GPU the fused kernel wins. See bench/train_throughput.py.
-    """
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = enabled
-    return model
-
-
-def tune_for(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
-    """The fastest measured kernels for training on `device`; the maths and the weights are unchanged."""
-    cpu = device.type == "cpu"
-    use_fast_linear(model, cpu)
-    return use_fused_attention(model, not (cpu and amp))
 
 
 def make_blocks(dim, depth, heads, mlp_ratio):
@@ -177,9 +89,13 @@ def padding_bias(keys: torch.Tensor, dtype) -> torch.Tensor:
     return ((keys.to(dtype) - 1) * 1e4)[:, None, None]
 
 
-def mask_noise(batch: int, num_patches: int, seed: int, device="cpu") -> torch.Tensor:
-    """Masking noise from a seed: the same seed gives the same masks on every run and machine."""
-    g = torch.Generator().manual_seed(seed)
+def mask_noise(batch: int, num_patches: int, seed_or_generator, device="cpu") -> torch.Tensor:
+    """Masking noise (B, L): the patches with the smallest noise stay visible (Encoder.random_masking).
+    From a seed, the same masks on every run and machine; from a generator, the next draw of its stream.
+    Another masking strategy (blocks, a grid) is another noise here."""
+    g = seed_or_generator
+    if isinstance(g, int):
+        g = torch.Generator().manual_seed(g)
     return torch.rand(batch, num_patches, generator=g).to(device)
 
 
@@ -202,7 +118,7 @@ class Encoder(nn.Module):
     def random_masking(self, x, noise, mask_ratio):
         """Keeps the int(L * (1 - mask_ratio)) patches with the smallest noise, per sample (as in MAE)."""
         B, L, D = x.shape
-        len_keep = int(L * (1 - mask_ratio))
+        len_keep = visible_count(L, mask_ratio)
         ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: smallest noise kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
         ids_keep = ids_shuffle[:, :len_keep]  # (B, K)
@@ -423,8 +339,7 @@ class TumorClassifier(nn.Module):
 
     def foreground(self, imgs):
         """(keep, valid) tensors for imgs: the patches above cfg.foreground_threshold, as
-        dataset.foreground_patches selects them (the ONNX runtime path makes the same selection)."""
-        from dataset import foreground_patches
+        imaging.foreground_patches selects them (the ONNX runtime path makes the same selection)."""
         keep, valid = foreground_patches(imgs.detach().float().cpu().numpy(), self.cfg.patch_size,
                                          self.cfg.foreground_threshold)
         return torch.from_numpy(keep).to(imgs.device), torch.from_numpy(valid).to(imgs.device)
@@ -447,152 +362,72 @@ class TumorClassifier(nn.Module):
         return self.head(tokens[:, 0]).squeeze(-1), attentions, keep, valid
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------
+# ---- heatmaps: where the classifier looks, read from its attention -------------------------------------
 
-TMP_PREFIX = ".tmp-"
-
-
-def atomic_torch_save(obj, path):
-    """Writes to a temporary file in the same folder, fsyncs, then renames: a crash or a full disk leaves
-    the previous file as it was, and a half-written file is never under the real name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "write" in str(e).lower():
-            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-            raise MiramError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept") from None
-        raise
+def attention_rollout(attentions):
+    """Abnar & Zuidema (2020): average heads, add the residual (0.5 A + 0.5 I), renormalise rows, and
+    multiply through the blocks. attentions: list of (B, H, N, N) -> (B, N, N)."""
+    result = None
+    for a in attentions:
+        a = a.float().mean(dim=1)  # (B, N, N)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device)
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
 
 
-def remove_stale_temporaries(folder):
-    """Deletes temporary files a killed process left behind (they are never read as checkpoints)."""
-    if not os.path.isdir(folder):
-        return 0
-    stale = [f for f in os.listdir(folder) if f.startswith(TMP_PREFIX)]
-    for f in stale:
-        os.remove(os.path.join(folder, f))
-    return len(stale)
+def attention_relevance(attentions, grads):
+    """Chefer, Gur & Wolf (2021): each block's attention weighted by the logit's gradient with respect to
+    it, negative evidence dropped, heads averaged, then carried through the residual stream: R = I, then
+    R <- R + mean_h((dA * A)+) @ R block by block. attentions, grads: lists of (B, H, N, N) -> (B, N, N).
+    Unlike raw attention it says where the evidence *for this logit* is, not only where CLS looks."""
+    result = None
+    for a, g in zip(attentions, grads):
+        cam = (g.float() * a.float()).clamp(min=0).mean(dim=1)  # (B, N, N)
+        result = torch.eye(cam.shape[-1], device=cam.device) + cam if result is None else result + cam @ result
+    return result
 
 
-def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None, extra=None):
-    """A self-describing checkpoint of plain tensors and primitives; kind is "mae", "inpaint" or "classifier".
-    No scheduler state: the learning rate is a function of the step (train.lr_at), restored with the epoch."""
-    state = {
-        "kind": kind,
-        "model": model.state_dict(),
-        "model_config": model.cfg.to_dict(),
-        "epoch": epoch,
-        "metrics": metrics or {},
-    }
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if extra:
-        state.update(extra)
-    atomic_torch_save(state, path)
+def on_grid(cls_attention, keep, valid, grid):
+    """CLS attention over the encoded tokens (B, K) -> (B, grid, grid), zero on patches not encoded."""
+    if valid is not None:
+        cls_attention = cls_attention * valid
+    out = torch.zeros(cls_attention.shape[0], grid * grid, dtype=cls_attention.dtype, device=cls_attention.device)
+    return out.scatter(1, keep, cls_attention).reshape(-1, grid, grid)
 
 
-# Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
-# changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
-UNUSED_SETTINGS = {"mae": {"foreground_threshold"}, "inpaint": {"foreground_threshold"}}
+def last_block_map(attentions, keep, valid, grid):
+    """The last block's CLS-to-patch attention, heads averaged, on the grid. The exported ONNX classifier
+    computes this map in its graph."""
+    return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
 
 
-def config_mismatch(saved: dict, expected: ModelConfig, ignore=()):
-    """Human-readable differences between a checkpoint's model config and the one asked for."""
-    want = expected.to_dict()
-    keys = sorted((set(saved) | set(want)) - set(ignore))
-    return [f"{k.upper()}: checkpoint {saved.get(k)!r} vs requested {want.get(k)!r}"
-            for k in keys if saved.get(k) != want.get(k)]
+def cls_maps(attentions, keep, valid, grid, grads=None):
+    """CLS-to-patch maps on the patch grid, (B, grid, grid) each: the last block's attention, the rollout,
+    and with the logit's gradients (grads, one per block) the gradient-weighted relevance."""
+    roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
+    maps = {"last_block": last_block_map(attentions, keep, valid, grid), "rollout": on_grid(roll, keep, valid, grid)}
+    if grads is not None:
+        maps["relevance"] = on_grid(attention_relevance(attentions, grads)[:, 0, 1:], keep, valid, grid)
+    return maps
 
 
-def load_checkpoint(path, kind=None, expected: ModelConfig = None, map_location="cpu"):
-    """Loads a checkpoint safely (weights_only=True). Refuses a missing file, a pickle that would run code,
-    a checkpoint of another kind, and (when `expected` is given) one from another configuration."""
-    if not os.path.isfile(path):
-        raise MiramError(f"Model not found: {path} (run train.py first)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise MiramError(f"{path}: refused to load, it is not a plain-tensor checkpoint and could run code "
-                         f"({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise MiramError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise MiramError(f"{path}: not a MIRAM checkpoint (no model weights or model_config)")
-    if kind is not None and state.get("kind") != kind:
-        raise MiramError(f"{path}: is a {state.get('kind')!r} checkpoint, expected {kind!r}")
-    if expected is not None:
-        diff = config_mismatch(state["model_config"], expected, UNUSED_SETTINGS.get(state.get("kind"), ()))
-        if diff:
-            raise MiramError(f"{path}: checkpoint from another configuration ({'; '.join(diff)})")
-    return state
+# ---- the models as numpy callables (restoration.Restorer runs PyTorch and ONNX Runtime alike) ---------
+
+def torch_predictor(model, device):
+
+    @torch.no_grad()
+    def predict(imgs, noise, ratio):
+        out = model(torch.from_numpy(imgs).to(device), torch.from_numpy(noise).to(device), ratio)
+        p, c = model.cfg.patch_size, model.cfg.in_chans
+        return (unpatchify(out.pred_fine.float(), p, c).cpu().numpy(),
+                unpatchify(out.pred_coarse.float(), p // 2, c).cpu().numpy())
+    return predict
 
 
-def model_config_from(state) -> ModelConfig:
-    try:
-        return ModelConfig(**state["model_config"])
-    except TypeError as e:
-        raise MiramError(f"checkpoint model_config is not understood: {e}") from None
+def torch_corrector(model, device):
 
-
-def build_from_checkpoint(path, kind="mae", map_location="cpu"):
-    """Rebuilds the model a checkpoint describes and loads its weights (strict: every key must match)."""
-    state = load_checkpoint(path, kind=kind, map_location=map_location)
-    cfg = model_config_from(state)
-    model = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}[kind](cfg)
-    model.load_state_dict(state["model"])
-    return model, state
-
-
-# ---- runtime -----------------------------------------------------------------------------------------
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MiramError(f"DEVICE={name} asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def native_amp(device: torch.device) -> bool:
-    """Whether autocast runs on native low-precision hardware here: a CUDA GPU, or a CPU with AVX-512 BF16
-    or AMX. Other CPUs emulate bf16 matmuls: a demo-size training step measured 16-17x slower than fp32 on
-    an AVX2 CPU (AMD Zen 3; bench/amp_step.py)."""
-    if device.type != "cpu":
-        return True
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
-
-
-def resolve_amp(device: torch.device, requested: bool, say=print) -> bool:
-    """AMP as configured, except where it would be emulated (see native_amp): fp32 then, said once."""
-    if requested and not native_amp(device):
-        say("note: AMP is on, but this CPU has no native bf16 (AVX-512 BF16 or AMX): running in fp32, as "
-            "emulated bf16 is many times slower")
-        return False
-    return requested
-
-
-def amp_dtype(device: torch.device):
-    """bf16 where the hardware has it (CPUs with AVX-512 bf16 / AMX, Ampere+ GPUs), else fp16."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
+    @torch.no_grad()
+    def correct(prefilled, weight):
+        return model(torch.from_numpy(prefilled).to(device), torch.from_numpy(weight).to(device)).float().cpu().numpy()
+    return correct

@@ -5,7 +5,7 @@
 The configured MAE (the demo preset: the model `make demo` trains), one step of train.py's AdamW on a batch
 of random slices, fp32 and bf16 autocast alternating step by step (train_throughput.time_steps, after one
 untimed round) so drift on a shared machine hits both alike. Prints each step's seconds, the bf16/fp32 ratio of the medians, and
-whether PyTorch sees native bf16 (models.native_amp): where it does not, train.py runs fp32 even with AMP on.
+whether PyTorch sees native bf16 (hardware.native_amp): where it does not, train.py runs fp32 even with AMP on.
 """
 import argparse
 import os
@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from models import MIRAM, native_amp, tune_for  # noqa: E402
+from hardware import native_amp, tune_for  # noqa: E402
+from models import MIRAM  # noqa: E402
 from train_throughput import make_step, time_steps  # noqa: E402  (bench/ is this script's folder)
 
 

@@ -4,7 +4,7 @@
 
 export_deploy.py times each backend once per run; on a shared 2-core machine one run can land in a slow
 minute. This exports the spec-size classifier (384/12/6, untrained weights: timing only) exactly as
-export_deploy.py does, then times PyTorch eager fp32 and ONNX Runtime fp32 and int8 in alternating turns (export_deploy.bench_group) on the same
+export_deploy.py does, then times PyTorch eager fp32 and ONNX Runtime fp32 and int8 in alternating turns (runtime.bench_group) on the same
 sequence of validation slices (their foreground patches, as deployed), `--rounds` times, and prints each
 round's medians and the ratio ORT fp32 / eager within the round, then the median over the rounds.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import export_deploy as ed  # noqa: E402
+import onnx_export as ox  # noqa: E402
+import runtime  # noqa: E402
 from dataset import foreground_patches  # noqa: E402
 
 
@@ -27,19 +28,19 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=50, help="timed calls per backend and round (50: every demo validation slice)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    clf, _, val = ed.spec_bench_setup(args.threads)
+    clf, _, val = ox.spec_bench_setup(args.threads)
     spec = clf.cfg
     images = val.images.numpy()
     grid = spec.img_size // spec.patch_size
-    inputs = ed.benchmark_batches(images, 1, grid, args.iters)
+    inputs = runtime.benchmark_batches(images, 1, grid, args.iters)
     patches = np.mean([foreground_patches(x, spec.patch_size, spec.foreground_threshold)[1].sum() for x, _ in inputs])
     with tempfile.TemporaryDirectory() as d:
-        paths = ed.export_all(d, "spec_", clf, None, torch.from_numpy(images[:2]), None)["classifier"]
+        paths = ox.export_all(d, "spec_", clf, None, torch.from_numpy(images[:2]), None)["classifier"]
         rows = []
         for r in range(args.rounds):
-            runners = ed.model_runners("classifier", clf, paths, inputs, args.threads)
+            runners = ox.model_runners("classifier", clf, paths, inputs, args.threads)
             runners.pop("torch-bf16", None)
-            res = ed.bench_group(runners, 1, args.iters, 5)
+            res = runtime.bench_group(runners, 1, args.iters, 5)
             row = {k: v["p50_ms"] for k, v in res.items()}
             row["ratio"] = row["ort-fp32"] / row["torch-fp32"]
             rows.append(row)

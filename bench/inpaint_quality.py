@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from checkpoint import build_from_checkpoint  # noqa: E402
 from config import load_config  # noqa: E402
-from dataset import DAMAGE_SIZES, load_split, synthetic_damage  # noqa: E402
-from enhance import Restorer, torch_corrector, torch_predictor  # noqa: E402
-from evaluate import classical_fill  # noqa: E402
-from losses import ssim  # noqa: E402
-from models import build_from_checkpoint  # noqa: E402
+from dataset import load_split  # noqa: E402
+from losses import psnr_from_mse, ssim  # noqa: E402
+from models import torch_corrector, torch_predictor  # noqa: E402
+from restoration import DAMAGE_SIZES, Restorer, classical_fill, synthetic_damage  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,13 +38,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config()
     torch.set_num_threads(2)
-    mae_path = args.checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_mae.pth")
+    mae_path = args.checkpoint or cfg.artifact("mae")
     model, mae_state = build_from_checkpoint(mae_path, "mae")
     trained_on = [(mae_path, mae_state)]  # scored on subjects neither model learned from
     model.eval()
     mc = model.cfg
     predict = torch_predictor(model, torch.device("cpu"))
-    fill_path = args.inpaint_checkpoint or os.path.join(cfg.OUTPUT_PATH, "best_miram_inpaint.pth")
+    fill_path = args.inpaint_checkpoint or cfg.artifact("inpaint")
     restorers = {}  # the first is compared with the classical fills in the printed lines
     if os.path.isfile(fill_path):
         inpainter, fill_state = build_from_checkpoint(fill_path, "inpaint")
@@ -75,7 +75,7 @@ def main(argv=None):
                     f = torch.from_numpy(np.clip(f, 0, 1))[None, None]
                     acc[m]["mse"].append(float(((f - t) ** 2 * w).sum() / w.sum()))
                     acc[m]["ssim"].append(ssim(f, t, weight=w).item())
-            scores[f"{kind}/{size_name}"] = {m: {"psnr": float(10 * np.log10(1 / np.mean(r["mse"]))),
+            scores[f"{kind}/{size_name}"] = {m: {"psnr": psnr_from_mse(np.mean(r["mse"])),
                                                  "ssim": float(np.mean(r["ssim"]))} for m, r in acc.items()}
             row = scores[f"{kind}/{size_name}"]
             best = max(("biharmonic", "linear"), key=lambda m: row[m]["psnr"])

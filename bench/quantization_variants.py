@@ -6,7 +6,7 @@ Exports the spec-size tumor classifier (untrained weights: timing only) as expor
 quantizes it four ways: ONNX Runtime dynamic int8 (what export_deploy.py ships: 7-bit weights), the same with
 full 8-bit weights (which saturate on CPUs without VNNI: export_deploy.quantize_int8), and static int8 in
 QOperator and QDQ formats calibrated on training slices of the configured data (the demo set by default).
-Times all of them and fp32 at batch 1, in alternating turns (export_deploy.bench_group), and prints the probability difference to fp32.
+Times all of them and fp32 at batch 1, in alternating turns (runtime.bench_group), and prints the probability difference to fp32.
 """
 import argparse
 import os
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import export_deploy as ed  # noqa: E402
+import onnx_export as ox  # noqa: E402
+import runtime  # noqa: E402
 from dataset import foreground_patches  # noqa: E402
 
 
@@ -32,16 +33,17 @@ def main(argv=None):
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    clf, train, val = ed.spec_bench_setup(args.threads)
+    clf, train, val = ox.spec_bench_setup(args.threads)
     spec = clf.cfg
     calib = train.images[:args.calibration].numpy()
     x = val.images[:1].numpy()
     with tempfile.TemporaryDirectory() as d:
         raw, fp32 = os.path.join(d, "raw.onnx"), os.path.join(d, "fp32.onnx")
         example = torch.from_numpy(calib[:2])
-        ed.export_onnx(ed.graphs()[0](clf), (example, *clf.foreground(example)), ["images", "keep", "valid"],
-                       ["probability", "last_block"], fp32, clf.cfg.to_dict(), raw_path=raw, token_inputs=("keep", "valid"))
-        paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ed.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
+        ox.export_onnx(ox.graphs()[0](clf), (example, *clf.foreground(example)), ["images", "keep", "valid"],
+                       ["probability", "last_block"], fp32, clf.cfg.to_dict(), "classifier", raw_path=raw,
+                       token_inputs=("keep", "valid"))
+        paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ox.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
         prepared = os.path.join(d, "prep.onnx")
         quant_pre_process(raw, prepared, skip_symbolic_shape=True)
         paths["ort-int8 (dynamic, 8-bit w)"] = os.path.join(d, "dyn8.onnx")
@@ -64,7 +66,7 @@ def main(argv=None):
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             op_types_to_quantize=["MatMul", "Gemm", "Conv"])
             paths[name] = out
-        runners = {k: ed.OnnxClassifier(v, args.threads) for k, v in paths.items()}
+        runners = {k: runtime.OnnxClassifier(v, args.threads) for k, v in paths.items()}
         ref = runners["ort-fp32"](x)[0]
         times = {k: [] for k in runners}
         for r in range(args.iters + 5):

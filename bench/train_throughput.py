@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import ModelConfig  # noqa: E402
-from models import MIRAM, ONEDNN_LINEAR, native_amp, tune_for, use_fast_linear  # noqa: E402
-from train import make_optimizer  # noqa: E402
+from engine import make_optimizer, param_groups  # noqa: E402
+from hardware import ONEDNN_LINEAR, native_amp, tune_for, use_fast_linear  # noqa: E402
+from models import MIRAM  # noqa: E402
 
 SPEC = ModelConfig()
 CPU = torch.device("cpu")
@@ -40,7 +41,7 @@ def hf_model():
 
 def make_step(model, kind, amp, train_py_optimizer=False):
     # HuggingFace gets the AdamW a user would write; MIRAM's train.py candidates get train.py's own (fused).
-    opt = (make_optimizer(model, 1.5e-4, 0.05) if train_py_optimizer else
+    opt = (make_optimizer(param_groups(model, 0.05), 1.5e-4, (0.9, 0.95)) if train_py_optimizer else
            torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05))
 
     def step(imgs, noise):

@@ -1,4 +1,7 @@
 import json
+import runtime
+import engine
+import models
 import os
 
 import numpy as np
@@ -24,7 +27,7 @@ def test_labels_from_masks_and_split_disjoint(tiny_data):
 def test_binary_metrics_against_sklearn():
     probs = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.7])
     labels = np.array([1, 1, 1, 0, 0, 0, 0])
-    m = classify.binary_metrics(probs, labels, 0.5)
+    m = runtime.binary_metrics(probs, labels, 0.5)
     assert m["auroc"] == pytest.approx(roc_auc_score(labels, probs))
     assert m["confusion_matrix"] == [[2, 2], [1, 2]]
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(2 / 4)
@@ -33,32 +36,32 @@ def test_binary_metrics_against_sklearn():
 
 def test_rollout_on_a_known_stack():
     eye = torch.eye(3)[None, None]  # attention to self only: rollout is the identity
-    assert torch.allclose(classify.attention_rollout([eye, eye]), torch.eye(3)[None])
+    assert torch.allclose(models.attention_rollout([eye, eye]), torch.eye(3)[None])
     # one block, all attention to token 0: 0.5*A + 0.5*I, rows normalised
     a = torch.zeros(1, 2, 3, 3)
     a[..., 0] = 1
-    r = classify.attention_rollout([a])[0]
+    r = models.attention_rollout([a])[0]
     expect = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]])
     assert torch.allclose(r, expect)
     # two such blocks compose by matrix product
-    assert torch.allclose(classify.attention_rollout([a, a])[0], expect @ expect)
+    assert torch.allclose(models.attention_rollout([a, a])[0], expect @ expect)
 
 
 def test_relevance_on_a_known_stack():
     eye = torch.eye(3)[None, None]
     zero = torch.zeros(1, 1, 3, 3)
     # no gradient anywhere: only the identity (each token is its own evidence)
-    assert torch.allclose(classify.attention_relevance([eye, eye], [zero, zero]), torch.eye(3)[None])
+    assert torch.allclose(models.attention_relevance([eye, eye], [zero, zero]), torch.eye(3)[None])
     # one block, two heads: A * dA per head, negatives dropped, heads averaged, added to I
     a = torch.full((1, 2, 3, 3), 0.5)
     g = torch.zeros(1, 2, 3, 3)
     g[0, 0, 0, 1], g[0, 1, 0, 1], g[0, 0, 0, 2] = 2.0, 1.0, -4.0  # negative evidence is dropped
-    r = classify.attention_relevance([a], [g])[0]
+    r = models.attention_relevance([a], [g])[0]
     expect = torch.eye(3)
     expect[0, 1] = (0.5 * 2.0 + 0.5 * 1.0) / 2
     assert torch.allclose(r, expect)
     # a second block composes through the residual: R + cam @ R
-    assert torch.allclose(classify.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
+    assert torch.allclose(models.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
 
 
 def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
@@ -86,9 +89,9 @@ def test_localization_measures():
     heat[0, 0, 0], heat[0, 3, 3] = 0.75, 0.25
     tumor = np.zeros((1, 4, 4), bool)
     tumor[0, :2, :2] = True
-    mass, hit = classify.localization(heat, tumor)
+    mass, hit = runtime.localization(heat, tumor)
     assert mass[0] == pytest.approx(0.75) and hit[0] == 1.0
-    up = classify.upsample_heatmaps(np.arange(4.0).reshape(1, 2, 2), 8)
+    up = runtime.upsample_heatmaps(np.arange(4.0).reshape(1, 2, 2), 8)
     assert up.shape == (1, 8, 8) and up.sum() == pytest.approx(1.0) and up[0, -1, -1] == up.max()
 
 
@@ -96,7 +99,7 @@ def test_layer_decay_gives_the_encoder_less():
     from config import ModelConfig
     from models import TumorClassifier
     m = TumorClassifier(ModelConfig(img_size=32, embed_dim=16, depth=2, num_heads=2))
-    groups = classify.layer_decay_groups(m, 1.0, 0.5, 0.05)
+    groups = engine.param_groups(m, 0.05, engine.layer_decay(len(m.encoder.blocks), 0.5))
     scales = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scales[id(m.head[0].weight)] == 1.0
     assert scales[id(m.encoder.blocks[1].mlp.fc1.weight)] == 0.5

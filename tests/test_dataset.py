@@ -1,5 +1,7 @@
 import os
 
+import restoration
+import imaging
 import numpy as np
 import pytest
 import tifffile
@@ -13,43 +15,43 @@ def test_reads_rgb_16bit_float_and_normalises(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 1] = 200
     tifffile.imwrite(tmp_path / "rgb.tif", rgb)
-    g = dataset.read_image(str(tmp_path / "rgb.tif"))
+    g = imaging.read_slice(str(tmp_path / "rgb.tif"))
     assert g.shape == (20, 30) and g.dtype == np.float32 and np.allclose(g, 200 * 0.7154, atol=1e-3)
     u16 = (np.arange(600).reshape(20, 30) * 100).astype(np.uint16)
     tifffile.imwrite(tmp_path / "u16.tif", u16)
-    n, (lo, hi) = dataset.normalize_intensity(dataset.read_image(str(tmp_path / "u16.tif")))
+    n, (lo, hi) = imaging.normalize_intensity(imaging.read_slice(str(tmp_path / "u16.tif")))
     assert n.min() == 0 and n.max() == 1 and lo < hi
     tifffile.imwrite(tmp_path / "f.tif", u16.astype(np.float32) / 7)
-    assert dataset.read_image(str(tmp_path / "f.tif")).max() == pytest.approx(59900 / 7, rel=1e-5)
-    assert dataset.normalize_intensity(np.full((9, 9), 5.0, np.float32))[0].max() == 0
+    assert imaging.read_slice(str(tmp_path / "f.tif")).max() == pytest.approx(59900 / 7, rel=1e-5)
+    assert imaging.normalize_intensity(np.full((9, 9), 5.0, np.float32))[0].max() == 0
 
 
 @pytest.mark.parametrize("content, problem", [
-    (b"", "empty file"), (b"this is not a tiff", "cannot read image"),
+    (b"", "empty file"), (b"this is not a tiff", "cannot read tiff file"),
 ])
 def test_bad_files_are_named(tmp_path, content, problem):
     p = tmp_path / "bad scan ü.tif"
     p.write_bytes(content)
     with pytest.raises(DataError, match=problem) as e:
-        dataset.read_image(str(p))
+        imaging.read_slice(str(p))
     assert "bad scan ü.tif" in str(e.value)
 
 
 def test_stack_and_nan_refused(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 20, 20), np.uint8))
-    with pytest.raises(DataError, match="3-D stack"):
-        dataset.read_image(str(tmp_path / "stack.tif"))
+    with pytest.raises(DataError, match="holds 5 slices"):
+        imaging.read_slice(str(tmp_path / "stack.tif"))
     a = np.ones((20, 20), np.float32)
     a[3, 3] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", a)
     with pytest.raises(DataError, match="NaN"):
-        dataset.read_image(str(tmp_path / "nan.tif"))
+        imaging.read_slice(str(tmp_path / "nan.tif"))
 
 
 def test_fit_to_square_keeps_aspect_ratio():
     img = np.zeros((50, 100), np.float32)
     img[:, 40:60] = 1  # a vertical bar 20 wide, full height
-    sq = dataset.fit_to_square(img, 100, order=0)
+    sq = imaging.fit_to_square(img, 100, order=0)
     assert sq.shape == (100, 100)
     rows = np.nonzero(sq.any(axis=1))[0]
     assert rows.min() == 25 and rows.max() == 74  # padded top and bottom, not stretched
@@ -163,7 +165,7 @@ def test_inspect_reports_unreadable_files(tiny_data, capsys):
 
 
 def test_foreground_patches_pads_to_the_batch_and_marks_padding():
-    from dataset import foreground_patches
+    from imaging import foreground_patches
     x = np.zeros((3, 1, 8, 8), np.float32)
     x[0, 0, :4, :4] = 1        # patch 0 of a 2x2 grid
     x[1, 0, 4:, :] = 1         # patches 2 and 3
@@ -182,8 +184,8 @@ def test_synthetic_damage_lies_on_the_brain_and_grows_with_size(kind):
     brain = np.zeros((96, 96), bool)
     brain[10:86, 16:80] = True
     areas = []
-    for size in dataset.DAMAGE_SIZES[kind].values():
-        hole = dataset.synthetic_damage(kind, size, brain, np.random.default_rng(3))
+    for size in restoration.DAMAGE_SIZES[kind].values():
+        hole = restoration.synthetic_damage(kind, size, brain, np.random.default_rng(3))
         assert hole.shape == brain.shape and hole.any()
         assert brain[hole].mean() > 0.5  # centred on the brain
         areas.append(hole.sum())
@@ -196,10 +198,10 @@ def test_local_biharmonic_fill_matches_the_whole_image_solve():
     yy, xx = np.mgrid[:80, :90]
     img = np.sin(yy / 9.0) * np.cos(xx / 13.0) + 0.01 * rng.random((80, 90))
     hole = (abs(yy - 40) < 6) & (abs(xx - 30) < 9)
-    local = dataset.biharmonic_fill(img, hole)
+    local = restoration.biharmonic_fill(img, hole)
     assert np.array_equal(local[~hole], img[~hole])
     assert np.abs(local - inpaint_biharmonic(img, hole)).max() < 0.02
-    weight = dataset.fill_weight(hole)
+    weight = restoration.fill_weight(hole)
     assert (weight[~hole] == 0).all() and (weight[hole] > 0).all() and weight.max() == 1.0
 
 

@@ -37,7 +37,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     # resume works the same way under torchrun
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
              *[c if c != "2" else "3" for c in common], "--batch-size", "2", "--output-path", ddp_out])
-    assert "resuming from" in r.stdout and "identical weights" in r.stdout
+    assert "resuming pretrain from" in r.stdout and "identical weights" in r.stdout
 
 
 def test_inpainting_fine_tune_two_process_gloo_matches_single_process(tmp_path):

@@ -1,4 +1,6 @@
 import io
+import restoration
+import imaging
 import os
 import shutil
 
@@ -21,7 +23,7 @@ def identity_restorer(size=64, patch=16):
     def predict(imgs, noise, ratio):
         t = torch.from_numpy(imgs)
         return imgs, F.avg_pool2d(t, 2).numpy()
-    return enhance.Restorer(predict, size, patch, 0.75, overlap=16)
+    return restoration.Restorer(predict, size, patch, 0.75, overlap=16)
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (100, 150), (37, 70), (130, 64)])
@@ -34,7 +36,7 @@ def test_tiling_leaves_no_seams(shape):
 
 
 def test_window_masks_show_every_patch_once():
-    noise = enhance.window_noise(14, 49)
+    noise = restoration.window_noise(14, 49)
     assert noise.shape == (4, 196)
     visible = noise < 49
     assert (visible.sum(1) == 49).all() and (visible.sum(0) == 1).all()  # each patch visible exactly once
@@ -43,7 +45,7 @@ def test_window_masks_show_every_patch_once():
     assert phases == {(0,), (1,), (2,), (3,)}
     damaged = np.zeros(196, bool)
     damaged[[0, 1, 14, 15, 100]] = True
-    noise = enhance.window_noise(14, 49, damaged)
+    noise = restoration.window_noise(14, 49, damaged)
     visible = noise < 49
     assert not visible[:, damaged].any() and (visible[:, ~damaged].sum(0) >= 1).all()
 
@@ -78,7 +80,7 @@ def test_every_format_round_trips_shape_dtype_and_range(tmp_path):
         src = str(tmp_path / name)
         out = str(tmp_path / ("out_" + name))
         enhance.process_file(r, src, out, "reconstruct", None, "fine", False)
-        a, b = enhance.read_scan(src), enhance.read_scan(out)
+        a, b = imaging.read_scan(src), imaging.read_scan(out)
         assert b.dtype == dtype and b.shape == a.shape, name
         # identity model: the values come back (integers exactly, floats to rounding)
         assert np.allclose(a.slices, b.slices, atol=1e-5 * max(1, np.abs(a.slices).max())), name
@@ -86,7 +88,10 @@ def test_every_format_round_trips_shape_dtype_and_range(tmp_path):
     assert np.allclose(nin.affine, nout.affine) and nin.header.get_zooms() == nout.header.get_zooms()
     import pydicom
     din, dout = pydicom.dcmread(tmp_path / "mr.dcm"), pydicom.dcmread(tmp_path / "out_mr.dcm")
-    assert din.PatientName == dout.PatientName and din.SOPInstanceUID == dout.SOPInstanceUID
+    assert din.PatientName == dout.PatientName and din.StudyInstanceUID == dout.StudyInstanceUID
+    # a derived image: its own instance UID (archived beside the original it must not collide), marked so
+    assert dout.SOPInstanceUID != din.SOPInstanceUID == din.file_meta.MediaStorageSOPInstanceUID
+    assert dout.file_meta.MediaStorageSOPInstanceUID == dout.SOPInstanceUID and dout.ImageType[0] == "DERIVED"
 
 
 def test_coarse_scale_written_at_half_size(tmp_path):
@@ -114,9 +119,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(MiramError, match="bad.tif: cannot read"):
-        enhance.read_scan(str(tmp_path / "bad.tif"))
+        imaging.read_scan(str(tmp_path / "bad.tif"))
     with pytest.raises(MiramError, match="unsupported format"):
-        enhance.read_scan(str(tmp_path / "x.jpg"))
+        imaging.read_scan(str(tmp_path / "x.jpg"))
 
 
 @pytest.fixture
@@ -172,7 +177,7 @@ def test_missing_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("shape", [(64, 64), (100, 150)])
 def test_corrected_fill_over_tiles_with_a_model_that_adds_nothing_is_the_biharmonic_fill(shape):
-    from dataset import biharmonic_fill
+    from restoration import biharmonic_fill
     rng = np.random.default_rng(1)
     img = rng.random(shape)
     hole = np.zeros(shape, bool)
@@ -182,11 +187,11 @@ def test_corrected_fill_over_tiles_with_a_model_that_adds_nothing_is_the_biharmo
     def correct(prefilled, weight):
         calls.append(len(prefilled))
         return prefilled
-    restorer = enhance.Restorer(None, 64, 16, 0.75, overlap=16, correct=correct)
+    restorer = restoration.Restorer(None, 64, 16, 0.75, overlap=16, correct=correct)
     out = restorer.inpaint(img, hole)
     assert np.allclose(out, biharmonic_fill(img, hole), atol=1e-6)
     assert np.array_equal(out[~hole], img[~hole])
-    tiles = len(enhance.tile_starts(shape[0], 64, 48)) * len(enhance.tile_starts(shape[1], 64, 48))
+    tiles = len(restoration.tile_starts(shape[0], 64, 48)) * len(restoration.tile_starts(shape[1], 64, 48))
     assert 0 < sum(calls) <= tiles  # only the tiles that touch the hole run
 
 

@@ -1,4 +1,7 @@
 import json
+import runtime
+import onnx_export
+import hardware
 import os
 import subprocess
 import sys
@@ -31,10 +34,10 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     for name in ("miram_model_optimized.onnx", "miram_mae.onnx", "miram_inpaint.onnx", "deploy_benchmark.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     saved = json.load(open(os.path.join(out, "deploy_benchmark.json")))
-    assert saved["threads"] == 2 and saved["opset"] == export_deploy.OPSET
+    assert saved["threads"] == 2 and saved["opset"] == onnx_export.OPSET
     got = {(r["model"], r["backend"], r["batch"]) for r in saved["results"]}
     # bf16 autocast is timed only where the CPU computes bf16 natively; elsewhere the report says why not
-    bf16 = models.native_amp(torch.device("cpu"))
+    bf16 = hardware.native_amp(torch.device("cpu"))
     assert ("skipped" in saved) != bf16
     for model in ("classifier", "mae"):
         for backend in ("torch-fp32", "torch-bf16", "ort-fp32"):
@@ -58,23 +61,23 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dynamic_batch_matches_torch(exported, batch):
     data, out, _ = exported
-    from models import build_from_checkpoint
+    from checkpoint import build_from_checkpoint
     clf, _ = build_from_checkpoint(os.path.join(out, "best_tumor_classifier.pth"), "classifier")
     mae, _ = build_from_checkpoint(os.path.join(out, "best_miram_mae.pth"), "mae")
     x = torch.rand(batch, 1, 64, 64)
     x[-1, :, :32] = 0  # the last image has half the foreground: the others' batch pads it
     noise = torch.rand(batch, 16)
-    ClassifierGraph, MAEGraph = export_deploy.graphs()
+    ClassifierGraph, MAEGraph = onnx_export.graphs()
     with torch.no_grad():
-        ref = export_deploy.classifier_outputs(clf.eval(), x, *clf.foreground(x))
+        ref = onnx_export.classifier_outputs(clf.eval(), x, *clf.foreground(x))
         ref_mae = MAEGraph(mae.eval())(x, noise)
         alone = torch.sigmoid(clf(x[-1:]))  # on its own: no padding
-    prob, maps = export_deploy.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())
+    prob, maps = runtime.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())
     assert prob.shape == (batch,) and np.abs(prob - ref[0].numpy()).max() < 1e-4
     assert abs(prob[-1] - alone.item()) < 1e-4  # a result does not depend on the rest of the batch
     assert np.abs(maps["last_block"] - ref[1].numpy()).max() < 1e-4
     assert (maps["last_block"][-1, :2] == 0).all()  # blank patches are not encoded: no attention
-    fine, coarse = export_deploy.OnnxMAE(os.path.join(out, "miram_mae.onnx"))(x.numpy(), noise.numpy())
+    fine, coarse = runtime.OnnxMAE(os.path.join(out, "miram_mae.onnx"))(x.numpy(), noise.numpy())
     assert fine.shape == (batch, 1, 64, 64) and coarse.shape == (batch, 1, 32, 32)
     assert np.abs(fine - ref_mae[0].numpy()).max() < 1e-3
 
@@ -127,7 +130,7 @@ def test_int8_weights_fit_seven_bits(tmp_path):
     from config import ModelConfig
     torch.manual_seed(0)
     clf = models.TumorClassifier(ModelConfig(img_size=64, embed_dim=32, depth=2, num_heads=2)).eval()
-    path = export_deploy.export_all(str(tmp_path), "", clf, None, torch.rand(2, 1, 64, 64), None)["classifier"]["ort-int8"]
+    path = onnx_export.export_all(str(tmp_path), "", clf, None, torch.rand(2, 1, 64, 64), None)["classifier"]["ort-int8"]
     weights = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.data_type == onnx.TensorProto.INT8]
     # |w| <= 64: a pair of u8 x s8 products sums to at most 2 * 255 * 64 = 32640, inside int16
     assert len(weights) >= 8 and all(abs(w.astype(int)).max() <= 64 for w in weights)

@@ -1,4 +1,6 @@
 """Nothing lost, nothing let in: kills, full disks, corrupted and hostile files."""
+import imaging
+import checkpoint
 import errno
 import os
 import signal
@@ -52,31 +54,31 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
     assert 1 <= done < 25  # the log may be one epoch ahead of the checkpoint
     r = subprocess.run([c.replace("OUT", killed) for c in cmd], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1500:]
-    assert "resuming from" in r.stdout
+    assert "resuming pretrain from" in r.stdout
     assert_same_weights(weights(os.path.join(ref, "checkpoint.pth")), weights(os.path.join(killed, "checkpoint.pth")))
-    assert not [f for f in os.listdir(killed) if f.startswith(models.TMP_PREFIX)]
+    assert not [f for f in os.listdir(killed) if f.startswith(checkpoint.TMP_PREFIX)]
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pth")
     m = models.MIRAM(models.ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
                                         decoder_depth=1, decoder_num_heads=2))
-    models.save_checkpoint(path, m, "mae", epoch=1)
+    checkpoint.save_checkpoint(path, m, "mae", epoch=1)
     good = open(path, "rb").read()
 
     def dies_halfway(obj, f):
         f.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # the process is interrupted mid-write
 
-    monkeypatch.setattr(models.torch, "save", dies_halfway)
+    monkeypatch.setattr(checkpoint.torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        models.save_checkpoint(path, m, "mae", epoch=2)
+        checkpoint.save_checkpoint(path, m, "mae", epoch=2)
     assert open(path, "rb").read() == good
-    assert models.load_checkpoint(path, "mae")["epoch"] == 1
+    assert checkpoint.load_checkpoint(path, "mae")["epoch"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
     # a temporary file from a process killed harder (SIGKILL: no cleanup) is removed on the next start
     (tmp_path / ".tmp-abc.pth").write_bytes(b"partial")
-    assert models.remove_stale_temporaries(str(tmp_path)) == 1
+    assert checkpoint.remove_stale_temporaries(str(tmp_path)) == 1
 
 
 def test_full_disk_is_one_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
@@ -87,7 +89,7 @@ def test_full_disk_is_one_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_pa
     def no_space(obj, f):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(models.torch, "save", no_space)
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
     with pytest.raises(SystemExit) as e:
         run_cli(train.main, tiny_args(tiny_data, out, "--n-epochs", "2"))
     assert e.value.code == 1
@@ -146,8 +148,8 @@ def test_fuzzed_tiff_bytes_read_or_raise_our_error(tmp_path_factory, data):
     path = base / "fuzzed.tif"
     path.write_bytes(bytes(blob))
     try:
-        img = dataset.read_image(str(path))
-    except dataset.DataError as e:
+        img = imaging.read_slice(str(path))
+    except imaging.DataError as e:
         assert "fuzzed.tif" in str(e)
     else:
         assert img.ndim == 2 and img.dtype == np.float32 and np.isfinite(img).all()

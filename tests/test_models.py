@@ -1,4 +1,6 @@
 
+import hardware
+import checkpoint
 import pytest
 import torch
 import torch.nn.functional as F
@@ -108,10 +110,10 @@ def test_attention_readout_matches_the_block():
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_fast_linear_matches_plain_linear_forward_and_backward(fast, monkeypatch):
-    monkeypatch.setattr(models, "ONEDNN_LINEAR", fast and models.ONEDNN_LINEAR)
+    monkeypatch.setattr(hardware, "ONEDNN_LINEAR", fast and hardware.ONEDNN_LINEAR)
     torch.manual_seed(0)
     ref = torch.nn.Linear(24, 40)
-    fl = models.FastLinear(24, 40)
+    fl = hardware.FastLinear(24, 40)
     fl.load_state_dict(ref.state_dict())
     x1 = torch.randn(3, 7, 24, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_()
@@ -125,7 +127,7 @@ def test_fast_linear_matches_plain_linear_forward_and_backward(fast, monkeypatch
 def test_tuned_model_trains_the_same():
     x, noise = torch.rand(2, 1, 64, 64), torch.rand(2, 16)
     a, b = tiny_model(img_size=64), tiny_model(img_size=64)
-    models.tune_for(b, torch.device("cpu"), amp=False)
+    hardware.tune_for(b, torch.device("cpu"), amp=False)
     la, lb = a.train()(x, noise).loss, b.train()(x, noise).loss
     la.backward()
     lb.backward()
@@ -141,25 +143,25 @@ def test_checkpoint_roundtrip_and_mismatch_refused(tmp_path):
     m(torch.rand(1, 1, 64, 64)).loss.backward()
     opt.step()
     path = str(tmp_path / "c.pth")
-    models.save_checkpoint(path, m, "mae", optimizer=opt, epoch=3, metrics={"val": 0.5})
-    m2, state = models.build_from_checkpoint(path, "mae")
+    checkpoint.save_checkpoint(path, m, "mae", optimizer=opt, epoch=3, metrics={"val": 0.5})
+    m2, state = checkpoint.build_from_checkpoint(path, "mae")
     assert state["epoch"] == 3 and state["metrics"]["val"] == 0.5
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k])
     other = ModelConfig(**{**TINY, "img_size": 64, "depth": 3})
     with pytest.raises(MiramError, match="DEPTH: checkpoint 2 vs requested 3"):
-        models.load_checkpoint(path, "mae", expected=other)
+        checkpoint.load_checkpoint(path, "mae", expected=other)
     with pytest.raises(MiramError, match="expected 'classifier'"):
-        models.load_checkpoint(path, "classifier")
+        checkpoint.load_checkpoint(path, "classifier")
     # the MAE never reads the classifier's foreground threshold: no reason to refuse a resume
     threshold = ModelConfig(**{**TINY, "img_size": 64, "foreground_threshold": 0.2})
-    assert models.load_checkpoint(path, "mae", expected=threshold)["epoch"] == 3
+    assert checkpoint.load_checkpoint(path, "mae", expected=threshold)["epoch"] == 3
     clf_path = str(tmp_path / "clf.pth")
-    models.save_checkpoint(clf_path, models.TumorClassifier(m.cfg), "classifier")
+    checkpoint.save_checkpoint(clf_path, models.TumorClassifier(m.cfg), "classifier")
     with pytest.raises(MiramError, match="FOREGROUND_THRESHOLD: checkpoint 0.01 vs requested 0.2"):
-        models.load_checkpoint(clf_path, "classifier", expected=threshold)
+        checkpoint.load_checkpoint(clf_path, "classifier", expected=threshold)
     with pytest.raises(MiramError, match="Model not found"):
-        models.load_checkpoint(str(tmp_path / "missing.pth"))
+        checkpoint.load_checkpoint(str(tmp_path / "missing.pth"))
 
 
 class _RunsCode:
@@ -171,11 +173,11 @@ def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": _RunsCode(), "model_config": {}}, path)
     with pytest.raises(MiramError, match="refused to load"):
-        models.load_checkpoint(str(path))
+        checkpoint.load_checkpoint(str(path))
     assert "pwned" not in capsys.readouterr().out
     (tmp_path / "trunc.pth").write_bytes(path.read_bytes()[:50])
     with pytest.raises(MiramError, match="trunc.pth"):
-        models.load_checkpoint(str(tmp_path / "trunc.pth"))
+        checkpoint.load_checkpoint(str(tmp_path / "trunc.pth"))
 
 
 def test_classifier_reads_only_foreground_and_ignores_batch_padding():
@@ -233,7 +235,7 @@ def test_amp_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch):
     cpu, said = torch.device("cpu"), []
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert models.resolve_amp(cpu, True, said.append) is False and "running in fp32" in said[0]
-    assert models.resolve_amp(cpu, False, said.append) is False and len(said) == 1
+    assert hardware.resolve_amp(cpu, True, said.append) is False and "running in fp32" in said[0]
+    assert hardware.resolve_amp(cpu, False, said.append) is False and len(said) == 1
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert models.resolve_amp(cpu, True, said.append) is True and len(said) == 1
+    assert hardware.resolve_amp(cpu, True, said.append) is True and len(said) == 1

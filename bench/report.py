@@ -1,0 +1,139 @@
+"""Writes docs/RESULTS.md from the JSON artifacts a run left in OUTPUT_PATH, so a figure in the docs is
+always the one a run measured, with the command and CPU beside it.
+
+    python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
+
+Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json and
+deploy_benchmark.json (whichever exist) and prints what it could not find.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import ARTIFACTS  # noqa: E402
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def provenance(run):
+    if not run:
+        return "_(no command recorded)_"
+    return f"`{run['command']}` on {run['cpu']} ({run['cpus']} CPUs), {run['date']}"
+
+
+def training_section(title, history):
+    runs = [h["run"] for h in history if "run" in h]
+    total = sum(h["seconds"] for h in history)
+    best = min(history, key=lambda h: h["val_loss"])
+    lines = [f"## {title}", ""] + [f"- {provenance(r)}" for r in runs] + [""]
+    lines += table(["epochs", "time", "s / epoch (median)", "best epoch", "best validation loss", "peak memory"],
+                   [[history[-1]["epoch"], f"{total / 60:.1f} min",
+                     f"{sorted(h['seconds'] for h in history)[len(history) // 2]:.1f}", best["epoch"],
+                     f"{best['val_loss']:.5f}" + (f" (biharmonic fill {best['val_loss_biharmonic']:.5f})"
+                                                  if "val_loss_biharmonic" in best else ""),
+                     f"{max(h.get('max_rss_mb', 0) for h in history):.0f} MB"]])
+    return lines + [""]
+
+
+def evaluation_section(m):
+    lines = ["## Reconstruction of hidden patches (`evaluate.py`)", "", f"- {provenance(m.get('run'))}",
+             f"- {m['n_images']} images: {m['data']}; mask ratio {m['mask_ratio']}, seed {m['seed']}", ""]
+    rows = []
+    for name, scales in [("MIRAM", m["miram"])] + [(b, v) for b, v in m["baselines"].items()]:
+        f = scales["fine"]
+        rows.append([name, f"{f['masked']['psnr']:.2f} / {f['masked']['ssim']:.3f}",
+                     f"{f['composite']['psnr']:.2f} / {f['composite']['ssim']:.3f}",
+                     f"{scales['coarse']['masked']['psnr']:.2f} / {scales['coarse']['masked']['ssim']:.3f}"])
+    lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
+    margin = m["margin_db"]
+    if margin.get("vs"):
+        lines += ["", f"MIRAM vs the best classical fill ({margin['vs']}): **{margin['masked_psnr']:+.2f} dB** masked PSNR."]
+    return lines + [""]
+
+
+def classification_section(results):
+    lines = ["## Tumor classification (`classify.py`)", ""]
+    lines += [f"- {r['variant']}: {provenance(r.get('run'))}" for r in results] + [""]
+    lines += table(["variant", "AUROC", "accuracy", "sensitivity", "specificity", "F1", "optimizer steps"],
+                   [[r["variant"], f"{r['auroc']:.3f}", f"{r['accuracy']:.3f}", f"{r['sensitivity']:.3f}",
+                     f"{r['specificity']:.3f}", f"{r['f1']:.3f}", r.get("optimizer_steps", "")] for r in results])
+    lines += ["", "Heatmaps on the validation tumor slices: share of the map inside the tumor over the tumor's share "
+                  "of the image (mean, median slice), and how often the peak lies inside it (pointing game).", ""]
+    rows = [[r["variant"], name, f"{loc['mass_inside_over_share']:.1f}x", f"{loc['mass_inside_over_share_median']:.1f}x",
+             f"{loc['pointing_game']:.2f}"] for r in results for name, loc in r["localization"].items() if loc]
+    lines += table(["variant", "map", "mass / share (mean)", "(median)", "pointing game"], rows)
+    return lines + [""]
+
+
+def deployment_section(d):
+    lines = ["## Deployment (`export_deploy.py`)", "", f"- {provenance(d.get('run'))}, {d['threads']} threads", ""]
+    for kind, p in d["parity"].items():
+        lines.append(f"- parity PyTorch vs ONNX Runtime fp32, {kind}: " + ", ".join(
+            f"{k} max-abs {v['max_abs']:.1e}" for k, v in p.items() if isinstance(v, dict)))
+    for kind, a in d["accuracy"].items():
+        lines.append(f"- int8 {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in a.items() if not k.startswith("limit")))
+    lines += [""] + table(["model", "size", "patches", "backend", "batch", "p50 ms", "p90 ms", "images/s"],
+                          [[r["model"], r["size"], f"{r['patches_per_image']:.0f}", r["backend"], r["batch"],
+                            f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['images_per_s']:.1f}"]
+                           for r in d["results"]])
+    for backend, why in d.get("skipped", {}).items():
+        lines.append(f"\n{backend} not timed: {why}")
+    return lines + [""]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--outputs", default="outputs")
+    p.add_argument("--to", default=os.path.join("docs", "RESULTS.md"))
+    args = p.parse_args(argv)
+
+    def path(name):
+        return os.path.join(args.outputs, ARTIFACTS[name])
+    lines = ["# Results", "", f"Generated by `python bench/report.py --outputs {args.outputs}` from the JSON a run wrote; "
+             "each section names the command and CPU that measured it. Rerun the commands, then this script, "
+             "rather than editing figures here.", ""]
+    missing = []
+    for name, title in (("train_log", "Pre-training (`train.py`)"), ("inpaint_log", "Inpainting fine-tune (`train.py --inpaint`)")):
+        if os.path.isfile(path(name)):
+            lines += training_section(title, load_lines(path(name)))
+        else:
+            missing.append(path(name))
+    if os.path.isfile(path("eval_metrics")):
+        lines += evaluation_section(load_json(path("eval_metrics")))
+    else:
+        missing.append(path("eval_metrics"))
+    stem = os.path.splitext(ARTIFACTS["classification_metrics"])[0]
+    results = [load_json(f) for f in sorted(glob.glob(os.path.join(args.outputs, stem + "*.json")))]
+    if results:
+        lines += classification_section(results)
+    else:
+        missing.append(path("classification_metrics"))
+    if os.path.isfile(path("deploy_benchmark")):
+        lines += deployment_section(load_json(path("deploy_benchmark")))
+    else:
+        missing.append(path("deploy_benchmark"))
+    os.makedirs(os.path.dirname(os.path.abspath(args.to)), exist_ok=True)
+    with open(args.to, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {args.to}" + (f"; not found: {', '.join(missing)}" if missing else ""))
+
+
+if __name__ == "__main__":
+    main()

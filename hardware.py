@@ -1,0 +1,136 @@
+"""Where and how training runs: the device, mixed precision where the hardware has it, and the fastest
+measured kernels for the step. The maths and the weights are the same whatever is chosen here."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import MiramError
+
+
+# ---- device and precision ----------------------------------------------------------------------------
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MiramError(f"DEVICE={name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def native_amp(device: torch.device) -> bool:
+    """Whether autocast runs on native low-precision hardware here: a CUDA GPU, or a CPU with AVX-512 BF16
+    or AMX. Other CPUs emulate bf16 matmuls: a demo-size training step measured 16-17x slower than fp32 on
+    an AVX2 CPU (AMD Zen 3; bench/amp_step.py)."""
+    if device.type != "cpu":
+        return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_amp(device: torch.device, requested: bool, say=print) -> bool:
+    """AMP as configured, except where it would be emulated (see native_amp): fp32 then, said once."""
+    if requested and not native_amp(device):
+        say("note: AMP is on, but this CPU has no native bf16 (AVX-512 BF16 or AMX): running in fp32, as "
+            "emulated bf16 is many times slower")
+        return False
+    return requested
+
+
+def amp_dtype(device: torch.device):
+    """bf16 where the hardware has it (CPUs with AVX-512 bf16 / AMX, Ampere+ GPUs), else fp16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
+
+
+# ---- kernels -----------------------------------------------------------------------------------------
+
+def _onednn_linear_available() -> bool:
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.ones(2, 4), torch.ones(3, 4)
+        return torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def _onednn_linear(x, w, b):
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    """y = x W^T + b with every product on oneDNN's fp32 GEMM, which runs about 2x faster than torch's
+    default fp32 matmul on the AMD Zen 5 CPU we measured (bench/train_throughput.py). The backward is written out because the
+    op has no autograd formula of its own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_linear(grad_out, weight.t(), None)  # (..., in); oneDNN reads the transpose in place
+        if ctx.needs_input_grad[1]:
+            x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+            grad_w = _onednn_linear(g2.t(), x2.t(), None)  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class FastLinear(nn.Linear):
+    """nn.Linear that uses oneDNN's fp32 GEMM on CPU when it can; same parameters, same state dict.
+
+    Falls back to F.linear on GPU, under autocast (bf16 GEMMs are already on oneDNN), in other dtypes, while
+    exporting to ONNX, and where the private op is missing.
+    """
+
+    def forward(self, x):
+        if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling()):
+            return _OneDNNLinearFn.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_fast_linear(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches every nn.Linear of a model to FastLinear (or back); weights are untouched."""
+    for m in model.modules():
+        if enabled and type(m) is nn.Linear:
+            m.__class__ = FastLinear
+        elif not enabled and type(m) is FastLinear:
+            m.__class__ = nn.Linear
+    return model
+
+
+def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
+    """timm's fused SDPA kernel, or its plain q@k -> softmax -> @v path.
+
+    Under bf16 autocast on CPU the plain path trains ~1.4x faster (SDPA's CPU flash backward is slow in
+    bf16 at these sequence lengths); in fp32 and on GPU the fused kernel wins. See bench/train_throughput.py.
+    """
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = enabled
+    return model
+
+
+def tune_for(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
+    """The fastest measured kernels for training on `device`; the maths and the weights are unchanged."""
+    cpu = device.type == "cpu"
+    use_fast_linear(model, cpu)
+    return use_fused_attention(model, not (cpu and amp))

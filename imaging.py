@@ -1,0 +1,353 @@
+"""Every image format MIRAM reads and writes, in one table, and the intensity maths on decoded pixels.
+
+    kind          extensions       read as                                 written back with
+    tiff          .tif .tiff       8/16-bit, float, RGB(A); a page stack   tifffile
+    png           .png             grey, grey+alpha, RGB(A), palette       Pillow
+    nifti         .nii .nii.gz     a volume: slices along its last axis    nibabel, affine and header kept
+    dicom         .dcm             a slice (or a multi-frame stack)        pydicom, a new UID, marked DERIVED
+
+A new format is one entry in FORMATS plus its reader and writer below. numpy only (with the decoders):
+the deployed ONNX path reads scans without torch.
+"""
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from config import MiramError
+
+
+class DataError(MiramError):
+    pass
+
+
+# kind -> extensions; ".nii.gz" before ".nii" is not needed: matching is on the whole suffix
+FORMATS = {"tiff": (".tif", ".tiff"), "png": (".png",), "nifti": (".nii", ".nii.gz"), "dicom": (".dcm",)}
+EXTENSIONS = tuple(ext for exts in FORMATS.values() for ext in exts)
+VOLUME_KINDS = ("nifti",)  # files holding many slices of one subject, cut along SLICE_AXIS by dataset.py
+
+
+def split_ext(path):
+    """(stem, extension) with the double extension .nii.gz kept whole."""
+    base = os.path.basename(path)
+    low = base.lower()
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if low.endswith(ext):
+            return base[:-len(ext)], base[-len(ext):]
+    return os.path.splitext(base)
+
+
+def kind_of(path):
+    ext = split_ext(path)[1].lower()
+    for kind, exts in FORMATS.items():
+        if ext in exts:
+            return kind
+    raise DataError(f"{path}: unsupported format {ext or '(no extension)'!r} (expected one of {', '.join(EXTENSIONS)})")
+
+
+def is_image(name, kinds=tuple(FORMATS)):
+    low = name.lower()
+    return not os.path.basename(name).startswith(".") and any(
+        low.endswith(ext) for k in kinds for ext in FORMATS[k])
+
+
+def list_images(folder, kinds=tuple(FORMATS)):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_image(f, kinds))
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+@dataclass
+class Scan:
+    path: str
+    kind: str
+    slices: np.ndarray             # (S, H, W) float64, grayscale, in the file's own units
+    dtype: np.dtype                # what the file stores
+    shape: tuple                   # the stored array's shape
+    channels: int = 0              # 3/4 for a colour file: the result is written to every colour channel
+    meta: dict = field(default_factory=dict)
+
+
+def _read_tiff(path, meta):
+    """Colour samples (if any) last, using the file's own axes: a 3-page stack and a planar RGB image have
+    the same shape, only the TIFF tags tell them apart."""
+    import tifffile
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr, axes = series.asarray(), series.axes
+    if "S" in axes and axes.index("S") != len(axes) - 1:
+        arr = np.moveaxis(arr, axes.index("S"), -1)
+    return arr
+
+
+def _read_png(path, meta):
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.mode == "P":  # palette indices mean nothing as intensities: expand to the colours
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        meta["mode"] = im.mode
+        arr = np.asarray(im)
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha: the grey is the image
+        meta["alpha"] = arr[..., 1].copy()
+        arr = arr[..., 0]
+    return arr
+
+
+def _read_nifti(path, meta):
+    import nibabel as nib
+    img = nib.load(path)
+    meta["image"] = img
+    return np.asanyarray(img.dataobj)
+
+
+def _read_dicom(path, meta):
+    import pydicom
+    ds = pydicom.dcmread(path)
+    meta["dataset"] = ds
+    return ds.pixel_array
+
+
+READERS = {"tiff": _read_tiff, "png": _read_png, "nifti": _read_nifti, "dicom": _read_dicom}
+
+
+def read_scan(path) -> Scan:
+    """Any supported file as (S, H, W) grayscale slices, with what is needed to write a result back."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: is a folder, not an image file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    kind = kind_of(path)
+    meta = {}
+    try:
+        arr = np.asarray(READERS[kind](path, meta))
+    except MiramError:
+        raise
+    except Exception as e:  # every decoder has its own exceptions; all mean "cannot read this file"
+        raise DataError(f"{path}: cannot read {kind} file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    channels = 0
+    if kind in ("tiff", "png") and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        channels = arr.shape[-1]
+        if channels == 4:
+            meta["alpha"] = arr[..., 3].copy()
+        slices = to_grayscale(arr, path)[None]
+    elif arr.ndim == 2:
+        slices = to_grayscale(arr, path)[None]
+    elif arr.ndim == 3:
+        stack = np.moveaxis(arr, -1, 0) if kind in VOLUME_KINDS else arr  # NIfTI: slices along the last axis
+        slices = np.stack([to_grayscale(s, f"{path}[{i}]") for i, s in enumerate(stack)])
+    else:
+        raise DataError(f"{path}: expected a slice or a stack of slices, got an array of shape {arr.shape}")
+    return Scan(path, kind, slices.astype(np.float64), arr.dtype, arr.shape, channels, meta)
+
+
+def read_slice(path) -> np.ndarray:
+    """One 2-D slice as float32 (H, W): a file holding several is refused, naming it."""
+    scan = read_scan(path)
+    if len(scan.slices) != 1:
+        raise DataError(f"{path}: holds {len(scan.slices)} slices (shape {scan.shape}); expected one 2-D slice")
+    return scan.slices[0].astype(np.float32)
+
+
+def read_volume(path) -> np.ndarray:
+    """A volume file's voxels as stored (no grayscale conversion), for slicing along any axis."""
+    try:
+        return np.asanyarray(READERS[kind_of(path)](path, {}))
+    except MiramError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read volume ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def volume_shape(path):
+    """A volume's shape from its header alone."""
+    import nibabel as nib
+    return nib.load(path).shape
+
+
+def stored_dtype(path):
+    """The pixel type a file stores, read from its header only ("unreadable" when it cannot be)."""
+    try:
+        kind = kind_of(path)
+        if kind == "tiff":
+            import tifffile
+            with tifffile.TiffFile(path) as t:
+                return str(t.series[0].dtype)
+        if kind == "png":
+            from PIL import Image
+            with Image.open(path) as im:
+                return f"png:{im.mode}"
+        if kind == "nifti":
+            import nibabel as nib
+            return str(nib.load(path).get_data_dtype())
+        import pydicom
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return f"dicom:{ds.get('BitsAllocated', '?')}bit"
+    except Exception:
+        return "unreadable"
+
+
+def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # channels last (RGB, RGBA)
+        rgb = arr[..., :3].astype(np.float64)
+        arr = rgb @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luma, as scikit-image's rgb2gray
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D slice, got an array of shape {arr.shape}")
+    if min(arr.shape) < 8:
+        raise DataError(f"{path}: image too small ({arr.shape[0]}x{arr.shape[1]}; at least 8x8)")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: contains NaN or infinite pixel values")
+    return arr
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+def _cast(values, dtype):
+    """Back to the stored dtype: rounded and clipped to its range for integers."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def to_stored_layout(scan: Scan, slices):
+    """(S, H, W) float results -> an array shaped and typed like the file's own."""
+    if len(scan.shape) == 2 or scan.channels:
+        arr = slices[0]
+    elif scan.kind in VOLUME_KINDS:
+        arr = np.moveaxis(slices, 0, -1)  # back to slices along the last axis
+    else:
+        arr = slices
+    if scan.channels:
+        arr = np.repeat(arr[..., None], scan.channels, axis=-1)
+        if scan.channels == 4 and arr.shape[:2] == scan.meta["alpha"].shape:
+            arr[..., 3] = scan.meta["alpha"]  # keep the original transparency
+    return _cast(arr, scan.dtype)
+
+
+def _write_tiff(scan, arr, path, coarse):
+    import tifffile
+    tifffile.imwrite(path, arr, photometric="rgb" if scan.channels else "minisblack")
+
+
+def _write_png(scan, arr, path, coarse):
+    from PIL import Image
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def _write_nifti(scan, arr, path, coarse):
+    import nibabel as nib
+    src = scan.meta["image"]
+    affine = src.affine.copy()
+    if coarse:
+        affine[:, :2] = affine[:, :2] * 2
+        affine[:3, 3] += (src.affine[:3, 0] + src.affine[:3, 1]) * 0.5  # centre of the 2x2 block
+    out = type(src)(arr, affine, src.header.copy())
+    out.set_data_dtype(scan.dtype)
+    nib.save(out, path)
+
+
+def _write_dicom(scan, arr, path, coarse):
+    from pydicom.uid import generate_uid
+    ds = scan.meta["dataset"].copy()
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        ds.decompress()
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    if coarse:
+        ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
+        if "PixelSpacing" in ds:
+            ds.PixelSpacing = [float(v) * 2 for v in ds.PixelSpacing]
+    # A derived image is a new instance: archived beside the original it must not collide with it.
+    ds.SOPInstanceUID = generate_uid()
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = "MIRAM restoration" + (" (half resolution)" if coarse else "")
+    ds.save_as(path)
+
+
+WRITERS = {"tiff": _write_tiff, "png": _write_png, "nifti": _write_nifti, "dicom": _write_dicom}
+
+
+def write_scan(scan: Scan, slices, path, coarse=False):
+    """Writes results in the scan's format, atomically. coarse: half resolution (voxel size doubled)."""
+    arr = to_stored_layout(scan, slices)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=split_ext(path)[1], dir=folder)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
+        WRITERS[scan.kind](scan, arr, tmp, coarse)
+        os.replace(tmp, path)  # a failure never leaves a partly written output under the real name
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+# ---- intensities and geometry ------------------------------------------------------------------------
+
+def normalize_intensity(img: np.ndarray, low=0.5, high=99.5):
+    """Robust per-image scaling to [0, 1]: the low/high percentiles map to 0/1, the rest is clipped.
+
+    Returns (image, (lo, hi)) so that a result can be mapped back to the original range. A constant image
+    maps to zeros.
+    """
+    lo, hi = np.percentile(img, [low, high])
+    if hi <= lo:  # flat within the percentiles: fall back to the full range
+        lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros_like(img, dtype=np.float32), (float(lo), float(lo) + 1.0)
+    return np.clip((img - lo) / (hi - lo), 0, 1).astype(np.float32), (float(lo), float(hi))
+
+
+def fit_to_square(img: np.ndarray, size: int, order: int = 1) -> np.ndarray:
+    """Pads to a centred square (no distortion of the aspect ratio), then resizes to size x size."""
+    from skimage.transform import resize
+    h, w = img.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    square = np.zeros((side, side), dtype=img.dtype)
+    square[top:top + h, left:left + w] = img
+    if side == size:
+        return square.astype(np.float32)
+    return resize(square, (size, size), order=order, anti_aliasing=(order > 0 and side > size),
+                  preserve_range=True).astype(np.float32)
+
+
+def foreground_patches(images, patch, threshold):
+    """The patches the classifier encodes: those whose mean intensity exceeds threshold (all, when it is
+    negative). images (B, 1, S, S) in [0, 1] -> keep (B, K) int64 patch indices, foreground first in raster
+    order, and valid (B, K) bool. K is the batch's largest count; an image with fewer is padded with its
+    first background patches, marked invalid (the encoder masks them out of attention, so a result does not
+    depend on the rest of the batch)."""
+    images = np.asarray(images, np.float32)
+    B, g = images.shape[0], images.shape[-1] // patch
+    means = images[:, 0, :g * patch, :g * patch].reshape(B, g, patch, g, patch).mean(axis=(2, 4)).reshape(B, -1)
+    fg = means > threshold if threshold >= 0 else np.ones_like(means, bool)
+    counts = np.maximum(fg.sum(axis=1), 1)  # a blank image still gives the encoder one patch
+    K = int(counts.max())
+    keep = np.argsort(~fg, axis=1, kind="stable")[:, :K].astype(np.int64)
+    valid = np.arange(K)[None, :] < counts[:, None]
+    return keep, valid
+
+
+def model_input(raw: np.ndarray, size: int) -> np.ndarray:
+    """A slice in its own units -> the (1, 1, size, size) float32 the models take, scaled as in training."""
+    return fit_to_square(normalize_intensity(raw)[0], size)[None, None]

@@ -1,0 +1,329 @@
+"""Restoration on numpy arrays: the classical fills MIRAM is compared with, the synthetic damage it learns
+to repair, and the Restorer that runs a model (PyTorch or ONNX Runtime, through a callable) over the tiles
+of a slice of any size. No torch here: the deployed path uses it as it is.
+"""
+import numpy as np
+
+from config import MiramError, visible_count
+from imaging import normalize_intensity
+
+
+# ---- classical fills ---------------------------------------------------------------------------------
+
+def nearest_fill(img, hole):
+    from scipy import ndimage
+    _, (iy, ix) = ndimage.distance_transform_edt(hole, return_indices=True)
+    return img[iy, ix]
+
+
+def linear_fill(img, hole):
+    from scipy.interpolate import griddata
+    out = img.copy()
+    vals = griddata(np.argwhere(~hole), img[~hole], np.argwhere(hole), method="linear")
+    outside = np.isnan(vals)  # beyond the convex hull of known pixels: nearest
+    if outside.any():
+        vals[outside] = nearest_fill(img, hole)[hole][outside]
+    out[hole] = vals
+    return out
+
+
+def whole_biharmonic_fill(img, hole):
+    from skimage.restoration import inpaint_biharmonic
+    return inpaint_biharmonic(img, hole)
+
+
+# The baselines of evaluate.py and bench/inpaint_quality.py: a new one is one entry here.
+CLASSICAL_FILLS = {"nearest": nearest_fill, "linear": linear_fill, "biharmonic": whole_biharmonic_fill}
+
+
+def classical_fill(img: np.ndarray, hole: np.ndarray, method: str) -> np.ndarray:
+    """Fills hole (bool, True = unknown) of a 2-D image from the known pixels only."""
+    if method not in CLASSICAL_FILLS:
+        raise ValueError(f"unknown fill method {method!r}")
+    if not hole.any():
+        return img.copy()
+    if hole.all():
+        raise MiramError("the region to fill covers the whole image: there is nothing to fill it from")
+    return CLASSICAL_FILLS[method](img, hole)
+
+
+# ---- damaged regions and their classical fill (inpainting) -------------------------------------------
+
+# The synthetic damage of the inpainting fine-tune and benchmark, per kind: nominal sizes in pixels.
+DAMAGE_SIZES = {"block": {"small": 12, "medium": 24, "large": 48},   # side
+                "stripe": {"small": 4, "medium": 8, "large": 16},    # height of a band across the brain
+                "blob": {"small": 8, "medium": 16, "large": 28}}     # mean radius
+# Inside a hole, the model's correction of the classical fill ramps from 0 at the edge to full weight
+# this many pixels in: the fill is right at the known pixels, and the correction must not step there.
+FILL_RAMP_PX = 6
+
+
+def synthetic_damage(kind, size, brain, rng):
+    """A damaged region (bool, brain's shape) of the given kind and size, centred on a brain pixel."""
+    from scipy import ndimage
+    H, W = brain.shape
+    inner = ndimage.binary_erosion(brain, iterations=8)
+    ys, xs = np.nonzero(inner if inner.any() else brain)
+    if len(ys) == 0:
+        ys, xs = np.array([H // 2]), np.array([W // 2])
+    k = rng.integers(len(ys))
+    cy, cx = ys[k], xs[k]
+    yy, xx = np.mgrid[:H, :W]
+    if kind == "block":
+        h = size // 2
+        return (abs(yy - cy) <= h) & (abs(xx - cx) <= h)
+    if kind == "stripe":
+        cols = brain.any(axis=0) if brain.any() else np.ones(W, bool)
+        return (abs(yy - cy) < size / 2) & cols[None, :]
+    if kind != "blob":
+        raise ValueError(f"unknown damage kind {kind!r}")
+    theta = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + sum(rng.uniform(0, 0.25) * np.cos(j * theta + rng.uniform(0, 6.3)) for j in range(2, 5))
+    return np.hypot(yy - cy, xx - cx) < size * wobble
+
+
+def random_damage(brain, rng):
+    """One region of a random kind, its size drawn around the kind's range (0.7x smallest to 1.3x largest)."""
+    kind = list(DAMAGE_SIZES)[rng.integers(len(DAMAGE_SIZES))]
+    sizes = DAMAGE_SIZES[kind].values()
+    return synthetic_damage(kind, int(rng.uniform(0.7 * min(sizes), 1.3 * max(sizes))), brain, rng)
+
+
+def biharmonic_fill(img, hole, margin=8):
+    """img with hole (bool) filled by scikit-image's biharmonic inpainting, solved on the hole's bounding
+    box plus a margin only (the same fill as on the whole image, far cheaper for a small hole); pixels
+    outside the hole are returned unchanged."""
+    from skimage.restoration import inpaint_biharmonic
+    img = np.asarray(img, np.float64)
+    if not hole.any():
+        return img.copy()
+    if hole.all():
+        raise MiramError("the region to fill covers the whole image: there is nothing to fill it from")
+    ys, xs = np.nonzero(hole)
+    y0, y1 = max(0, ys.min() - margin), min(hole.shape[0], ys.max() + margin + 1)
+    x0, x1 = max(0, xs.min() - margin), min(hole.shape[1], xs.max() + margin + 1)
+    out = img.copy()
+    out[y0:y1, x0:x1] = inpaint_biharmonic(np.where(hole, 0.0, img)[y0:y1, x0:x1], hole[y0:y1, x0:x1])
+    return np.where(hole, out, img)
+
+
+def fill_weight(hole, ramp=FILL_RAMP_PX):
+    """Per pixel, how much of the model's correction applies: 0 outside the hole, rising to 1 at ramp px
+    from its edge."""
+    from scipy import ndimage
+    return np.minimum(1.0, ndimage.distance_transform_edt(hole) / ramp)
+
+
+def damaged_set(images, copies, seed):
+    """copies synthetic damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed:
+    float32 arrays (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original."""
+    rng = np.random.default_rng(seed)
+    prefilled, weights, targets = [], [], []
+    for img in np.asarray(images, np.float64)[:, 0]:
+        for _ in range(copies):
+            hole = random_damage(img > 0.1, rng)
+            prefilled.append(biharmonic_fill(img, hole))
+            weights.append(fill_weight(hole))
+            targets.append(img)
+    return tuple(np.stack(a)[:, None].astype(np.float32) for a in (prefilled, weights, targets))
+
+
+# ---- the model on one slice of any size --------------------------------------------------------------
+
+def phase_rank(grid):
+    """A rank per patch: patches ordered by their 2x2 phase on the grid, then raster order. Windows of
+    this order spread visible patches evenly (at MASK_RATIO 0.75 a window is exactly one phase)."""
+    L = grid * grid
+    rows, cols = np.divmod(np.arange(L), grid)
+    order = np.lexsort((cols, rows, cols % 2, rows % 2))
+    rank = np.empty(L, dtype=np.int64)
+    rank[order] = np.arange(L)
+    return rank
+
+
+def window_noise(grid, len_keep, damaged=None):
+    """(G, L) masking noise for deterministic passes at the trained mask ratio.
+
+    Pass g keeps the g-th window of len_keep undamaged patches, so across the passes every undamaged patch
+    is shown (and every patch is hidden in at least one pass when nothing is damaged). Damaged patches get
+    the largest noise: never shown, unless fewer than len_keep patches are undamaged.
+    """
+    L = grid * grid
+    damaged = np.zeros(L, bool) if damaged is None else np.asarray(damaged, bool)
+    rank = phase_rank(grid)
+    good = np.nonzero(~damaged)[0]
+    good = good[np.argsort(rank[good])]
+    bad = np.nonzero(damaged)[0]
+    U = len(good)
+    passes = max(1, int(np.ceil(U / len_keep)))
+    noise = np.empty((passes, L), np.float32)
+    for g in range(passes):
+        noise[g, good] = (np.arange(U) - g * len_keep) % U
+        noise[g, bad] = U + np.arange(len(bad))
+    return noise
+
+
+def tile_starts(n, tile, stride):
+    if n <= tile:
+        return [0]
+    count = int(np.ceil((n - tile) / stride)) + 1
+    return sorted({int(round(s / 2)) * 2 for s in np.linspace(0, n - tile, count)})  # even: coarse grid aligns
+
+
+def blend_window(tile, ramp):
+    """Separable weights that fall towards the tile's edges (never to zero), for seamless blending."""
+    i = np.arange(tile)
+    w = np.clip(np.minimum(i + 1, tile - i) / ramp, 1e-3, 1.0)
+    return np.outer(w, w)
+
+
+class Restorer:
+    """Runs a MIRAM (torch or ONNX Runtime) over tiles of a [0, 1]-scaled slice."""
+
+    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, overlap=64, blend=True, correct=None):
+        # predict: the MAE, (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..);
+        # None in a restorer that only inpaints with the fine-tuned model
+        self.predict = predict
+        self.correct = correct  # the inpainting model: (prefilled, weight (B,1,S,S) float32) -> restored
+        self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
+        self.grid = img_size // patch_size
+        overlap = min(overlap, img_size // 4)  # small test models: keep a positive stride
+        self.stride = img_size - overlap
+        self.window = blend_window(img_size, overlap / 2)
+
+    def _tiles(self, canvas):
+        H, W = canvas.shape
+        return [(y, x) for y in tile_starts(H, self.size, self.stride) for x in tile_starts(W, self.size, self.stride)]
+
+    def _run(self, tiles, noise_rows, ratio):
+        """Every tile with every noise row: fine (T, G, S, S), coarse (T, G, S/2, S/2)."""
+        T, G = len(tiles), len(noise_rows)
+        imgs = np.repeat(np.stack(tiles)[:, None], G, axis=0).astype(np.float32)  # (T*G, 1, S, S)
+        noise = np.tile(noise_rows, (T, 1)).astype(np.float32)
+        fine, coarse = [], []
+        for s in range(0, len(imgs), self.batch):
+            f, c = self.predict(imgs[s:s + self.batch], noise[s:s + self.batch], ratio)
+            fine.append(f[:, 0])
+            coarse.append(c[:, 0])
+        fine, coarse = np.concatenate(fine), np.concatenate(coarse)
+        return fine.reshape(T, G, *fine.shape[1:]), coarse.reshape(T, G, *coarse.shape[1:])
+
+    def _pad(self, img):
+        H, W = img.shape
+        ch, cw = max(self.size, H + H % 2), max(self.size, W + W % 2)
+        canvas = np.zeros((ch, cw), np.float64)  # zero = background, as in training's padding
+        canvas[:H, :W] = img
+        return canvas
+
+    def reconstruct(self, img):
+        """img (H, W) in [0, 1]-ish -> fine (H, W), coarse (ceil(H/2), ceil(W/2))."""
+        H, W = img.shape
+        canvas = self._pad(img)
+        starts = self._tiles(canvas)
+        tiles = [canvas[y:y + self.size, x:x + self.size] for y, x in starts]
+        len_keep = visible_count(self.grid ** 2, self.ratio)
+        noise = window_noise(self.grid, len_keep)
+        fine, coarse = self._run(tiles, noise, self.ratio)  # (T, G, S, S)
+        hidden = (noise >= len_keep).astype(np.float64)  # (G, L): 1 where the pass predicted the patch
+        out_f = self._blend(canvas.shape, starts, fine, hidden, self.p, 1)
+        out_c = self._blend((canvas.shape[0] // 2, canvas.shape[1] // 2), starts, coarse, hidden, self.p // 2, 2)
+        return out_f[:H, :W], out_c[:(H + 1) // 2, :(W + 1) // 2]
+
+    def _blend(self, shape, starts, preds, hidden, p, down):
+        g = self.grid
+        weights = hidden.reshape(-1, g, 1, g, 1).repeat(p, 2).repeat(p, 4).reshape(-1, g * p, g * p)  # (G,S,S)
+        per_tile = (preds * weights[None]).sum(1) / weights.sum(0)[None]  # mean over the passes that hid it
+        return self._stitch(shape, starts, per_tile, down)
+
+    def _stitch(self, shape, starts, per_tile, down=1):
+        """Tiles placed at starts (full-resolution coordinates), blended with the window."""
+        acc, wsum = np.zeros(shape), np.zeros(shape)
+        win = self.window[::down, ::down]
+        for (y, x), t in zip(starts, per_tile):
+            y, x = y // down, x // down
+            acc[y:y + t.shape[0], x:x + t.shape[1]] += t * win
+            wsum[y:y + t.shape[0], x:x + t.shape[1]] += win
+        return acc / np.maximum(wsum, 1e-12)
+
+    def inpaint(self, img, hole):
+        """Fills hole (bool (H, W)) from all other pixels; pixels outside the hole are returned unchanged.
+
+        Per tile, patches touching the hole are always hidden; the passes of window_noise show every other
+        patch once, at the trained mask ratio, and the hole's prediction is the mean over the passes.
+        """
+        H, W = img.shape
+        if not hole.any():
+            return img.copy()
+        if self.correct is not None:
+            return self._corrected_fill(img, hole)
+        canvas, hole_c = self._pad(img), self._pad(hole.astype(np.float64)) > 0
+        shown = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
+        starts = [(y, x) for y, x in self._tiles(canvas) if hole_c[y:y + self.size, x:x + self.size].any()]
+        g, p = self.grid, self.p
+        len_keep = visible_count(g * g, self.ratio)
+        per_tile = []
+        for y, x in starts:
+            damaged = hole_c[y:y + self.size, x:x + self.size].reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
+            if damaged.all():
+                raise MiramError("the damaged region covers a whole tile: nothing to inpaint from")
+            fine, _ = self._run([shown[y:y + self.size, x:x + self.size]], window_noise(g, len_keep, damaged),
+                                self.ratio)
+            per_tile.append(fine[0].mean(0))  # mean over the passes
+        pred = self._stitch(canvas.shape, starts, per_tile)[:H, :W]
+        if self.blend:
+            pred = pred + boundary_correction(img - pred, hole)
+        return np.where(hole, pred, img)
+
+    def _corrected_fill(self, img, hole):
+        """The hole's biharmonic fill plus the inpainting model's correction, tile by tile; the model
+        returns its input outside the hole, so only tiles that touch the hole run."""
+        H, W = img.shape
+        prefilled = biharmonic_fill(img, hole)
+        canvas, weight = self._pad(prefilled), self._pad(fill_weight(hole))
+        starts = [(y, x) for y, x in self._tiles(canvas) if weight[y:y + self.size, x:x + self.size].any()]
+        tiles = np.stack([canvas[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
+        weights = np.stack([weight[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
+        corrections = []
+        for s in range(0, len(starts), self.batch):
+            out = self.correct(tiles[s:s + self.batch, None], weights[s:s + self.batch, None])
+            corrections.extend(out[:, 0] - tiles[s:s + self.batch])
+        correction = self._stitch(canvas.shape, starts, corrections)[:H, :W]
+        return np.where(hole, prefilled + correction, img)
+
+
+def boundary_correction(residual, hole):
+    """The smooth field that makes a prediction meet the known pixels at the hole's edge.
+
+    residual = image - prediction is known outside the hole; its biharmonic fill inside the hole, added to
+    the prediction, removes the step at the boundary while keeping the structure the model predicted.
+    """
+    return np.where(hole, biharmonic_fill(residual, hole), 0.0)
+
+
+# ---- one scan in its own units ------------------------------------------------------------------------
+
+def scale_of(slice_values):
+    _, (lo, hi) = normalize_intensity(slice_values.astype(np.float32))
+    return lo, hi
+
+
+def enhance_slices(restorer, slices, mode, holes=None):
+    """slices (S, H, W) in a scan's own units -> (fine slices, coarse slices) in the same units; holes
+    (S, H, W) bool for inpaint. Scaled like training's input (robust percentiles), but not clipped, so the
+    mapping back is exact."""
+    fine, coarse = [], []
+    for i, s in enumerate(slices):
+        lo, hi = scale_of(s)
+        x = (s - lo) / (hi - lo)
+        if mode == "inpaint":
+            hole = holes[i]
+            f = restorer.inpaint(x, hole)
+            c = None
+        else:
+            f, c = restorer.reconstruct(x)
+        out = f * (hi - lo) + lo
+        if mode == "inpaint":
+            out = np.where(hole, out, s)  # exactly the input's values outside the region
+        fine.append(out)
+        coarse.append(None if c is None else c * (hi - lo) + lo)
+    return np.stack(fine), (None if coarse[0] is None else np.stack(coarse))

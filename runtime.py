@@ -1,0 +1,205 @@
+"""The deployed models on numpy and ONNX Runtime alone (no torch): the sessions, what their outputs mean
+(heatmaps, classification metrics, parity with PyTorch), and the timing every benchmark uses.
+
+`classify.py --backend onnx`, `enhance.py --backend onnx` and export_deploy.py run the exported graphs
+through the classes here. A new execution provider is one entry in PROVIDERS.
+"""
+import json
+import os
+import time
+
+import numpy as np
+
+from config import MiramError
+from imaging import foreground_patches
+
+META_KEY = "miram_model_config"   # the model's settings, stored in every exported graph
+KIND_KEY = "miram_model_kind"     # which of the three graphs it is
+# ONNX Runtime execution providers by device name, tried in order; the CPU one is always last.
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# Parity thresholds, PyTorch fp32 vs ONNX Runtime fp32 on real images.
+PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3, "restored": 1e-3},
+          "min_cosine": 0.9999}
+
+
+# ---- sessions ----------------------------------------------------------------------------------------
+
+class OnnxModel:
+    kind = None  # the graph this class runs
+
+    def __init__(self, path, threads=None, device="cpu"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MiramError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        if not os.path.isfile(path):
+            raise MiramError(f"Model not found: {path} (run export_deploy.py first)")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next
+        # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [p for p in PROVIDERS[device] if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as e:
+            raise MiramError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in meta:
+            raise MiramError(f"{path}: not a MIRAM export (no {META_KEY} metadata)")
+        found = meta.get(KIND_KEY) or self._kind_from_inputs()
+        if self.kind is not None and found != self.kind:
+            raise MiramError(f"{path}: is the exported {found} model, not the {self.kind} model this needs")
+        self.model_config = json.loads(meta[META_KEY])
+        self.path = path
+        self.providers = self.session.get_providers()
+
+    def _kind_from_inputs(self):
+        # exports made before the kind was stored: their inputs say which graph they are
+        names = {i.name for i in self.session.get_inputs()}
+        return {"keep": "classifier", "noise": "mae", "prefilled": "inpaint"}.get(
+            next((n for n in ("keep", "noise", "prefilled") if n in names), None), "unknown")
+
+
+class OnnxClassifier(OnnxModel):
+    kind = "classifier"
+
+    def __init__(self, path, threads=None, foreground_threshold=None, device="cpu"):
+        """foreground_threshold overrides the exported model's (for timing all patches, say)."""
+        super().__init__(path, threads, device)
+        self.threshold = (self.model_config["foreground_threshold"] if foreground_threshold is None
+                          else foreground_threshold)
+
+    def __call__(self, images):
+        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {"last_block": (B,g,g)}."""
+        images = np.ascontiguousarray(images, np.float32)
+        keep, valid = foreground_patches(images, self.model_config["patch_size"], self.threshold)
+        prob, last = self.session.run(None, {"images": images, "keep": keep, "valid": valid})
+        return prob, {"last_block": last}
+
+
+class OnnxMAE(OnnxModel):
+    kind = "mae"
+
+    def run(self, images, noise):
+        """-> fine (B,1,S,S), coarse (B,1,S/2,S/2), mask (B,L)."""
+        return self.session.run(None, {"images": np.ascontiguousarray(images, np.float32),
+                                       "noise": np.ascontiguousarray(noise, np.float32)})
+
+    def __call__(self, images, noise, ratio=None):
+        """The Restorer's predict contract: -> fine (B,1,S,S), coarse (B,1,S/2,S/2)."""
+        if ratio is not None and abs(ratio - self.model_config["mask_ratio"]) > 1e-9:
+            raise MiramError(f"{self.path} was exported for mask ratio {self.model_config['mask_ratio']}, not {ratio}")
+        return tuple(self.run(images, noise)[:2])
+
+
+class OnnxInpainter(OnnxModel):
+    kind = "inpaint"
+
+    def __call__(self, prefilled, weight):
+        """The Restorer's correct contract: (B,1,S,S) float32 each -> restored (B,1,S,S)."""
+        return self.session.run(None, {"prefilled": np.ascontiguousarray(prefilled, np.float32),
+                                       "weight": np.ascontiguousarray(weight, np.float32)})[0]
+
+
+# ---- what the outputs mean ---------------------------------------------------------------------------
+
+def upsample_heatmaps(maps, size):
+    """(B, g, g) maps -> (B, size, size), bilinear, non-negative, each summing to 1."""
+    from skimage.transform import resize
+    out = np.stack([resize(np.asarray(m, np.float64), (size, size), order=1, mode="edge", anti_aliasing=False)
+                    for m in maps]).clip(min=0)
+    return out / np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def localization(heat, tumor):
+    """Share of heatmap mass inside the tumor and pointing-game hits, per image. heat, tumor (B, H, W)."""
+    tumor = np.asarray(tumor, bool)
+    mass = (heat * tumor).sum(axis=(1, 2))
+    peak = heat.reshape(len(heat), -1).argmax(1)
+    hit = tumor.reshape(len(tumor), -1)[np.arange(len(tumor)), peak].astype(float)
+    return mass, hit
+
+
+def binary_metrics(probs, labels, threshold):
+    """AUROC, accuracy, sensitivity, specificity, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
+    from sklearn.metrics import roc_auc_score
+    probs, labels = np.asarray(probs, float), np.asarray(labels).astype(int)
+    pred = (probs >= threshold).astype(int)
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    tn = int(((pred == 0) & (labels == 0)).sum())
+    fp = int(((pred == 1) & (labels == 0)).sum())
+    fn = int(((pred == 0) & (labels == 1)).sum())
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+    auroc = float(roc_auc_score(labels, probs)) if len(set(labels.tolist())) == 2 else float("nan")
+    return {"auroc": auroc, "accuracy": ratio(tp + tn, len(labels)), "sensitivity": ratio(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn), "threshold": threshold,
+            "confusion_matrix": [[tn, fp], [fn, tp]], "n": len(labels), "n_positive": int(labels.sum())}
+
+
+def compare(ref, got):
+    ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    cos = float(ref @ got / max(np.linalg.norm(ref) * np.linalg.norm(got), 1e-30))
+    return {"max_abs": float(np.abs(ref - got).max()), "cosine": cos}
+
+
+def check_parity(results):
+    bad = [f"{k}: max-abs {v['max_abs']:.2e} (limit {PARITY['max_abs'][k]:.0e}), cosine {v['cosine']:.6f}"
+           for k, v in results.items() if k in PARITY["max_abs"]
+           and (v["max_abs"] > PARITY["max_abs"][k] or v["cosine"] < PARITY["min_cosine"])]
+    if results.get("mask_equal") is False:
+        bad.append("mask: ONNX Runtime's mask differs from PyTorch's")
+    if bad:
+        raise MiramError("ONNX export failed parity with PyTorch: " + "; ".join(bad))
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+def percentiles(times, batch):
+    t = np.asarray(times) * 1e3
+    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "images_per_s": float(batch / np.median(t) * 1e3)}
+
+
+def bench_group(runners, batch, iters, warmup, block=5):
+    """Times each runner on the same inputs, in turns of `block` back-to-back calls so machine drift hits
+    all alike. Each turn starts with one untimed call: PyTorch's OpenMP workers busy-wait a while after
+    its calls, and a call right after them shared the cores (measured: ORT fp32 right after PyTorch
+    ~1-2 ms slower of ~15). Timed calls are then steady back-to-back calls of one backend, as served."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times = {k: [] for k in runners}
+    while len(next(iter(times.values()))) < iters:
+        for k, run in runners.items():
+            run()  # settle: untimed
+            for _ in range(min(block, iters - len(times[k]))):
+                t0 = time.perf_counter()
+                run()
+                times[k].append(time.perf_counter() - t0)
+    return {k: percentiles(v, batch) for k, v in times.items()}
+
+
+def benchmark_batches(images, batch, grid, count):
+    """count inputs of `batch` real slices, taken in turn through images (wrapping), with masking noise:
+    every backend sees the same sequence, so images with more foreground weigh the same for all."""
+    rng = np.random.default_rng(0)
+    order = np.arange(count * batch) % len(images)
+    return [(np.ascontiguousarray(images[order[i * batch:(i + 1) * batch]], np.float32),
+             rng.random((batch, grid * grid), dtype=np.float32)) for i in range(count)]
+
+
+def cycle(fn, items):
+    """A runner for bench_group: each call takes the next item of the shared sequence."""
+    state = {"i": 0}
+
+    def run():
+        item = items[state["i"] % len(items)]
+        state["i"] += 1
+        fn(*item)
+    return run
