@@ -1,5 +1,5 @@
 # `make demo`: install, then run the whole pipeline on the embedded demo data.
-# `make test`: install, then run the test suite (what CI runs).
+# `make test`: install, then run the test suite (what CI runs). `make test-fast`: without the slow tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a validation slice (a subject training never sees), with a synthetic tumor
 DEMO_SLICE := data/demo/Brain_MRI/HR/mni_axial_slab04_087.tif
 
-.PHONY: demo test compare bench
+.PHONY: demo test test-fast compare bench results
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# the edit-test loop: everything but the slow end-to-end runs
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# docs/RESULTS.md from the JSON artifacts in outputs/ (after `make demo`, `make compare`)
+results: $(STAMP)
+	$(PY) bench/report.py --outputs outputs --to docs/RESULTS.md
+
 # the README's classification table: fine-tuned (from `make demo`) vs linear probe vs from scratch
 compare: $(STAMP)
 	export MIRAM_PRESET=demo && \
@@ -37,7 +45,7 @@ compare: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
 	$(PY) bench/train_throughput.py
-	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py
+	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py --json outputs/inpaint_quality.json
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
-from config import load_config  # noqa: E402
+from config import load_config, run_info  # noqa: E402
 from dataset import load_split  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
@@ -88,8 +88,8 @@ def main(argv=None):
           + ", ".join(f"{m} {overall[m]:.2f} dB / {overall_ssim[m]:.3f}" for m in methods))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"n_images": len(images), "scores": scores, "mean_psnr": overall, "mean_ssim": overall_ssim},
-                      f, indent=1)
+            json.dump({"n_images": len(images), "scores": scores, "mean_psnr": overall, "mean_ssim": overall_ssim,
+                       "run": run_info()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ always the one a run measured, with the command and CPU beside it.
 
     python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
 
-Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json and
-deploy_benchmark.json (whichever exist) and prints what it could not find.
+Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json,
+inpaint_quality.json (bench/inpaint_quality.py --json) and deploy_benchmark.json (whichever exist) and
+prints what it could not find.
 """
 import argparse
 import glob
@@ -81,6 +82,15 @@ def classification_section(results):
     return lines + [""]
 
 
+def inpainting_section(q):
+    lines = ["## Inpainting synthetic damage (`bench/inpaint_quality.py`)", "", f"- {provenance(q.get('run'))}",
+             f"- {q['n_images']} validation slices; PSNR pooled over the images and SSIM inside the damaged region", ""]
+    methods = list(q["mean_psnr"])
+    rows = [[case] + [f"{v[m]['psnr']:.2f} / {v[m]['ssim']:.3f}" for m in methods] for case, v in q["scores"].items()]
+    rows.append(["**mean**"] + [f"**{q['mean_psnr'][m]:.2f} / {q['mean_ssim'][m]:.3f}**" for m in methods])
+    return lines + table(["damage"] + methods, rows) + [""]
+
+
 def deployment_section(d):
     lines = ["## Deployment (`export_deploy.py`)", "", f"- {provenance(d.get('run'))}, {d['threads']} threads", ""]
     for kind, p in d["parity"].items():
@@ -125,6 +135,9 @@ def main(argv=None):
         lines += classification_section(results)
     else:
         missing.append(path("classification_metrics"))
+    quality = os.path.join(args.outputs, "inpaint_quality.json")
+    if os.path.isfile(quality):
+        lines += inpainting_section(load_json(quality))
     if os.path.isfile(path("deploy_benchmark")):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:

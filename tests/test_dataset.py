@@ -1,13 +1,13 @@
 import os
 
-import restoration
-import imaging
 import numpy as np
 import pytest
 import tifffile
 import torch
 
 import dataset
+import imaging
+import restoration
 from dataset import DataError
 
 
@@ -99,6 +99,7 @@ def test_augment_is_seeded_and_in_range():
     assert not torch.equal(a, dataset.augment(x, torch.Generator().manual_seed(4)))
 
 
+@pytest.mark.slow
 def test_demo_builder_from_the_nilearn_template(tmp_path):
     dest = str(tmp_path / "demo" / "Brain_MRI")
     n = dataset.build_demo_data(dest, step=12, slab=2, gap=1)

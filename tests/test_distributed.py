@@ -5,11 +5,14 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.slow
 
 
 def run(args):

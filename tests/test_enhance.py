@@ -1,6 +1,4 @@
 import io
-import restoration
-import imaging
 import os
 import shutil
 
@@ -13,6 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import enhance
+import imaging
+import restoration
 import train
 from config import MiramError, run_cli
 from conftest import tiny_args

@@ -1,5 +1,4 @@
 import json
-import restoration
 import math
 import os
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 import evaluate
+import restoration
 import train
 from config import run_cli
 from conftest import tiny_args
@@ -51,6 +51,7 @@ def test_classical_fills_keep_known_pixels_and_fill_the_hole(method):
     assert err < (0.2 if method == "nearest" else 1e-6 if method == "linear" else 1e-3)
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "o")
     train.main(tiny_args(tiny_data, out))

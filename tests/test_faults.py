@@ -1,6 +1,4 @@
 """Nothing lost, nothing let in: kills, full disks, corrupted and hostile files."""
-import imaging
-import checkpoint
 import errno
 import os
 import signal
@@ -15,12 +13,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import checkpoint
 import classify
 import dataset
+import imaging
 import models
 import train
 from config import run_cli
 from conftest import tiny_args, train_tiny_pipeline
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +36,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path):
     cmd = [sys.executable, "train.py", *tiny_args(tiny_data, "OUT", "--n-epochs", "25")]
     ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
@@ -177,6 +179,7 @@ def bad_files(folder):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "zero-byte", "not an image", "NaN", "stack"])
+@pytest.mark.slow
 def test_every_script_gives_one_line_for_a_bad_file(trained, tmp_path, kind, capsys):
     import evaluate
     data, out = trained
@@ -203,6 +206,7 @@ def test_every_script_gives_one_line_for_a_bad_file(trained, tmp_path, kind, cap
     assert not os.path.exists(tmp_path / "r.tif")  # nothing half-written
 
 
+@pytest.mark.slow
 def test_scripts_refuse_to_validate_on_subjects_the_checkpoint_trained_on(trained, capsys):
     import evaluate
     import export_deploy

@@ -1,14 +1,14 @@
-
-import hardware
-import checkpoint
 import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import hardware
 import models
 from config import MiramError, ModelConfig
 from losses import masked_mse
 from models import MIRAM, patchify, unpatchify
+
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
 
