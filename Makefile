@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a validation slice (a subject training never sees), with a synthetic tumor
 DEMO_SLICE := data/demo/Brain_MRI/HR/mni_axial_slab04_087.tif
 
-.PHONY: demo test test-fast compare bench results
+.PHONY: demo test test-fast compare bench results gpu-check
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,8 @@ bench: $(STAMP)
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py
+
+# on a machine with a CUDA GPU: the GPU path in five minutes, one table (bench/gpu_check.py)
+gpu-check: $(STAMP)
+	-$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	mkdir -p outputs && $(PY) bench/gpu_check.py --json outputs/gpu_check.json

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from config import MiramError, run_info
 from dataset import batches, refuse_other_split
-from hardware import autocast, pick_device
+from hardware import amp_dtype, autocast, pick_device
 
 
 # ---- seeds, schedule, optimizer ----------------------------------------------------------------------
@@ -234,7 +234,7 @@ def improved(value, best, maximize):
 
 # ---- the loop ----------------------------------------------------------------------------------------
 
-def train_one_epoch(task, model, net, optimizer, cfg, dist, device, epoch, schedule):
+def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule):
     task.train_mode(model)
     gen = epoch_generator(cfg.SEED + task.seed_offset, epoch)
     torch.manual_seed(epoch_seed(cfg.SEED, epoch))  # dropout and anything else on the global RNG replays
@@ -257,12 +257,13 @@ def train_one_epoch(task, model, net, optimizer, cfg, dist, device, epoch, sched
             if not torch.isfinite(loss):
                 raise MiramError(f"non-finite loss ({loss.item()}) at {task.name} epoch {epoch + 1}, batch {i + 1}: "
                                  f"lower {task.lr_setting} or turn AMP off; the last good checkpoint is kept")
-            (loss / cfg.ACCUM_STEPS).backward()
+            scaler.scale(loss / cfg.ACCUM_STEPS).backward()
         if last_micro:
             lr = lr_at(step, schedule["total"], schedule["warmup"], schedule["base_lr"], task.min_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
         n = len(gidx[mine])
@@ -298,6 +299,9 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     schedule = {"steps_per_epoch": steps_per_epoch, "total": task.epochs * steps_per_epoch,
                 "warmup": task.warmup_epochs * steps_per_epoch, "base_lr": base_lr}
     optimizer = make_optimizer(param_groups(model, task.weight_decay, task.lr_scale), base_lr, task.betas)
+    # fp16 autocast (GPUs without bf16) needs its gradients scaled against underflow; elsewhere a no-op
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.AMP and device.type == "cuda"
+                                  and amp_dtype(device) == torch.float16)
     start, best, history = 0, (-math.inf if task.maximize else math.inf), []
     if resume and os.path.isfile(task.checkpoint):
         state = load_checkpoint(task.checkpoint, kind=task.kind, expected=model.cfg, map_location=device)
@@ -324,7 +328,7 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     for epoch in range(start, end):
         t0 = time.time()
         try:
-            train_stats, step = train_one_epoch(task, model, net, optimizer, cfg, dist, device, epoch, schedule)
+            train_stats, step = train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule)
         except torch.cuda.OutOfMemoryError:
             raise MiramError("CUDA out of memory: reduce BATCH_SIZE (e.g. --batch-size 8) and raise "
                              "ACCUM_STEPS to keep the effective batch") from None

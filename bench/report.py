@@ -4,13 +4,14 @@ always the one a run measured, with the command and CPU beside it.
     python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
 
 Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json,
-inpaint_quality.json (bench/inpaint_quality.py --json) and deploy_benchmark.json (whichever exist) and
+inpaint_quality.json (bench/inpaint_quality.py --json), deploy_benchmark.json and gpu_check.json (whichever exist) and
 prints what it could not find.
 """
 import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,6 +92,12 @@ def inpainting_section(q):
     return lines + table(["damage"] + methods, rows) + [""]
 
 
+def gpu_section(g):
+    lines = ["## The GPU path (`make gpu-check`)", "", f"- {g['count']} x {g['gpu']}, training in {g['dtype']}, "
+             f"{g['seconds']:.0f} s", ""]
+    return lines + table(["check", "status", "figures"], [[r["check"], r["status"], r["figures"]] for r in g["rows"]]) + [""]
+
+
 def deployment_section(d):
     lines = ["## Deployment (`export_deploy.py`)", "", f"- {provenance(d.get('run'))}, {d['threads']} threads", ""]
     for kind, p in d["parity"].items():
@@ -106,6 +113,21 @@ def deployment_section(d):
     for backend, why in d.get("skipped", {}).items():
         lines.append(f"\n{backend} not timed: {why}")
     return lines + [""]
+
+
+# figures a run drew, copied beside RESULTS.md so the page shows the run it reports
+FIGURES = (("loss_curve", "Pre-training loss"), ("eval_sample", "Reconstructions of validation slices"))
+
+
+def figures(outputs, docs):
+    lines = []
+    viz = sorted(glob.glob(os.path.join(outputs, "tumor_viz_tp_0*.png")))[:1]
+    found = [(os.path.join(outputs, ARTIFACTS[n]), t) for n, t in FIGURES] + [(v, "A true positive's heatmaps") for v in viz]
+    for src, title in found:
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(docs, os.path.basename(src)))
+            lines += [f"**{title}**", "", f"![{title}]({os.path.basename(src)})", ""]
+    return (["## Figures", ""] + lines) if lines else []
 
 
 def main(argv=None):
@@ -142,7 +164,12 @@ def main(argv=None):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:
         missing.append(path("deploy_benchmark"))
-    os.makedirs(os.path.dirname(os.path.abspath(args.to)), exist_ok=True)
+    gpu = os.path.join(args.outputs, "gpu_check.json")
+    lines += gpu_section(load_json(gpu)) if os.path.isfile(gpu) else [
+        "## The GPU path (`make gpu-check`)", "", "Not measured yet: no run of `make gpu-check` on a GPU machine.", ""]
+    docs = os.path.dirname(os.path.abspath(args.to))
+    os.makedirs(docs, exist_ok=True)
+    lines += figures(args.outputs, docs)
     with open(args.to, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.to}" + (f"; not found: {', '.join(missing)}" if missing else ""))

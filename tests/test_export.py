@@ -141,3 +141,22 @@ def test_int8_weights_fit_seven_bits(tmp_path):
     # |w| <= 64: a pair of u8 x s8 products sums to at most 2 * 255 * 64 = 32640, inside int16
     assert len(weights) >= 8 and all(abs(w.astype(int)).max() <= 64 for w in weights)
     assert any(abs(w.astype(int)).max() == 64 for w in weights)  # and the range is used
+
+
+def test_results_page_is_written_from_the_run_artifacts(exported, tmp_path):
+    import evaluate
+    from config import cpu_name
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import report
+    data, out, _ = exported
+    evaluate.main(tiny_args(data, out, "--n-samples", "1"))
+    page = str(tmp_path / "docs" / "RESULTS.md")
+    report.main(["--outputs", out, "--to", page])
+    text = open(page).read()
+    clf = json.load(open(os.path.join(out, "classification_metrics.json")))
+    ev = json.load(open(os.path.join(out, "eval_metrics.json")))
+    assert f"| finetune | {clf['auroc']:.3f} |" in text
+    assert f"**{ev['margin_db']['masked_psnr']:+.2f} dB**" in text
+    assert text.count(cpu_name()) >= 4  # pre-training, inpainting, evaluation, classification, deployment name it
+    assert "Not measured yet" in text  # no GPU check ran here
+    assert os.path.isfile(tmp_path / "docs" / "loss_curve.png") and "![Pre-training loss](loss_curve.png)" in text
