@@ -1,8 +1,13 @@
 """Self-describing checkpoints: written atomically, loaded with weights_only=True, checked against the
 configuration asked for, and rebuilt into their model from the settings they carry."""
+import datetime
+import json
 import os
 import pickle
+import socket
+import sys
 import tempfile
+from contextlib import contextmanager
 
 import torch
 
@@ -11,6 +16,7 @@ from models import MIRAM, InpaintingMIRAM, TumorClassifier
 
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}
 TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
 UNUSED_SETTINGS = {"mae": {"foreground_threshold"}, "inpaint": {"foreground_threshold"}}
@@ -41,11 +47,75 @@ def atomic_torch_save(obj, path):
         raise
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(folder, enabled=True, say=print):
+    """One writer per output folder: a lock file naming the holder (pid, host, command, start), created
+    atomically (written aside, then hard-linked into place). A second run is refused in one line; the lock
+    of a process that is no longer running (same host) is taken over, and that is said."""
+    if not enabled:
+        yield
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise MiramError(f"{folder}: cannot create the output directory ({e.strerror})") from None
+    path = os.path.join(folder, LOCK_NAME)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+          "since": datetime.datetime.now().isoformat(timespec="seconds")}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".lock", dir=folder)
+    except OSError as e:
+        raise MiramError(f"{folder}: output directory is not writable ({e.strerror})") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        while True:
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                try:
+                    with open(path) as f:
+                        holder = json.load(f)
+                except (OSError, ValueError):
+                    holder = {}
+                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                    say(f"note: {folder}: taking over the lock of pid {holder['pid']} ({holder.get('command', '?')}), "
+                        "which is no longer running")
+                    os.remove(path)
+                    continue
+                raise MiramError(
+                    f"{folder}: in use by another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                    f"since {holder.get('since', '?')}: {holder.get('command', '?')}); wait for it to finish or use "
+                    f"another OUTPUT_PATH (if that run is gone, delete {path})") from None
+    finally:
+        os.remove(tmp)
+    try:
+        yield
+    finally:
+        try:
+            with open(path) as f:
+                if json.load(f).get("pid") == me["pid"]:
+                    os.remove(path)
+        except (OSError, ValueError):
+            pass
+
+
 def remove_stale_temporaries(folder):
     """Deletes temporary files a killed process left behind (they are never read as checkpoints)."""
     if not os.path.isdir(folder):
         return 0
-    stale = [f for f in os.listdir(folder) if f.startswith(TMP_PREFIX)]
+    stale = [f for f in os.listdir(folder) if f.startswith(TMP_PREFIX) and not f.endswith(".lock")]
     for f in stale:
         os.remove(os.path.join(folder, f))
     return len(stale)
@@ -76,6 +146,11 @@ def load_checkpoint(path, kind=None, expected: ModelConfig = None, map_location=
     a checkpoint of another kind, and (when `expected` is given) one from another configuration."""
     if not os.path.isfile(path):
         raise MiramError(f"Model not found: {path} (run train.py first)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise MiramError(f"{path}: not a PyTorch checkpoint (no zip or pickle header"
+                         + ("; an ONNX model belongs to --backend onnx)" if path.lower().endswith(".onnx") else ")"))
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -96,20 +171,38 @@ def load_checkpoint(path, kind=None, expected: ModelConfig = None, map_location=
     return state
 
 
-def model_config_from(state) -> ModelConfig:
+def model_config_from(state, path="checkpoint") -> ModelConfig:
+    """The stored model settings, checked (bounded) as any setting is."""
     try:
         return ModelConfig(**state["model_config"])
-    except TypeError as e:
-        raise MiramError(f"checkpoint model_config is not understood: {e}") from None
+    except (TypeError, MiramError) as e:
+        raise MiramError(f"{path}: its stored model settings are refused ({e})") from None
+
+
+def check_weights_fit(state, kind, cfg, path):
+    """The stored tensors against the shapes the stored settings imply, on the meta device: nothing is
+    allocated for a model whose settings and weights disagree."""
+    with torch.device("meta"):
+        skeleton = MODEL_KINDS[kind](cfg).state_dict()
+    weights = state["model"]
+    for name, t in skeleton.items():
+        if name not in weights:
+            raise MiramError(f"{path}: its weights lack {name}, which its stored model settings need")
+        got = getattr(weights[name], "shape", None)
+        if got != t.shape:
+            raise MiramError(f"{path}: its weights do not match its stored model settings ({name}: "
+                             f"{tuple(got) if got is not None else type(weights[name]).__name__} stored, "
+                             f"{tuple(t.shape)} expected)")
+    extra = sorted(set(weights) - set(skeleton))
+    if extra:
+        raise MiramError(f"{path}: its weights hold {len(extra)} tensor(s) its model does not have (e.g. {extra[0]})")
 
 
 def build_from_checkpoint(path, kind="mae", map_location="cpu"):
     """Rebuilds the model a checkpoint describes and loads its weights (strict: every key must match)."""
     state = load_checkpoint(path, kind=kind, map_location=map_location)
-    model = MODEL_KINDS[kind](model_config_from(state))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise MiramError(f"{path}: its weights do not match its stored model settings "
-                         f"({str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    cfg = model_config_from(state, path)
+    check_weights_fit(state, kind, cfg, path)
+    model = MODEL_KINDS[kind](cfg)
+    model.load_state_dict(state["model"])
     return model, state

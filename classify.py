@@ -14,12 +14,13 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 import matplotlib
 import numpy as np
 
-from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
-from imaging import model_input, read_slice
+from config import INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info
+from imaging import model_input, read_slice, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, upsample_heatmaps
 
 matplotlib.use("Agg")
@@ -204,7 +205,9 @@ def report(model, val_set, cfg, device, variant, n_viz):
 
 def predict_one(args, cfg):
     """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export."""
-    raw = read_slice(args.predict)
+    raw = read_slice(args.predict, cfg.MAX_PIXELS)
+    if float(raw.max()) == float(raw.min()):  # nothing to see: any probability would be noise
+        raise MiramError(f"{args.predict}: constant image (every pixel {raw.flat[0]:g}): nothing to classify")
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         cfg.IMG_SIZE = runner.model_config["img_size"]
@@ -225,26 +228,40 @@ def predict_one(args, cfg):
         x = model_input(raw, cfg.IMG_SIZE)
         prob, heats = predict_all(model.to(device), torch.from_numpy(x), device, False, with_attention=True)
     prob = float(prob[0])
-    stem = os.path.splitext(os.path.basename(args.predict))[0]
-    os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
-    out = os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{stem}.png")
-    save_heatmap_figure(out, x[0, 0], {k: v[0] for k, v in heats.items()}, prob, None, os.path.basename(args.predict))
+    out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(args.predict)[0]}.png"))
+    try:
+        os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
+        save_heatmap_figure(out, x[0, 0], {k: v[0] for k, v in heats.items()}, prob, None, os.path.basename(args.predict))
+    except OSError as e:
+        raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD}, {args.backend})"
           f"\nheatmap: {out}")
     return {"probability": prob, "heatmap": out, "heatmaps": heats}
 
 
+def free_name(path):
+    """path, or path with _2, _3, ... before the extension: an earlier prediction's figure is kept."""
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{stem}_{n}{ext}"
+    return path
+
+
 def build_model(args, cfg, variant):
     """-> (classifier, where its encoder comes from, the checkpoints it starts from)."""
-    from checkpoint import load_checkpoint, model_config_from
+    from checkpoint import check_weights_fit, load_checkpoint, model_config_from
     from models import TumorClassifier
     if variant == "from_scratch":
         return TumorClassifier(cfg.model_config()), "random initialisation", []
     mae_path = args.checkpoint or cfg.artifact("mae")
     state = load_checkpoint(mae_path, kind="mae")
+    mae_cfg = model_config_from(state, mae_path)
+    check_weights_fit(state, "mae", mae_cfg, mae_path)
     # the encoder's architecture from the checkpoint; which patches it reads is this run's setting
-    model = TumorClassifier(dataclasses.replace(model_config_from(state), foreground_threshold=cfg.FOREGROUND_THRESHOLD))
+    model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD))
     encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
     return model, f"{mae_path} (epoch {state.get('epoch')})", [(mae_path, state)]
@@ -307,10 +324,11 @@ def main(argv=None):
     cfg = load_config(args)
     if args.predict:
         return predict_one(args, cfg)
+    from checkpoint import output_lock
     from engine import Distributed
-    with Distributed(cfg.DEVICE) as dist:
+    with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
         return finetune(args, cfg, dist)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: nothing was written" if "--predict" in sys.argv else INTERRUPTED_TRAINING)

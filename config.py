@@ -61,6 +61,10 @@ LAMBDA_COARSE = 0.5
 # empty background carries no evidence, and a brain slice is often half background. Negative: every patch.
 FOREGROUND_THRESHOLD = 0.01
 
+# Files that would decode to more values than this are refused from their header (a compressed 1 MB file
+# can hold a 30000 x 30000 image). 2**26 = 67 million: a 512 x 512 x 256 volume, an 8192 x 8192 slice.
+MAX_PIXELS = 2 ** 26
+
 # Pre-training.
 N_EPOCHS = 200
 BATCH_SIZE = 16
@@ -121,9 +125,16 @@ def _check_model(m):
     def need(ok, name, why):
         if not ok:
             raise ConfigError(f"bad setting {name}: {why}")
-    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                 "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-        need(getattr(m, name) > 0, name.upper(), f"must be a positive integer, got {getattr(m, name)}")
+    # Upper bounds too: a checkpoint's stored settings decide what is allocated before its weights are read.
+    for name, top in (("img_size", 2048), ("patch_size", 256), ("in_chans", 16), ("embed_dim", 4096), ("depth", 64),
+                      ("num_heads", 64), ("decoder_embed_dim", 4096), ("decoder_depth", 64), ("decoder_num_heads", 64)):
+        value = getattr(m, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= top, name.upper(),
+             f"must be an integer in 1..{top}, got {value!r}")
+    for name in ("mlp_ratio", "mask_ratio", "lambda_fine", "lambda_coarse", "foreground_threshold"):
+        value = getattr(m, name)
+        need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name.upper(),
+             f"must be a finite number, got {value!r}")
     need(m.patch_size % 2 == 0, "PATCH_SIZE", f"must be even (the coarse head uses PATCH_SIZE/2), got {m.patch_size}")
     need(m.img_size % m.patch_size == 0, "IMG_SIZE",
          f"{m.img_size} is not a multiple of PATCH_SIZE {m.patch_size}")
@@ -132,12 +143,14 @@ def _check_model(m):
          f"{m.decoder_embed_dim} is not divisible by DECODER_NUM_HEADS {m.decoder_num_heads}")
     need(m.embed_dim % 4 == 0 and m.decoder_embed_dim % 4 == 0, "EMBED_DIM",
          "embedding sizes must be multiples of 4 (2-D sin-cos position embedding)")
-    need(0.0 <= m.mask_ratio < 1.0, "MASK_RATIO", f"must be in [0, 1), got {m.mask_ratio}")
+    need(0.0 < m.mask_ratio < 1.0, "MASK_RATIO", f"must be in (0, 1): a share of the patches to hide, got {m.mask_ratio}")
     need(visible_count((m.img_size // m.patch_size) ** 2, m.mask_ratio) >= 1, "MASK_RATIO",
          f"{m.mask_ratio} leaves no visible patch")
     need(m.foreground_threshold < 1.0, "FOREGROUND_THRESHOLD",
          f"{m.foreground_threshold} would drop every patch of a [0, 1]-scaled slice")
-    need(m.mlp_ratio > 0, "MLP_RATIO", f"must be positive, got {m.mlp_ratio}")
+    need(0 < m.mlp_ratio <= 16, "MLP_RATIO", f"must be in (0, 16], got {m.mlp_ratio}")
+    need((m.img_size // m.patch_size) ** 2 <= 4096, "IMG_SIZE",
+         f"{m.img_size} with PATCH_SIZE {m.patch_size} makes {(m.img_size // m.patch_size) ** 2} patches (at most 4096)")
     need(m.lambda_fine >= 0 and m.lambda_coarse >= 0 and m.lambda_fine + m.lambda_coarse > 0,
          "LAMBDA_FINE", "loss weights must be non-negative and not both zero")
 
@@ -183,6 +196,7 @@ class Config:
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
     SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis
+    MAX_PIXELS: int = MAX_PIXELS  # values a file may decode to; checked from its header first
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
     # tumor classification (fine-tuning the pre-trained encoder)
     CLS_EPOCHS: int = 30
@@ -226,7 +240,7 @@ class Config:
     def validate(self):
         self.model_config()  # architecture checks
         for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY", "INPAINT_EPOCHS",
-                     "INPAINT_COPIES"):
+                     "INPAINT_COPIES", "MAX_PIXELS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
         for f in fields(self):
@@ -372,9 +386,12 @@ def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 
 
-def run_cli(main, argv=None):
-    """Runs a script's main; a MiramError becomes one line on stderr and exit status 1, and warnings
-    (skipped files) are one line each."""
+INTERRUPTED_TRAINING = "interrupted: the last complete checkpoint is kept; run the same command again to resume"
+
+
+def run_cli(main, argv=None, interrupted=INTERRUPTED_TRAINING):
+    """Runs a script's main; a MiramError becomes one line on stderr and exit status 1, Ctrl-C the line
+    `interrupted` and exit status 130, and warnings (skipped files) are one line each."""
     import warnings
     warnings.formatwarning = _one_line_warning
     try:
@@ -383,6 +400,5 @@ def run_cli(main, argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: the last complete checkpoint is kept; run the same command again to resume",
-              file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from config import MAX_PIXELS
 from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, normalize_intensity, read_slice,
                      read_volume, split_ext, stored_dtype, to_grayscale, volume_shape)
 
@@ -148,22 +149,22 @@ class _VolumeCache:
     """Keeps the last two volumes read (an image and its mask), so the slices of a volume decode each file
     once."""
 
-    def __init__(self):
-        self.volumes = {}
+    def __init__(self, max_pixels=MAX_PIXELS):
+        self.volumes, self.max_pixels = {}, max_pixels
 
     def slice(self, path, index, axis):
         if path not in self.volumes:
             if len(self.volumes) >= 2:
                 self.volumes.pop(next(iter(self.volumes)))  # the oldest
-            self.volumes[path] = read_volume(path)
+            self.volumes[path] = read_volume(path, self.max_pixels)
         return to_grayscale(np.take(self.volumes[path], index, axis=axis), f"{path}[{index}]")
 
 
 def read_source(src: Source, cache: _VolumeCache):
     """-> (image (H, W) float32, mask (H, W) or None); DataError naming the file when it cannot."""
     if src.index is None:
-        img = read_slice(src.image)
-        mask = read_slice(src.mask) if src.mask else None
+        img = read_slice(src.image, cache.max_pixels)
+        mask = read_slice(src.mask, cache.max_pixels) if src.mask else None
     else:
         img = cache.slice(src.image, src.index, src.axis)
         mask = cache.slice(src.mask, src.index, src.axis) if src.mask else None
@@ -213,13 +214,14 @@ class SliceSet:
                         [self.names[i] for i in idx], [self.subjects[i] for i in idx])
 
 
-def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2) -> SliceSet:
+def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2,
+                max_pixels: int = MAX_PIXELS) -> SliceSet:
     """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each."""
     import torch
     layout, sources = discover(root, subject_pattern, slice_axis)
     images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
     skipped = empty = 0
-    cache = _VolumeCache()
+    cache = _VolumeCache(max_pixels)
     iterator = sources
     if not quiet:
         from tqdm import tqdm
@@ -278,7 +280,7 @@ def load_split(cfg, quiet=False, trained_on=()):
     (path, checkpoint state) pairs the caller builds on; a validation subject any of them was trained on is
     refused (another SPLIT_SEED, VAL_FRACTION, SUBJECT_PATTERN or data set would leak it into validation)."""
     root = resolve_data_path(cfg, quiet)
-    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS)
+    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS)
     train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED)
     if not val_idx:
         # One subject only: hold out its last slices rather than validate on training images.

@@ -28,7 +28,7 @@ import sys
 
 from tqdm import tqdm
 
-from config import MiramError, add_config_args, describe, load_config, run_cli
+from config import MAX_PIXELS, MiramError, add_config_args, describe, load_config, run_cli
 from imaging import EXTENSIONS, is_image, kind_of, read_scan, split_ext, write_scan
 from restoration import Restorer, enhance_slices
 from runtime import OnnxInpainter, OnnxMAE
@@ -74,21 +74,37 @@ def coarse_path(path):
 
 
 def check_writable(inp, out, overwrite):
+    """Everything that would stop the output being written, checked before any compute is spent."""
     if os.path.abspath(out) == os.path.abspath(inp) and not overwrite:
         raise MiramError(f"{out}: is the input itself; choose another --output (or --overwrite)")
+    if os.path.isdir(out):
+        raise MiramError(f"{out}: is a folder; --output names a file for a single --input")
     if os.path.exists(out) and not overwrite:
         raise MiramError(f"{out}: already exists; choose another --output or pass --overwrite")
     if kind_of(out) != kind_of(inp):
         raise MiramError(f"{out}: the output keeps the input's format ({kind_of(inp)}); use its extension")
+    check_folder_writable(os.path.dirname(os.path.abspath(out)))
 
 
-def process_file(restorer, inp, out, mode, mask_path, scale, overwrite):
-    scan = read_scan(inp)
+def check_folder_writable(folder):
+    """A folder that exists and is writable, or could be created: its nearest existing ancestor is a
+    writable folder."""
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise MiramError(f"{folder}: cannot be created, {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MiramError(f"{folder}: cannot write there ({probe} is not writable)")
+
+
+def process_file(restorer, inp, out, mode, mask_path, scale, overwrite, max_pixels=MAX_PIXELS):
+    scan = read_scan(inp, max_pixels)
     mask_scan = None
     if mode == "inpaint":
         if not mask_path:
             raise MiramError("--mode inpaint needs --mask (an image, non-zero = region to fill)")
-        mask_scan = read_scan(mask_path)
+        mask_scan = read_scan(mask_path, max_pixels)
         if mask_scan.slices.shape != scan.slices.shape:
             raise MiramError(f"{mask_path}: mask is {mask_scan.slices.shape} but {inp} is {scan.slices.shape}")
     outs = [out] + ([coarse_path(out)] if scale == "coarse" and mode == "reconstruct" else [])
@@ -156,20 +172,29 @@ def run_inputs(restorer, args, cfg):
         out_dir = args.output or os.path.join(cfg.OUTPUT_PATH, "enhanced")
         if os.path.abspath(out_dir) == os.path.abspath(inp) and not args.overwrite:
             raise MiramError(f"{out_dir}: is the input folder; choose another --output")
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise MiramError(f"{out_dir}: is a file; a folder --input needs a folder --output")
+        check_folder_writable(out_dir)
+        outputs = {f: default_output(f, out_dir, "") for f in files}
+        # a rerun continues an interrupted one: what is written is done (--overwrite redoes it)
+        done = [f for f in files if os.path.exists(outputs[f]) and not args.overwrite]
+        todo = [f for f in files if f not in done]
+        if done:
+            print(f"{len(done)} of {len(files)} scans already restored in {out_dir}: skipped (--overwrite redoes them)")
         written, failed = [], 0
-        for f in tqdm(files, desc="enhancing", unit="scan", file=sys.stdout, disable=not sys.stdout.isatty()):
+        for f in tqdm(todo, desc="enhancing", unit="scan", file=sys.stdout, disable=not sys.stdout.isatty()):
             try:
-                written += process_file(restorer, f, default_output(f, out_dir, ""), args.mode, None, args.scale,
-                                        args.overwrite)
+                written += process_file(restorer, f, outputs[f], args.mode, None, args.scale, args.overwrite,
+                                        cfg.MAX_PIXELS)
             except MiramError as e:
                 print(f"skipped: {e}", file=sys.stderr)
                 failed += 1
-        print(f"{len(files) - failed} of {len(files)} scans restored into {out_dir}")
+        print(f"{len(todo) - failed} of {len(todo)} scans restored into {out_dir}")
         if failed:
-            raise MiramError(f"{failed} of {len(files)} scans in {inp} could not be restored (see above)")
+            raise MiramError(f"{failed} of {len(todo)} scans in {inp} could not be restored (see above)")
         return written
     out = args.output or default_output(inp, cfg.OUTPUT_PATH)
-    written = process_file(restorer, inp, out, args.mode, args.mask, args.scale, args.overwrite)
+    written = process_file(restorer, inp, out, args.mode, args.mask, args.scale, args.overwrite, cfg.MAX_PIXELS)
     print(f"{args.mode}: {inp} -> " + ", ".join(written))
     return written
 
@@ -177,18 +202,21 @@ def run_inputs(restorer, args, cfg):
 def interactive(restorer, args, cfg, stdin=None):
     stdin = stdin or sys.stdin
     print("MIRAM enhance: type the path of a scan (or a folder) to restore; empty line or 'q' quits.")
-    written = []
+    written, failed = [], 0
     while True:
         print("scan> ", end="", flush=True)
         line = stdin.readline()
         if not line or line.strip().lower() in ("", "q", "quit", "exit"):
             print("bye")
+            if failed and not written:
+                raise MiramError(f"none of the {failed} scans asked for could be restored (see above)")
             return written
         args.input, args.output = line.strip().strip("'\""), None
         try:
             written += run_inputs(restorer, args, cfg)
         except MiramError as e:
             print(f"error: {e}")
+            failed += 1
 
 
 def main(argv=None, stdin=None):
@@ -203,4 +231,5 @@ def main(argv=None, stdin=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: every scan finished so far is written; run the same command again "
+                              "to continue (finished scans are skipped)")

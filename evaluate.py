@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import build_from_checkpoint
+from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
 from dataset import load_slices, load_split, resolve_data_path
 from hardware import pick_device
@@ -185,6 +185,11 @@ def save_sweep(sweep, path):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
+    with output_lock(cfg.OUTPUT_PATH):
+        return run(args, cfg)
+
+
+def run(args, cfg):
     baselines = tuple(b for b in args.baselines.split(",") if b)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
@@ -197,7 +202,8 @@ def main(argv=None):
     cfg.IMG_SIZE = mcfg.img_size
     print(describe(cfg))
     if args.data:
-        data = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN, slice_axis=cfg.SLICE_AXIS)
+        data = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN, slice_axis=cfg.SLICE_AXIS,
+                           max_pixels=cfg.MAX_PIXELS)
         source = f"all images in {args.data}"
     else:
         _, data = load_split(cfg, trained_on=[(ckpt, state)])
@@ -246,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: nothing of this evaluation was written")

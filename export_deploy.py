@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 import torch
 
-from checkpoint import build_from_checkpoint
+from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
 from dataset import load_split
 from hardware import native_amp
@@ -86,6 +86,11 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
+    with output_lock(cfg.OUTPUT_PATH):
+        return run(args, cfg)
+
+
+def run(args, cfg):
     for name in ("iters", "threads", "max_images"):
         if getattr(args, name) < 1:
             raise MiramError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
@@ -229,4 +234,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: the files already exported are complete; run the same command again")

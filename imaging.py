@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from config import MiramError
+from config import MAX_PIXELS, MiramError
 
 
 class DataError(MiramError):
@@ -69,6 +69,50 @@ class Scan:
     meta: dict = field(default_factory=dict)
 
 
+# ---- the header: shape before pixels -----------------------------------------------------------------
+
+def _tiff_shape(path):
+    import tifffile
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.series[0].shape)
+
+
+def _png_shape(path):
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None  # MAX_PIXELS, checked here before any decoding, replaces Pillow's own limit
+    with Image.open(path) as im:  # reads the header only
+        return (im.height, im.width, len(im.getbands()))
+
+
+def _nifti_shape(path):
+    import nibabel as nib
+    return tuple(nib.load(path).shape)
+
+
+def _dicom_shape(path):
+    import pydicom
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return (int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
+
+
+HEADERS = {"tiff": _tiff_shape, "png": _png_shape, "nifti": _nifti_shape, "dicom": _dicom_shape}
+
+
+def check_size(path, kind, max_pixels):
+    """Refuses, from the header alone, a file that would decode to more than max_pixels values (a
+    decompression bomb: a 1 MB file can hold a 30000 x 30000 image)."""
+    try:
+        shape = HEADERS[kind](path)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read the {kind} header ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    values = int(np.prod(shape, dtype=np.float64))
+    if values > max_pixels:
+        raise DataError(f"{path}: {' x '.join(map(str, shape))} = {values / 1e6:.0f} million values, over the "
+                        f"MAX_PIXELS budget of {max_pixels / 1e6:.0f} million; raise MAX_PIXELS to read it")
+    return shape
+
+
 def _read_tiff(path, meta):
     """Colour samples (if any) last, using the file's own axes: a 3-page stack and a planar RGB image have
     the same shape, only the TIFF tags tell them apart."""
@@ -111,7 +155,7 @@ def _read_dicom(path, meta):
 READERS = {"tiff": _read_tiff, "png": _read_png, "nifti": _read_nifti, "dicom": _read_dicom}
 
 
-def read_scan(path) -> Scan:
+def read_scan(path, max_pixels=MAX_PIXELS) -> Scan:
     """Any supported file as (S, H, W) grayscale slices, with what is needed to write a result back."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
@@ -120,6 +164,7 @@ def read_scan(path) -> Scan:
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     kind = kind_of(path)
+    check_size(path, kind, max_pixels)
     meta = {}
     try:
         arr = np.asarray(READERS[kind](path, meta))
@@ -144,16 +189,17 @@ def read_scan(path) -> Scan:
     return Scan(path, kind, slices.astype(np.float64), arr.dtype, arr.shape, channels, meta)
 
 
-def read_slice(path) -> np.ndarray:
+def read_slice(path, max_pixels=MAX_PIXELS) -> np.ndarray:
     """One 2-D slice as float32 (H, W): a file holding several is refused, naming it."""
-    scan = read_scan(path)
+    scan = read_scan(path, max_pixels)
     if len(scan.slices) != 1:
         raise DataError(f"{path}: holds {len(scan.slices)} slices (shape {scan.shape}); expected one 2-D slice")
     return scan.slices[0].astype(np.float32)
 
 
-def read_volume(path) -> np.ndarray:
+def read_volume(path, max_pixels=MAX_PIXELS) -> np.ndarray:
     """A volume file's voxels as stored (no grayscale conversion), for slicing along any axis."""
+    check_size(path, kind_of(path), max_pixels)
     try:
         return np.asanyarray(READERS[kind_of(path)](path, {}))
     except MiramError:
@@ -195,7 +241,10 @@ def to_grayscale(arr: np.ndarray, path: str = "image") -> np.ndarray:
         arr = arr.astype(np.uint8)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
-    arr = np.squeeze(arr)
+    while arr.ndim > 2 and arr.shape[0] == 1:  # a single page or frame
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # channels last (RGB, RGBA)
         rgb = arr[..., :3].astype(np.float64)
         arr = rgb @ np.array([0.2125, 0.7154, 0.0721])  # ITU-R 709 luma, as scikit-image's rgb2gray

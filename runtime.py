@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from config import MiramError
+from config import MiramError, ModelConfig
 from imaging import foreground_patches
 
 META_KEY = "miram_model_config"   # the model's settings, stored in every exported graph
@@ -53,7 +53,10 @@ class OnnxModel:
         found = meta.get(KIND_KEY) or self._kind_from_inputs()
         if self.kind is not None and found != self.kind:
             raise MiramError(f"{path}: is the exported {found} model, not the {self.kind} model this needs")
-        self.model_config = json.loads(meta[META_KEY])
+        try:  # checked and bounded like any setting: it decides the patch grid the inputs are cut into
+            self.model_config = ModelConfig(**json.loads(meta[META_KEY])).to_dict()
+        except (ValueError, TypeError, MiramError) as e:
+            raise MiramError(f"{path}: its stored model settings are refused ({e})") from None
         self.path = path
         self.providers = self.session.get_providers()
 

@@ -17,7 +17,7 @@ import time
 import matplotlib
 import torch
 
-from checkpoint import load_checkpoint, model_config_from
+from checkpoint import check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, describe, load_config, run_cli
 from dataset import apply_augment, augment_params, load_split, resolve_data_path, split_record
 from engine import Distributed, Task, fit
@@ -212,7 +212,8 @@ def finetune_inpainting(args, cfg, dist):
     cfg.AMP = resolve_amp(device, cfg.AMP, dist.say)
     mae_path = cfg.artifact("mae")
     mae_state = load_checkpoint(mae_path, kind="mae")
-    model_cfg = model_config_from(mae_state)
+    model_cfg = model_config_from(mae_state, mae_path)
+    check_weights_fit(mae_state, "mae", model_cfg, mae_path)
     cfg.IMG_SIZE = model_cfg.img_size
     dist.say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
@@ -235,7 +236,7 @@ def finetune_inpainting(args, cfg, dist):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
-    with Distributed(cfg.DEVICE) as dist:
+    with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
         return (finetune_inpainting if args.inpaint else pretrain)(args, cfg, dist)
 
 

@@ -27,7 +27,7 @@ def test_reads_rgb_16bit_float_and_normalises(tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    (b"", "empty file"), (b"this is not a tiff", "cannot read tiff file"),
+    (b"", "empty file"), (b"this is not a tiff", "cannot read the tiff header"),
 ])
 def test_bad_files_are_named(tmp_path, content, problem):
     p = tmp_path / "bad scan ü.tif"
