@@ -11,6 +11,7 @@ the deployed ONNX path reads scans without torch.
 """
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,7 +136,13 @@ def _read_png(path, meta):
     if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha: the grey is the image
         meta["alpha"] = arr[..., 1].copy()
         arr = arr[..., 0]
+        _alpha_note(path)
     return arr
+
+
+def _alpha_note(path):
+    warnings.warn(f"{path}: its alpha channel is not read (transparency is not intensity); a restored file keeps it",
+                  stacklevel=4)
 
 
 def _read_nifti(path, meta):
@@ -178,6 +185,7 @@ def read_scan(path, max_pixels=MAX_PIXELS) -> Scan:
         channels = arr.shape[-1]
         if channels == 4:
             meta["alpha"] = arr[..., 3].copy()
+            _alpha_note(path)
         slices = to_grayscale(arr, path)[None]
     elif arr.ndim == 2:
         slices = to_grayscale(arr, path)[None]

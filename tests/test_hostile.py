@@ -250,6 +250,26 @@ def test_folder_rerun_skips_what_is_done_and_interactive_failure_exits_1(trained
     assert e.value.code == 1
 
 
+def test_ctrl_c_in_a_folder_run_keeps_every_finished_scan(trained, tmp_path):
+    data, out = trained
+    files = sorted(os.listdir(os.path.join(data, "HR")))
+    calls = []
+
+    def interrupt_on_third(restorer, slices, mode, holes):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return slices, None
+    real = enhance.enhance_slices
+    enhance.enhance_slices = interrupt_on_third
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            enhance.main(tiny_args(data, out, "--input", os.path.join(data, "HR"), "--output", str(tmp_path / "r")))
+    finally:
+        enhance.enhance_slices = real
+    assert sorted(os.listdir(tmp_path / "r")) == files[:2]  # the two finished, whole; no temporary left
+
+
 def test_interrupt_messages_fit_what_was_running(capsys):
     def interrupted(argv):
         raise KeyboardInterrupt

@@ -43,7 +43,8 @@ def test_palette_png_is_read_as_its_colours_not_its_indices(tmp_path):
 def test_grey_plus_alpha_png_is_its_grey_channel(tmp_path):
     grey = brain().clip(0, 255).astype(np.uint8)
     Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), mode="LA").save(tmp_path / "la.png")
-    assert np.array_equal(imaging.read_slice(str(tmp_path / "la.png")), grey.astype(np.float32))
+    with pytest.warns(UserWarning, match="la.png: its alpha channel is not read"):
+        assert np.array_equal(imaging.read_slice(str(tmp_path / "la.png")), grey.astype(np.float32))
 
 
 def test_a_folder_of_volumes_and_slices_is_refused_naming_both(tmp_path):
