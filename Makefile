@@ -4,8 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-# a validation slice (a subject training never sees), with a synthetic tumor
-DEMO_SLICE := data/demo/Brain_MRI/HR/mni_axial_slab04_087.tif
 
 .PHONY: demo test test-fast compare bench results gpu-check
 
@@ -15,15 +13,10 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# every phase as its own command (train.py, train.py --inpaint, evaluate.py, classify.py, classify.py --predict,
+# enhance.py, export_deploy.py), then one screen of phase times and headline figures (outputs/demo_summary.json)
 demo: $(STAMP)
-	export MIRAM_PRESET=demo && \
-	$(PY) train.py && \
-	$(PY) train.py --inpaint && \
-	$(PY) evaluate.py && \
-	$(PY) classify.py && \
-	$(PY) classify.py --predict $(DEMO_SLICE) && \
-	$(PY) enhance.py --input $(DEMO_SLICE) --output outputs/restored_demo.tif --scale coarse --overwrite && \
-	$(PY) export_deploy.py
+	$(PY) demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -41,6 +41,7 @@ ARTIFACTS = {
     "mae_onnx": "miram_mae.onnx",
     "inpaint_onnx": "miram_inpaint.onnx",
     "deploy_benchmark": "deploy_benchmark.json",
+    "demo_summary": "demo_summary.json",
 }
 
 # Model (ViT-S/16 encoder, light decoder).

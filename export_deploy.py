@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
+from config import MiramError, ModelConfig, add_config_args, describe, load_config, run_cli, run_info
 from dataset import load_split
 from hardware import native_amp
 from losses import psnr
 from models import TumorClassifier, mask_noise, unpatchify
-from onnx_export import OPSET, classifier_outputs, export_all, graphs, model_runners, spec_models
+from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_peer, gflop_per_image, graphs,
+                         matmul_gflops, model_runners, peer_model, spec_models)
 from restoration import damaged_set
 from imaging import foreground_patches
 from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, bench_group, benchmark_batches, binary_metrics,
@@ -78,7 +79,8 @@ def get_args_parser():
     p.add_argument("--iters", type=int, default=50, help="timed iterations at batch 1 (batch 16: a fifth)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime alike")
-    p.add_argument("--skip-spec", action="store_true", help="do not time the spec-size model")
+    p.add_argument("--skip-spec", action="store_true", help="do not time the spec-size models")
+    p.add_argument("--skip-peer", action="store_true", help="do not time the peer (timm ViT-S/16, plain ONNX export)")
     p.add_argument("--max-images", type=int, default=64, help="validation images for parity and accuracy")
     return add_config_args(p)
 
@@ -172,45 +174,49 @@ def run(args, cfg):
             os.remove(paths[kind].pop("ort-int8"))
         print(f"int8 {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))
 
-    # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights)
-    results = []
-    targets = [("checkpoint", clf, mae, paths, images, None)]
-    tmp = None
+    # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights) and the peer
+    # (kind, size, torch model, onnx paths, images, foreground threshold)
+    targets = [(kind, "checkpoint", model, paths.get(kind), images, None) for kind, model in (("classifier", clf), ("mae", mae))
+               if model is not None]
+    tmp = tempfile.TemporaryDirectory(dir=out_dir)
+    spec = ModelConfig()
+    spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
     if not args.skip_spec:
-        tmp = tempfile.TemporaryDirectory(dir=out_dir)
         s_clf, s_mae = spec_models()
-        spec = s_clf.cfg
-        spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
-        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, spec_images[:2],
-                             torch.rand(2, (spec.img_size // spec.patch_size) ** 2))
+        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, spec_images[:2], torch.rand(2, spec.num_patches))
         for kind in ("classifier", "mae"):  # the same rule as the checkpoint's: only kept variants
             if kind in accuracy and not accuracy[kind]["int8_kept"]:
                 s_paths[kind].pop("ort-int8")
-        targets.append(("spec", s_clf, s_mae, s_paths, spec_images.numpy(), None))
         # the same spec-size classifier made to encode every patch: what the foreground selection saves
         s_all = TumorClassifier(dataclasses.replace(spec, foreground_threshold=-1.0)).eval()
         s_all.load_state_dict(s_clf.state_dict())
-        targets.append(("spec-all-patches", s_all, None, s_paths, spec_images.numpy(), -1.0))
-    for size_name, c, m, ps_, imgs, threshold in targets:
-        for kind, model in (("classifier", c), ("mae", m)):
-            if model is None:
-                continue
-            mcfg = model.cfg
-            grid = mcfg.img_size // mcfg.patch_size
-            for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
-                inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
-                runners = model_runners(kind, model, ps_[kind], inputs, args.threads, threshold)
-                patches = grid * grid
-                if kind == "classifier":
-                    t = mcfg.foreground_threshold
-                    patches = float(np.mean([foreground_patches(x, mcfg.patch_size, t)[1].sum(1).mean()
-                                             for x, _ in inputs]))
-                for backend, r in bench_group(runners, batch, iters, args.warmup).items():
-                    results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch,
-                                    "patches_per_image": patches, **r})
-    if tmp is not None:
-        tmp.cleanup()
+        targets += [("classifier", "spec", s_clf, s_paths["classifier"], spec_images.numpy(), None),
+                    ("mae", "spec", s_mae, s_paths["mae"], spec_images.numpy(), None),
+                    ("classifier", "spec-all-patches", s_all, s_paths["classifier"], spec_images.numpy(), -1.0)]
+    if not args.skip_peer:
+        peer = peer_model(spec)
+        targets.append(("peer", "spec", peer, export_peer(tmp.name, peer, spec_images[:2]), spec_images.numpy(), None))
+    peak = matmul_gflops(args.threads)
+    print(f"fp32 matrix multiply on this machine, {args.threads} threads: {peak:.0f} GFLOP/s (each row's share is of this)")
+    results = []
+    for kind, size_name, model, onnx_paths, imgs, threshold in targets:
+        mcfg = spec if kind == "peer" else model.cfg
+        grid = mcfg.img_size // mcfg.patch_size
+        for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
+            inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
+            runners = model_runners(kind, model, onnx_paths, inputs, args.threads, threshold)
+            patches = grid * grid
+            if kind == "classifier":
+                t = mcfg.foreground_threshold if threshold is None else threshold
+                patches = float(np.mean([foreground_patches(x, mcfg.patch_size, t)[1].sum(1).mean() for x, _ in inputs]))
+            gflop = gflop_per_image(kind, model, inputs[:10])
+            for backend, r in bench_group(runners, batch, iters, args.warmup).items():
+                results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch,
+                                "patches_per_image": patches, "gflop_per_image": gflop,
+                                "share_of_matmul_peak": gflop * r["images_per_s"] / peak, **r})
+    tmp.cleanup()
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": mae_state.get("epoch"),
+              "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
               "files": {k: v for k, v in paths.items()},
               "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results",
@@ -223,10 +229,11 @@ def run(args, cfg):
     os.replace(path + ".tmp", path)
     print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
     print(f"{'model':10s} {'size':16s} {'patches':>7s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} "
-          f"{'p99':>8s} {'img/s':>8s}")
+          f"{'p99':>8s} {'img/s':>8s} {'GFLOP':>6s} {'peak':>5s}")
     for r in results:
         print(f"{r['model']:10s} {r['size']:16s} {r['patches_per_image']:7.1f} {r['backend']:11s} {r['batch']:5d} "
-              f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f}")
+              f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f} "
+              f"{r['gflop_per_image']:6.2f} {r['share_of_matmul_peak']:5.0%}")
     if "skipped" in report:
         print(f"torch-bf16 not timed: {BF16_SKIPPED}")
     print(f"wrote {path}")

@@ -5,6 +5,7 @@ Used by export_deploy.py and the scripts under bench/; the exported graphs run i
 import json
 import os
 import tempfile
+import time
 import warnings
 
 import onnx
@@ -18,7 +19,7 @@ from config import ARTIFACTS, MiramError, ModelConfig, load_config
 from dataset import load_split
 from hardware import autocast, native_amp
 from models import MIRAM, TumorClassifier, last_block_map, padding_bias, unpatchify
-from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle
+from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
 OPSET = 18
 # graph kind -> (artifact name in config.ARTIFACTS, input names, output names)
@@ -134,11 +135,13 @@ def spec_bench_setup(threads):
     return clf, train, val
 
 
-def export_onnx(module, example, names, outputs, path, model_config, kind, raw_path=None, token_inputs=()):
+def export_onnx(module, example, names, outputs, path, model_config, kind, raw_path=None, token_inputs=(),
+                fused=True):
     """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
     after ONNX Runtime's (portable) graph optimizations as a single file; raw_path also keeps the graph as
     exported (the input quantization wants: it knows the plain MatMuls, not ORT's fused ops). token_inputs
-    also get a dynamic second axis (the number of encoded patches)."""
+    also get a dynamic second axis (the number of encoded patches). fused=False: the exporter's own
+    decomposition, as a plain export would be."""
     module.eval()
     folder = os.path.dirname(os.path.abspath(path))
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -146,14 +149,15 @@ def export_onnx(module, example, names, outputs, path, model_config, kind, raw_p
         try:
             batch = torch.export.Dim("batch", min=1, max=1024)
             tokens = torch.export.Dim("tokens", min=1, max=4096)
-            shapes = {n: {0: batch, 1: tokens} if n in token_inputs else {0: batch} for n in names}
+            # by position, as the inputs are given: a module's own argument names need not be ours
+            shapes = tuple({0: batch, 1: tokens} if n in token_inputs else {0: batch} for n in names)
             with warnings.catch_warnings():
                 # One Dim shared by several inputs is meant: the exporter's note that it names the axis
                 # once ("The axis name: batch will not be used ...") is no news to a user.
                 warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
                 prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
                                          output_names=list(outputs), dynamic_shapes=shapes, verbose=False,
-                                         custom_translation_table=ort_fused_ops()[0])
+                                         custom_translation_table=ort_fused_ops()[0] if fused else None)
             prog.save(raw)
             model = onnx.load(raw)  # pulls any external .data file back in: one self-contained file
             onnx.checker.check_model(model)
@@ -222,6 +226,64 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
     return paths
 
 
+# ---- the peer: what an engineer would deploy instead ----------------------------------------------------
+
+PEER = "timm vit_small_patch16_224, 1 channel, 1 output, all 197 tokens, plain ONNX export"
+
+
+def peer_model(cfg: ModelConfig):
+    """timm's ViT-S/16 at the classifier's image size and channels, one output (untrained: timing only)."""
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, in_chans=cfg.in_chans, num_classes=1,
+                             img_size=cfg.img_size).eval()
+
+
+def export_peer(out_dir, peer, example):
+    """The peer exported as a user would (the exporter's defaults, a dynamic batch) and its dynamic int8
+    (the same quantization as ours)."""
+    path = os.path.join(out_dir, "peer_vit_small.onnx")
+    raw = path.replace(".onnx", ".raw.onnx")
+    try:
+        export_onnx(peer, (example,), ["images"], ["logit"], path, {"peer": PEER}, "peer", raw_path=raw, fused=False)
+        return {"ort-fp32": path, "ort-int8": quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))}
+    finally:
+        if os.path.exists(raw):
+            os.remove(raw)
+
+
+def gflop_per_image(kind, model, inputs):
+    """Multiply-adds x 2 per image of a forward pass, counted by PyTorch over the benchmark's inputs (attention
+    on its plain path: the fused kernel is not counted on CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hardware import use_fused_attention
+    use_fused_attention(model, False)
+    counter = FlopCounterMode(display=False)
+    images = 0
+    with torch.no_grad(), counter:
+        for x, n in inputs:
+            x = torch.from_numpy(x)
+            model(x) if kind in ("classifier", "peer") else model(x, torch.from_numpy(n))
+            images += len(x)
+    use_fused_attention(model, True)
+    return counter.get_total_flops() / images / 1e9
+
+
+def matmul_gflops(threads, size=2048, reps=5):
+    """The fp32 matrix-multiply rate of this machine at `threads` threads (best of reps), the yardstick every
+    row's share is measured against."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best / 1e9
+
+
 def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None):
     """Callables for every backend; each call takes the next input of the shared sequence."""
     cpu = torch.device("cpu")
@@ -230,13 +292,16 @@ def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_thr
     def torch_call(amp):
         def call(x, n):
             with torch.no_grad(), autocast(cpu, amp):
-                torch_model(x) if kind == "classifier" else torch_model(x, n)
+                torch_model(x) if kind in ("classifier", "peer") else torch_model(x, n)
         return call
     runners = {"torch-fp32": cycle(torch_call(False), tensors)}
     if native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
         runners["torch-bf16"] = cycle(torch_call(True), tensors)
     for backend, path in onnx_paths.items():
-        if kind == "classifier":
+        if kind == "peer":
+            sess = onnx_session(path, threads)
+            runners[backend] = cycle(lambda x, n, sess=sess: sess.run(None, {"images": x}), inputs)
+        elif kind == "classifier":
             m = OnnxClassifier(path, threads, foreground_threshold)
             runners[backend] = cycle(lambda x, n, m=m: m(x), inputs)
         else:

@@ -25,28 +25,33 @@ PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "co
 
 # ---- sessions ----------------------------------------------------------------------------------------
 
+def onnx_session(path, threads=None, device="cpu"):
+    """An ONNX Runtime session with every graph optimization, on the device's providers."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MiramError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+    if not os.path.isfile(path):
+        raise MiramError(f"Model not found: {path} (run export_deploy.py first)")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next
+    # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = [p for p in PROVIDERS[device] if p in ort.get_available_providers()]
+    try:
+        return ort.InferenceSession(path, opts, providers=providers)
+    except Exception as e:
+        raise MiramError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+
+
 class OnnxModel:
     kind = None  # the graph this class runs
 
     def __init__(self, path, threads=None, device="cpu"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MiramError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
-        if not os.path.isfile(path):
-            raise MiramError(f"Model not found: {path} (run export_deploy.py first)")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next
-        # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = [p for p in PROVIDERS[device] if p in ort.get_available_providers()]
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=providers)
-        except Exception as e:
-            raise MiramError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        self.session = onnx_session(path, threads, device)
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in meta:
             raise MiramError(f"{path}: not a MIRAM export (no {META_KEY} metadata)")

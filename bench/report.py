@@ -106,9 +106,14 @@ def deployment_section(d):
     for kind, a in d["accuracy"].items():
         lines.append(f"- int8 {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                   for k, v in a.items() if not k.startswith("limit")))
-    lines += [""] + table(["model", "size", "patches", "backend", "batch", "p50 ms", "p90 ms", "images/s"],
+    if "matmul_gflops" in d:
+        lines.append(f"- the peer (`model` peer): {d['peer']}; share = GFLOP per image x images/s over this machine's "
+                     f"fp32 matrix-multiply rate, {d['matmul_gflops']:.0f} GFLOP/s, measured in the same run")
+    lines += [""] + table(["model", "size", "patches", "backend", "batch", "p50 ms", "p90 ms", "images/s", "GFLOP/image", "share"],
                           [[r["model"], r["size"], f"{r['patches_per_image']:.0f}", r["backend"], r["batch"],
-                            f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['images_per_s']:.1f}"]
+                            f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['images_per_s']:.1f}",
+                            f"{r['gflop_per_image']:.2f}" if "gflop_per_image" in r else "",
+                            f"{r['share_of_matmul_peak']:.0%}" if "share_of_matmul_peak" in r else ""]
                            for r in d["results"]])
     for backend, why in d.get("skipped", {}).items():
         lines.append(f"\n{backend} not timed: {why}")

@@ -46,8 +46,14 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
         for backend in ("torch-fp32", "torch-bf16", "ort-fp32"):
             timed = (model, backend, 1) in got and (model, backend, 16) in got
             assert timed == (backend != "torch-bf16" or bf16)
-    for r in saved["results"]:  # images/s is the batch over the median latency
+    for r in saved["results"]:  # images/s is the batch over the median latency; the share follows from it
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["p50_ms"] * 1e3)
+        assert r["share_of_matmul_peak"] == pytest.approx(r["gflop_per_image"] * r["images_per_s"] / saved["matmul_gflops"])
+    # the peer, timed beside ours on the same inputs: timm's ViT-S/16 over all 197 tokens, ~9.2 GFLOP an image
+    peer = {(r["backend"], r["batch"]): r for r in saved["results"] if r["model"] == "peer"}
+    assert set(peer) == {(b, n) for b in ("torch-fp32", "ort-fp32", "ort-int8") for n in (1, 16)} | (
+        {("torch-bf16", 1), ("torch-bf16", 16)} if bf16 else set())
+    assert 8.5 < peer[("ort-fp32", 1)]["gflop_per_image"] < 10
     assert saved["parity"]["mae"]["mask_equal"] is True
     assert saved["parity"]["classifier"]["probability"]["max_abs"] < 1e-4
     assert saved["parity"]["inpaint"]["restored"]["max_abs"] < 1e-3

@@ -239,3 +239,21 @@ def test_amp_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch):
     assert hardware.resolve_amp(cpu, False, said.append) is False and len(said) == 1
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert hardware.resolve_amp(cpu, True, said.append) is True and len(said) == 1
+
+
+def test_the_linear_kernel_is_measured_once_per_machine_then_read_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "KERNEL_CACHE", str(tmp_path / "kernels.json"))
+    monkeypatch.setattr(hardware, "ONEDNN_LINEAR", True)
+    timed = []
+    monkeypatch.setattr(hardware, "_time_linear", lambda dim, tokens: timed.append(dim) or 1.10)
+    model = tiny_model()
+    hardware.tune_for(model, torch.device("cpu"), amp=False)
+    assert timed == [32] and type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear  # 1.10x: within the margin
+    monkeypatch.setattr(hardware, "_time_linear", lambda dim, tokens: timed.append(dim) or 2.0)
+    hardware.tune_for(model, torch.device("cpu"), amp=False)  # read back, not measured again
+    assert timed == [32] and type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear
+    monkeypatch.setattr(hardware, "KERNEL_CACHE", str(tmp_path / "other.json"))  # another machine's cache
+    hardware.tune_for(model, torch.device("cpu"), amp=False)
+    assert timed == [32, 32] and type(model.encoder.blocks[0].mlp.fc1) is hardware.FastLinear
+    hardware.tune_for(model, torch.device("cpu"), amp=True)  # under bf16 autocast the plain linear serves
+    assert type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear

@@ -1,0 +1,142 @@
+"""The whole pipeline on the embedded demo data, each phase as its own command, then one screen of results.
+
+    python demo.py [--slice PATH] [settings flags, passed to every phase]       (what `make demo` runs)
+
+Runs train.py, train.py --inpaint, evaluate.py, classify.py, classify.py --predict, enhance.py and
+export_deploy.py in turn (MIRAM_PRESET=demo unless a preset is given), stops at the first that fails, and
+ends with each phase's wall time and the headline figures, also written to OUTPUT_PATH/demo_summary.json.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from config import add_config_args, load_config, run_info
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# a validation slice (a subject training never sees), with a synthetic tumor
+DEMO_SLICE = os.path.join("data", "demo", "Brain_MRI", "HR", "mni_axial_slab04_087.tif")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("MIRAM demo: every phase, then a summary")
+    p.add_argument("--slice", default=DEMO_SLICE, help="the slice classify.py --predict and enhance.py run on")
+    p.add_argument("--export-iters", default="50", help="export_deploy.py --iters")
+    p.add_argument("--skip-spec", action="store_true", help="export_deploy.py --skip-spec: time the trained models only")
+    return add_config_args(p)
+
+
+def settings_flags(args):
+    """The settings given on this command line, passed on to every phase."""
+    flags = ["--preset", args.preset] if args.preset else []
+    for name, value in vars(args).items():
+        if name.isupper() and value is not None:
+            flags += ["--" + name.lower().replace("_", "-"), value]
+    return flags
+
+
+def phases(args, cfg):
+    restored = os.path.join(cfg.OUTPUT_PATH, "restored_demo" + os.path.splitext(args.slice)[1])
+    return [("pre-training", ["train.py"]), ("inpainting fine-tune", ["train.py", "--inpaint"]),
+            ("evaluation", ["evaluate.py"]), ("classification", ["classify.py"]),
+            ("one prediction", ["classify.py", "--predict", args.slice]),
+            ("restoration", ["enhance.py", "--input", args.slice, "--output", restored, "--scale", "coarse",
+                             "--overwrite"]),
+            ("deployment", ["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec"] if args.skip_spec else []))]
+
+
+def load(cfg, name):
+    path = cfg.artifact(name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f) if path.endswith(".json") else [json.loads(line) for line in f if line.strip()]
+
+
+def headline(cfg, predicted):
+    """The figures a reader looks for first, from the artifacts the phases wrote."""
+    out = {}
+    ev = load(cfg, "eval_metrics")
+    if ev:
+        out["masked_psnr_db"] = ev["miram"]["fine"]["masked"]["psnr"]
+        out["margin_over_best_classical_db"] = ev["margin_db"]["masked_psnr"]
+        out["best_classical"] = ev["margin_db"]["vs"]
+    inpaint = load(cfg, "inpaint_log")
+    if inpaint:
+        best = min(inpaint, key=lambda h: h["val_loss"])
+        out["inpaint_hole_mse"], out["biharmonic_hole_mse"] = best["val_loss"], best["val_loss_biharmonic"]
+    clf = load(cfg, "classification_metrics")
+    if clf:
+        out["auroc"] = clf["auroc"]
+        out["heatmaps"] = {k: {"pointing_game": v["pointing_game"], "median_mass_ratio": v["mass_inside_over_share_median"]}
+                           for k, v in clf["localization"].items() if v}
+    if predicted is not None:
+        out["demo_slice_probability"] = predicted
+    dep = load(cfg, "deploy_benchmark")
+    if dep:
+        spec = [r for r in dep["results"] if r["model"] == "classifier" and r["size"] == "spec" and r["batch"] == 1]
+        if spec:
+            fastest = min(spec, key=lambda r: r["p50_ms"])
+            out["spec_classifier_batch1"] = {"backend": fastest["backend"], "p50_ms": fastest["p50_ms"]}
+        out["parity_max_abs"] = max(v["max_abs"] for g in dep["parity"].values() for v in g.values() if isinstance(v, dict))
+    return out
+
+
+def screen(summary):
+    lines = [f"MIRAM demo on {summary['run']['cpu']}: {summary['total_minutes']:.1f} min"]
+    lines += [f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min" for p in summary["phases"]]
+    h = summary["headline"]
+    if "masked_psnr_db" in h:
+        lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
+                     f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}")
+    if "inpaint_hole_mse" in h:
+        lines.append(f"  inpainting: hole MSE {h['inpaint_hole_mse']:.5f} vs biharmonic {h['biharmonic_hole_mse']:.5f}")
+    if "auroc" in h:
+        lines.append(f"  classification: AUROC {h['auroc']:.3f}; heatmaps (pointing game, median mass ratio): " + ", ".join(
+            f"{k} {v['pointing_game']:.2f} / {v['median_mass_ratio']:.1f}x" for k, v in h["heatmaps"].items()))
+    if "demo_slice_probability" in h:
+        lines.append(f"  demo slice: p(tumor) = {h['demo_slice_probability']:.3f}")
+    if "spec_classifier_batch1" in h:
+        s = h["spec_classifier_batch1"]
+        lines.append(f"  deployment: spec classifier {s['p50_ms']:.1f} ms at batch 1 ({s['backend']}); "
+                     f"parity max-abs {h['parity_max_abs']:.1e}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    env = dict(os.environ)
+    if not args.preset and "MIRAM_PRESET" not in env:
+        env["MIRAM_PRESET"] = "demo"
+    cfg = load_config(args, environ=env)
+    flags = settings_flags(args)
+    done, predicted, start = [], None, time.time()
+    for name, cmd in phases(args, cfg):
+        print(f"\n=== {name}: python {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        with subprocess.Popen([sys.executable, *cmd, *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                              bufsize=1) as proc:
+            for line in proc.stdout:  # shown as it comes; the prediction's probability is read from it
+                sys.stdout.write(line)
+                found = re.search(r"p\(tumor\) = ([0-9.]+)", line)
+                if found and "--predict" in cmd:
+                    predicted = float(found.group(1))
+        done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": round(time.time() - t0, 1)})
+        if proc.returncode:
+            print(f"demo stopped: {name} failed (exit {proc.returncode})", file=sys.stderr)
+            return proc.returncode
+    summary = {"phases": done, "total_minutes": round((time.time() - start) / 60, 2),
+               "headline": headline(cfg, predicted), "run": run_info()}
+    path = cfg.artifact("demo_summary")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print("\n" + screen(summary) + f"\n  (also in {path}; every figure with its command: make results -> docs/RESULTS.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
