@@ -275,10 +275,10 @@ def finetune(args, cfg, dist):
     from engine import fit
     from hardware import resolve_amp, tune_for
     device = dist.device(cfg.DEVICE)
-    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say)
     variant = variant_of(args)
     torch.manual_seed(cfg.SEED)
     model, source, parents = build_model(args, cfg, variant)
+    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say, model.cfg.embed_dim)
     cfg.IMG_SIZE = model.cfg.img_size
     dist.say(describe(cfg, dist.world))
     model = tune_for(model.to(device), device, cfg.AMP)

@@ -273,7 +273,7 @@ class Config:
 # Presets change defaults only; the environment and flags still win over them.
 PRESETS = {
     # About 3 M parameters: on a 2-core CPU it learns more in ten minutes than the spec-size model does.
-    # Where bf16 would be emulated, training runs in fp32 (hardware.resolve_amp); see docs/RESULTS.md.
+    # AMP: bf16 where the CPU has it and it measures faster than fp32 (hardware.resolve_amp), else fp32.
     "demo": dict(EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=400, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=50, CHECKPOINT_EVERY=10, INPAINT_EPOCHS=10),
@@ -370,7 +370,8 @@ def cpu_name() -> str:
 
 def run_info() -> dict:
     """Where a figure came from: the command, the CPU and the time, stored beside it in each JSON artifact."""
-    return {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MIRAM_")]
+    return {"command": " ".join(settings + [os.path.basename(sys.executable)] + sys.argv),
             "cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 

@@ -32,13 +32,20 @@ def native_amp(device: torch.device) -> bool:
     return any(check() for check in checks if check is not None)
 
 
-def resolve_amp(device: torch.device, requested: bool, say=print) -> bool:
-    """AMP as configured, except where it would be emulated (see native_amp): fp32 then, said once."""
-    if requested and not native_amp(device):
+def resolve_amp(device: torch.device, requested: bool, say=print, width: int = 192) -> bool:
+    """AMP as configured, except on a CPU where bf16 would be emulated (see native_amp) or is measured no
+    faster than fp32 at this model width (bf16_is_faster): fp32 then, said once."""
+    if not requested or device.type != "cpu":
+        return requested
+    if not native_amp(device):
         say("note: AMP is on, but this CPU has no native bf16 (AVX-512 BF16 or AMX): running in fp32, as "
             "emulated bf16 is many times slower")
         return False
-    return requested
+    faster, speedup = bf16_is_faster(width)
+    if not faster:
+        say(f"note: AMP is on, but on this CPU a bf16 transformer block measured {speedup:.2f}x the speed of fp32 "
+            f"(needs {MEASURED_MARGIN}x): running in fp32")
+    return faster
 
 
 def amp_dtype(device: torch.device):
@@ -134,8 +141,9 @@ def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
     return model
 
 
-# oneDNN is chosen only when clearly faster: near a tie, timing noise must not flip the choice between runs
-ONEDNN_MARGIN = 1.15
+# A faster path is chosen only when clearly faster: near a tie, timing noise must not flip the choice
+# between runs of one machine.
+MEASURED_MARGIN = 1.15
 KERNEL_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "miram", "kernels.json")
 
 
@@ -153,23 +161,19 @@ def _time_linear(dim, tokens, rounds=5):
     return best[False] / best[True]
 
 
-def onednn_is_faster(dim: int, tokens: int = 1024) -> bool:
-    """Whether oneDNN's fp32 GEMM beats F.linear on this CPU for a training step's linear layers (forward and
-    backward of a (tokens, dim) x (dim, 4 dim) product, the MLP's), measured rather than assumed: about 2x
-    faster on AMD Zen 5, about 15% slower on AMD Zen 3. Measured once per CPU, PyTorch version, thread count
-    and width (a few hundred milliseconds), then read from KERNEL_CACHE, so every run on a machine, a
-    resumed one included, steps with the same kernels."""
-    if not ONEDNN_LINEAR:
-        return False
-    key = f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|linear {dim}"
+def _measured(name, measure):
+    """measure() -> a speed-up over the default path, taken once per CPU, PyTorch version and thread count,
+    then read back from KERNEL_CACHE, so every run on a machine, a resumed one included, makes the same
+    choice. -> (faster by MEASURED_MARGIN, speed-up)."""
+    key = f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{name}"
     try:
         with open(KERNEL_CACHE) as f:
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        speedup = _time_linear(dim, tokens)
-        cache[key] = {"onednn_speedup": round(speedup, 3), "onednn": speedup >= ONEDNN_MARGIN}
+        speedup = measure()
+        cache[key] = {"speedup": round(speedup, 3), "faster": speedup >= MEASURED_MARGIN}
         try:  # a cache that cannot be written only means measuring again next time
             os.makedirs(os.path.dirname(KERNEL_CACHE), exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(KERNEL_CACHE), suffix=".tmp")
@@ -178,7 +182,40 @@ def onednn_is_faster(dim: int, tokens: int = 1024) -> bool:
             os.replace(tmp, KERNEL_CACHE)
         except OSError:
             pass
-    return bool(cache[key]["onednn"])
+    return bool(cache[key]["faster"]), cache[key]["speedup"]
+
+
+def _time_bf16_block(dim, rounds=4):
+    """fp32 time over bf16-autocast time (best of rounds) of one transformer block's forward and backward at
+    this width, on a batch of 16 x 50 tokens (pre-training's visible patches)."""
+    from timm.models.vision_transformer import Block
+    torch.manual_seed(0)
+    block = use_fused_attention(Block(dim, max(1, dim // 64), 4.0, qkv_bias=True), False)
+    x = torch.randn(16, 50, dim, requires_grad=True)
+    best = {}
+    for _ in range(rounds):
+        for amp in (False, True):  # interleaved: drift hits both alike
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = block(x)
+            y.float().sum().backward()
+            best[amp] = min(best.get(amp, float("inf")), time.perf_counter() - t0)
+    return best[False] / best[True]
+
+
+def bf16_is_faster(dim: int):
+    """Whether bf16 autocast trains faster than fp32 on this CPU: AVX-512 BF16 without AMX measured 1.38x
+    slower per demo training step on an Intel Xeon (bench/amp_step.py), so having bf16 is not enough."""
+    return _measured(f"bf16 block {dim}", lambda: _time_bf16_block(dim))
+
+
+def onednn_is_faster(dim: int, tokens: int = 1024) -> bool:
+    """Whether oneDNN's fp32 GEMM beats F.linear on this CPU for a training step's linear layers (forward and
+    backward of a (tokens, dim) x (dim, 4 dim) product, the MLP's), measured rather than assumed: about 2x
+    faster on AMD Zen 5, about 15% slower on AMD Zen 3, a tie on an Intel Xeon with AVX-512 (see _measured)."""
+    if not ONEDNN_LINEAR:
+        return False
+    return _measured(f"onednn linear {dim}", lambda: _time_linear(dim, tokens))[0]
 
 
 def tune_for(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:

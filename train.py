@@ -115,7 +115,7 @@ def plot_losses(history, path, lambda_coarse):
 
 def pretrain(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
-    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say)
+    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say, cfg.EMBED_DIM)
     dist.say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)
     if dist.main:
@@ -209,11 +209,11 @@ class InpaintingFinetune(Task):
 
 def finetune_inpainting(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
-    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say)
     mae_path = cfg.artifact("mae")
     mae_state = load_checkpoint(mae_path, kind="mae")
     model_cfg = model_config_from(mae_state, mae_path)
     check_weights_fit(mae_state, "mae", model_cfg, mae_path)
+    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say, model_cfg.embed_dim)
     cfg.IMG_SIZE = model_cfg.img_size
     dist.say(describe(cfg, dist.world))
     torch.manual_seed(cfg.SEED)

@@ -231,14 +231,20 @@ def test_inpainter_starts_as_the_prefill_and_never_touches_pixels_outside_the_ho
     assert not torch.allclose(out[weight > 0], prefilled[weight > 0])
 
 
-def test_amp_falls_back_to_fp32_where_bf16_would_be_emulated(monkeypatch):
+def test_amp_runs_only_where_bf16_is_native_and_measured_faster(tmp_path, monkeypatch):
     cpu, said = torch.device("cpu"), []
+    monkeypatch.setattr(hardware, "KERNEL_CACHE", str(tmp_path / "kernels.json"))
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert hardware.resolve_amp(cpu, True, said.append) is False and "running in fp32" in said[0]
+    assert hardware.resolve_amp(cpu, True, said.append) is False and "no native bf16" in said[0]
     assert hardware.resolve_amp(cpu, False, said.append) is False and len(said) == 1
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert hardware.resolve_amp(cpu, True, said.append) is True and len(said) == 1
+    monkeypatch.setattr(hardware, "_time_bf16_block", lambda dim: 0.72)  # native, but slower (an Intel Xeon)
+    assert hardware.resolve_amp(cpu, True, said.append, width=96) is False and "0.72x the speed of fp32" in said[1]
+    monkeypatch.setattr(hardware, "_time_bf16_block", lambda dim: 2.0)
+    assert hardware.resolve_amp(cpu, True, said.append, width=96) is False  # the machine's answer is kept
+    assert hardware.resolve_amp(cpu, True, said.append, width=192) is True and len(said) == 3  # measured anew
+
 
 
 def test_the_linear_kernel_is_measured_once_per_machine_then_read_back(tmp_path, monkeypatch):
