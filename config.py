@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import sys
+import warnings
 from dataclasses import dataclass, fields
 
 # ---- the spec's defaults ----------------------------------------------------------------------------
@@ -394,7 +395,6 @@ INTERRUPTED_TRAINING = "interrupted: the last complete checkpoint is kept; run t
 def run_cli(main, argv=None, interrupted=INTERRUPTED_TRAINING):
     """Runs a script's main; a MiramError becomes one line on stderr and exit status 1, Ctrl-C the line
     `interrupted` and exit status 130, and warnings (skipped files) are one line each."""
-    import warnings
     warnings.formatwarning = _one_line_warning
     try:
         return main(argv)

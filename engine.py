@@ -15,6 +15,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -116,7 +117,6 @@ class Distributed:
     def wrap(self, model, device):
         if not self.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def shard(self, batch_size):

@@ -14,9 +14,11 @@ import json
 import os
 import sys
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
@@ -25,6 +27,9 @@ from hardware import pick_device
 from losses import finite_mean, psnr, ssim
 from models import mask_noise, unpatchify
 from restoration import CLASSICAL_FILLS, classical_fill
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 BASELINES = tuple(CLASSICAL_FILLS)
 SWEEP = (0.25, 0.5, 0.75, 0.9)
@@ -64,7 +69,6 @@ def scores(pred, target, hole):
 @torch.no_grad()
 def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, keep_images=0):
     """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks."""
-    from tqdm import tqdm
     cfg = model.cfg
     p = cfg.patch_size
     noise = mask_noise(len(images), model.encoder.num_patches, seed)
@@ -136,9 +140,6 @@ def margin(summary, baselines):
 
 
 def save_figure(shown, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     cols = ["original", "masked input", "fine reconstruction", "composite", "coarse (112x112)", "|error| composite"]
     fig, axes = plt.subplots(len(shown), len(cols), figsize=(2.6 * len(cols), 2.8 * len(shown)), squeeze=False)
     for r, s in enumerate(shown):
@@ -163,9 +164,6 @@ def save_figure(shown, path, title):
 
 
 def save_sweep(sweep, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     ratios = sorted(float(r) for r in sweep)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for m in sweep[str(ratios[0])]:

@@ -8,6 +8,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 
 from config import MiramError, cpu_name
 
@@ -188,7 +189,6 @@ def _measured(name, measure):
 def _time_bf16_block(dim, rounds=4):
     """fp32 time over bf16-autocast time (best of rounds) of one transformer block's forward and backward at
     this width, on a batch of 16 x 50 tokens (pre-training's visible patches)."""
-    from timm.models.vision_transformer import Block
     torch.manual_seed(0)
     block = use_fused_attention(Block(dim, max(1, dim // 64), 4.0, qkv_bias=True), False)
     x = torch.randn(16, 50, dim, requires_grad=True)

@@ -11,13 +11,17 @@ import warnings
 import onnx
 import onnxruntime as ort
 import onnxscript
+import timm
 import torch
 import torch.nn.functional as F
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxscript import opset18 as op
+from torch.utils.flop_counter import FlopCounterMode
 
 from config import ARTIFACTS, MiramError, ModelConfig, load_config
 from dataset import load_split
-from hardware import autocast, native_amp
+from hardware import autocast, native_amp, use_fused_attention
 from models import MIRAM, TumorClassifier, last_block_map, padding_bias, unpatchify
 from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
@@ -187,8 +191,6 @@ def quantize_int8(src, dst):
     activations by s8 weights with VPMADDUBSW, whose pairwise int16 sums saturate with full-range weights.
     Measured on an AVX2 CPU (AMD Zen 3), demo classifier: 8-bit weights changed probabilities by 0.12 on
     average (at most 0.30) and masked PSNR by -0.34 dB; 7-bit by 0.004 (0.022) and -0.03 dB, no slower."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
         prepared = os.path.join(tmp, "prep.onnx")
         quant_pre_process(src, prepared, skip_symbolic_shape=True)
@@ -233,7 +235,6 @@ PEER = "timm vit_small_patch16_224, 1 channel, 1 output, all 197 tokens, plain O
 
 def peer_model(cfg: ModelConfig):
     """timm's ViT-S/16 at the classifier's image size and channels, one output (untrained: timing only)."""
-    import timm
     torch.manual_seed(0)
     return timm.create_model("vit_small_patch16_224", pretrained=False, in_chans=cfg.in_chans, num_classes=1,
                              img_size=cfg.img_size).eval()
@@ -255,9 +256,6 @@ def export_peer(out_dir, peer, example):
 def gflop_per_image(kind, model, inputs):
     """Multiply-adds x 2 per image of a forward pass, counted by PyTorch over the benchmark's inputs (attention
     on its plain path: the fused kernel is not counted on CPU)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from hardware import use_fused_attention
     use_fused_attention(model, False)
     counter = FlopCounterMode(display=False)
     images = 0

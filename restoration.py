@@ -3,6 +3,9 @@ to repair, and the Restorer that runs a model (PyTorch or ONNX Runtime, through 
 of a slice of any size. No torch here: the deployed path uses it as it is.
 """
 import numpy as np
+from scipy import ndimage
+from scipy.interpolate import griddata
+from skimage.restoration import inpaint_biharmonic
 
 from config import MiramError, visible_count
 from imaging import normalize_intensity
@@ -11,13 +14,11 @@ from imaging import normalize_intensity
 # ---- classical fills ---------------------------------------------------------------------------------
 
 def nearest_fill(img, hole):
-    from scipy import ndimage
     _, (iy, ix) = ndimage.distance_transform_edt(hole, return_indices=True)
     return img[iy, ix]
 
 
 def linear_fill(img, hole):
-    from scipy.interpolate import griddata
     out = img.copy()
     vals = griddata(np.argwhere(~hole), img[~hole], np.argwhere(hole), method="linear")
     outside = np.isnan(vals)  # beyond the convex hull of known pixels: nearest
@@ -28,7 +29,6 @@ def linear_fill(img, hole):
 
 
 def whole_biharmonic_fill(img, hole):
-    from skimage.restoration import inpaint_biharmonic
     return inpaint_biharmonic(img, hole)
 
 
@@ -60,7 +60,6 @@ FILL_RAMP_PX = 6
 
 def synthetic_damage(kind, size, brain, rng):
     """A damaged region (bool, brain's shape) of the given kind and size, centred on a brain pixel."""
-    from scipy import ndimage
     H, W = brain.shape
     inner = ndimage.binary_erosion(brain, iterations=8)
     ys, xs = np.nonzero(inner if inner.any() else brain)
@@ -93,7 +92,6 @@ def biharmonic_fill(img, hole, margin=8):
     """img with hole (bool) filled by scikit-image's biharmonic inpainting, solved on the hole's bounding
     box plus a margin only (the same fill as on the whole image, far cheaper for a small hole); pixels
     outside the hole are returned unchanged."""
-    from skimage.restoration import inpaint_biharmonic
     img = np.asarray(img, np.float64)
     if not hole.any():
         return img.copy()
@@ -110,7 +108,6 @@ def biharmonic_fill(img, hole, margin=8):
 def fill_weight(hole, ramp=FILL_RAMP_PX):
     """Per pixel, how much of the model's correction applies: 0 outside the hole, rising to 1 at ramp px
     from its edge."""
-    from scipy import ndimage
     return np.minimum(1.0, ndimage.distance_transform_edt(hole) / ramp)
 
 

@@ -9,6 +9,8 @@ import os
 import time
 
 import numpy as np
+from skimage.transform import resize
+from sklearn.metrics import roc_auc_score
 
 from config import MiramError, ModelConfig
 from imaging import foreground_patches
@@ -117,7 +119,6 @@ class OnnxInpainter(OnnxModel):
 
 def upsample_heatmaps(maps, size):
     """(B, g, g) maps -> (B, size, size), bilinear, non-negative, each summing to 1."""
-    from skimage.transform import resize
     out = np.stack([resize(np.asarray(m, np.float64), (size, size), order=1, mode="edge", anti_aliasing=False)
                     for m in maps]).clip(min=0)
     return out / np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
@@ -134,7 +135,6 @@ def localization(heat, tumor):
 
 def binary_metrics(probs, labels, threshold):
     """AUROC, accuracy, sensitivity, specificity, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
-    from sklearn.metrics import roc_auc_score
     probs, labels = np.asarray(probs, float), np.asarray(labels).astype(int)
     pred = (probs >= threshold).astype(int)
     tp = int(((pred == 1) & (labels == 1)).sum())

@@ -45,6 +45,15 @@ def clean_miram_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+# Prepended to a `python -c` program: from then on `import torch` fails as it does where torch is not installed.
+NO_TORCH = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ModuleNotFoundError(\"No module named 'torch'\", name=name)\n"
+            "sys.meta_path.insert(0, NoTorch())\n")
+
+
 def tiny_args(data, out, *extra):
     return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]
 

@@ -16,7 +16,7 @@ import models
 import onnx_export
 import runtime
 import train
-from conftest import tiny_args, train_tiny_pipeline
+from conftest import NO_TORCH, tiny_args, train_tiny_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_onnx_path_runs_without_torch(exported, tmp_path):
     hole[10:30, 12:40] = 1
     tifffile.imwrite(tmp_path / "hole.tif", hole)
     code = (
-        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        NO_TORCH +
         "import classify, enhance\n"
         f"classify.main(['--output-path', {out!r}, '--predict', {scan!r}, '--backend', 'onnx'])\n"
         f"enhance.main(['--output-path', {out!r}, '--input', {scan!r}, '--output', {str(tmp_path / 'r.tif')!r},"

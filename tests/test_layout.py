@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import NO_TORCH
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = {"train", "evaluate", "classify", "enhance", "export_deploy"}
 LIBRARIES = {"config", "imaging", "losses", "dataset", "models", "checkpoint", "hardware", "engine", "runtime",
@@ -47,7 +49,7 @@ def test_library_imports_have_no_cycle():
 
 def test_deployed_path_imports_without_torch():
     # torch made unimportable: the runtime, the image IO and restoration must still load
-    code = ("import sys; sys.modules['torch'] = None\n"
+    code = (NO_TORCH +
             "import runtime, imaging, restoration, config\n"
             "assert runtime.OnnxClassifier and imaging.read_scan and restoration.Restorer")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
