@@ -6,16 +6,14 @@ import os
 import pickle
 import socket
 import sys
-import tempfile
 from contextlib import contextmanager
 
 import torch
 
-from config import MiramError, ModelConfig
+from config import TMP_PREFIX, MiramError, ModelConfig, temp_beside
 from models import MIRAM, InpaintingMIRAM, TumorClassifier
 
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}
-TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
@@ -25,14 +23,9 @@ UNUSED_SETTINGS = {"mae": {"foreground_threshold"}, "inpaint": {"foreground_thre
 def atomic_torch_save(obj, path):
     """Writes to a temporary file in the same folder, fsyncs, then renames: a crash or a full disk leaves
     the previous file as it was, and a half-written file is never under the real name."""
-    folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pth", dir=folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+        fd, tmp = temp_beside(path, ".pth")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -73,7 +66,7 @@ def output_lock(folder, enabled=True, say=print):
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
           "since": datetime.datetime.now().isoformat(timespec="seconds")}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".lock", dir=folder)
+        fd, tmp = temp_beside(path, ".lock")
     except OSError as e:
         raise MiramError(f"{folder}: output directory is not writable ({e.strerror})") from None
     with os.fdopen(fd, "w") as f:

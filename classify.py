@@ -12,14 +12,14 @@ resume from.
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 import matplotlib
 import numpy as np
 
-from config import INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info
+from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
+                    save_json)
 from imaging import model_input, read_slice, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, upsample_heatmaps
 
@@ -93,7 +93,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     import torch
     import torch.nn.functional as F
 
-    from dataset import apply_augment, augment_params
+    from dataset import local_images
     from engine import Task, layer_decay
     n_pos = float(train_set.labels.sum())
     n_neg = len(train_set) - n_pos
@@ -122,10 +122,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            params = augment_params(len(gidx), gen) if cfg.AUGMENT else None
-            x = train_set.images[gidx[mine]].to(device, non_blocking=True)
-            if params is not None:
-                x = apply_augment(x, {k: v[mine].to(device) for k, v in params.items()})
+            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT)
             return x, train_set.labels[gidx[mine]].to(device)
 
         def forward(self, net, batch):
@@ -302,9 +299,7 @@ def finetune(args, cfg, dist):
     metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"],
                    checkpoint=os.path.abspath(task.best), run=run_info())
     json_path = cfg.artifact("classification_metrics", suffix_of(variant))
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(json_path + ".tmp", json_path)
+    save_json(json_path, metrics)
     cm = metrics["confusion_matrix"]
     print(f"[{variant}] validation: AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}  "
           f"sensitivity {metrics['sensitivity']:.3f}  specificity {metrics['specificity']:.3f}  F1 {metrics['f1']:.3f}"

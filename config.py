@@ -7,11 +7,13 @@ configuration once at start.
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import os
 import platform
 import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, fields
 
@@ -355,6 +357,34 @@ def load_config(args=None, environ=None) -> Config:
     cfg = Config(**values)
     cfg.preset = preset
     return cfg.validate()
+
+
+TMP_PREFIX = ".tmp-"  # temporary files written beside their target; a killed run's are removed at the next start
+
+
+def temp_beside(path, suffix=""):
+    """(fd, name) of a new temporary file in path's folder (created if needed), with the mode open() would
+    give it under the umask (mkstemp makes 0600): write it, then os.replace it onto path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
+def save_json(path, obj, **dump_args):
+    """Writes obj as JSON atomically: a failure leaves the previous file, never a half-written one."""
+    fd, tmp = temp_beside(path, ".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, **dump_args)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def cpu_name() -> str:

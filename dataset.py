@@ -359,6 +359,17 @@ def apply_augment(imgs: torch.Tensor, params) -> torch.Tensor:
     return out.clamp(0, 1) ** params["gamma"].to(imgs).view(B, 1, 1, 1)
 
 
+def local_images(images, gidx, mine, gen, device, augment):
+    """This process's images of global batch gidx, augmented. The augmentation is drawn for the whole
+    global batch (the same on every process), then applied where the model runs: on a GPU the CPU would
+    otherwise bound the step rate."""
+    params = augment_params(len(gidx), gen) if augment else None
+    imgs = images[gidx[mine]].to(device, non_blocking=True)
+    if params is not None:
+        imgs = apply_augment(imgs, {k: v[mine].to(device) for k, v in params.items()})
+    return imgs
+
+
 def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Augments a batch with parameters drawn from `generator` (seeded run: reproducible)."""
     return apply_augment(imgs, augment_params(imgs.shape[0], generator))

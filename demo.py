@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from config import add_config_args, load_config, run_info
+from config import add_config_args, load_config, run_info, save_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # a validation slice (a subject training never sees), with a synthetic tumor
@@ -131,9 +131,7 @@ def main(argv=None):
     summary = {"phases": done, "total_minutes": round((time.time() - start) / 60, 2),
                "headline": headline(cfg, predicted), "run": run_info()}
     path = cfg.artifact("demo_summary")
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    save_json(path, summary)
     print("\n" + screen(summary) + f"\n  (also in {path}; every figure with its command: make results -> docs/RESULTS.md)")
     return 0
 

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from config import MiramError, run_info
+from config import MiramError, run_info, temp_beside
 from dataset import batches, refuse_other_split
 from hardware import amp_dtype, autocast, pick_device
 
@@ -211,14 +211,15 @@ def read_history(path):
 
 
 def write_history(history, path):
-    tmp = path + ".tmp"
+    tmp = None
     try:
-        with open(tmp, "w") as f:
+        fd, tmp = temp_beside(path, ".jsonl")
+        with os.fdopen(fd, "w") as f:
             for h in history:
                 f.write(json.dumps(h) + "\n")
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
         raise MiramError(f"{path}: could not write the training log ({e.strerror}); checkpoints are kept") from None
 

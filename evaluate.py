@@ -10,7 +10,6 @@ All metrics are computed on images scaled to [0, 1] by the dataset's robust per-
 miram_eval_sample.png (and eval_sweep.png with --sweep) into OUTPUT_PATH.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, add_config_args, describe, load_config, run_cli, run_info
+from config import MiramError, add_config_args, describe, load_config, run_cli, run_info, save_json
 from dataset import load_slices, load_split, resolve_data_path
 from hardware import pick_device
 from losses import finite_mean, psnr, ssim
@@ -236,9 +235,7 @@ def run(args, cfg):
             print(f"sweep mask {r}: MIRAM masked PSNR {result['sweep'][str(r)]['miram']['fine']['masked']['psnr']:.2f} dB")
     os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
     json_path, png_path = cfg.artifact("eval_metrics"), cfg.artifact("eval_sample")
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1, default=lambda v: None)
-    os.replace(json_path + ".tmp", json_path)
+    save_json(json_path, result, default=lambda v: None)
     save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
     written = [json_path, png_path]
     if args.sweep:

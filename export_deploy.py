@@ -19,7 +19,6 @@ only), as `classify.py --backend onnx` and `enhance.py --backend onnx` run them.
 """
 import argparse
 import dataclasses
-import json
 import os
 import tempfile
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, ModelConfig, add_config_args, describe, load_config, run_cli, run_info
+from config import MiramError, ModelConfig, add_config_args, describe, load_config, run_cli, run_info, save_json
 from dataset import load_split
 from hardware import native_amp
 from losses import psnr
@@ -224,9 +223,7 @@ def run(args, cfg):
     if not native_amp(torch.device("cpu")):
         report["skipped"] = {"torch-bf16": BF16_SKIPPED}
     path = cfg.artifact("deploy_benchmark")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
+    save_json(path, report)
     print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
     print(f"{'model':10s} {'size':16s} {'patches':>7s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} "
           f"{'p99':>8s} {'img/s':>8s} {'GFLOP':>6s} {'peak':>5s}")

@@ -2,7 +2,6 @@
 measured kernels for the step. The maths and the weights are the same whatever is chosen here."""
 import json
 import os
-import tempfile
 import time
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from config import MiramError, cpu_name
+from config import MiramError, cpu_name, save_json
 
 
 # ---- device and precision ----------------------------------------------------------------------------
@@ -176,11 +175,7 @@ def _measured(name, measure):
         speedup = measure()
         cache[key] = {"speedup": round(speedup, 3), "faster": speedup >= MEASURED_MARGIN}
         try:  # a cache that cannot be written only means measuring again next time
-            os.makedirs(os.path.dirname(KERNEL_CACHE), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(KERNEL_CACHE), suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(cache, f, indent=1)
-            os.replace(tmp, KERNEL_CACHE)
+            save_json(KERNEL_CACHE, cache)
         except OSError:
             pass
     return bool(cache[key]["faster"]), cache[key]["speedup"]

@@ -10,13 +10,12 @@ A new format is one entry in FORMATS plus its reader and writer below. numpy onl
 the deployed ONNX path reads scans without torch.
 """
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from config import MAX_PIXELS, MiramError
+from config import MAX_PIXELS, MiramError, temp_beside
 
 
 class DataError(MiramError):
@@ -339,15 +338,10 @@ WRITERS = {"tiff": _write_tiff, "png": _write_png, "nifti": _write_nifti, "dicom
 def write_scan(scan: Scan, slices, path, coarse=False):
     """Writes results in the scan's format, atomically. coarse: half resolution (voxel size doubled)."""
     arr = to_stored_layout(scan, slices)
-    folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=split_ext(path)[1], dir=folder)
+        fd, tmp = temp_beside(path, split_ext(path)[1])
         os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         WRITERS[scan.kind](scan, arr, tmp, coarse)
         os.replace(tmp, path)  # a failure never leaves a partly written output under the real name
     except BaseException as e:

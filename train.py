@@ -19,7 +19,7 @@ import torch
 
 from checkpoint import check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, describe, load_config, run_cli
-from dataset import apply_augment, augment_params, load_split, resolve_data_path, split_record
+from dataset import load_split, local_images, resolve_data_path, split_record
 from engine import Distributed, Task, fit
 from hardware import autocast, resolve_amp, tune_for
 from losses import ssim
@@ -41,17 +41,6 @@ def get_args_parser():
                         help="stop after E epochs of this invocation (the schedule still spans all epochs); "
                              "run again to continue")
     return add_config_args(parser)
-
-
-def local_images(images, gidx, mine, gen, device, augment):
-    """This process's images of global batch gidx, augmented. The augmentation is drawn for the whole
-    global batch (the same on every process), then applied where the model runs: on a GPU the CPU would
-    otherwise bound the step rate."""
-    params = augment_params(len(gidx), gen) if augment else None
-    imgs = images[gidx[mine]].to(device, non_blocking=True)
-    if params is not None:
-        imgs = apply_augment(imgs, {k: v[mine].to(device) for k, v in params.items()})
-    return imgs
 
 
 # ---- pre-training ------------------------------------------------------------------------------------

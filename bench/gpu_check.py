@@ -80,23 +80,32 @@ def spec_batch(batch, device, seed=0):
     return imgs.to(device), torch.rand(batch, spec.num_patches, generator=g).to(device)
 
 
-def train_steps(model, imgs, noise, steps, dtype):
-    """Losses of `steps` AdamW steps on one batch on the GPU, as engine.fit steps (fused AdamW, autocast,
-    a gradient scaler in fp16)."""
+def make_step(model, kind, dtype, device):
+    """One training step on a fixed batch -> (seconds, loss): MIRAM with engine.fit's optimizer (fused AdamW,
+    weight-decay groups), HuggingFace with the AdamW a user would write; autocast in dtype (None: fp32) and a
+    gradient scaler in fp16, as engine.fit steps."""
     import torch
     from engine import make_optimizer, param_groups
-    opt = make_optimizer(param_groups(model, 0.05), 1.5e-4, (0.9, 0.95))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    losses = []
-    for _ in range(steps):
-        with torch.autocast("cuda", dtype=dtype):
-            loss = model(imgs, noise).loss
+    opt = (make_optimizer(param_groups(model, 0.05), 1.5e-4, (0.9, 0.95)) if kind == "miram" else
+           torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), fused=True))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step(imgs, noise):
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(pixel_values=imgs, noise=noise).loss if kind == "hf" else model(imgs, noise).loss
         scaler.scale(loss.float()).backward()
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+        sync()
+        return time.perf_counter() - t0, loss.item()
+    return step
 
 
 def check_step(args, device, dtype_name):
@@ -112,72 +121,34 @@ def check_step(args, device, dtype_name):
     cpu_model = MIRAM(ModelConfig())
     gpu_model = tune_for(MIRAM(ModelConfig()), device, True).to(device)
     gpu_model.load_state_dict(cpu_model.state_dict())
-    cpu_losses = cpu_fp32_losses(cpu_model, imgs.cpu(), noise.cpu(), args.loss_steps)
-    gpu_losses = train_steps(gpu_model.train(), imgs, noise, args.loss_steps, dtype)
+    steppers = {"miram": make_step(gpu_model.train(), "miram", dtype, device)}
+    cpu_step = make_step(cpu_model.train(), "miram", None, torch.device("cpu"))
+    cpu_losses = [cpu_step(imgs.cpu(), noise.cpu())[1] for _ in range(args.loss_steps)]
+    gpu_losses = [steppers["miram"](imgs, noise)[1] for _ in range(args.loss_steps)]
     agree, worst = losses_agree(cpu_losses, gpu_losses, LOSS_RTOL[dtype_name])
     rows = [row(f"step loss vs CPU fp32 ({dtype_name})", agree,
                 f"{args.loss_steps} steps, worst relative difference {worst:.4f} (limit {LOSS_RTOL[dtype_name]})")]
     try:
         sys.path.insert(0, os.path.join(ROOT, "bench"))
         from train_throughput import hf_model
-        hf = hf_model().to(device).train()
+        steppers["hf"] = make_step(hf_model().to(device).train(), "hf", dtype, device)
     except ImportError:
-        hf = None
-    models = {"miram": gpu_model}
-    if hf is not None:
-        models["hf"] = hf
-    steppers = {k: make_gpu_step(m, k, dtype) for k, m in models.items()}
+        pass
     for _ in range(3):
         for step in steppers.values():
             step(imgs, noise)
     times = {k: [] for k in steppers}
     for _ in range(args.steps):  # interleaved: one step each per round
         for k, step in steppers.items():
-            times[k].append(step(imgs, noise))
+            times[k].append(step(imgs, noise)[0])
     speed = {k: 16 / statistics.median(v) for k, v in times.items()}
-    if hf is None:
+    if "hf" not in speed:
         rows.append(row(f"step images/s ({dtype_name})", None,
                         f"MIRAM {speed['miram']:.0f}/s; HF ViTMAE not installed (pip install -r bench/requirements.txt)"))
     else:
         rows.append(row(f"step images/s ({dtype_name})", speed["miram"] >= speed["hf"],
                         f"MIRAM {speed['miram']:.0f}/s vs HF ViTMAE {speed['hf']:.0f}/s = {speed['miram'] / speed['hf']:.2f}x"))
     return rows
-
-
-def cpu_fp32_losses(model, imgs, noise, steps):
-    """The same steps in fp32 on the CPU, from a copy of the same initial weights."""
-    import copy
-
-    from engine import make_optimizer, param_groups
-    model = copy.deepcopy(model).train()
-    opt = make_optimizer(param_groups(model, 0.05), 1.5e-4, (0.9, 0.95))
-    losses = []
-    for _ in range(steps):
-        loss = model(imgs, noise).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
-
-
-def make_gpu_step(model, kind, dtype):
-    import torch
-    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    def step(imgs, noise):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=dtype):
-            loss = model(pixel_values=imgs, noise=noise).loss if kind == "hf" else model(imgs, noise).loss
-        scaler.scale(loss.float()).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-    return step
 
 
 def run(cmd, env=None, timeout=240):

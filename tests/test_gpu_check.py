@@ -66,3 +66,15 @@ def test_checks_past_the_budget_are_skipped_not_run(monkeypatch, capsys):
     assert gpu_check.main(["--budget", "250"]) == 0
     assert ran == ["check_step", "check_real_run"]  # each check here "takes" 100 s
     assert capsys.readouterr().out.count("past the 250s budget") == 3
+
+
+def test_the_step_it_times_trains_on_the_cpu_too():
+    from config import ModelConfig
+    from models import MIRAM
+    torch.manual_seed(0)
+    m = MIRAM(ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                          decoder_num_heads=2)).train()
+    step = gpu_check.make_step(m, "miram", None, torch.device("cpu"))
+    x, noise = torch.rand(2, 1, 32, 32), torch.rand(2, 4)
+    losses = [step(x, noise)[1] for _ in range(4)]
+    assert losses[-1] < losses[0]  # the same batch, fitted step by step
