@@ -179,6 +179,8 @@ def read_scan(path, max_pixels=MAX_PIXELS) -> Scan:
     except Exception as e:  # every decoder has its own exceptions; all mean "cannot read this file"
         raise DataError(f"{path}: cannot read {kind} file ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if arr.size == 0:  # a header can promise a series whose pages hold nothing
+        raise DataError(f"{path}: holds no pixels (decoded shape {arr.shape})")
     channels = 0
     if kind in ("tiff", "png") and arr.ndim == 3 and arr.shape[-1] in (3, 4):
         channels = arr.shape[-1]

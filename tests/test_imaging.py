@@ -83,3 +83,11 @@ def test_outputs_keep_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "out.tif").st_mode & 0o777 == 0o644
+
+
+def test_a_file_that_decodes_to_no_pixels_is_one_line(tmp_path, monkeypatch):
+    # found by the fuzzed-bytes test: a TIFF whose series decodes to shape (0, H, W)
+    tifffile.imwrite(tmp_path / "empty.tif", np.ones((16, 16), np.uint8))
+    monkeypatch.setitem(imaging.READERS, "tiff", lambda path, meta: np.zeros((0, 16, 16), np.uint8))
+    with pytest.raises(DataError, match="empty.tif: holds no pixels"):
+        imaging.read_scan(str(tmp_path / "empty.tif"))
