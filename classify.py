@@ -58,23 +58,23 @@ def suffix_of(variant):
 # ---- inference with heatmaps -------------------------------------------------------------------------
 
 def predict_all(model, images, device, amp, batch=32, with_attention=False):
-    """-> probabilities (N,) numpy, and with_attention: {"last_block"|"rollout"|"relevance": (N, S, S)
-    heatmaps} (relevance needs the gradient: one backward pass per batch)."""
+    """-> probabilities (N,) numpy, and with_attention: {"evidence"|"last_block"|"rollout"|"relevance":
+    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch)."""
     import torch
 
     from hardware import autocast
     from models import cls_maps
     model.eval()
-    probs, maps = [], {"last_block": [], "rollout": [], "relevance": []}
+    probs, maps = [], {name: [] for name in HEATMAP_TITLES}
     for s in range(0, len(images), batch):
         x = images[s:s + batch].to(device)
         with torch.set_grad_enabled(with_attention), autocast(device, amp):
             if with_attention:
-                logits, atts, keep, valid = model.forward_with_attention(x, "all")
+                logits, atts, keep, valid, scores = model.forward_with_attention(x, "all")
                 # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
                 grads = torch.autograd.grad(logits.float().sum(), atts)
                 with torch.no_grad():
-                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads).items():
+                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads, scores.detach()).items():
                         maps[k].append(v.float().cpu().numpy())
             else:
                 logits = model(x)
@@ -102,6 +102,8 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                          "classification needs both (check the MASK/ folder)")
     pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
+    patch = model.cfg.patch_size
+    masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
     suffix = suffix_of(variant)
 
     class Classification(Task):
@@ -122,15 +124,23 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT)
-            return x, train_set.labels[gidx[mine]].to(device)
+            if masks is None:
+                return local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT), None, \
+                    train_set.labels[gidx[mine]].to(device)
+            x, m = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
+            return x, m, train_set.labels[gidx[mine]].to(device)
 
         def forward(self, net, batch):
-            return net(batch[0])
+            return net(batch[0], with_evidence=True)
 
         def loss(self, out, batch):
-            loss = F.binary_cross_entropy_with_logits(out.float(), batch[1], pos_weight=pos_weight)
-            return loss, {"loss": loss.item()}
+            logits, scores, keep, valid = out
+            image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=pos_weight)
+            if batch[1] is None:
+                return image_loss, {"loss": image_loss.item()}
+            patch_loss = patch_supervision(scores, batch[1], keep, valid, patch)
+            loss = image_loss + cfg.CLS_PATCH_WEIGHT * patch_loss
+            return loss, {"loss": loss.item(), "image_loss": image_loss.item(), "patch_loss": patch_loss.item()}
 
         def validate(self, m):
             return binary_metrics(predict_all(m, val_set.images, device, cfg.AMP), val_set.labels.numpy(),
@@ -144,10 +154,30 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     return task
 
 
+def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1):
+    """Binary cross-entropy of each encoded patch's score against its own label (tumor on at least
+    min_share of its pixels), the tumor and the tumor-free patches weighted equally (a tumor covers a few
+    patches of a slice). scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them."""
+    import torch
+    import torch.nn.functional as F
+    share = F.avg_pool2d(masks, patch).flatten(1)  # (B, L): tumor share of each patch
+    target = (torch.gather(share, 1, keep) >= min_share).float()  # (B, K)
+    real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
+    bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
+    loss = 0.0
+    for weight in (target * real, (1 - target) * real):
+        if weight.sum() > 0:
+            loss = loss + 0.5 * (bce * weight).sum() / weight.sum()
+    return loss if torch.is_tensor(loss) else scores.sum() * 0
+
+
 # ---- figures and the report --------------------------------------------------------------------------
 
-HEATMAP_TITLES = {"last_block": "last block CLS attention", "rollout": "attention rollout",
-                  "relevance": "gradient-weighted relevance"}
+# The first is the default: the classifier's own map (what its logit pooled), in the figures, --predict and
+# the ONNX export alike; the others are read from attention, as the spec's heatmap was.
+HEATMAP_TITLES = {"evidence": "patch evidence (default)", "last_block": "last block CLS attention",
+                  "rollout": "attention rollout", "relevance": "gradient-weighted relevance"}
+DEFAULT_HEATMAP = next(iter(HEATMAP_TITLES))
 
 
 def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
@@ -186,7 +216,8 @@ def report(model, val_set, cfg, device, variant, n_viz):
                      "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
                      # a few slices with most of the mass inside lift the mean: the median is the typical slice
                      "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
-    m.update(localization=loc, variant=variant, n_val_subjects=len(set(val_set.subjects)))
+    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, variant=variant,
+             n_val_subjects=len(set(val_set.subjects)))
     pred = probs >= cfg.CLS_THRESHOLD
     written = []
     for group, sel in {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}.items():

@@ -345,8 +345,9 @@ def augment_params(n: int, generator: torch.Generator):
             "gamma": torch.exp(uniform(np.log(0.7), np.log(1.4)))}
 
 
-def apply_augment(imgs: torch.Tensor, params) -> torch.Tensor:
-    """imgs (B, C, H, W) in [0, 1] -> augmented, with params of augment_params(B, ...)."""
+def apply_augment(imgs: torch.Tensor, params, intensity=True) -> torch.Tensor:
+    """imgs (B, C, H, W) in [0, 1] -> augmented, with params of augment_params(B, ...); intensity=False:
+    the geometry alone (for masks)."""
     import torch
     import torch.nn.functional as F
     B = imgs.shape[0]
@@ -356,18 +357,25 @@ def apply_augment(imgs: torch.Tensor, params) -> torch.Tensor:
                          torch.stack([sin * flip, cos, params["ty"]], 1)], 1)
     grid = F.affine_grid(theta.to(imgs), list(imgs.shape), align_corners=False)
     out = F.grid_sample(imgs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.clamp(0, 1) ** params["gamma"].to(imgs).view(B, 1, 1, 1)
+    out = out.clamp(0, 1)
+    return out ** params["gamma"].to(imgs).view(B, 1, 1, 1) if intensity else out
 
 
-def local_images(images, gidx, mine, gen, device, augment):
+def local_images(images, gidx, mine, gen, device, augment, masks=None):
     """This process's images of global batch gidx, augmented. The augmentation is drawn for the whole
     global batch (the same on every process), then applied where the model runs: on a GPU the CPU would
-    otherwise bound the step rate."""
+    otherwise bound the step rate. With masks (N, 1, S, S): -> (images, masks as float), each mask moved
+    as its image is (its values become the share of tumor under each pixel)."""
     params = augment_params(len(gidx), gen) if augment else None
     imgs = images[gidx[mine]].to(device, non_blocking=True)
+    if masks is not None:
+        masks = masks[gidx[mine]].to(device, non_blocking=True).to(imgs.dtype)
     if params is not None:
-        imgs = apply_augment(imgs, {k: v[mine].to(device) for k, v in params.items()})
-    return imgs
+        params = {k: v[mine].to(device) for k, v in params.items()}
+        imgs = apply_augment(imgs, params)
+        if masks is not None:
+            masks = apply_augment(masks, params, intensity=False)
+    return imgs if masks is None else (imgs, masks)
 
 
 def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

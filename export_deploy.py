@@ -1,11 +1,12 @@
 """Export MIRAM to ONNX, prove it computes what PyTorch computes, quantize, and benchmark.
 
-    python export_deploy.py [--iters 50] [--threads 2] [--skip-spec]
+    python export_deploy.py [--iters 50] [--threads 2] [--skip-spec] [--short]
 
 From the best checkpoints in OUTPUT_PATH it writes:
   miram_model_optimized.onnx  tumor classifier: images (B,1,S,S), the patches to encode keep (B,K) and
-                              valid (B,K) (imaging.foreground_patches) -> probability (B,) and the last
-                              block's CLS attention (B,g,g); when best_tumor_classifier.pth exists
+                              valid (B,K) (imaging.foreground_patches) -> probability (B,), the patch-evidence
+                              map (B,g,g) and the last block's CLS attention (B,g,g); when
+                              best_tumor_classifier.pth exists
   miram_mae.onnx              restoration: images (B,1,S,S) and masking noise (B,L) -> fine (B,1,S,S),
                               coarse (B,1,S/2,S/2) and mask (B,L); no random op in the graph
   miram_inpaint.onnx          inpainting (train.py --inpaint): the biharmonic pre-fill and fill weight
@@ -28,7 +29,7 @@ import torch
 from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, ModelConfig, add_config_args, describe, load_config, run_cli, run_info, save_json
 from dataset import load_split
-from hardware import native_amp
+from hardware import native_amp, resolve_amp
 from losses import psnr
 from models import TumorClassifier, mask_noise, unpatchify
 from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_peer, gflop_per_image, graphs,
@@ -43,6 +44,7 @@ INT8_MAX_AUROC_DROP = 0.005
 INT8_MAX_MEAN_PROB_CHANGE = 0.02  # AUROC on a small validation set can hide large probability changes
 INT8_MAX_PSNR_DROP_DB = 0.2
 BF16_SKIPPED = "this CPU has no native bf16 (AVX-512 BF16 or AMX): PyTorch emulates it, many times slower than fp32"
+BF16_SLOWER = "--short: bf16 measured no faster than fp32 on this CPU (hardware.resolve_amp); the full table times it"
 
 
 # ---- accuracy of the variants ------------------------------------------------------------------------
@@ -81,6 +83,10 @@ def get_args_parser():
     p.add_argument("--skip-spec", action="store_true", help="do not time the spec-size models")
     p.add_argument("--skip-peer", action="store_true", help="do not time the peer (timm ViT-S/16, plain ONNX export)")
     p.add_argument("--max-images", type=int, default=64, help="validation images for parity and accuracy")
+    p.add_argument("--short", action="store_true",
+                   help="what make demo runs: time only the rows the deployment goals compare (the checkpoint's "
+                        "models, the spec-size classifier, the peer), torch-bf16 only where it measures faster "
+                        "than fp32 on this CPU; the full table is the default")
     return add_config_args(p)
 
 
@@ -135,8 +141,8 @@ def run(args, cfg):
             x = torch.from_numpy(images)
             ref = classifier_outputs(clf, x, *clf.foreground(x))
             prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
-            parity["classifier"] = {"probability": compare(ref[0], prob),
-                                    "last_block": compare(ref[1], maps["last_block"])}
+            parity["classifier"] = {"probability": compare(ref[0], prob), "evidence": compare(ref[1], maps["evidence"]),
+                                    "last_block": compare(ref[2], maps["last_block"])}
         ref = graphs()[1](mae)(torch.from_numpy(images), torch.from_numpy(noise))
         fine, coarse, mask = OnnxMAE(paths["mae"]["ort-fp32"], args.threads).run(images, noise)
         parity["mae"] = {"fine": compare(ref[0], fine), "coarse": compare(ref[1], coarse),
@@ -182,19 +188,23 @@ def run(args, cfg):
     spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
     if not args.skip_spec:
         s_clf, s_mae = spec_models()
-        s_paths = export_all(tmp.name, "spec_", s_clf, s_mae, spec_images[:2], torch.rand(2, spec.num_patches))
+        s_paths = export_all(tmp.name, "spec_", s_clf, None if args.short else s_mae, spec_images[:2],
+                             torch.rand(2, spec.num_patches))
         for kind in ("classifier", "mae"):  # the same rule as the checkpoint's: only kept variants
             if kind in accuracy and not accuracy[kind]["int8_kept"]:
                 s_paths[kind].pop("ort-int8")
         # the same spec-size classifier made to encode every patch: what the foreground selection saves
         s_all = TumorClassifier(dataclasses.replace(spec, foreground_threshold=-1.0)).eval()
         s_all.load_state_dict(s_clf.state_dict())
-        targets += [("classifier", "spec", s_clf, s_paths["classifier"], spec_images.numpy(), None),
-                    ("mae", "spec", s_mae, s_paths["mae"], spec_images.numpy(), None),
-                    ("classifier", "spec-all-patches", s_all, s_paths["classifier"], spec_images.numpy(), -1.0)]
+        targets.append(("classifier", "spec", s_clf, s_paths["classifier"], spec_images.numpy(), None))
+        if not args.short:
+            targets += [("mae", "spec", s_mae, s_paths["mae"], spec_images.numpy(), None),
+                        ("classifier", "spec-all-patches", s_all, s_paths["classifier"], spec_images.numpy(), -1.0)]
     if not args.skip_peer:
         peer = peer_model(spec)
         targets.append(("peer", "spec", peer, export_peer(tmp.name, peer, spec_images[:2]), spec_images.numpy(), None))
+    # the full table times torch-bf16 wherever the CPU has it natively; the short one only where it is faster
+    bf16 = native_amp(torch.device("cpu")) and (not args.short or resolve_amp(torch.device("cpu"), True, print, spec.embed_dim))
     peak = matmul_gflops(args.threads)
     print(f"fp32 matrix multiply on this machine, {args.threads} threads: {peak:.0f} GFLOP/s (each row's share is of this)")
     results = []
@@ -203,7 +213,7 @@ def run(args, cfg):
         grid = mcfg.img_size // mcfg.patch_size
         for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
             inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
-            runners = model_runners(kind, model, onnx_paths, inputs, args.threads, threshold)
+            runners = model_runners(kind, model, onnx_paths, inputs, args.threads, threshold, bf16)
             patches = grid * grid
             if kind == "classifier":
                 t = mcfg.foreground_threshold if threshold is None else threshold
@@ -220,8 +230,8 @@ def run(args, cfg):
               "files": {k: v for k, v in paths.items()},
               "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results",
               "run": run_info()}
-    if not native_amp(torch.device("cpu")):
-        report["skipped"] = {"torch-bf16": BF16_SKIPPED}
+    if not bf16:
+        report["skipped"] = {"torch-bf16": BF16_SKIPPED if not native_amp(torch.device("cpu")) else BF16_SLOWER}
     path = cfg.artifact("deploy_benchmark")
     save_json(path, report)
     print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
@@ -232,7 +242,7 @@ def run(args, cfg):
               f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f} "
               f"{r['gflop_per_image']:6.2f} {r['share_of_matmul_peak']:5.0%}")
     if "skipped" in report:
-        print(f"torch-bf16 not timed: {BF16_SKIPPED}")
+        print(f"torch-bf16 not timed: {report['skipped']['torch-bf16']}")
     print(f"wrote {path}")
     return report
 

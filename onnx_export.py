@@ -22,12 +22,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from config import ARTIFACTS, MiramError, ModelConfig, load_config
 from dataset import load_split
 from hardware import autocast, native_amp, use_fused_attention
-from models import MIRAM, TumorClassifier, last_block_map, padding_bias, unpatchify
+from models import MIRAM, TumorClassifier, evidence_map, last_block_map, padding_bias, unpatchify
 from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
 OPSET = 18
 # graph kind -> (artifact name in config.ARTIFACTS, input names, output names)
-GRAPHS = {"classifier": ("classifier_onnx", ["images", "keep", "valid"], ["probability", "last_block"]),
+GRAPHS = {"classifier": ("classifier_onnx", ["images", "keep", "valid"], ["probability", "evidence", "last_block"]),
           "mae": ("mae_onnx", ["images", "noise"], ["fine", "coarse", "mask"]),
           "inpaint": ("inpaint_onnx", ["prefilled", "weight"], ["restored"])}
 
@@ -115,10 +115,12 @@ def graphs():
 
 
 def classifier_outputs(clf, images, keep, valid, run_block=None):
-    """The exported classifier's outputs (probability, last-block map). With run_block=None the model runs
-    its own blocks, not the export's fused ones: that is the parity reference."""
-    logits, atts, _, _ = clf.forward_with_attention(images, "cls", keep, valid, run_block=run_block)
-    return torch.sigmoid(logits), last_block_map(atts, keep, valid, clf.encoder.grid)
+    """The exported classifier's outputs (probability, the patch-evidence map, the last block's CLS
+    attention map). With run_block=None the model runs its own blocks, not the export's fused ones: that is
+    the parity reference."""
+    logits, atts, _, _, scores = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
+    grid = clf.encoder.grid
+    return torch.sigmoid(logits), evidence_map(scores, keep, valid, grid), last_block_map(atts, keep, valid, grid)
 
 
 def spec_models():
@@ -282,8 +284,9 @@ def matmul_gflops(threads, size=2048, reps=5):
     return 2 * size ** 3 / best / 1e9
 
 
-def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None):
-    """Callables for every backend; each call takes the next input of the shared sequence."""
+def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None, bf16=True):
+    """Callables for every backend (torch-bf16 if asked and native); each call takes the next input of the
+    shared sequence."""
     cpu = torch.device("cpu")
     tensors = [(torch.from_numpy(x), torch.from_numpy(n)) for x, n in inputs]
 
@@ -293,7 +296,7 @@ def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_thr
                 torch_model(x) if kind in ("classifier", "peer") else torch_model(x, n)
         return call
     runners = {"torch-fp32": cycle(torch_call(False), tensors)}
-    if native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
+    if bf16 and native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
         runners["torch-bf16"] = cycle(torch_call(True), tensors)
     for backend, path in onnx_paths.items():
         if kind == "peer":

@@ -2,6 +2,9 @@
 to repair, and the Restorer that runs a model (PyTorch or ONNX Runtime, through a callable) over the tiles
 of a slice of any size. No torch here: the deployed path uses it as it is.
 """
+import concurrent.futures
+import os
+
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import griddata
@@ -111,18 +114,26 @@ def fill_weight(hole, ramp=FILL_RAMP_PX):
     return np.minimum(1.0, ndimage.distance_transform_edt(hole) / ramp)
 
 
-def damaged_set(images, copies, seed):
+def _fill_pair(pair):
+    return biharmonic_fill(*pair)
+
+
+def damaged_set(images, copies, seed, workers=None):
     """copies synthetic damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed:
-    float32 arrays (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original."""
+    float32 arrays (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original.
+    The holes are drawn in order (the same set on any machine); the fills, independent sparse solves, run
+    in `workers` processes (default: one per CPU core)."""
     rng = np.random.default_rng(seed)
-    prefilled, weights, targets = [], [], []
-    for img in np.asarray(images, np.float64)[:, 0]:
-        for _ in range(copies):
-            hole = random_damage(img > 0.1, rng)
-            prefilled.append(biharmonic_fill(img, hole))
-            weights.append(fill_weight(hole))
-            targets.append(img)
-    return tuple(np.stack(a)[:, None].astype(np.float32) for a in (prefilled, weights, targets))
+    originals = [img for img in np.asarray(images, np.float64)[:, 0] for _ in range(copies)]
+    holes = [random_damage(img > 0.1, rng) for img in originals]
+    workers = min(workers or os.cpu_count() or 1, max(1, len(holes) // 64))
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            prefilled = list(pool.map(_fill_pair, zip(originals, holes), chunksize=32))
+    else:
+        prefilled = [biharmonic_fill(img, hole) for img, hole in zip(originals, holes)]
+    weights = [fill_weight(hole) for hole in holes]
+    return tuple(np.stack(a)[:, None].astype(np.float32) for a in (prefilled, weights, originals))
 
 
 # ---- the model on one slice of any size --------------------------------------------------------------

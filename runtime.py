@@ -21,7 +21,7 @@ KIND_KEY = "miram_model_kind"     # which of the three graphs it is
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 # Parity thresholds, PyTorch fp32 vs ONNX Runtime fp32 on real images.
-PARITY = {"max_abs": {"probability": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3, "restored": 1e-3},
+PARITY = {"max_abs": {"probability": 1e-4, "evidence": 1e-4, "last_block": 1e-4, "fine": 1e-3, "coarse": 1e-3, "restored": 1e-3},
           "min_cosine": 0.9999}
 
 
@@ -84,11 +84,12 @@ class OnnxClassifier(OnnxModel):
                           else foreground_threshold)
 
     def __call__(self, images):
-        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {"last_block": (B,g,g)}."""
+        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {map name: (B,g,g)}: "evidence" (the
+        classifier's own map) and "last_block", as the graph names its outputs."""
         images = np.ascontiguousarray(images, np.float32)
         keep, valid = foreground_patches(images, self.model_config["patch_size"], self.threshold)
-        prob, last = self.session.run(None, {"images": images, "keep": keep, "valid": valid})
-        return prob, {"last_block": last}
+        prob, *maps = self.session.run(None, {"images": images, "keep": keep, "valid": valid})
+        return prob, dict(zip((o.name for o in self.session.get_outputs()[1:]), maps))
 
 
 class OnnxMAE(OnnxModel):

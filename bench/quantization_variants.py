@@ -41,7 +41,7 @@ def main(argv=None):
         raw, fp32 = os.path.join(d, "raw.onnx"), os.path.join(d, "fp32.onnx")
         example = torch.from_numpy(calib[:2])
         ox.export_onnx(ox.graphs()[0](clf), (example, *clf.foreground(example)), ["images", "keep", "valid"],
-                       ["probability", "last_block"], fp32, clf.cfg.to_dict(), "classifier", raw_path=raw,
+                       ox.GRAPHS["classifier"][2], fp32, clf.cfg.to_dict(), "classifier", raw_path=raw,
                        token_inputs=("keep", "valid"))
         paths = {"ort-fp32": fp32, "ort-int8 (dynamic)": ox.quantize_int8(raw, os.path.join(d, "dyn.onnx"))}
         prepared = os.path.join(d, "prep.onnx")

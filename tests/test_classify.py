@@ -75,7 +75,7 @@ def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
     x[1, :, :16] = 0  # half blank: padded beside the others
     cpu = torch.device("cpu")
     probs, heats = classify.predict_all(m, x, cpu, False, with_attention=True)
-    assert set(heats) == {"last_block", "rollout", "relevance"}
+    assert set(heats) == {"evidence", "last_block", "rollout", "relevance"}
     for i in range(3):
         p, h = classify.predict_all(m, x[i:i + 1], cpu, False, with_attention=True)
         assert abs(p[0] - probs[i]) < 1e-5
@@ -103,7 +103,7 @@ def test_layer_decay_gives_the_encoder_less():
     m = TumorClassifier(ModelConfig(img_size=32, embed_dim=16, depth=2, num_heads=2))
     groups = engine.param_groups(m, 0.05, engine.layer_decay(len(m.encoder.blocks), 0.5))
     scales = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    assert scales[id(m.head[0].weight)] == 1.0
+    assert scales[id(m.evidence.weight)] == 1.0
     assert scales[id(m.encoder.blocks[1].mlp.fc1.weight)] == 0.5
     assert scales[id(m.encoder.blocks[0].mlp.fc1.weight)] == 0.25
     assert scales[id(m.encoder.patch_embed.weight)] == 0.125
@@ -121,7 +121,8 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
     saved = json.load(open(os.path.join(out, "classification_metrics.json")))
     (tn, fp), (fn, tp) = saved["confusion_matrix"]
     assert saved["sensitivity"] == tp / (tp + fn) and saved["n_positive"] == tp + fn and saved["n"] == tn + fp + fn + tp
-    assert set(saved["localization"]) == {"last_block", "rollout", "relevance"}
+    assert set(saved["localization"]) == {"evidence", "last_block", "rollout", "relevance"}
+    assert saved["default_heatmap"] == "evidence"
     for loc in saved["localization"].values():  # a share of the positive slices: hits / positives
         assert loc["pointing_game"] * saved["n_positive"] == pytest.approx(round(loc["pointing_game"] * saved["n_positive"]))
     # the engine ran every epoch with ceil(training slices / batch) optimizer steps each
@@ -144,3 +145,66 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
         plain = torch.sigmoid(best.eval()(torch.from_numpy(model_input(read_slice(scan), 64)))).item()
     assert r["probability"] == pytest.approx(plain, abs=1e-6) and os.path.isfile(r["heatmap"])
     assert "p(tumor)" in capsys.readouterr().out
+
+
+def test_patch_labels_come_from_the_mask_of_each_encoded_patch():
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[..., 8:16, 16:24] = 1  # patch (1, 2) of a 4 x 4 grid: index 6
+    keep = torch.tensor([[6, 0, 1]])
+    agree = torch.tensor([[4.0, -4.0, -4.0]])
+    assert classify.patch_supervision(agree, masks, keep, None, 8) < 0.05
+    assert classify.patch_supervision(-agree, masks, keep, None, 8) > 3.0
+    # padding (valid False) is not a patch: its score does not count
+    valid = torch.tensor([[True, True, False]])
+    assert classify.patch_supervision(torch.tensor([[4.0, -4.0, 9.0]]), masks, keep, valid, 8) < 0.05
+
+
+def test_a_mask_moves_with_its_augmented_image():
+    import dataset
+    images = torch.zeros(4, 1, 32, 32)
+    images[:, :, 4:14, 18:28] = 1.0
+    masks = images > 0.5
+    g = torch.Generator().manual_seed(3)
+    x, m = dataset.local_images(images, torch.arange(4), torch.ones(4, dtype=torch.bool), g, torch.device("cpu"),
+                                True, masks)
+    assert m.dtype == x.dtype and not torch.equal(m, masks.float())  # moved
+    assert torch.equal(x > 0, m > 0)  # moved alike (the gamma changes intensity, never zero to non-zero)
+
+
+def test_the_default_map_points_at_the_only_difference():
+    """Slices that differ only by a lesion: trained a few steps with patch labels, the classifier's own
+    map peaks inside the lesion on lesions it has not seen, alone and in a padded batch alike."""
+    from config import ModelConfig
+    from models import TumorClassifier, evidence_map
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+
+    def slices(n):
+        base = 0.3 + 0.1 * torch.rand(n, 1, 32, 32, generator=g)
+        lesion = torch.zeros(n, 1, 32, 32)
+        for i in range(0, n, 2):  # every other slice
+            y, x = torch.randint(0, 4, (2,), generator=g).tolist()
+            lesion[i, :, y * 8 + 2:y * 8 + 6, x * 8 + 2:x * 8 + 6] = 1
+        return torch.where(lesion > 0, torch.full_like(base, 0.9), base), lesion
+    m = TumorClassifier(ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(60):
+        x, lesion = slices(16)
+        logits, scores, keep, valid = m(x, with_evidence=True)
+        labels = (lesion.flatten(1).amax(1) > 0).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + \
+            classify.patch_supervision(scores, lesion, keep, valid, 8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    x, lesion = slices(8)
+    x[1, :, :16] = 0  # a half-blank slice pads the batch
+    with torch.no_grad():
+        _, scores, keep, valid = m(x, with_evidence=True)
+        maps = evidence_map(scores, keep, valid, 4)
+        alone = [evidence_map(*[t for t in m(x[i:i + 1], with_evidence=True)[1:]], 4) for i in range(0, 8, 2)]
+    inside = torch.nn.functional.max_pool2d(lesion, 8).flatten(1) > 0  # the lesion's patch
+    for k, i in enumerate(range(0, 8, 2)):
+        assert inside[i, maps[i].flatten().argmax()]
+        assert torch.allclose(alone[k][0], maps[i], atol=1e-5)

@@ -63,11 +63,11 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     for kind, name in (("classifier", "miram_model_optimized_int8.onnx"), ("mae", "miram_mae_int8.onnx")):
         assert acc[kind]["int8_kept"] == os.path.isfile(os.path.join(out, name))  # dropped variants are removed
     # ONNX Runtime's fused kernels are in the graph: attention in every block but the last (whose weights
-    # are an output), GELU (ORT merges it with the bias before it) in every block and the head
+    # are an output), GELU (ORT merges it with the bias before it) in every block
     import onnx
     ops = [n.op_type for n in onnx.load(os.path.join(out, "miram_model_optimized.onnx")).graph.node]
     assert ops.count("MultiHeadAttention") == 1  # tiny preset: DEPTH 2
-    assert ops.count("Gelu") + ops.count("BiasGelu") == 3 and "Erf" not in ops
+    assert ops.count("Gelu") + ops.count("BiasGelu") == 2 and "Erf" not in ops
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -87,8 +87,10 @@ def test_dynamic_batch_matches_torch(exported, batch):
     prob, maps = runtime.OnnxClassifier(os.path.join(out, "miram_model_optimized.onnx"))(x.numpy())
     assert prob.shape == (batch,) and np.abs(prob - ref[0].numpy()).max() < 1e-4
     assert abs(prob[-1] - alone.item()) < 1e-4  # a result does not depend on the rest of the batch
-    assert np.abs(maps["last_block"] - ref[1].numpy()).max() < 1e-4
-    assert (maps["last_block"][-1, :2] == 0).all()  # blank patches are not encoded: no attention
+    assert np.abs(maps["evidence"] - ref[1].numpy()).max() < 1e-4  # the default map
+    assert np.abs(maps["last_block"] - ref[2].numpy()).max() < 1e-4
+    for name in ("evidence", "last_block"):
+        assert (maps[name][-1, :2] == 0).all()  # blank patches are not encoded: no weight
     fine, coarse = runtime.OnnxMAE(os.path.join(out, "miram_mae.onnx"))(x.numpy(), noise.numpy())
     assert fine.shape == (batch, 1, 64, 64) and coarse.shape == (batch, 1, 32, 32)
     assert np.abs(fine - ref_mae[0].numpy()).max() < 1e-3

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,11 +103,11 @@ def test_attention_readout_matches_the_block():
     # and the weights are the softmax of scaled q.k from the block's own projection
     q, k, _ = blk.attn.qkv(blk.norm1(h)).reshape(2, 197, 3, 2, 16).permute(2, 0, 3, 1, 4)
     assert torch.allclose(a, (q @ k.transpose(-2, -1) / 4).softmax(-1), atol=1e-6)
-    # the CLS-only last block: the same CLS token and attention row, without the other tokens' outputs
-    cls_tokens, _, _, cls_att = m.encoder(x, return_attention="cls")
-    assert len(cls_att) == 1 and cls_tokens.shape == (2, 1, 32) and cls_att[0].shape == (2, 2, 1, 197)
-    assert torch.allclose(cls_tokens[:, 0], tokens[:, 0], atol=1e-5)
-    assert torch.allclose(cls_att[0][:, :, 0], atts[-1][:, :, 0], atol=1e-6)
+    # the last block's attention alone: the same tokens and the same attention as the "all" readout
+    last_tokens, _, _, last_att = m.encoder(x, return_attention="last")
+    assert len(last_att) == 1 and last_att[0].shape == (2, 2, 197, 197)
+    assert torch.allclose(last_tokens, tokens, atol=1e-5)
+    assert torch.allclose(last_att[0], atts[-1], atol=1e-6)
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -190,21 +192,25 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         batched = m(x)
         alone = torch.cat([m(x[:1]), m(x[1:])])
         keep, valid = m.foreground(x[1:])
-        logits, atts, _, _ = m.forward_with_attention(x[1:], "cls")
+        logits, atts, _, _, scores = m.forward_with_attention(x[1:], "last")
         changed = x[1:].clone()
         changed[:, :, :16] = 0.005  # below the threshold: still background, same result
-        assert keep.shape == (1, 8) and valid.all() and atts[0].shape[-1] == 9
+        assert keep.shape == (1, 8) and valid.all() and atts[0].shape[-1] == 9 and scores.shape == (1, 8)
         assert torch.allclose(m(changed), alone[1:], atol=1e-6)
         brighter = x[1:].clone()
         brighter[:, :, :16] = 0.5  # now foreground: read, and the result moves
         assert not torch.allclose(m(brighter), alone[1:], atol=1e-4)
     assert torch.allclose(batched, alone, atol=1e-5)
-    # the CLS-only last block gives what every token's last block gives, padding included
+    # the logit pools the real patches' scores only: padding changes neither it nor the map
     keep, valid = m.foreground(x)
     assert not valid.all()
     with torch.no_grad():
-        every_token = m.head(m.encoder(x, keep=keep, valid=valid)[0][:, 0]).squeeze(-1)
-    assert torch.allclose(batched, every_token, atol=1e-5)
+        tokens = m.encoder(x, keep=keep, valid=valid)[0]
+        scores = m.evidence(tokens[1:, 1:]).squeeze(-1)[valid[1:]]
+        by_hand = torch.logsumexp(scores, 0) - math.log(len(scores))
+        weights = models.evidence_weights(m.evidence(tokens[:, 1:]).squeeze(-1), valid)
+    assert torch.allclose(batched[1], by_hand, atol=1e-5)
+    assert torch.all(weights[~valid] == 0) and torch.allclose(weights.sum(1), torch.ones(2))
 
 
 def test_embedding_only_kept_patches_equals_the_convolution():
