@@ -37,7 +37,7 @@ compare: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
-	$(PY) bench/train_throughput.py
+	mkdir -p outputs && $(PY) bench/train_throughput.py --json outputs/train_throughput.json
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py --json outputs/inpaint_quality.json
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py

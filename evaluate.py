@@ -139,8 +139,7 @@ def margin(summary, baselines):
 
 
 def save_figure(shown, path, title):
-    cols = ["original", "masked input", "fine reconstruction", "composite", "coarse (112x112)", "|error| composite"]
-    fig, axes = plt.subplots(len(shown), len(cols), figsize=(2.6 * len(cols), 2.8 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 6, figsize=(2.6 * 6, 2.8 * len(shown)), squeeze=False)
     for r, s in enumerate(shown):
         img, hole, fine = s["image"], s["hole"], s["fine"]
         comp = img * (1 - hole) + fine * hole
@@ -150,7 +149,7 @@ def save_figure(shown, path, title):
         pc, sc = psnr(t(comp), t(img)).item(), ssim(t(comp), t(img)).item()
         panels = [(img, "original"), (np.where(hole > 0, 0.5, img), "masked input"),
                   (fine, f"fine: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}"),
-                  (s["coarse"], "coarse (112x112)"), (np.abs(comp - img), "|error|, composite")]
+                  (s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])), (np.abs(comp - img), "|error|, composite")]
         for c, (a, name) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(a, cmap="magma" if c == 5 else "gray", vmin=0, vmax=0.5 if c == 5 else 1)

@@ -180,7 +180,7 @@ class Encoder(nn.Module):
 class MIRAMOutput:
     loss: torch.Tensor         # LAMBDA_FINE * loss_fine + LAMBDA_COARSE * loss_coarse
     loss_fine: torch.Tensor    # MSE over masked patches, 224-scale
-    loss_coarse: torch.Tensor  # MSE over masked patches, 112-scale
+    loss_coarse: torch.Tensor  # MSE over masked patches, at half the image size
     pred_fine: torch.Tensor    # (B, L, p*p*C)
     pred_coarse: torch.Tensor  # (B, L, (p/2)*(p/2)*C)
     mask: torch.Tensor         # (B, L), 1 = masked

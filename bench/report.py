@@ -77,10 +77,20 @@ def classification_section(results):
                      f"{r['specificity']:.3f}", f"{r['f1']:.3f}", r.get("optimizer_steps", "")] for r in results])
     lines += ["", "Heatmaps on the validation tumor slices: share of the map inside the tumor over the tumor's share "
                   "of the image (mean, median slice), and how often the peak lies inside it (pointing game).", ""]
-    rows = [[r["variant"], name, f"{loc['mass_inside_over_share']:.1f}x", f"{loc['mass_inside_over_share_median']:.1f}x",
+    rows = [[r["variant"], name + (" (default)" if name == r.get("default_heatmap") else ""),
+             f"{loc['mass_inside_over_share']:.1f}x", f"{loc['mass_inside_over_share_median']:.1f}x",
              f"{loc['pointing_game']:.2f}"] for r in results for name, loc in r["localization"].items() if loc]
     lines += table(["variant", "map", "mass / share (mean)", "(median)", "pointing game"], rows)
     return lines + [""]
+
+
+def throughput_section(t):
+    lines = ["## Pre-training step against HuggingFace `ViTMAEForPreTraining` (`bench/train_throughput.py`)", "",
+             f"- {provenance(t.get('run'))}",
+             f"- spec sizes, batch {t['batch']}, {t['threads']} threads, candidates interleaved in one process", ""]
+    rows = [[name, f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}", f"{r['ratio_vs_hf_fp32']:.2f}x"]
+            for name, r in t["throughput"].items()]
+    return lines + table(["candidate", "images/s (median)", "(best)", "vs HF fp32"], rows) + [""]
 
 
 def inpainting_section(q):
@@ -170,6 +180,9 @@ def main(argv=None):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:
         missing.append(path("deploy_benchmark"))
+    throughput = os.path.join(args.outputs, "train_throughput.json")
+    if os.path.isfile(throughput):
+        lines += throughput_section(load_json(throughput))
     gpu = os.path.join(args.outputs, "gpu_check.json")
     lines += gpu_section(load_json(gpu)) if os.path.isfile(gpu) else [
         "## The GPU path (`make gpu-check`)", "", "Not measured yet: no run of `make gpu-check` on a GPU machine.", ""]

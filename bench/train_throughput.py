@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ModelConfig  # noqa: E402
+from config import ModelConfig, run_info  # noqa: E402
 from engine import make_optimizer, param_groups  # noqa: E402
 from hardware import ONEDNN_LINEAR, native_amp, tune_for, use_fast_linear  # noqa: E402
 from models import MIRAM  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--curve-steps", type=int, default=30, help="0 skips the loss-curve check")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None, help="also write the results here (make bench: outputs/train_throughput.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, oneDNN linear "
@@ -148,7 +148,7 @@ def main(argv=None):
     for name, r in res.items():
         r["ratio_vs_hf_fp32"] = r["median_img_s"] / ref
         print(f"{name:28s} {r['median_img_s']:12.1f} {r['best_img_s']:10.1f} {r['ratio_vs_hf_fp32']:9.2f}x")
-    out = {"threads": args.threads, "batch": args.batch, "throughput": res}
+    out = {"threads": args.threads, "batch": args.batch, "throughput": res, "run": run_info()}
     loader = loader_throughput(args.batch)
     out["loader"] = loader
     best = max(r["median_img_s"] for r in res.values())
