@@ -24,7 +24,7 @@ DEMO_SLICE = os.path.join("data", "demo", "Brain_MRI", "HR", "mni_axial_slab04_0
 def get_args_parser():
     p = argparse.ArgumentParser("MIRAM demo: every phase, then a summary")
     p.add_argument("--slice", default=DEMO_SLICE, help="the slice classify.py --predict and enhance.py run on")
-    p.add_argument("--export-iters", default="50", help="export_deploy.py --iters")
+    p.add_argument("--export-iters", default="20", help="export_deploy.py --iters (make bench times 50)")
     p.add_argument("--skip-spec", action="store_true", help="export_deploy.py --skip-spec: time the trained models only")
     p.add_argument("--full-benchmark", action="store_true",
                    help="export_deploy.py without --short: every row (spec-size MAE, all-patches classifier, torch-bf16)")

@@ -84,13 +84,26 @@ def classification_section(results):
     return lines + [""]
 
 
+def settings_section(runs, note):
+    """classify.py runs that differ by settings (named in each run's command)."""
+    lines = ["## Classifier settings compared", "", f"Each row one run (one seed), its command as recorded. {note}", ""]
+    rows = []
+    for r in runs:
+        loc = r["localization"][r.get("default_heatmap", "evidence")]
+        rows.append([f"`{r['run']['command']}`", f"{r['auroc']:.3f}", f"{loc['pointing_game']:.2f}",
+                     f"{loc['mass_inside_over_share_median']:.1f}x", r.get("optimizer_steps", "")])
+    return lines + table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows) + [""]
+
+
 def throughput_section(t):
     lines = ["## Pre-training step against HuggingFace `ViTMAEForPreTraining` (`bench/train_throughput.py`)", "",
              f"- {provenance(t.get('run'))}",
-             f"- spec sizes, batch {t['batch']}, {t['threads']} threads, candidates interleaved in one process", ""]
-    rows = [[name, f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}", f"{r['ratio_vs_hf_fp32']:.2f}x"]
-            for name, r in t["throughput"].items()]
-    return lines + table(["candidate", "images/s (median)", "(best)", "vs HF fp32"], rows) + [""]
+             f"- spec sizes, batch {t['batch']}, {t['threads']} threads, candidates interleaved in one process; a "
+             f"step is {t['gflop_per_image']:.1f} GFLOP per image, the fp32 matrix multiply here "
+             f"{t['matmul_gflops']:.0f} GFLOP/s", ""]
+    rows = [[name, f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}", f"{r['ratio_vs_hf_fp32']:.2f}x",
+             f"{r['share_of_fp32_matmul_peak']:.0%}"] for name, r in t["throughput"].items()]
+    return lines + table(["candidate", "images/s (median)", "(best)", "vs HF fp32", "share of fp32 peak"], rows) + [""]
 
 
 def inpainting_section(q):
@@ -149,6 +162,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outputs", default="outputs")
     p.add_argument("--to", default=os.path.join("docs", "RESULTS.md"))
+    p.add_argument("--settings-runs", nargs="*", default=[], metavar="DIR",
+                   help="output folders of classify.py runs with other settings, reported side by side")
+    p.add_argument("--settings-note", default="", help="what those runs share (the encoder, the data)")
     args = p.parse_args(argv)
 
     def path(name):
@@ -173,6 +189,9 @@ def main(argv=None):
         lines += classification_section(results)
     else:
         missing.append(path("classification_metrics"))
+    others = [load_json(os.path.join(d, ARTIFACTS["classification_metrics"])) for d in args.settings_runs]
+    if others:
+        lines += settings_section(others, args.settings_note)
     quality = os.path.join(args.outputs, "inpaint_quality.json")
     if os.path.isfile(quality):
         lines += inpainting_section(load_json(quality))

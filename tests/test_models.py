@@ -269,3 +269,26 @@ def test_the_linear_kernel_is_measured_once_per_machine_then_read_back(tmp_path,
     assert timed == [32, 32] and type(model.encoder.blocks[0].mlp.fc1) is hardware.FastLinear
     hardware.tune_for(model, torch.device("cpu"), amp=True)  # under bf16 autocast the plain linear serves
     assert type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear
+
+
+def test_one_stalled_round_does_not_decide_a_kernel(monkeypatch):
+    """The kernel choice takes the median of paired rounds: one round where the default path stalled
+    (another process ran) does not make the candidate look 3x faster."""
+    calls = {"default": 0}
+    durations = []
+
+    def default():
+        calls["default"] += 1
+        durations.append(3.0 if calls["default"] == 3 else 1.0)  # the second timed round stalls
+
+    def candidate():
+        durations.append(1.0)
+    # perf_counter advances by the duration of what ran since the last reading
+    state = {"t": 0.0}
+
+    def perf_counter():
+        if durations:
+            state["t"] += durations.pop(0)
+        return state["t"]
+    monkeypatch.setattr(hardware.time, "perf_counter", perf_counter)
+    assert hardware._paired_speedup(default, candidate, rounds=5) == pytest.approx(1.0)
