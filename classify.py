@@ -111,7 +111,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
         lr_setting = "CLS_LR"
         seed_offset = 1
         monitor, maximize, shown = "auroc", True, ("accuracy",)
-        must_match = ("variant",)
+        must_match = ("variant", "label_fraction")
 
         def lr_scale(self, name):
             if variant == "linear_probe" and name.startswith("encoder."):
@@ -311,14 +311,17 @@ def finetune(args, cfg, dist):
     dist.say(describe(cfg, dist.world))
     model = tune_for(model.to(device), device, cfg.AMP)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
-    extra = {"variant": variant, **split_record(cfg, train_set, *(parent for _, parent in parents))}
+    extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
+             **split_record(cfg, train_set, *(parent for _, parent in parents))}
     # only slices with a mask file carry a label; the others were for pre-training
     train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
+    train_set = train_set.subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
     val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
                          f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
-    dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor) / "
+    dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
+             f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
     task = classification_task(cfg, model, train_set, val_set, device, variant, extra)
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)

@@ -212,6 +212,9 @@ class Config:
     # weight of the patch labels (from the masks) beside the slice label; 0: slice labels only. 3 was the best
     # of 1, 3, 6, 10 on the demo slices (AUROC and pointing game, one seed each: docs/RESULTS.md)
     CLS_PATCH_WEIGHT: float = 3.0
+    # the share of the labelled training subjects the classifier learns from (whole subjects, drawn by
+    # SPLIT_SEED): how it does with fewer labels
+    CLS_LABEL_FRACTION: float = 1.0
     # inpainting fine-tune (`train.py --inpaint`): the pre-trained MAE learns to correct a biharmonic fill
     INPAINT_EPOCHS: int = 20
     INPAINT_LR: float = 1e-4      # pre-trained weights, batch of 16; the new embedding and head get 10x
@@ -264,6 +267,8 @@ class Config:
             raise ConfigError(f"bad setting LAYER_DECAY: must be in (0, 1], got {self.LAYER_DECAY}")
         if not 0.0 < self.CLS_THRESHOLD < 1.0:
             raise ConfigError(f"bad setting CLS_THRESHOLD: must be in (0, 1), got {self.CLS_THRESHOLD}")
+        if not 0.0 < self.CLS_LABEL_FRACTION <= 1.0:
+            raise ConfigError(f"bad setting CLS_LABEL_FRACTION: must be in (0, 1], got {self.CLS_LABEL_FRACTION}")
         if not 0.0 < self.VAL_FRACTION < 1.0:
             raise ConfigError(f"bad setting VAL_FRACTION: must be in (0, 1), got {self.VAL_FRACTION}")
         if self.DEVICE not in ("auto", "cpu", "cuda") and not self.DEVICE.startswith("cuda:"):

@@ -213,6 +213,15 @@ class SliceSet:
         return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
                         [self.names[i] for i in idx], [self.subjects[i] for i in idx])
 
+    def subject_fraction(self, fraction, seed):
+        """The slices of a share of the subjects (at least one), drawn by seed: fewer labels, subjects whole."""
+        if fraction >= 1:
+            return self
+        subjects = sorted(set(self.subjects))
+        order = np.random.default_rng(seed).permutation(len(subjects))
+        chosen = {subjects[i] for i in order[:max(1, round(fraction * len(subjects)))]}
+        return self.subset(i for i, s in enumerate(self.subjects) if s in chosen)
+
 
 def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2,
                 max_pixels: int = MAX_PIXELS) -> SliceSet:
@@ -443,8 +452,36 @@ def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     return np.clip(out, 0, 255), mask
 
 
-def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap: int = 5):
-    """Writes axial, coronal and sagittal slices of the MNI152 T1 template to dest/HR and dest/MASK.
+def paint_subtle_lesion(img: np.ndarray, rng: np.random.Generator):
+    """A second lesion family, unlike paint_tumor's: small (radius 3-7 px), dark with low contrast (70-85%
+    of the tissue around it) and a faint bright rim (4-10% above it), in the brain's interior. The kind a
+    few-label classifier finds hard: it looks like a sulcus or a vessel unless the anatomy is known.
+
+    Returns (image, mask) with mask 1 on the lesion and its rim."""
+    from scipy import ndimage
+    brain = ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 2) > 25)
+    inner = ndimage.binary_erosion(brain, iterations=15)
+    ys, xs = np.nonzero(inner if inner.any() else brain)
+    k = rng.integers(len(ys))
+    cy, cx = ys[k], xs[k]
+    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+    r = np.hypot((yy - cy) / rng.uniform(0.7, 1.0), (xx - cx) / rng.uniform(0.7, 1.0))  # a little oval
+    r0 = rng.uniform(3, 7)
+    local = float(np.median(img[(r < 3 * r0) & brain]))
+    core = ndimage.gaussian_filter((r < r0).astype(float), 0.8)
+    rim = ndimage.gaussian_filter(((r >= r0) & (r < r0 + 2)).astype(float), 0.8)
+    out = img * (1 - core) + local * rng.uniform(0.70, 0.85) * core
+    out = out + local * rng.uniform(0.04, 0.10) * rim * (1 - core)
+    mask = ((r < r0 + 2) & brain).astype(np.uint8)
+    return np.clip(out, 0, 255), mask
+
+
+LESION_PAINTERS = {"tumor": paint_tumor, "subtle": paint_subtle_lesion}
+
+
+def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap: int = 5, lesions: str = "tumor"):
+    """Writes axial, coronal and sagittal slices of the MNI152 T1 template to dest/HR and dest/MASK, with
+    lesions of one family of LESION_PAINTERS ("tumor": the demo's; "subtle": the few-label test's).
 
     Slices are taken every `step` mm and grouped into slabs of `slab` slices with `gap` skipped positions
     between slabs; a slab is the "subject" of its slices (the file name's prefix), so a subject-grouped split
@@ -470,7 +507,7 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
             sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
             mask = np.zeros(sl.shape, np.uint8)
             if (within + slab_id) % 2:
-                sl, mask = paint_tumor(sl, rng)
+                sl, mask = LESION_PAINTERS[lesions](sl, rng)
             name = f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif"
             tifffile.imwrite(os.path.join(tmp, "HR", name), np.round(sl).astype(np.uint8))
             tifffile.imwrite(os.path.join(tmp, "MASK", name), mask)
@@ -521,10 +558,12 @@ def main(argv=None):
     parser.add_argument("--inspect", metavar="PATH", help="report layout, slices, subjects, tumor share, sizes, "
                                                           "dtypes and unreadable files of a data folder")
     parser.add_argument("--build-demo", metavar="DIR", help="write the demo set (HR/ and MASK/) into DIR")
+    parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default="tumor",
+                        help="with --build-demo: the lesion family (subtle: small, dark, low-contrast, faint rim)")
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI: the axis to slice along")
     args = parser.parse_args(argv)
     if args.build_demo:
-        n = build_demo_data(args.build_demo)
+        n = build_demo_data(args.build_demo, lesions=args.lesions)
         print(f"wrote {n} slices to {args.build_demo}/HR and their masks to {args.build_demo}/MASK")
     elif args.inspect:
         from config import load_config

@@ -35,6 +35,8 @@ def test_preset_then_env():
     ({"MIRAM_BATCH_SIZE": "0"}, "BATCH_SIZE"),
     ({"MIRAM_NOT_A_SETTING": "1"}, "MIRAM_NOT_A_SETTING"),
     ({"MIRAM_PRESET": "huge"}, "MIRAM_PRESET"),
+    ({"MIRAM_CLS_LABEL_FRACTION": "0"}, "CLS_LABEL_FRACTION"),
+    ({"MIRAM_CLS_PATCH_WEIGHT": "-1"}, "CLS_PATCH_WEIGHT"),
 ])
 def test_bad_values_are_refused_naming_the_setting(env, name):
     with pytest.raises(ConfigError, match=name):

@@ -246,3 +246,30 @@ def test_resuming_under_another_split_is_refused(tiny_data):
     moved = dataset.split_record(cfg, dataset.load_split(cfg, quiet=True)[0])
     with pytest.raises(DataError, match=r"checkpoint\.pth: cannot resume under this split: .* 1 subject"):
         dataset.refuse_other_split(saved, moved, "checkpoint.pth")
+
+
+def test_the_subtle_lesion_family_is_small_dark_faint_and_inside_the_brain():
+    yy, xx = np.mgrid[:160, :160]
+    head = np.where(np.hypot(yy - 80, xx - 80) < 60, 120.0, 0.0)  # a flat 'brain'
+    for seed in range(5):
+        out, mask = dataset.paint_subtle_lesion(head, np.random.default_rng(seed))
+        lesion = mask > 0
+        assert 20 < lesion.sum() < 400  # small: a few patches at most
+        assert (head[lesion] > 0).all()  # inside the brain
+        assert 0.65 * 120 < out[lesion].min() < 0.9 * 120  # dark, low contrast
+        assert out[lesion].max() < 1.15 * 120  # the rim only faintly brighter
+        assert np.array_equal(out[~lesion & (np.hypot(yy - 80, xx - 80) > 59)], head[~lesion & (np.hypot(yy - 80, xx - 80) > 59)])
+    again = dataset.paint_subtle_lesion(head, np.random.default_rng(0))
+    assert np.array_equal(again[0], dataset.paint_subtle_lesion(head, np.random.default_rng(0))[0])
+
+
+def test_fewer_labels_keep_subjects_whole():
+    data = dataset.SliceSet(torch.zeros(12, 1, 8, 8), torch.zeros(12, 1, 8, 8, dtype=torch.bool), torch.zeros(12),
+                            torch.ones(12, dtype=torch.bool), [f"s{i}" for i in range(12)],
+                            [f"subj{i // 3}" for i in range(12)])
+    half = data.subject_fraction(0.5, seed=0)
+    assert len(half) == 6 and len(set(half.subjects)) == 2
+    assert all(data.subjects.count(s) == half.subjects.count(s) for s in half.subjects)  # whole subjects
+    assert half.names == data.subject_fraction(0.5, seed=0).names  # drawn by the seed
+    assert len(data.subject_fraction(0.01, seed=0)) == 3  # at least one subject
+    assert data.subject_fraction(1.0, seed=0) is data
