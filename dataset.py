@@ -418,6 +418,18 @@ def template_path() -> str:
     return path
 
 
+def lesion_site(img, rng, margin):
+    """The brain of a [0, 255] slice (bool), a centre drawn at least `margin` pixels inside it (anywhere in
+    it when it is thinner), and the pixel grid: (brain, cy, cx, yy, xx)."""
+    from scipy import ndimage
+    brain = ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 2) > 25)
+    inner = ndimage.binary_erosion(brain, iterations=margin)
+    ys, xs = np.nonzero(inner if inner.any() else brain)
+    k = rng.integers(len(ys))
+    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+    return brain, ys[k], xs[k], yy, xx
+
+
 def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     """Paints an irregular lesion (core + surrounding edema) inside the brain of a [0, 255] slice.
 
@@ -425,12 +437,7 @@ def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     vary with rng; the lesion never leaves the brain.
     """
     from scipy import ndimage
-    brain = ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 2) > 25)
-    inner = ndimage.binary_erosion(brain, iterations=12)
-    ys, xs = np.nonzero(inner if inner.any() else brain)
-    k = rng.integers(len(ys))
-    cy, cx = ys[k], xs[k]
-    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+    brain, cy, cx, yy, xx = lesion_site(img, rng, margin=12)
     r = np.hypot(yy - cy, xx - cx)
     theta = np.arctan2(yy - cy, xx - cx)
     wobble = 1 + sum(rng.uniform(0, 0.18) * np.cos(j * theta + rng.uniform(0, 2 * np.pi)) for j in range(2, 6))
@@ -459,12 +466,7 @@ def paint_subtle_lesion(img: np.ndarray, rng: np.random.Generator):
 
     Returns (image, mask) with mask 1 on the lesion and its rim."""
     from scipy import ndimage
-    brain = ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 2) > 25)
-    inner = ndimage.binary_erosion(brain, iterations=15)
-    ys, xs = np.nonzero(inner if inner.any() else brain)
-    k = rng.integers(len(ys))
-    cy, cx = ys[k], xs[k]
-    yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+    brain, cy, cx, yy, xx = lesion_site(img, rng, margin=15)
     r = np.hypot((yy - cy) / rng.uniform(0.7, 1.0), (xx - cx) / rng.uniform(0.7, 1.0))  # a little oval
     r0 = rng.uniform(3, 7)
     local = float(np.median(img[(r < 3 * r0) & brain]))
