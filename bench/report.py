@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,14 +86,27 @@ def classification_section(results):
 
 
 def settings_section(runs, note):
-    """classify.py runs that differ by settings (named in each run's command)."""
-    lines = ["## Classifier settings compared", "", f"Each row one run (one seed), its command as recorded. {note}", ""]
-    rows = []
+    """classify.py runs that differ by settings (named in each run's command); runs that differ only by
+    MIRAM_SEED are summarised as mean +- standard deviation."""
+    lines = ["## Classifier settings compared", "", f"Each row one run, its command as recorded. {note}", ""]
+    rows, groups = [], {}
     for r in runs:
         loc = r["localization"][r.get("default_heatmap", "evidence")]
-        rows.append([f"`{r['run']['command']}`", f"{r['auroc']:.3f}", f"{loc['pointing_game']:.2f}",
-                     f"{loc['mass_inside_over_share_median']:.1f}x", r.get("optimizer_steps", "")])
-    return lines + table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows) + [""]
+        figures = (r["auroc"], loc["pointing_game"], loc["mass_inside_over_share_median"])
+        rows.append([f"`{r['run']['command']}`", f"{figures[0]:.3f}", f"{figures[1]:.2f}", f"{figures[2]:.1f}x",
+                     r.get("optimizer_steps", "")])
+        settings = " ".join(w for w in r["run"]["command"].split()
+                            if not w.startswith(("MIRAM_SEED=", "MIRAM_OUTPUT_PATH=")))
+        groups.setdefault(settings, []).append(figures)
+    lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows)
+    seeded = {k: v for k, v in groups.items() if len(v) > 1}
+    if seeded:
+        def spread(values):
+            return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        lines += ["", "Runs that differ only by `MIRAM_SEED` (training randomness; the split is fixed):", ""]
+        lines += table(["command", "seeds", "AUROC", "pointing game", "median mass / share"],
+                       [[f"`{k}`", len(v)] + [spread([f[i] for f in v]) for i in range(3)] for k, v in seeded.items()])
+    return lines + [""]
 
 
 def throughput_section(t):
@@ -189,7 +203,8 @@ def main(argv=None):
         lines += classification_section(results)
     else:
         missing.append(path("classification_metrics"))
-    others = [load_json(os.path.join(d, ARTIFACTS["classification_metrics"])) for d in args.settings_runs]
+    stem = os.path.splitext(ARTIFACTS["classification_metrics"])[0]
+    others = [load_json(f) for d in args.settings_runs for f in sorted(glob.glob(os.path.join(d, stem + "*.json")))]
     if others:
         lines += settings_section(others, args.settings_note)
     quality = os.path.join(args.outputs, "inpaint_quality.json")

@@ -1,0 +1,22 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import report  # noqa: E402
+
+
+def run(command, auroc, pointing, mass):
+    return {"run": {"command": command}, "auroc": auroc, "default_heatmap": "evidence", "optimizer_steps": 10,
+            "localization": {"evidence": {"pointing_game": pointing, "mass_inside_over_share_median": mass}}}
+
+
+def test_runs_that_differ_by_seed_are_summarised_and_others_are_not():
+    runs = [run(f"MIRAM_OUTPUT_PATH=/tmp/s{s} MIRAM_PRESET=demo MIRAM_SEED={s} python classify.py", a, p, 5.0)
+            for s, a, p in ((1, 0.90, 0.6), (2, 0.94, 0.8))]
+    runs.append(run("MIRAM_PRESET=demo python classify.py --from-scratch", 0.7, 0.1, 1.0))
+    text = "\n".join(report.settings_section(runs, "note"))
+    assert text.count("| `") == 3 + 1  # every run, then one summary row (the lone run has no spread)
+    assert "0.920 ± 0.028" in text and "0.700 ± 0.141" in text  # mean ± sample standard deviation
+    summary = text.split("MIRAM_SEED")[-1]
+    assert "--from-scratch" not in summary
+
