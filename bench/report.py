@@ -101,11 +101,12 @@ def settings_section(runs, note):
     lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows)
     seeded = {k: v for k, v in groups.items() if len(v) > 1}
     if seeded:
-        def spread(values):
-            return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        def spread(values, digits):
+            return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
         lines += ["", "Runs that differ only by `MIRAM_SEED` (training randomness; the split is fixed):", ""]
         lines += table(["command", "seeds", "AUROC", "pointing game", "median mass / share"],
-                       [[f"`{k}`", len(v)] + [spread([f[i] for f in v]) for i in range(3)] for k, v in seeded.items()])
+                       [[f"`{k}`", len(v)] + [spread([f[i] for f in v], d) for i, d in enumerate((3, 2, 1))]
+                        for k, v in seeded.items()])
     return lines + [""]
 
 

@@ -16,7 +16,7 @@ def test_runs_that_differ_by_seed_are_summarised_and_others_are_not():
     runs.append(run("MIRAM_PRESET=demo python classify.py --from-scratch", 0.7, 0.1, 1.0))
     text = "\n".join(report.settings_section(runs, "note"))
     assert text.count("| `") == 3 + 1  # every run, then one summary row (the lone run has no spread)
-    assert "0.920 ± 0.028" in text and "0.700 ± 0.141" in text  # mean ± sample standard deviation
+    assert "0.920 ± 0.028" in text and "0.70 ± 0.14" in text  # mean ± sample standard deviation
     summary = text.split("MIRAM_SEED")[-1]
     assert "--from-scratch" not in summary
 
