@@ -124,10 +124,8 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            if masks is None:
-                return local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT), None, \
-                    train_set.labels[gidx[mine]].to(device)
-            x, m = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
+            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
+            x, m = x if masks is not None else (x, None)
             return x, m, train_set.labels[gidx[mine]].to(device)
 
         def forward(self, net, batch):

@@ -364,20 +364,22 @@ class TumorClassifier(nn.Module):
         return pool_evidence(scores, valid), attentions, keep, valid, scores
 
 
+def _without_padding(scores, valid):
+    """Patch scores (B, K) with the padding's (valid False) pushed out of any softmax or logsumexp."""
+    return scores if valid is None else scores.masked_fill(~valid.to(torch.bool), -1e4)
+
+
 def pool_evidence(scores, valid=None):
     """Log-mean-exp of the patch scores (B, K) over the real patches -> (B,)."""
     if valid is None:
         return torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
-    real = valid.to(torch.bool)
-    count = real.sum(dim=1).clamp(min=1).to(scores.dtype)
-    return torch.logsumexp(scores.masked_fill(~real, -1e4), dim=1) - torch.log(count)
+    count = valid.to(torch.bool).sum(dim=1).clamp(min=1).to(scores.dtype)
+    return torch.logsumexp(_without_padding(scores, valid), dim=1) - torch.log(count)
 
 
 def evidence_weights(scores, valid=None):
     """Each patch's weight in pool_evidence's logit, softmax over the real patches: (B, K), rows sum to 1."""
-    if valid is not None:
-        scores = scores.masked_fill(~valid.to(torch.bool), -1e4)
-    return scores.softmax(dim=1)
+    return _without_padding(scores, valid).softmax(dim=1)
 
 
 # ---- heatmaps: where the classifier looks, read from its attention -------------------------------------
