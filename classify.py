@@ -154,12 +154,15 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
 
 def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1):
     """Binary cross-entropy of each encoded patch's score against its own label (tumor on at least
-    min_share of its pixels), the tumor and the tumor-free patches weighted equally (a tumor covers a few
-    patches of a slice). scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them."""
+    min_share of its pixels, or the slice's largest share: a lesion smaller than min_share of a patch, or
+    split between patches, still marks the patch that holds most of it), the tumor and the tumor-free
+    patches weighted equally (a tumor covers a few patches of a slice). scores (B, K), masks (B, 1, S, S)
+    float, keep/valid as the model encoded them."""
     import torch
     import torch.nn.functional as F
-    share = F.avg_pool2d(masks, patch).flatten(1)  # (B, L): tumor share of each patch
-    target = (torch.gather(share, 1, keep) >= min_share).float()  # (B, K)
+    share = torch.gather(F.avg_pool2d(masks, patch).flatten(1), 1, keep)  # (B, K): tumor share of each patch
+    largest = share.amax(1, keepdim=True)
+    target = ((share >= min_share) | ((share >= largest) & (largest > 0))).float()
     real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
     bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
     loss = 0.0
@@ -328,7 +331,8 @@ def finetune(args, cfg, dist):
         return {}
     best, _ = build_from_checkpoint(task.best, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
-    metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"],
+    metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"], n_train_slices=len(train_set),
+                   n_train_subjects=len(set(train_set.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
                    checkpoint=os.path.abspath(task.best), run=run_info())
     json_path = cfg.artifact("classification_metrics", suffix_of(variant))
     save_json(json_path, metrics)

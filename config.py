@@ -45,6 +45,9 @@ ARTIFACTS = {
     "inpaint_onnx": "miram_inpaint.onnx",
     "deploy_benchmark": "deploy_benchmark.json",
     "demo_summary": "demo_summary.json",
+    "compare": "compare.json",                   # bench/compare.py: label efficiency, every run and the summary
+    "compare_table": "compare.md",
+    "compare_plot": "compare.png",
 }
 
 # Model (ViT-S/16 encoder, light decoder).
@@ -258,6 +261,7 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
+
                      "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
@@ -345,6 +349,15 @@ def add_config_args(parser: argparse.ArgumentParser, skip=()):
         group.add_argument(flag_name(f.name), dest=f.name, default=None, metavar="V",
                            help=f"{f.name} (default {f.default!r})")
     return parser
+
+
+def settings_flags(args) -> list:
+    """The settings given on a command line parsed with add_config_args, as flags to pass on to a phase."""
+    flags = ["--preset", args.preset] if args.preset else []
+    for name, value in vars(args).items():
+        if name.isupper() and value is not None:
+            flags += [flag_name(name), value]
+    return flags
 
 
 def load_config(args=None, environ=None) -> Config:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from config import add_config_args, load_config, run_info, save_json
+from config import add_config_args, load_config, run_info, save_json, settings_flags
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # a validation slice (a subject training never sees), with a synthetic tumor
@@ -29,15 +29,6 @@ def get_args_parser():
     p.add_argument("--full-benchmark", action="store_true",
                    help="export_deploy.py without --short: every row (spec-size MAE, all-patches classifier, torch-bf16)")
     return add_config_args(p)
-
-
-def settings_flags(args):
-    """The settings given on this command line, passed on to every phase."""
-    flags = ["--preset", args.preset] if args.preset else []
-    for name, value in vars(args).items():
-        if name.isupper() and value is not None:
-            flags += ["--" + name.lower().replace("_", "-"), value]
-    return flags
 
 
 def phases(args, cfg):

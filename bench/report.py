@@ -4,7 +4,8 @@ always the one a run measured, with the command and CPU beside it.
     python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
 
 Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json,
-inpaint_quality.json (bench/inpaint_quality.py --json), deploy_benchmark.json and gpu_check.json (whichever exist) and
+inpaint_quality.json (bench/inpaint_quality.py --json), compare.json and compare.md (bench/compare.py),
+deploy_benchmark.json and gpu_check.json (whichever exist) and
 prints what it could not find.
 """
 import argparse
@@ -110,6 +111,23 @@ def settings_section(runs, note):
     return lines + [""]
 
 
+def comparison_section(outputs, docs):
+    """make compare (bench/compare.py): its table as written, its plot copied beside RESULTS.md."""
+    summary = load_json(os.path.join(outputs, ARTIFACTS["compare"]))
+    with open(os.path.join(outputs, ARTIFACTS["compare_table"])) as f:
+        text = f.read().rstrip()
+    lines = ["## What pre-training is worth: fine-tuned, linear probe, from scratch (`make compare`)", "",
+             f"- {provenance(summary.get('run'))}",
+             "- the demo's pre-trained encoder; the split fixed (`SPLIT_SEED`), training seeds `MIRAM_SEED=1..N`; "
+             "fewer labels are whole training subjects (`CLS_LABEL_FRACTION`); validation is the full split; "
+             "pointing game and mass of the default map", "", text, ""]
+    plot = os.path.join(outputs, ARTIFACTS["compare_plot"])
+    if os.path.isfile(plot):
+        shutil.copy(plot, os.path.join(docs, os.path.basename(plot)))
+        lines += [f"![label efficiency]({os.path.basename(plot)})", ""]
+    return lines
+
+
 def throughput_section(t):
     lines = ["## Pre-training step against HuggingFace `ViTMAEForPreTraining` (`bench/train_throughput.py`)", "",
              f"- {provenance(t.get('run'))}",
@@ -208,6 +226,10 @@ def main(argv=None):
     others = [load_json(f) for d in args.settings_runs for f in sorted(glob.glob(os.path.join(d, stem + "*.json")))]
     if others:
         lines += settings_section(others, args.settings_note)
+    docs = os.path.dirname(os.path.abspath(args.to))
+    os.makedirs(docs, exist_ok=True)
+    if os.path.isfile(path("compare")) and os.path.isfile(path("compare_table")):
+        lines += comparison_section(args.outputs, docs)
     quality = os.path.join(args.outputs, "inpaint_quality.json")
     if os.path.isfile(quality):
         lines += inpainting_section(load_json(quality))
@@ -221,8 +243,6 @@ def main(argv=None):
     gpu = os.path.join(args.outputs, "gpu_check.json")
     lines += gpu_section(load_json(gpu)) if os.path.isfile(gpu) else [
         "## The GPU path (`make gpu-check`)", "", "Not measured yet: no run of `make gpu-check` on a GPU machine.", ""]
-    docs = os.path.dirname(os.path.abspath(args.to))
-    os.makedirs(docs, exist_ok=True)
     lines += figures(args.outputs, docs)
     with open(args.to, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")

@@ -159,6 +159,16 @@ def test_patch_labels_come_from_the_mask_of_each_encoded_patch():
     assert classify.patch_supervision(torch.tensor([[4.0, -4.0, 9.0]]), masks, keep, valid, 8) < 0.05
 
 
+def test_a_lesion_smaller_than_the_share_still_marks_the_patch_holding_most_of_it():
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[..., 5:10, 2:4] = 1  # 10 pixels: 6 in patch 0 (9% of it), 4 in patch 4 below
+    keep = torch.tensor([[0, 4, 1]])
+    assert classify.patch_supervision(torch.tensor([[4.0, -4.0, -4.0]]), masks, keep, None, 8) < 0.05
+    assert classify.patch_supervision(torch.tensor([[-4.0, 4.0, -4.0]]), masks, keep, None, 8) > 3.0
+    # a tumor-free slice has no tumor patch at all
+    assert classify.patch_supervision(torch.full((1, 3), -4.0), masks * 0, keep, None, 8) < 0.05
+
+
 def test_a_mask_moves_with_its_augmented_image():
     import dataset
     images = torch.zeros(4, 1, 32, 32)

@@ -20,3 +20,17 @@ def test_runs_that_differ_by_seed_are_summarised_and_others_are_not():
     summary = text.split("MIRAM_SEED")[-1]
     assert "--from-scratch" not in summary
 
+
+
+def test_the_comparison_table_and_plot_are_reported_as_compare_wrote_them(tmp_path):
+    import json
+    out, docs = tmp_path / "o", tmp_path / "docs"
+    out.mkdir()
+    (out / "compare.md").write_text("| variant | AUROC |\n|---|---|\n| finetune | 0.912 ± 0.010 |\n")
+    (out / "compare.json").write_text(json.dumps({"runs": [], "summary": [], "run": {
+        "command": "python bench/compare.py", "cpu": "a CPU", "cpus": 2, "date": "today"}}))
+    (out / "compare.png").write_bytes(b"png")
+    report.main(["--outputs", str(out), "--to", str(docs / "RESULTS.md")])
+    text = (docs / "RESULTS.md").read_text()
+    assert "| finetune | 0.912 ± 0.010 |" in text and "`python bench/compare.py` on a CPU" in text
+    assert (docs / "compare.png").read_bytes() == b"png" and "(compare.png)" in text
