@@ -491,35 +491,103 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
     show nearly the same anatomy without one, so a classifier has to find the lesion, not the anatomy.
     """
     import nibabel as nib
-    import tifffile
     vol = np.asarray(nib.load(template_path()).dataobj, dtype=np.float32)  # (x, y, z), 1 mm, [0, 255]
     rng = np.random.default_rng(seed)
+
+    def slices():
+        views = {"axial": 2, "coronal": 1, "sagittal": 0}
+        for view, axis in views.items():
+            positions = [i for i in range(0, vol.shape[axis], step)
+                         if (np.take(vol, i, axis=axis) > 25).mean() > 0.15]
+            for n, pos in enumerate(positions):
+                slab_id, within = divmod(n, slab + gap)
+                if within >= slab:
+                    continue
+                sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
+                mask = np.zeros(sl.shape, np.uint8)
+                if (within + slab_id) % 2:
+                    sl, mask = LESION_PAINTERS[lesions](sl, rng)
+                yield f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif", sl, mask
+    return write_slice_set(dest, slices())
+
+
+def write_slice_set(dest, items):
+    """Writes (name, [0, 255] slice, mask) items as dest/HR/name (uint8) and dest/MASK/name, into a
+    temporary folder renamed at the end: a half-built set is never mistaken for a finished one. -> count."""
+    import shutil
+
+    import tifffile
     tmp = dest.rstrip("/") + ".partial"
-    os.makedirs(os.path.join(tmp, "HR"), exist_ok=True)
-    os.makedirs(os.path.join(tmp, "MASK"), exist_ok=True)
-    views = {"axial": 2, "coronal": 1, "sagittal": 0}
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(os.path.join(tmp, "HR"))
+    os.makedirs(os.path.join(tmp, "MASK"))
     count = 0
-    for view, axis in views.items():
-        positions = [i for i in range(0, vol.shape[axis], step)
-                     if (np.take(vol, i, axis=axis) > 25).mean() > 0.15]
-        for n, pos in enumerate(positions):
-            slab_id, within = divmod(n, slab + gap)
-            if within >= slab:
-                continue
-            sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
-            mask = np.zeros(sl.shape, np.uint8)
-            if (within + slab_id) % 2:
-                sl, mask = LESION_PAINTERS[lesions](sl, rng)
-            name = f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif"
-            tifffile.imwrite(os.path.join(tmp, "HR", name), np.round(sl).astype(np.uint8))
-            tifffile.imwrite(os.path.join(tmp, "MASK", name), mask)
-            count += 1
+    for name, sl, mask in items:
+        tifffile.imwrite(os.path.join(tmp, "HR", name), np.round(np.clip(sl, 0, 255)).astype(np.uint8))
+        tifffile.imwrite(os.path.join(tmp, "MASK", name), mask.astype(np.uint8))
+        count += 1
     if os.path.isdir(dest):
-        import shutil
         shutil.rmtree(dest)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    os.replace(tmp, dest)  # a half-built set is never mistaken for a finished one
+    os.replace(tmp, dest)
     return count
+
+
+# Real heads the demo never trains on, from files inside installed wheels (nothing is downloaded):
+# (subject, package, path inside it, contrast, how to read it). Voxel sizes come from the NIfTI headers; the
+# dipy T1 slice is stored as a bare array, its 1 mm spacing is an assumption.
+TRANSFER_SOURCES = (
+    ("dipy_t1", "dipy", "data/files/t1_coronal_slice.npy", "T1", "npy"),
+    ("nibabel_t1", "nibabel", "tests/data/anatomical.nii", "T1", "nifti"),
+    ("dipy_b0_2mm", "dipy", "data/files/S0_10slices.nii.gz", "T2", "nifti"),
+    ("dipy_b0_4mm", "dipy", "data/files/aniso_vox.nii.gz", "T2", "nifti"),
+)
+
+
+def packaged_file(package, relative):
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DataError(f"the transfer set needs the {package} package (pip install -r requirements.txt)")
+    path = os.path.join(os.path.dirname(spec.origin), relative)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: missing from the installed {package}")
+    return path
+
+
+def transfer_volume(package, relative, kind):
+    """-> (volume (x, y, z) float32 scaled to [0, 255] by its 99.5th percentile, voxel size (x, y) in mm)."""
+    import nibabel as nib
+    path = packaged_file(package, relative)
+    if kind == "npy":
+        vol, zooms = np.load(path).astype(np.float32)[..., None], (1.0, 1.0)
+    else:
+        img = nib.load(path)
+        vol = np.asarray(img.dataobj, dtype=np.float32)
+        vol, zooms = (vol[..., 0] if vol.ndim == 4 else vol), img.header.get_zooms()[:2]
+    top = np.percentile(vol[vol > 0], 99.5) if (vol > 0).any() else 1.0
+    return np.clip(vol / top, 0, 1) * 255, tuple(float(z) for z in zooms)
+
+
+def build_transfer_data(dest: str, seed: int = 0, per_subject: int = None, lesions: str = "subtle"):
+    """Writes axial slices of TRANSFER_SOURCES, resampled to 1 mm pixels as the demo's, to dest/HR and
+    dest/MASK, a lesion of the given family on every other slice. File names: <subject>_<contrast>_<slice>,
+    so SUBJECT_PATTERN keeps each head whole. per_subject: at most this many slices of each (tests)."""
+    from scipy import ndimage
+    rng = np.random.default_rng(seed)
+
+    def slices():
+        for subject, package, relative, contrast, kind in TRANSFER_SOURCES:
+            vol, zooms = transfer_volume(package, relative, kind)
+            keep = [z for z in range(vol.shape[2]) if (vol[..., z] > 25).mean() > 0.15]
+            for n, z in enumerate(keep[:per_subject]):
+                sl = np.rot90(ndimage.zoom(vol[..., z], zooms, order=1))  # 1 mm pixels, anterior up
+                mask = np.zeros(sl.shape, np.uint8)
+                if n % 2:
+                    sl, mask = LESION_PAINTERS[lesions](sl, rng)
+                yield f"{subject}_{contrast}_{z:03d}.tif", np.clip(sl, 0, 255), mask
+    return write_slice_set(dest, slices())
 
 
 def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):
@@ -560,13 +628,18 @@ def main(argv=None):
     parser.add_argument("--inspect", metavar="PATH", help="report layout, slices, subjects, tumor share, sizes, "
                                                           "dtypes and unreadable files of a data folder")
     parser.add_argument("--build-demo", metavar="DIR", help="write the demo set (HR/ and MASK/) into DIR")
-    parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default="tumor",
-                        help="with --build-demo: the lesion family (subtle: small, dark, low-contrast, faint rim)")
+    parser.add_argument("--build-transfer", metavar="DIR",
+                        help="write the transfer set (real heads from installed packages, subtle lesions) into DIR")
+    parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default=None,
+                        help="the lesion family (subtle: small, dark, low-contrast, faint rim); default: tumor "
+                             "for --build-demo, subtle for --build-transfer")
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI: the axis to slice along")
     args = parser.parse_args(argv)
-    if args.build_demo:
-        n = build_demo_data(args.build_demo, lesions=args.lesions)
-        print(f"wrote {n} slices to {args.build_demo}/HR and their masks to {args.build_demo}/MASK")
+    if args.build_demo or args.build_transfer:
+        dest = args.build_demo or args.build_transfer
+        n = (build_demo_data(dest, lesions=args.lesions or "tumor") if args.build_demo
+             else build_transfer_data(dest, lesions=args.lesions or "subtle"))
+        print(f"wrote {n} slices to {dest}/HR and their masks to {dest}/MASK")
     elif args.inspect:
         from config import load_config
         cfg = load_config()

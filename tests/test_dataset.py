@@ -273,3 +273,22 @@ def test_fewer_labels_keep_subjects_whole():
     assert half.names == data.subject_fraction(0.5, seed=0).names  # drawn by the seed
     assert len(data.subject_fraction(0.01, seed=0)) == 3  # at least one subject
     assert data.subject_fraction(1.0, seed=0) is data
+
+
+def test_transfer_set_builds_from_packaged_heads_reproducibly_with_heads_kept_whole(tmp_path):
+    import tifffile
+    first, again = str(tmp_path / "t"), str(tmp_path / "u")
+    n = dataset.build_transfer_data(first, per_subject=2)
+    assert n == dataset.build_transfer_data(again, per_subject=2)
+    names = sorted(os.listdir(os.path.join(first, "HR")))
+    assert n == len(names) == 2 * len(dataset.TRANSFER_SOURCES) - 1  # the dipy T1 is a single slice
+    assert names == sorted(os.listdir(os.path.join(first, "MASK")))
+    for name in names:  # the same seed draws the same lesions
+        for kind in ("HR", "MASK"):
+            assert np.array_equal(tifffile.imread(os.path.join(first, kind, name)),
+                                  tifffile.imread(os.path.join(again, kind, name)))
+    s = dataset.load_slices(first, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert sorted(set(s.subjects)) == sorted(f"{src[0]}_{src[3]}" for src in dataset.TRANSFER_SOURCES)
+    assert int(s.labels.sum()) == len(dataset.TRANSFER_SOURCES) - 1  # the second slice of each head
+    assert s.images.min() >= 0 and s.images.max() <= 1
+    assert not os.path.exists(first + ".partial")
