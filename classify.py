@@ -199,12 +199,14 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     plt.close(fig)
 
 
-def report(model, val_set, cfg, device, variant, n_viz):
-    probs, heats = predict_all(model, val_set.images, device, cfg.AMP, with_attention=True)
-    labels = val_set.labels.numpy()
+def score(model, data, cfg, device):
+    """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
+    heatmaps, tumor masks)."""
+    probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True)
+    labels = data.labels.numpy()
     m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
     pos = labels > 0
-    tumor = val_set.masks[:, 0].numpy() & pos[:, None, None]
+    tumor = data.masks[:, 0].numpy() & pos[:, None, None]
     loc = {}
     for name, h in heats.items():
         if not pos.any():
@@ -217,8 +219,14 @@ def report(model, val_set, cfg, device, variant, n_viz):
                      "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
                      # a few slices with most of the mass inside lift the mean: the median is the typical slice
                      "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
-    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, variant=variant,
-             n_val_subjects=len(set(val_set.subjects)))
+    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)))
+    return m, probs, heats, tumor
+
+
+def report(model, val_set, cfg, device, variant, n_viz):
+    m, probs, heats, tumor = score(model, val_set, cfg, device)
+    m.update(variant=variant, n_val_subjects=m.pop("n_subjects"))
+    pos = val_set.labels.numpy() > 0
     pred = probs >= cfg.CLS_THRESHOLD
     written = []
     for group, sel in {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}.items():
@@ -300,7 +308,7 @@ def finetune(args, cfg, dist):
     import torch
 
     from checkpoint import build_from_checkpoint
-    from dataset import load_split, split_record
+    from dataset import load_split, load_transfer, split_record
     from engine import fit
     from hardware import resolve_amp, tune_for
     device = dist.device(cfg.DEVICE)
@@ -329,8 +337,13 @@ def finetune(args, cfg, dist):
     dist.barrier()
     if not dist.main:
         return {}
-    best, _ = build_from_checkpoint(task.best, "classifier", map_location=device)
+    best, best_state = build_from_checkpoint(task.best, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
+    transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
+    if transfer is not None and transfer.has_mask.any():
+        transfer = transfer.subset([i for i in range(len(transfer)) if transfer.has_mask[i]])
+        metrics["transfer"], *_ = score(best, transfer, cfg, device)
+        metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
     metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"], n_train_slices=len(train_set),
                    n_train_subjects=len(set(train_set.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
                    checkpoint=os.path.abspath(task.best), run=run_info())
@@ -346,6 +359,12 @@ def finetune(args, cfg, dist):
                   f"({loc['mass_inside_over_share']:.1f}x its share of the image on average, "
                   f"{loc['mass_inside_over_share_median']:.1f}x on the median slice), "
                   f"pointing game {loc['pointing_game']:.2f}")
+    t = metrics.get("transfer")
+    if t:
+        loc = t["localization"].get(DEFAULT_HEATMAP) or {}
+        print(f"  transfer set ({t['data']}): AUROC {t['auroc']:.3f}  accuracy {t['accuracy']:.3f}"
+              + (f"  {DEFAULT_HEATMAP} map: pointing game {loc['pointing_game']:.2f}, "
+                 f"{loc['mass_inside_over_share_median']:.1f}x on the median slice" if loc else ""))
     print("wrote\n  " + "\n  ".join([task.best, json_path, *figures]))
     return metrics
 

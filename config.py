@@ -23,6 +23,8 @@ DRIVE_PATH = ""
 DATASET_PATH = os.path.join(DRIVE_PATH, "mri_project", "Brain_MRI") if DRIVE_PATH else ""
 OUTPUT_PATH = "outputs"
 DEMO_DATA_PATH = os.path.join("data", "demo", "Brain_MRI")
+# real heads from installed packages, never trained on (dataset.py --build-transfer; built there on first use)
+BUILTIN_TRANSFER_PATH = os.path.join("data", "transfer", "Brain_MRI")
 
 # What the phases write into OUTPUT_PATH and read back from it.
 ARTIFACTS = {
@@ -33,6 +35,7 @@ ARTIFACTS = {
     "inpaint_checkpoint": "inpaint_checkpoint.pth",
     "inpaint": "best_miram_inpaint.pth",
     "inpaint_log": "inpaint_log.jsonl",
+    "inpaint_metrics": "inpaint_metrics.json",   # hole MSE against the biharmonic fill: validation, transfer set
     "classifier_checkpoint": "classifier_checkpoint.pth",
     "classifier": "best_tumor_classifier.pth",
     "classifier_log": "classifier_log.jsonl",
@@ -168,6 +171,9 @@ class Config:
     DATASET_PATH: str = DATASET_PATH
     OUTPUT_PATH: str = OUTPUT_PATH
     DEMO_DATA_PATH: str = DEMO_DATA_PATH
+    # a second set every quality figure is also reported on (all of its slices, never trained on): a folder
+    # in any layout, or "builtin" for the packaged real heads of `dataset.py --build-transfer`; "" for none
+    TRANSFER_PATH: str = ""
     # model
     IMG_SIZE: int = IMG_SIZE
     PATCH_SIZE: int = PATCH_SIZE
@@ -297,7 +303,7 @@ PRESETS = {
     "demo": dict(IMG_SIZE=128, EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=160, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=100, CLS_LR=2e-3, LAYER_DECAY=0.9, CHECKPOINT_EVERY=10,
-                 INPAINT_EPOCHS=4),
+                 INPAINT_EPOCHS=4, TRANSFER_PATH="builtin"),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,

@@ -284,6 +284,29 @@ def resolve_data_path(cfg, quiet=False) -> str:
     return cfg.DEMO_DATA_PATH
 
 
+def load_transfer(cfg, size, quiet=False, trained_on=()):
+    """-> (every slice of the TRANSFER_PATH set, its folder) ("builtin": the packaged heads, built on first
+    use), or (None, "") where none is configured. A subject a trained_on checkpoint learned from is refused."""
+    from config import BUILTIN_TRANSFER_PATH
+    if not cfg.TRANSFER_PATH:
+        return None, ""
+    root = cfg.TRANSFER_PATH
+    if root == "builtin":
+        root = BUILTIN_TRANSFER_PATH
+        if not os.path.isdir(os.path.join(root, "HR")):
+            if not quiet:
+                print(f"building the transfer set in {root} (real heads from the dipy and nibabel packages)")
+            build_transfer_data(root)
+    if os.path.realpath(root) == os.path.realpath(resolve_data_path(cfg, quiet=True)):
+        if not quiet:
+            print(f"note: the transfer set {root} is the data this run learns from: not reported as a transfer set")
+        return None, ""
+    data = load_slices(root, size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS)
+    for path, state in trained_on:
+        refuse_trained_subjects(data.subjects, state, path)
+    return data, root
+
+
 def load_split(cfg, quiet=False, trained_on=()):
     """(train, val) SliceSets of the configured data, split by subject with cfg.SPLIT_SEED. trained_on:
     (path, checkpoint state) pairs the caller builds on; a validation subject any of them was trained on is

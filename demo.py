@@ -67,6 +67,21 @@ def headline(cfg, predicted):
         out["auroc"] = clf["auroc"]
         out["heatmaps"] = {k: {"pointing_game": v["pointing_game"], "median_mass_ratio": v["mass_inside_over_share_median"]}
                            for k, v in clf["localization"].items() if v}
+    inpaint_metrics = load(cfg, "inpaint_metrics") or {}
+    if "validation" in inpaint_metrics:
+        out["inpaint_gain_db"] = inpaint_metrics["validation"]["gain_db"]
+    transfer = {}  # the same figures on the transfer set (TRANSFER_PATH), where the phases reported one
+    if ev and "transfer" in ev:
+        transfer.update(masked_psnr_db=ev["transfer"]["miram"]["fine"]["masked"]["psnr"],
+                        margin_over_best_classical_db=ev["transfer"]["margin_db"]["masked_psnr"],
+                        best_classical=ev["transfer"]["margin_db"]["vs"])
+    if "transfer" in inpaint_metrics:
+        transfer["inpaint_gain_db"] = inpaint_metrics["transfer"]["gain_db"]
+    if clf and "transfer" in clf:
+        loc = clf["transfer"]["localization"].get(clf["default_heatmap"]) or {}
+        transfer.update(auroc=clf["transfer"]["auroc"], pointing_game=loc.get("pointing_game"))
+    if transfer:
+        out["transfer"] = transfer
     if predicted is not None:
         out["demo_slice_probability"] = predicted
     dep = load(cfg, "deploy_benchmark")
@@ -87,10 +102,23 @@ def screen(summary):
         lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
                      f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}")
     if "inpaint_hole_mse" in h:
-        lines.append(f"  inpainting: hole MSE {h['inpaint_hole_mse']:.5f} vs biharmonic {h['biharmonic_hole_mse']:.5f}")
+        lines.append(f"  inpainting: hole MSE {h['inpaint_hole_mse']:.5f} vs biharmonic {h['biharmonic_hole_mse']:.5f}"
+                     + (f" ({h['inpaint_gain_db']:+.2f} dB)" if "inpaint_gain_db" in h else ""))
     if "auroc" in h:
         lines.append(f"  classification: AUROC {h['auroc']:.3f}; heatmaps (pointing game, median mass ratio): " + ", ".join(
             f"{k} {v['pointing_game']:.2f} / {v['median_mass_ratio']:.1f}x" for k, v in h["heatmaps"].items()))
+    t = h.get("transfer", {})
+    if t:
+        parts = []
+        if "margin_over_best_classical_db" in t:
+            parts.append(f"masked-patch PSNR {t['masked_psnr_db']:.2f} dB, {t['margin_over_best_classical_db']:+.2f} dB "
+                         f"over {t['best_classical']}")
+        if "inpaint_gain_db" in t:
+            parts.append(f"inpainting {t['inpaint_gain_db']:+.2f} dB over biharmonic")
+        if "auroc" in t:
+            parts.append(f"AUROC {t['auroc']:.3f} without training on it" + (
+                f", pointing game {t['pointing_game']:.2f}" if t.get("pointing_game") is not None else ""))
+        lines.append("  transfer set (real heads never trained on): " + "; ".join(parts))
     if "demo_slice_probability" in h:
         lines.append(f"  demo slice: p(tumor) = {h['demo_slice_probability']:.3f}")
     if "spec_classifier_batch1" in h:

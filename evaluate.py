@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, add_config_args, describe, load_config, run_cli, run_info, save_json
-from dataset import load_slices, load_split, resolve_data_path
+from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import pick_device
 from losses import finite_mean, psnr, ssim
 from models import mask_noise, unpatchify
@@ -138,6 +138,20 @@ def margin(summary, baselines):
     return best, summary["miram"]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
 
 
+def measure(model, data, ratio, seed, device, baselines, n_samples=0):
+    """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, images to show)."""
+    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, keep_images=n_samples)
+    summary = summarize(per_image)
+    best, gain = margin(summary, baselines)
+    print(table(summary, baselines))
+    if best:
+        print(f"MIRAM vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
+    # baselines: the fine scale's figures at the top level ("masked", "composite"), both scales below
+    return {"miram": summary["miram"], "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
+            "margin_db": {"vs": best, "masked_psnr": gain}, "n_images": len(data),
+            "per_image": {"names": data.names, **per_image}}, shown
+
+
 def save_figure(shown, path, title):
     fig, axes = plt.subplots(len(shown), 6, figsize=(2.6 * 6, 2.8 * len(shown)), squeeze=False)
     for r, s in enumerate(shown):
@@ -212,20 +226,15 @@ def run(args, cfg):
     print(f"evaluating {ckpt} (epoch {state.get('epoch')}) on {len(data)} images: {source}")
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
-    per_image, shown = evaluate(model, data.images, ratio, cfg.EVAL_SEED, device, baselines,
-                                keep_images=args.n_samples)
-    summary = summarize(per_image)
-    best, gain = margin(summary, baselines)
-    print(table(summary, baselines))
-    if best:
-        print(f"MIRAM vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
-    # baselines: the fine scale's figures at the top level ("masked", "composite"), both scales below
-    result = {"miram": summary["miram"],
-              "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
-              "margin_db": {"vs": best, "masked_psnr": gain}, "mask_ratio": ratio, "seed": cfg.EVAL_SEED,
-              "checkpoint": os.path.abspath(ckpt), "epoch": state.get("epoch"), "n_images": len(data),
-              "data": source, "intensity_range": "[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
-              "per_image": {"names": data.names, **per_image}, "run": run_info()}
+    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, args.n_samples)
+    result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
+                  data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
+                  run=run_info())
+    transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
+    if transfer is not None:
+        print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
+        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines)
+        result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}
         for r in SWEEP:

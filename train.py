@@ -11,15 +11,16 @@ Data-parallel: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, Gloo on
 process; the learning rate scales with the global batch. Rank 0 alone writes logs, checkpoints and plots.
 """
 import argparse
+import math
 import os
 import time
 
 import matplotlib
 import torch
 
-from checkpoint import check_weights_fit, load_checkpoint, model_config_from, output_lock
-from config import add_config_args, describe, load_config, run_cli
-from dataset import load_split, local_images, resolve_data_path, split_record
+from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
+from config import add_config_args, describe, load_config, run_cli, run_info, save_json
+from dataset import load_split, load_transfer, local_images, resolve_data_path, split_record
 from engine import Distributed, Task, fit
 from hardware import autocast, resolve_amp, tune_for
 from losses import ssim
@@ -184,16 +185,8 @@ class InpaintingFinetune(Task):
         return loss, {"loss": loss.item()}
 
     def validate(self, model):
-        losses = []
-        with autocast(self.device, self.cfg.AMP):
-            for s in range(0, self.n_val, 32):
-                x, w, t = (a[s:s + 32].to(self.device) for a in self.val_data)
-                losses.append(hole_mse(model(x, w).float(), t, w))
-        return {"loss": torch.cat(losses).mean().item(), "loss_biharmonic": self.prefill_loss}
-
-    @property
-    def n_val(self):
-        return len(self.val_data[0])
+        scores = hole_scores(model, self.val_data, self.device, self.cfg.AMP)
+        return {"loss": scores["hole_mse"], "loss_biharmonic": scores["biharmonic_hole_mse"]}
 
 
 def finetune_inpainting(args, cfg, dist):
@@ -217,9 +210,39 @@ def finetune_inpainting(args, cfg, dist):
     model = tune_for(model.to(device), device, cfg.AMP)
     task = InpaintingFinetune(cfg, train_data, val_data, device, split_record(cfg, train_set, mae_state))
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    written = [task.best, task.checkpoint, task.log]
+    if dist.main:
+        best, best_state = build_from_checkpoint(task.best, "inpaint", map_location=device)
+        metrics = {"validation": hole_scores(best.to(device), val_data, device, cfg.AMP), "run": run_info()}
+        transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
+        if transfer is not None:
+            damaged = tuple(map(torch.from_numpy, damaged_set(transfer.images.numpy(), 2, cfg.EVAL_SEED)))
+            metrics["transfer"] = {**hole_scores(best, damaged, device, cfg.AMP), "data": f"all images in {root}"}
+        save_json(cfg.artifact("inpaint_metrics"), metrics)
+        written.append(cfg.artifact("inpaint_metrics"))
+        for name, m in metrics.items():
+            if name != "run":
+                dist.say(f"{name}: hole MSE {m['hole_mse']:.5f}, biharmonic fill {m['biharmonic_hole_mse']:.5f} "
+                         f"({m['gain_db']:+.2f} dB), {m['n_regions']} damaged regions")
     dist.say(f"done: best validation hole MSE {result['best']:.5f} (biharmonic fill {task.prefill_loss:.5f})\n  "
-             + "\n  ".join([task.best, task.checkpoint, task.log]))
+             + "\n  ".join(written))
     return result
+
+
+@torch.no_grad()
+def hole_scores(model, damaged, device, amp):
+    """The inpainting model's and the biharmonic pre-fill's mean squared error inside the damaged regions of
+    damaged = (pre-filled, fill weight, original) and the model's gain over the fill in dB."""
+    model.eval()
+    ours = []
+    with autocast(device, amp):
+        for s in range(0, len(damaged[0]), 32):
+            x, w, t = (a[s:s + 32].to(device) for a in damaged)
+            ours.append(hole_mse(model(x, w).float(), t, w))
+    mse = torch.cat(ours).mean().item()
+    fill = hole_mse(damaged[0], damaged[2], damaged[1]).mean().item()
+    return {"hole_mse": mse, "biharmonic_hole_mse": fill, "gain_db": 10 * math.log10(fill / max(mse, 1e-12)),
+            "n_regions": len(damaged[0])}
 
 
 def main(argv=None):

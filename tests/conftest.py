@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def write_tiny_dataset(root, n_subjects=4, per_subject=3, shape=(72, 80), seed=0):
+def write_tiny_dataset(root, n_subjects=4, per_subject=3, shape=(72, 80), seed=0, prefix="subj"):
     """HR/MASK layout with ellipse "heads", a bright blob as tumor in every other slice."""
     import tifffile
     rng = np.random.default_rng(seed)
@@ -25,7 +25,7 @@ def write_tiny_dataset(root, n_subjects=4, per_subject=3, shape=(72, 80), seed=0
                 blob = (yy - cy - 5) ** 2 + (xx - cx + 4) ** 2 < 36
                 img[blob] = 230
                 mask[blob] = 255
-            name = f"subj{s}_{i:03d}.tif"
+            name = f"{prefix}{s}_{i:03d}.tif"
             tifffile.imwrite(os.path.join(root, "HR", name), np.clip(img, 0, 255).astype(np.uint8))
             tifffile.imwrite(os.path.join(root, "MASK", name), mask)
             k += 1

@@ -1,0 +1,46 @@
+"""TRANSFER_PATH: every phase's quality figures on a second set, never trained on, beside the validation split's."""
+import json
+import os
+
+import pytest
+
+import classify
+import demo
+import evaluate
+import train
+from config import load_config
+from conftest import tiny_args, write_tiny_dataset
+from dataset import load_transfer
+
+
+@pytest.mark.slow
+def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys):
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    other = write_tiny_dataset(str(tmp_path / "other"), n_subjects=2, seed=5, prefix="head")
+    out = str(tmp_path / "o")
+    args = tiny_args(data, out, "--transfer-path", other)
+    train.main(args)
+    train.main(args + ["--inpaint"])
+    evaluate.main(args)
+    classify.main(args + ["--n-viz", "0"])
+    ev = json.load(open(os.path.join(out, "eval_metrics.json")))
+    assert ev["transfer"]["n_images"] == 6 and ev["n_images"] < 12  # all of the other set; the validation split
+    assert ev["transfer"]["miram"]["fine"]["masked"]["psnr"] != ev["miram"]["fine"]["masked"]["psnr"]
+    inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
+    assert inpaint["transfer"]["n_regions"] == 2 * 6 and inpaint["validation"]["hole_mse"] > 0
+    log = [json.loads(line) for line in open(os.path.join(out, "inpaint_log.jsonl"))]
+    assert inpaint["validation"]["hole_mse"] == pytest.approx(min(h["val_loss"] for h in log))  # the best model's
+    clf = json.load(open(os.path.join(out, "classification_metrics.json")))
+    assert clf["transfer"]["n_subjects"] == 2 and sum(map(sum, clf["transfer"]["confusion_matrix"])) == 6
+    assert "pointing_game" in clf["transfer"]["localization"]["evidence"]
+    screen = demo.screen({"run": {"cpu": "cpu"}, "total_minutes": 1, "phases": [],
+                          "headline": demo.headline(load_config(args=None, environ={"MIRAM_OUTPUT_PATH": out}), None)})
+    assert f"AUROC {clf['transfer']['auroc']:.3f} without training on it" in screen
+    assert f"{ev['transfer']['margin_db']['masked_psnr']:+.2f} dB over" in screen.split("transfer set")[1]
+
+
+def test_a_transfer_set_that_is_the_training_data_is_not_reported_as_one(tiny_data, capsys):
+    cfg = load_config(environ={"MIRAM_PRESET": "tiny", "MIRAM_DATA_PATH": tiny_data, "MIRAM_TRANSFER_PATH": tiny_data})
+    assert load_transfer(cfg, 64) == (None, "")
+    assert "is the data this run learns from" in capsys.readouterr().out
+    assert load_transfer(load_config(environ={"MIRAM_PRESET": "tiny"}), 64) == (None, "")  # none configured
