@@ -199,6 +199,9 @@ class Config:
     ACCUM_STEPS: int = 1
     CHECKPOINT_EVERY: int = 1  # epochs between resumable checkpoints (and always after the last epoch)
     AUGMENT: bool = True
+    # other plausible brains drawn once per training slice (dataset.anatomy_transform: elastic, T2-like
+    # contrast, bias field, gamma, resolution, noise), used by pre-training and the classifier; 0: none
+    ANATOMY_VARIANTS: int = 0
     AMP: bool = False  # bf16 autocast (GPU without bf16: fp16); a CPU without native bf16 stays in fp32
     DEVICE: str = "auto"
     SEED: int = 0
@@ -268,7 +271,7 @@ class Config:
                 raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
 
-                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS"):
+                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "ANATOMY_VARIANTS"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
         if self.SLICE_AXIS not in (0, 1, 2):

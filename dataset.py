@@ -410,6 +410,61 @@ def local_images(images, gidx, mine, gen, device, augment, masks=None):
     return imgs if masks is None else (imgs, masks)
 
 
+def t2_like(x):
+    """Inverts the brain's contrast, background kept: T1 white matter bright and fluid dark become T2's dark
+    white matter and bright fluid (grey matter stays between them)."""
+    import torch
+    return torch.where(torch.as_tensor(x) > 0.05, 0.15 + 0.85 * (1 - torch.as_tensor(x)), torch.as_tensor(x))
+
+
+def anatomy_transform():
+    """One draw of another plausible brain from a slice (MONAI transforms, dictionaries of image and mask):
+    smooth elastic deformation (the mask moves alike), T2-like contrast, bias field, gamma, lower resolution,
+    blur, Rician noise."""
+    from monai.transforms import (Compose, Rand2DElasticd, RandAdjustContrastd, RandBiasFieldd, RandGaussianSmoothd,
+                                  RandLambdad, RandRicianNoised, RandSimulateLowResolutiond)
+    return Compose([
+        Rand2DElasticd(keys=("image", "mask"), spacing=(32, 32), magnitude_range=(1, 2), prob=0.8,
+                       mode=("bilinear", "bilinear"), padding_mode="zeros"),
+        RandLambdad(keys="image", func=t2_like, prob=0.3),
+        RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.5),
+        RandAdjustContrastd(keys="image", gamma=(0.6, 1.6), prob=0.5),
+        RandSimulateLowResolutiond(keys="image", zoom_range=(0.4, 0.9), prob=0.3, downsample_mode="area",
+                                   upsample_mode="bilinear"),  # "nearest" shifted the image off its mask
+        RandGaussianSmoothd(keys="image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), prob=0.2),
+        RandRicianNoised(keys="image", std=0.03, prob=0.3, sample_std=True),
+    ])
+
+
+def anatomy_variants(data: SliceSet, copies: int, seed: int) -> SliceSet:
+    """data followed by `copies` variants of each slice (anatomy_transform, drawn from seed): variant k of
+    slice i is slice k * N + i of the result; images stay in [0, 1], masks become the lesion's share under each
+    pixel (deformed with their images)."""
+    import torch
+    if copies == 0:
+        return data
+    transform = anatomy_transform()
+    transform.set_random_state(seed=seed)
+    images, masks = [data.images], [data.masks.float()]
+    for _ in range(copies):
+        drawn = [transform({"image": img, "mask": m}) for img, m in zip(data.images, data.masks.float())]
+        images.append(torch.stack([torch.as_tensor(d["image"]).float().clamp(0, 1) for d in drawn]))
+        masks.append(torch.stack([torch.as_tensor(d["mask"]).float().clamp(0, 1) for d in drawn]))
+    n = copies + 1
+    images, masks = (torch.cat(t).as_subclass(torch.Tensor) for t in (images, masks))  # MONAI's MetaTensor: plain
+    return SliceSet(images, masks, data.labels.repeat(n), data.has_mask.repeat(n),
+                    data.names * n, data.subjects * n)
+
+
+def variant_index(gidx, n, copies, gen):
+    """Global batch indices into anatomy_variants' set: each slice as itself or one of its variants, drawn
+    for the whole global batch (the same on every process); without variants, gidx unchanged."""
+    import torch
+    if copies == 0:
+        return gidx
+    return gidx + n * torch.randint(0, copies + 1, (len(gidx),), generator=gen)
+
+
 def augment(imgs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Augments a batch with parameters drawn from `generator` (seeded run: reproducible)."""
     return apply_augment(imgs, augment_params(imgs.shape[0], generator))

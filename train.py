@@ -20,7 +20,8 @@ import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, describe, load_config, run_cli, run_info, save_json
-from dataset import load_split, load_transfer, local_images, resolve_data_path, split_record
+from dataset import (anatomy_variants, load_split, load_transfer, local_images, resolve_data_path, split_record,
+                     variant_index)
 from engine import Distributed, Task, fit
 from hardware import autocast, resolve_amp, tune_for
 from losses import ssim
@@ -56,14 +57,16 @@ class Pretraining(Task):
         self.cfg, self.model, self.train_set, self.val_set, self.device = cfg, model, train_set, val_set, device
         self.epochs, self.lr, self.warmup_epochs = cfg.N_EPOCHS, cfg.LEARNING_RATE, cfg.WARMUP_EPOCHS
         self.min_lr, self.weight_decay = cfg.MIN_LR, cfg.WEIGHT_DECAY
-        self.n_train = len(train_set)
+        self.n_train = len(train_set)  # an epoch is one pass over the slices, each as itself or a variant
+        self.train_set = anatomy_variants(train_set, cfg.ANATOMY_VARIANTS, cfg.SEED)
         self.checkpoint, self.best, self.log = cfg.artifact("checkpoint"), cfg.artifact("mae"), cfg.artifact("train_log")
         self.extra = learned_from
         # validation masks are fixed (EVAL_SEED), so epochs compare like with like
         self.val_noise = mask_noise(len(val_set), model.encoder.num_patches, cfg.EVAL_SEED)
 
     def batch(self, gidx, mine, gen):
-        imgs = local_images(self.train_set.images, gidx, mine, gen, self.device, self.cfg.AUGMENT)
+        picked = variant_index(gidx, self.n_train, self.cfg.ANATOMY_VARIANTS, gen)
+        imgs = local_images(self.train_set.images, picked, mine, gen, self.device, self.cfg.AUGMENT)
         noise = mask_noise(len(gidx), self.model.encoder.num_patches, gen)[mine].to(self.device, non_blocking=True)
         return imgs, noise
 
@@ -112,8 +115,6 @@ def pretrain(args, cfg, dist):
         resolve_data_path(cfg)  # builds the demo set once, before the other processes read it
     dist.barrier()
     train_set, val_set = load_split(cfg, quiet=not dist.main)
-    if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
-        train_set.images = train_set.images.pin_memory()
     dist.say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
              f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
              f"{dist.world} process(es)")
@@ -122,6 +123,8 @@ def pretrain(args, cfg, dist):
     dist.say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
              f"{mc.num_patches} patches, {mc.num_visible} visible")
     task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
+    if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
+        task.train_set.images = task.train_set.images.pin_memory()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     if result["history"] and dist.main:
         plot_losses(result["history"], cfg.artifact("loss_curve"), cfg.LAMBDA_COARSE)

@@ -292,3 +292,35 @@ def test_transfer_set_builds_from_packaged_heads_reproducibly_with_heads_kept_wh
     assert int(s.labels.sum()) == len(dataset.TRANSFER_SOURCES) - 1  # the second slice of each head
     assert s.images.min() >= 0 and s.images.max() <= 1
     assert not os.path.exists(first + ".partial")
+
+
+def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed():
+    import torch
+    masks = torch.zeros(6, 1, 64, 64, dtype=torch.bool)
+    for i in range(6):
+        masks[i, :, 10 + 5 * i:30 + 5 * i, 20:44] = True
+    data = dataset.SliceSet(masks.float() * 0.9, masks, torch.ones(6), torch.ones(6, dtype=torch.bool),
+                            [f"s{i}" for i in range(6)], ["a"] * 6)
+    out = dataset.anatomy_variants(data, 3, seed=4)
+    assert len(out) == 4 * 6 and torch.equal(out.images[:6], data.images)  # the slices first, then variants
+    assert out.images.min() >= 0 and out.images.max() <= 1 and out.masks.max() <= 1
+    assert out.subjects == data.subjects * 4 and torch.equal(out.labels, torch.ones(24))
+    assert type(out.images) is torch.Tensor and type(out.masks) is torch.Tensor
+
+    def centre(a):
+        yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        return torch.stack([(yy * a[0]).sum(), (xx * a[0]).sum()]) / a.sum()
+    moved = 0
+    for img, m in zip(out.images[6:], out.masks[6:]):
+        # the image's object (bright, or T2-like darker, above the noise) is centred where its mask is, within
+        # a pixel (the simulated low resolution blurs by up to 2.5 pixels; nearest downsampling moved it 2)
+        assert (centre((img > 0.1).float()) - centre(m)).norm() < 1.0
+        moved += not torch.equal(m > 0.5, masks[0] > 0.5)
+    assert moved
+    again = dataset.anatomy_variants(data, 3, seed=4)
+    assert torch.equal(again.images, out.images) and torch.equal(again.masks, out.masks)
+    assert not torch.equal(dataset.anatomy_variants(data, 3, seed=5).images, out.images)
+    g = torch.Generator().manual_seed(0)
+    picked = dataset.variant_index(torch.arange(6), 6, 3, g)
+    assert torch.equal(picked % 6, torch.arange(6)) and picked.max() < 24
+    assert torch.equal(dataset.variant_index(torch.arange(6), 6, 0, g), torch.arange(6))
