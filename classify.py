@@ -347,6 +347,7 @@ def finetune(args, cfg, dist):
         metrics["transfer"], *_ = score(best, transfer, cfg, device)
         metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
     metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"], n_train_slices=len(train_set),
+                   training_precision="bf16" if cfg.AMP else "fp32",
                    n_train_subjects=len(set(train_set.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
                    checkpoint=os.path.abspath(task.best), run=run_info())
     json_path = cfg.artifact("classification_metrics", suffix_of(variant))

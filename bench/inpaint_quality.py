@@ -2,7 +2,8 @@
 
     python bench/inpaint_quality.py [--checkpoint outputs/best_miram_mae.pth] [--max-images 50] [--seed 0]
 
-Synthetic damage on the validation split (subjects the model never trained on): blocks, stripes and
+Synthetic damage on the validation split (subjects the model never trained on), and on every slice of the
+transfer set where TRANSFER_PATH names one (JSON: "validation", "transfer"): blocks, stripes and
 irregular blobs, each small/medium/large, placed on the brain. Every method fills exactly the same region
 of the same [0, 1]-normalised slice; PSNR and SSIM are measured inside the region only (SSIM: windows
 centred in it); PSNR is pooled over the images (from their mean squared error), so one exact fill of a
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
 from config import load_config, run_info  # noqa: E402
-from dataset import load_split  # noqa: E402
+from dataset import load_split, load_transfer  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
 from restoration import DAMAGE_SIZES, Restorer, classical_fill, synthetic_damage  # noqa: E402
@@ -56,8 +57,22 @@ def main(argv=None):
     restorers["miram_mae"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio)
     cfg.IMG_SIZE = mc.img_size
     _, val = load_split(cfg, quiet=True, trained_on=trained_on)
-    images = val.images[:args.max_images, 0].double().numpy()
-    rng = np.random.default_rng(args.seed)
+    sets = {"validation": val}
+    transfer, root = load_transfer(cfg, mc.img_size, quiet=True, trained_on=trained_on)
+    if transfer is not None:
+        sets["transfer"] = transfer
+    report = {"run": run_info()}
+    for name, data in sets.items():
+        images = data.images[:args.max_images, 0].double().numpy()
+        print(f"{name}: {len(images)} slices" + (f" of {root}" if name == "transfer" else ""))
+        report[name] = score_set(images, restorers, np.random.default_rng(args.seed))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+def score_set(images, restorers, rng):
+    """Every method on the same synthetic damage of images, per damage kind and size."""
     methods = (*restorers, "biharmonic", "linear")
     scores = {}
     for kind, sizes in DAMAGE_SIZES.items():
@@ -86,10 +101,7 @@ def main(argv=None):
     overall_ssim = {m: float(np.mean([s[m]["ssim"] for s in scores.values()])) for m in methods}
     print("mean over all damage kinds and sizes, PSNR / SSIM: "
           + ", ".join(f"{m} {overall[m]:.2f} dB / {overall_ssim[m]:.3f}" for m in methods))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"n_images": len(images), "scores": scores, "mean_psnr": overall, "mean_ssim": overall_ssim,
-                       "run": run_info()}, f, indent=1)
+    return {"n_images": len(images), "scores": scores, "mean_psnr": overall, "mean_ssim": overall_ssim}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ always the one a run measured, with the command and CPU beside it.
 
     python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
 
-Reads train_log.jsonl, inpaint_log.jsonl, eval_metrics.json, classification_metrics*.json,
+Reads train_log.jsonl, inpaint_log.jsonl, inpaint_metrics.json, eval_metrics.json, classification_metrics*.json,
 inpaint_quality.json (bench/inpaint_quality.py --json), compare.json and compare.md (bench/compare.py),
 deploy_benchmark.json and gpu_check.json (whichever exist) and
 prints what it could not find.
@@ -57,18 +57,33 @@ def training_section(title, history):
 
 def evaluation_section(m):
     lines = ["## Reconstruction of hidden patches (`evaluate.py`)", "", f"- {provenance(m.get('run'))}",
-             f"- {m['n_images']} images: {m['data']}; mask ratio {m['mask_ratio']}, seed {m['seed']}", ""]
-    rows = []
-    for name, scales in [("MIRAM", m["miram"])] + [(b, v) for b, v in m["baselines"].items()]:
-        f = scales["fine"]
-        rows.append([name, f"{f['masked']['psnr']:.2f} / {f['masked']['ssim']:.3f}",
-                     f"{f['composite']['psnr']:.2f} / {f['composite']['ssim']:.3f}",
-                     f"{scales['coarse']['masked']['psnr']:.2f} / {scales['coarse']['masked']['ssim']:.3f}"])
-    lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
-    margin = m["margin_db"]
-    if margin.get("vs"):
-        lines += ["", f"MIRAM vs the best classical fill ({margin['vs']}): **{margin['masked_psnr']:+.2f} dB** masked PSNR."]
-    return lines + [""]
+             f"- mask ratio {m['mask_ratio']}, seed {m['seed']}", ""]
+    for title, part in (("validation split", m), ("transfer set", m.get("transfer"))):
+        if not part:
+            continue
+        rows = []
+        for name, scales in [("MIRAM", part["miram"])] + [(b, v) for b, v in part["baselines"].items()]:
+            f = scales["fine"]
+            rows.append([name, f"{f['masked']['psnr']:.2f} / {f['masked']['ssim']:.3f}",
+                         f"{f['composite']['psnr']:.2f} / {f['composite']['ssim']:.3f}",
+                         f"{scales['coarse']['masked']['psnr']:.2f} / {scales['coarse']['masked']['ssim']:.3f}"])
+        lines += [f"**{title}**: {part['n_images']} images, {part['data']}", ""]
+        lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
+        margin = part["margin_db"]
+        if margin.get("vs"):
+            lines += ["", f"MIRAM vs the best classical fill ({margin['vs']}): **{margin['masked_psnr']:+.2f} dB** "
+                          "masked PSNR.", ""]
+    return lines
+
+
+def inpaint_metrics_section(m):
+    lines = ["## Inpainting fine-tune against its biharmonic pre-fill (`train.py --inpaint`)", "",
+             f"- {provenance(m.get('run'))}", "- synthetic damage (blocks, stripes, blobs), 2 regions per slice, "
+             "EVAL_SEED; mean squared error inside the regions", ""]
+    rows = [[name, part.get("data", "validation split"), part["n_regions"], f"{part['hole_mse']:.5f}",
+             f"{part['biharmonic_hole_mse']:.5f}", f"{part['gain_db']:+.2f} dB"]
+            for name, part in m.items() if name != "run"]
+    return lines + table(["set", "slices", "regions", "MIRAM hole MSE", "biharmonic", "gain"], rows) + [""]
 
 
 def classification_section(results):
@@ -83,6 +98,15 @@ def classification_section(results):
              f"{loc['mass_inside_over_share']:.1f}x", f"{loc['mass_inside_over_share_median']:.1f}x",
              f"{loc['pointing_game']:.2f}"] for r in results for name, loc in r["localization"].items() if loc]
     lines += table(["variant", "map", "mass / share (mean)", "(median)", "pointing game"], rows)
+    transfer = [r for r in results if r.get("transfer")]
+    if transfer:
+        lines += ["", "The same classifiers on the transfer set, without training on it:", ""]
+        lines += table(["variant", "data", "AUROC", "accuracy", "pointing game (default map)", "median mass / share"],
+                       [[r["variant"], r["transfer"]["data"], f"{r['transfer']['auroc']:.3f}",
+                         f"{r['transfer']['accuracy']:.3f}",
+                         f"{r['transfer']['localization'][r['default_heatmap']].get('pointing_game', float('nan')):.2f}",
+                         f"{r['transfer']['localization'][r['default_heatmap']].get('mass_inside_over_share_median', float('nan')):.1f}x"]
+                        for r in transfer])
     return lines + [""]
 
 
@@ -98,6 +122,8 @@ def settings_section(runs, note):
                      r.get("optimizer_steps", "")])
         settings = " ".join(w for w in r["run"]["command"].split()
                             if not w.startswith(("MIRAM_SEED=", "MIRAM_OUTPUT_PATH=")))
+        if "training_precision" in r:  # bf16 where the CPU runs it faster: not in the command
+            settings += f" ({r['training_precision']} training)"
         groups.setdefault(settings, []).append(figures)
     lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows)
     seeded = {k: v for k, v in groups.items() if len(v) > 1}
@@ -141,11 +167,16 @@ def throughput_section(t):
 
 def inpainting_section(q):
     lines = ["## Inpainting synthetic damage (`bench/inpaint_quality.py`)", "", f"- {provenance(q.get('run'))}",
-             f"- {q['n_images']} validation slices; PSNR pooled over the images and SSIM inside the damaged region", ""]
-    methods = list(q["mean_psnr"])
-    rows = [[case] + [f"{v[m]['psnr']:.2f} / {v[m]['ssim']:.3f}" for m in methods] for case, v in q["scores"].items()]
-    rows.append(["**mean**"] + [f"**{q['mean_psnr'][m]:.2f} / {q['mean_ssim'][m]:.3f}**" for m in methods])
-    return lines + table(["damage"] + methods, rows) + [""]
+             "- PSNR dB / SSIM inside the damaged region, PSNR pooled over the images", ""]
+    for name in ("validation", "transfer"):
+        part = q.get(name)
+        if not part:
+            continue
+        methods = list(part["mean_psnr"])
+        rows = [[case] + [f"{v[m]['psnr']:.2f} / {v[m]['ssim']:.3f}" for m in methods] for case, v in part["scores"].items()]
+        rows.append(["**mean**"] + [f"**{part['mean_psnr'][m]:.2f} / {part['mean_ssim'][m]:.3f}**" for m in methods])
+        lines += [f"**{name}**: {part['n_images']} slices", ""] + table(["damage"] + methods, rows) + [""]
+    return lines
 
 
 def gpu_section(g):
@@ -216,6 +247,8 @@ def main(argv=None):
         lines += evaluation_section(load_json(path("eval_metrics")))
     else:
         missing.append(path("eval_metrics"))
+    if os.path.isfile(path("inpaint_metrics")):
+        lines += inpaint_metrics_section(load_json(path("inpaint_metrics")))
     stem = os.path.splitext(ARTIFACTS["classification_metrics"])[0]
     results = [load_json(f) for f in sorted(glob.glob(os.path.join(args.outputs, stem + "*.json")))]
     if results:

@@ -44,3 +44,22 @@ def test_a_transfer_set_that_is_the_training_data_is_not_reported_as_one(tiny_da
     assert load_transfer(cfg, 64) == (None, "")
     assert "is the data this run learns from" in capsys.readouterr().out
     assert load_transfer(load_config(environ={"MIRAM_PRESET": "tiny"}), 64) == (None, "")  # none configured
+
+
+@pytest.mark.slow
+def test_the_inpainting_benchmark_scores_both_sets(tmp_path, monkeypatch):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import inpaint_quality
+    data = write_tiny_dataset(str(tmp_path / "data"))
+    other = write_tiny_dataset(str(tmp_path / "other"), n_subjects=2, seed=5, prefix="head")
+    out = str(tmp_path / "o")
+    train.main(tiny_args(data, out, "--img-size", "128"))  # the largest damage would cover a whole 64 px tile
+    for key, value in {"PRESET": "tiny", "DATA_PATH": data, "OUTPUT_PATH": out, "TRANSFER_PATH": other}.items():
+        monkeypatch.setenv("MIRAM_" + key, value)
+    path = str(tmp_path / "q.json")
+    inpaint_quality.main(["--max-images", "2", "--json", path])
+    q = json.load(open(path))
+    assert q["validation"]["n_images"] == 2 and q["transfer"]["n_images"] == 2
+    assert set(q["transfer"]["mean_psnr"]) == {"miram_mae", "biharmonic", "linear"}
+    assert q["transfer"]["scores"] != q["validation"]["scores"]
