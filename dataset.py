@@ -634,33 +634,46 @@ def packaged_file(package, relative):
     return path
 
 
-def transfer_volume(package, relative, kind):
-    """-> (volume (x, y, z) float32 scaled to [0, 255] by its 99.5th percentile, voxel size (x, y) in mm)."""
+def transfer_slices(package, relative, kind):
+    """-> (slices (n, rows, cols) float32 in [0, 255] (scaled by the 99.5th percentile), their pixel size in
+    mm). NIfTI volumes are turned to the template's RAS orientation and cut axially as the demo's slices are
+    (anterior up); the dipy slice is a bare array already upright."""
     import nibabel as nib
     path = packaged_file(package, relative)
     if kind == "npy":
-        vol, zooms = np.load(path).astype(np.float32)[..., None], (1.0, 1.0)
+        slices, zooms = np.load(path).astype(np.float32)[None], (1.0, 1.0)
     else:
-        img = nib.load(path)
+        img = nib.as_closest_canonical(nib.squeeze_image(nib.load(path)))
         vol = np.asarray(img.dataobj, dtype=np.float32)
-        vol, zooms = (vol[..., 0] if vol.ndim == 4 else vol), img.header.get_zooms()[:2]
-    top = np.percentile(vol[vol > 0], 99.5) if (vol > 0).any() else 1.0
-    return np.clip(vol / top, 0, 1) * 255, tuple(float(z) for z in zooms)
+        slices = np.stack([np.rot90(vol[..., z]) for z in range(vol.shape[2])])
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:2])[::-1]  # (rows, cols) after the rotation
+    top = np.percentile(slices[slices > 0], 99.5) if (slices > 0).any() else 1.0
+    return np.clip(slices / top, 0, 1) * 255, zooms
+
+
+def pad_to(img, shape):
+    """img centred in zeros of at least `shape`: a cropped field of view placed in a whole head's."""
+    rows, cols = max(shape[0], img.shape[0]), max(shape[1], img.shape[1])
+    out = np.zeros((rows, cols), img.dtype)
+    top, left = (rows - img.shape[0]) // 2, (cols - img.shape[1]) // 2
+    out[top:top + img.shape[0], left:left + img.shape[1]] = img
+    return out
 
 
 def build_transfer_data(dest: str, seed: int = 0, per_subject: int = None, lesions: str = "subtle"):
-    """Writes axial slices of TRANSFER_SOURCES, resampled to 1 mm pixels as the demo's, to dest/HR and
-    dest/MASK, a lesion of the given family on every other slice. File names: <subject>_<contrast>_<slice>,
-    so SUBJECT_PATTERN keeps each head whole. per_subject: at most this many slices of each (tests)."""
+    """Writes the slices of TRANSFER_SOURCES, resampled to 1 mm pixels and placed in at least the template's
+    field of view (233 x 197 mm) as the demo's are, to dest/HR and dest/MASK, a lesion of the given family on
+    every other slice. File names: <subject>_<contrast>_<slice>, so SUBJECT_PATTERN keeps each head whole.
+    per_subject: at most this many slices of each (tests)."""
     from scipy import ndimage
     rng = np.random.default_rng(seed)
 
     def slices():
         for subject, package, relative, contrast, kind in TRANSFER_SOURCES:
-            vol, zooms = transfer_volume(package, relative, kind)
-            keep = [z for z in range(vol.shape[2]) if (vol[..., z] > 25).mean() > 0.15]
+            stack, zooms = transfer_slices(package, relative, kind)
+            keep = [z for z in range(len(stack)) if (stack[z] > 25).mean() > 0.15]
             for n, z in enumerate(keep[:per_subject]):
-                sl = np.rot90(ndimage.zoom(vol[..., z], zooms, order=1))  # 1 mm pixels, anterior up
+                sl = pad_to(ndimage.zoom(stack[z], zooms, order=1), (233, 197))
                 mask = np.zeros(sl.shape, np.uint8)
                 if n % 2:
                     sl, mask = LESION_PAINTERS[lesions](sl, rng)

@@ -97,7 +97,7 @@ def markdown(rows):
            + " | ".join(title for _, title, _ in FIGURES) + " |", "|" + "---|" * (4 + len(FIGURES))]
     for r in sorted(rows, key=lambda r: (-r["fraction"], list(VARIANT_FLAGS).index(r["variant"]))):
         cells = [f"{r[k]['mean']:.{d}f} ± {r[k]['sd']:.{d}f}" for k, _, d in FIGURES]
-        out.append(f"| {r['variant']} | {r['fraction']:g}: {r['train_slices']} ({r['train_subjects']}) | "
+        out.append(f"| {r['variant']} | {r['fraction']:.0%}: {r['train_slices']} ({r['train_subjects']}) | "
                    f"{r['optimizer_steps']} | {r['seeds']} | " + " | ".join(cells) + " |")
     by = {(r["variant"], r["fraction"]): r for r in rows}
     notes = []
@@ -110,7 +110,7 @@ def markdown(rows):
             for key, title, digits in FIGURES[:2]:
                 d, clear = difference(tuned, by[(other, fraction)], key)
                 parts.append(f"{title} {d:+.{digits}f} ({'beyond' if clear else 'within'} the seeds' spread)")
-            notes.append(f"- labels {fraction:g}, fine-tuned minus {other}: " + ", ".join(parts))
+            notes.append(f"- {fraction:.0%} of the labels, fine-tuned minus {other}: " + ", ".join(parts))
     if notes:
         out += ["", "Differences count as beyond the seeds' spread where they exceed twice their standard error.",
                 ""] + notes
@@ -129,6 +129,9 @@ def plot(rows, path):
                 ax.errorbar([100 * r["fraction"] for r in rs], [r[key]["mean"] for r in rs],
                             yerr=[r[key]["sd"] for r in rs], marker="o", capsize=3, label=variant)
         ax.set_xscale("log")
+        percents = sorted({100 * r["fraction"] for r in rows})
+        ax.set_xticks(percents, [f"{p:g}" for p in percents])
+        ax.minorticks_off()
         ax.set_xlabel("labelled training subjects (%)")
         ax.set_title(f"{title} (mean ± sd over seeds)", fontsize=9)
         ax.grid(alpha=0.3)

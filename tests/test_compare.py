@@ -24,7 +24,7 @@ def test_groups_are_summarised_and_differences_judged_against_the_seeds_spread()
     assert rows["finetune"]["auroc"]["sd"] == pytest.approx(0.02)  # sample standard deviation
     text = compare.markdown(list(rows.values()))
     assert "0.920 ± 0.020" in text
-    assert "fine-tuned minus from_scratch: AUROC +0.320 (beyond" in text
+    assert "100% of the labels, fine-tuned minus from_scratch: AUROC +0.320 (beyond" in text
     assert "fine-tuned minus linear_probe: AUROC +0.020 (within" in text  # the probe's seeds spread widely
     assert "pointing game +0.00 (within" in text
 
