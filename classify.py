@@ -93,7 +93,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     import torch
     import torch.nn.functional as F
 
-    from dataset import anatomy_variants, local_images, variant_index
+    from dataset import local_images
     from engine import Task, layer_decay
     n_pos = float(train_set.labels.sum())
     n_neg = len(train_set) - n_pos
@@ -103,8 +103,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
     patch = model.cfg.patch_size
-    bank = anatomy_variants(train_set, cfg.ANATOMY_VARIANTS, cfg.SEED)  # the slices, then their variants
-    masks = bank.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
+    masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
     suffix = suffix_of(variant)
 
     class Classification(Task):
@@ -125,8 +124,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            picked = variant_index(gidx, len(train_set), cfg.ANATOMY_VARIANTS, gen)
-            x = local_images(bank.images, picked, mine, gen, device, cfg.AUGMENT, masks)
+            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
             x, m = x if masks is not None else (x, None)
             return x, m, train_set.labels[gidx[mine]].to(device)
 
