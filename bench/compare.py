@@ -4,9 +4,9 @@ of the labelled training subjects, each over several training seeds with the spl
     python bench/compare.py [--seeds 5] [--fractions 1 0.25 0.1] [--variants finetune linear_probe from_scratch]
                             [--checkpoint OUTPUT_PATH/best_miram_mae.pth] [settings flags]   (`make compare`)
 
-Every run is its own `python classify.py` (MIRAM_SEED, MIRAM_CLS_LABEL_FRACTION, an output folder of its own
-under OUTPUT_PATH/compare/), so a finished run is kept and skipped when the command is repeated: an interrupted
-comparison resumes where it stopped. Writes OUTPUT_PATH/compare.json (every run's figures and each group's
+Every run is its own `python classify.py --seed S --cls-label-fraction F --output-path OUTPUT_PATH/compare/<run>`,
+so a finished run is kept and skipped when the command is repeated: an interrupted comparison resumes where
+it stopped. Writes OUTPUT_PATH/compare.json (every run's figures and each group's
 mean and standard deviation), compare.md (the table) and compare.png (AUROC and pointing game against labels).
 """
 import argparse
@@ -48,12 +48,13 @@ def one_run(args, cfg, variant, fraction, seed):
         "classification_metrics", "" if variant == "finetune" else "_" + variant)
     if not os.path.isfile(metrics):
         os.makedirs(out, exist_ok=True)
-        env = dict(os.environ, MIRAM_SEED=str(seed), MIRAM_CLS_LABEL_FRACTION=str(fraction), MIRAM_OUTPUT_PATH=out)
+        # after the settings given to this script: the run's own seed, labels and folder win
         command = [sys.executable, os.path.join(ROOT, "classify.py"), *VARIANT_FLAGS[variant], "--n-viz", "0",
-                   "--checkpoint", args.checkpoint or cfg.artifact("mae"), *settings_flags(args)]
+                   "--checkpoint", os.path.abspath(args.checkpoint or cfg.artifact("mae")), *settings_flags(args),
+                   "--seed", str(seed), "--cls-label-fraction", str(fraction), "--output-path", out]
         started = time.time()
         with open(os.path.join(out, "classify.log"), "w") as log:
-            done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             sys.exit(f"{variant}, labels {fraction:g}, seed {seed}: classify.py failed (exit {done.returncode}); "
                      f"see {os.path.join(out, 'classify.log')}")
