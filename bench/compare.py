@@ -49,7 +49,7 @@ def one_run(args, cfg, variant, fraction, seed):
     if not os.path.isfile(metrics):
         os.makedirs(out, exist_ok=True)
         # after the settings given to this script: the run's own seed, labels and folder win
-        command = [sys.executable, os.path.join(ROOT, "classify.py"), *VARIANT_FLAGS[variant], "--n-viz", "0",
+        command = [sys.executable, "classify.py", *VARIANT_FLAGS[variant], "--n-viz", "0",  # run in ROOT
                    "--checkpoint", os.path.abspath(args.checkpoint or cfg.artifact("mae")), *settings_flags(args),
                    "--seed", str(seed), "--cls-label-fraction", str(fraction), "--output-path", out]
         started = time.time()
