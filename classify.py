@@ -323,9 +323,9 @@ def finetune(args, cfg, dist):
     extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
              **split_record(cfg, train_set, *(parent for _, parent in parents))}
     # only slices with a mask file carry a label; the others were for pre-training
-    train_set = train_set.subset([i for i in range(len(train_set)) if train_set.has_mask[i]])
+    train_set = train_set.labelled()
     train_set = train_set.subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
-    val_set = val_set.subset([i for i in range(len(val_set)) if val_set.has_mask[i]])
+    val_set = val_set.labelled()
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
                          f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
@@ -341,7 +341,7 @@ def finetune(args, cfg, dist):
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
     transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
     if transfer is not None and transfer.has_mask.any():
-        transfer = transfer.subset([i for i in range(len(transfer)) if transfer.has_mask[i]])
+        transfer = transfer.labelled()
         metrics["transfer"], *_ = score(best, transfer, cfg, device)
         metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
     metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"], n_train_slices=len(train_set),

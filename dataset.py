@@ -213,6 +213,10 @@ class SliceSet:
         return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
                         [self.names[i] for i in idx], [self.subjects[i] for i in idx])
 
+    def labelled(self):
+        """The slices with a mask file: only they carry a label."""
+        return self.subset(i for i in range(len(self)) if self.has_mask[i])
+
     def subject_fraction(self, fraction, seed):
         """The slices of a share of the subjects (at least one), drawn by seed: fewer labels, subjects whole."""
         if fraction >= 1:
@@ -486,14 +490,7 @@ TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 def template_path() -> str:
     """The MNI152 T1 template inside the installed nilearn wheel (read from disk, never downloaded)."""
-    import importlib.util
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise DataError("the demo data needs the nilearn package (pip install -r requirements.txt)")
-    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", TEMPLATE)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: the MNI152 template is missing from the installed nilearn")
-    return path
+    return packaged_file("nilearn", os.path.join("datasets", "data", TEMPLATE), "the demo data")
 
 
 def lesion_site(img, rng, margin):
@@ -623,11 +620,12 @@ TRANSFER_SOURCES = (
 )
 
 
-def packaged_file(package, relative):
+def packaged_file(package, relative, needed_by="the transfer set"):
+    """The path of a data file shipped inside an installed package (read from disk, never downloaded)."""
     import importlib.util
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise DataError(f"the transfer set needs the {package} package (pip install -r requirements.txt)")
+        raise DataError(f"{needed_by} needs the {package} package (pip install -r requirements.txt)")
     path = os.path.join(os.path.dirname(spec.origin), relative)
     if not os.path.isfile(path):
         raise DataError(f"{path}: missing from the installed {package}")
