@@ -429,7 +429,7 @@ def anatomy_transform():
                                   RandLambdad, RandRicianNoised, RandSimulateLowResolutiond)
     return Compose([
         Rand2DElasticd(keys=("image", "mask"), spacing=(32, 32), magnitude_range=(1, 2), prob=0.8,
-                       mode=("bilinear", "bilinear"), padding_mode="zeros"),
+                       mode=("bilinear", "bilinear"), padding_mode="zeros", allow_missing_keys=True),
         RandLambdad(keys="image", func=t2_like, prob=0.3),
         RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.5),
         RandAdjustContrastd(keys="image", gamma=(0.6, 1.6), prob=0.5),
@@ -444,20 +444,33 @@ def anatomy_variants(data: SliceSet, copies: int, seed: int) -> SliceSet:
     """data followed by `copies` variants of each slice (anatomy_transform, drawn from seed): variant k of
     slice i is slice k * N + i of the result; images stay in [0, 1], masks become the lesion's share under each
     pixel (deformed with their images)."""
-    import torch
     if copies == 0:
         return data
+    images, masks = _draw_variants(data.images, data.masks.float(), copies, seed)
+    n = copies + 1
+    return SliceSet(images, masks, data.labels.repeat(n), data.has_mask.repeat(n), data.names * n, data.subjects * n)
+
+
+def anatomy_variant_images(images, copies: int, seed: int):
+    """anatomy_variants' images alone (the same draws), for training that reads no mask: about half the time."""
+    return images if copies == 0 else _draw_variants(images, None, copies, seed)[0]
+
+
+def _draw_variants(images, masks, copies, seed):
+    """(images, masks or None) followed by `copies` drawn variants of each; masks None: not deformed."""
+    import torch
     transform = anatomy_transform()
     transform.set_random_state(seed=seed)
-    images, masks = [data.images], [data.masks.float()]
+    out_images, out_masks = [images], [masks]
     for _ in range(copies):
-        drawn = [transform({"image": img, "mask": m}) for img, m in zip(data.images, data.masks.float())]
-        images.append(torch.stack([torch.as_tensor(d["image"]).float().clamp(0, 1) for d in drawn]))
-        masks.append(torch.stack([torch.as_tensor(d["mask"]).float().clamp(0, 1) for d in drawn]))
-    n = copies + 1
-    images, masks = (torch.cat(t).as_subclass(torch.Tensor) for t in (images, masks))  # MONAI's MetaTensor: plain
-    return SliceSet(images, masks, data.labels.repeat(n), data.has_mask.repeat(n),
-                    data.names * n, data.subjects * n)
+        drawn = ([transform({"image": img}) for img in images] if masks is None
+                 else [transform({"image": img, "mask": m}) for img, m in zip(images, masks)])
+        out_images.append(torch.stack([torch.as_tensor(d["image"]).float().clamp(0, 1) for d in drawn]))
+        if masks is not None:
+            out_masks.append(torch.stack([torch.as_tensor(d["mask"]).float().clamp(0, 1) for d in drawn]))
+    # MONAI returns MetaTensors: made plain
+    images = torch.cat(out_images).as_subclass(torch.Tensor)
+    return images, None if masks is None else torch.cat(out_masks).as_subclass(torch.Tensor)
 
 
 def variant_index(gidx, n, copies, gen):

@@ -213,7 +213,10 @@ def run(args, cfg):
         grid = mcfg.img_size // mcfg.patch_size
         for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
             inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
-            runners = model_runners(kind, model, onnx_paths, inputs, args.threads, threshold, bf16)
+            # --short: the spec-size rows and the peer's only as deployed (ONNX Runtime); the full table also
+            # times them in PyTorch, the slowest rows of the demo's benchmark
+            runners = model_runners(kind, model, onnx_paths, inputs, args.threads, threshold, bf16,
+                                    with_torch=not (args.short and size_name != "checkpoint"))
             patches = grid * grid
             if kind == "classifier":
                 t = mcfg.foreground_threshold if threshold is None else threshold

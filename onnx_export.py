@@ -284,9 +284,10 @@ def matmul_gflops(threads, size=2048, reps=5):
     return 2 * size ** 3 / best / 1e9
 
 
-def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None, bf16=True):
-    """Callables for every backend (torch-bf16 if asked and native); each call takes the next input of the
-    shared sequence."""
+def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None, bf16=True,
+                  with_torch=True):
+    """Callables for every backend (torch-bf16 if asked and native; with_torch=False: ONNX Runtime's only);
+    each call takes the next input of the shared sequence."""
     cpu = torch.device("cpu")
     tensors = [(torch.from_numpy(x), torch.from_numpy(n)) for x, n in inputs]
 
@@ -295,8 +296,8 @@ def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_thr
             with torch.no_grad(), autocast(cpu, amp):
                 torch_model(x) if kind in ("classifier", "peer") else torch_model(x, n)
         return call
-    runners = {"torch-fp32": cycle(torch_call(False), tensors)}
-    if bf16 and native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
+    runners = {"torch-fp32": cycle(torch_call(False), tensors)} if with_torch else {}
+    if with_torch and bf16 and native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
         runners["torch-bf16"] = cycle(torch_call(True), tensors)
     for backend, path in onnx_paths.items():
         if kind == "peer":

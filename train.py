@@ -20,7 +20,7 @@ import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, describe, load_config, run_cli, run_info, save_json
-from dataset import (anatomy_variants, load_split, load_transfer, local_images, resolve_data_path, split_record,
+from dataset import (anatomy_variant_images, load_split, load_transfer, local_images, resolve_data_path, split_record,
                      variant_index)
 from engine import Distributed, Task, fit
 from hardware import autocast, resolve_amp, tune_for
@@ -58,7 +58,7 @@ class Pretraining(Task):
         self.epochs, self.lr, self.warmup_epochs = cfg.N_EPOCHS, cfg.LEARNING_RATE, cfg.WARMUP_EPOCHS
         self.min_lr, self.weight_decay = cfg.MIN_LR, cfg.WEIGHT_DECAY
         self.n_train = len(train_set)  # an epoch is one pass over the slices, each as itself or a variant
-        self.train_set = anatomy_variants(train_set, cfg.ANATOMY_VARIANTS, cfg.SEED)
+        self.train_images = anatomy_variant_images(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
         self.checkpoint, self.best, self.log = cfg.artifact("checkpoint"), cfg.artifact("mae"), cfg.artifact("train_log")
         self.extra = learned_from
         # validation masks are fixed (EVAL_SEED), so epochs compare like with like
@@ -66,7 +66,7 @@ class Pretraining(Task):
 
     def batch(self, gidx, mine, gen):
         picked = variant_index(gidx, self.n_train, self.cfg.ANATOMY_VARIANTS, gen)
-        imgs = local_images(self.train_set.images, picked, mine, gen, self.device, self.cfg.AUGMENT)
+        imgs = local_images(self.train_images, picked, mine, gen, self.device, self.cfg.AUGMENT)
         noise = mask_noise(len(gidx), self.model.encoder.num_patches, gen)[mine].to(self.device, non_blocking=True)
         return imgs, noise
 
@@ -124,7 +124,7 @@ def pretrain(args, cfg, dist):
              f"{mc.num_patches} patches, {mc.num_visible} visible")
     task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
     if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
-        task.train_set.images = task.train_set.images.pin_memory()
+        task.train_images = task.train_images.pin_memory()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     if result["history"] and dist.main:
         plot_losses(result["history"], cfg.artifact("loss_curve"), cfg.LAMBDA_COARSE)
@@ -192,6 +192,18 @@ class InpaintingFinetune(Task):
         return {"loss": scores["hole_mse"], "loss_biharmonic": scores["biharmonic_hole_mse"]}
 
 
+def damage_sources(train_set, cfg):
+    """(images, copies) for damaged_set: each training slice INPAINT_COPIES times; with ANATOMY_VARIANTS, its
+    copies taken in turn from the slice and its variants (the same count of damaged regions, on more brains
+    than the one it trained on)."""
+    if cfg.ANATOMY_VARIANTS == 0:
+        return train_set.images.numpy(), cfg.INPAINT_COPIES
+    bank = anatomy_variant_images(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
+    n = len(train_set)
+    order = [(copy % (cfg.ANATOMY_VARIANTS + 1)) * n + i for i in range(n) for copy in range(cfg.INPAINT_COPIES)]
+    return bank[order].numpy(), 1
+
+
 def finetune_inpainting(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
     mae_path = cfg.artifact("mae")
@@ -204,7 +216,7 @@ def finetune_inpainting(args, cfg, dist):
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=[(mae_path, mae_state)])
     t0 = time.time()
-    train_data = tuple(map(torch.from_numpy, damaged_set(train_set.images.numpy(), cfg.INPAINT_COPIES, cfg.SEED)))
+    train_data = tuple(map(torch.from_numpy, damaged_set(*damage_sources(train_set, cfg), cfg.SEED)))
     val_data = tuple(map(torch.from_numpy, damaged_set(val_set.images.numpy(), 2, cfg.EVAL_SEED)))
     dist.say(f"damaged regions: {len(train_data[0])} training ({cfg.INPAINT_COPIES} per slice), {len(val_data[0])} "
              f"validation, biharmonic pre-fill in {time.time() - t0:.0f}s")

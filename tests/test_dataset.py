@@ -320,6 +320,8 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
     again = dataset.anatomy_variants(data, 3, seed=4)
     assert torch.equal(again.images, out.images) and torch.equal(again.masks, out.masks)
     assert not torch.equal(dataset.anatomy_variants(data, 3, seed=5).images, out.images)
+    # training that reads no mask draws the same images without deforming masks
+    assert torch.equal(dataset.anatomy_variant_images(data.images, 3, seed=4), out.images)
     g = torch.Generator().manual_seed(0)
     picked = dataset.variant_index(torch.arange(6), 6, 3, g)
     assert torch.equal(picked % 6, torch.arange(6)) and picked.max() < 24
