@@ -157,7 +157,13 @@ class _VolumeCache:
             if len(self.volumes) >= 2:
                 self.volumes.pop(next(iter(self.volumes)))  # the oldest
             self.volumes[path] = read_volume(path, self.max_pixels)
-        return to_grayscale(np.take(self.volumes[path], index, axis=axis), f"{path}[{index}]")
+        return to_grayscale(volume_slice(self.volumes[path], index, axis), f"{path}[{index}]")
+
+
+def volume_slice(vol, index, axis):
+    """vol's slice `index` along `axis`, as a view. np.take would first copy the whole volume whenever it is
+    not C-ordered, as NIfTI data usually is (measured: 25 ms a slice of the MNI template, 2 us this way)."""
+    return vol[(slice(None),) * axis + (index,)]
 
 
 def read_source(src: Source, cache: _VolumeCache):
@@ -586,12 +592,12 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
         views = {"axial": 2, "coronal": 1, "sagittal": 0}
         for view, axis in views.items():
             positions = [i for i in range(0, vol.shape[axis], step)
-                         if (np.take(vol, i, axis=axis) > 25).mean() > 0.15]
+                         if (volume_slice(vol, i, axis) > 25).mean() > 0.15]
             for n, pos in enumerate(positions):
                 slab_id, within = divmod(n, slab + gap)
                 if within >= slab:
                     continue
-                sl = np.rot90(np.take(vol, pos, axis=axis))  # superior / anterior up
+                sl = np.rot90(volume_slice(vol, pos, axis))  # superior / anterior up
                 mask = np.zeros(sl.shape, np.uint8)
                 if (within + slab_id) % 2:
                     sl, mask = LESION_PAINTERS[lesions](sl, rng)

@@ -326,3 +326,11 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
     picked = dataset.variant_index(torch.arange(6), 6, 3, g)
     assert torch.equal(picked % 6, torch.arange(6)) and picked.max() < 24
     assert torch.equal(dataset.variant_index(torch.arange(6), 6, 0, g), torch.arange(6))
+
+
+def test_volume_slice_is_np_take_without_copying_the_volume():
+    vol = np.asfortranarray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))  # NIfTI data are F-ordered
+    for axis in range(3):
+        for index in range(vol.shape[axis]):
+            view = dataset.volume_slice(vol, index, axis)
+            assert np.array_equal(view, np.take(vol, index, axis=axis)) and np.shares_memory(view, vol)
