@@ -152,17 +152,22 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     return task
 
 
-def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1):
-    """Binary cross-entropy of each encoded patch's score against its own label (tumor on at least
-    min_share of its pixels, or the slice's largest share: a lesion smaller than min_share of a patch, or
-    split between patches, still marks the patch that holds most of it), the tumor and the tumor-free
-    patches weighted equally (a tumor covers a few patches of a slice). scores (B, K), masks (B, 1, S, S)
-    float, keep/valid as the model encoded them."""
+def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):
+    """Binary cross-entropy of each encoded patch's score against its own soft label: its tumor share over
+    full_share, capped at 1 (a patch half tumor or more is all tumor), 0 under min_share, and 1 for the
+    slice's largest share (a lesion smaller than min_share of a patch, or split between patches, still
+    marks the patch that holds most of it); tumor and tumor-free weighted equally (a tumor covers a few
+    patches of a slice). The soft label ranks a patch by how much tumor it holds, so the map's peak lands on
+    the tumor rather than on a patch that grazes it. Against 0/1 labels (tumor from min_share), 5 seeds on
+    the demo slices: pointing game 0.76 +- 0.04 -> 0.86 +- 0.07, AUROC 0.989 -> 0.999 (docs/RESULTS.md).
+    scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them."""
     import torch
     import torch.nn.functional as F
     share = torch.gather(F.avg_pool2d(masks, patch).flatten(1), 1, keep)  # (B, K): tumor share of each patch
     largest = share.amax(1, keepdim=True)
-    target = ((share >= min_share) | ((share >= largest) & (largest > 0))).float()
+    is_largest = ((share >= largest) & (largest > 0)).float()
+    target = torch.where(share >= min_share, (share / full_share).clamp(max=1.0), torch.zeros_like(share))
+    target = torch.maximum(target, is_largest)
     real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
     bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
     loss = 0.0

@@ -169,6 +169,17 @@ def test_a_lesion_smaller_than_the_share_still_marks_the_patch_holding_most_of_i
     assert classify.patch_supervision(torch.full((1, 3), -4.0), masks * 0, keep, None, 8) < 0.05
 
 
+def test_a_patch_holding_more_tumor_has_the_higher_label():
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[..., 0:8, 0:8] = 1  # patch 0: all tumor
+    masks[..., 0:2, 8:16] = 1  # patch 1: a quarter, label 0.5: best scored at logit 0
+    keep = torch.tensor([[0, 1, 2]])
+
+    def loss(*scores):
+        return classify.patch_supervision(torch.tensor([scores]), masks, keep, None, 8).item()
+    assert loss(6.0, 0.0, -6.0) < min(loss(6.0, 6.0, -6.0), loss(6.0, -6.0, -6.0))
+
+
 def test_a_mask_moves_with_its_augmented_image():
     import dataset
     images = torch.zeros(4, 1, 32, 32)
