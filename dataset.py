@@ -446,25 +446,14 @@ def anatomy_transform():
     ])
 
 
-def anatomy_variants(data: SliceSet, copies: int, seed: int) -> SliceSet:
-    """data followed by `copies` variants of each slice (anatomy_transform, drawn from seed): variant k of
-    slice i is slice k * N + i of the result; images stay in [0, 1], masks become the lesion's share under each
-    pixel (deformed with their images)."""
-    if copies == 0:
-        return data
-    images, masks = _draw_variants(data.images, data.masks.float(), copies, seed)
-    n = copies + 1
-    return SliceSet(images, masks, data.labels.repeat(n), data.has_mask.repeat(n), data.names * n, data.subjects * n)
-
-
-def anatomy_variant_images(images, copies: int, seed: int):
-    """anatomy_variants' images alone (the same draws), for training that reads no mask: about half the time."""
-    return images if copies == 0 else _draw_variants(images, None, copies, seed)[0]
-
-
-def _draw_variants(images, masks, copies, seed):
-    """(images, masks or None) followed by `copies` drawn variants of each; masks None: not deformed."""
+def anatomy_variants(images, copies: int, seed: int, masks=None):
+    """images (N, 1, S, S) followed by `copies` variants of each (anatomy_transform, drawn from seed): variant
+    k of slice i is row k * N + i; images stay in [0, 1]. -> (images, masks): with masks (N, 1, S, S) float,
+    each deformed with its image (the lesion's share under each pixel); without, None and about half the
+    time (the draws, and so the images, are the same)."""
     import torch
+    if copies == 0:
+        return images, masks
     transform = anatomy_transform()
     transform.set_random_state(seed=seed)
     out_images, out_masks = [images], [masks]
@@ -480,7 +469,7 @@ def _draw_variants(images, masks, copies, seed):
 
 
 def variant_index(gidx, n, copies, gen):
-    """Global batch indices into anatomy_variants' set: each slice as itself or one of its variants, drawn
+    """Global batch indices into anatomy_variants' images: each slice as itself or one of its variants, drawn
     for the whole global batch (the same on every process); without variants, gidx unchanged."""
     import torch
     if copies == 0:

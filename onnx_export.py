@@ -296,9 +296,11 @@ def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_thr
             with torch.no_grad(), autocast(cpu, amp):
                 torch_model(x) if kind in ("classifier", "peer") else torch_model(x, n)
         return call
-    runners = {"torch-fp32": cycle(torch_call(False), tensors)} if with_torch else {}
-    if with_torch and bf16 and native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
-        runners["torch-bf16"] = cycle(torch_call(True), tensors)
+    runners = {}
+    if with_torch:
+        runners["torch-fp32"] = cycle(torch_call(False), tensors)
+        if bf16 and native_amp(cpu):  # elsewhere bf16 is emulated, many times slower: not timed (the report says so)
+            runners["torch-bf16"] = cycle(torch_call(True), tensors)
     for backend, path in onnx_paths.items():
         if kind == "peer":
             sess = onnx_session(path, threads)

@@ -20,7 +20,7 @@ import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, describe, load_config, run_cli, run_info, save_json
-from dataset import (anatomy_variant_images, load_split, load_transfer, local_images, resolve_data_path, split_record,
+from dataset import (anatomy_variants, load_split, load_transfer, local_images, resolve_data_path, split_record,
                      variant_index)
 from engine import Distributed, Task, fit
 from hardware import autocast, resolve_amp, tune_for
@@ -54,11 +54,11 @@ class Pretraining(Task):
     shown = ("loss_fine", "loss_coarse")
 
     def __init__(self, cfg, model, train_set, val_set, device, learned_from):
-        self.cfg, self.model, self.train_set, self.val_set, self.device = cfg, model, train_set, val_set, device
+        self.cfg, self.model, self.val_set, self.device = cfg, model, val_set, device
         self.epochs, self.lr, self.warmup_epochs = cfg.N_EPOCHS, cfg.LEARNING_RATE, cfg.WARMUP_EPOCHS
         self.min_lr, self.weight_decay = cfg.MIN_LR, cfg.WEIGHT_DECAY
         self.n_train = len(train_set)  # an epoch is one pass over the slices, each as itself or a variant
-        self.train_images = anatomy_variant_images(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
+        self.train_images, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
         self.checkpoint, self.best, self.log = cfg.artifact("checkpoint"), cfg.artifact("mae"), cfg.artifact("train_log")
         self.extra = learned_from
         # validation masks are fixed (EVAL_SEED), so epochs compare like with like
@@ -198,7 +198,7 @@ def damage_sources(train_set, cfg):
     than the one it trained on)."""
     if cfg.ANATOMY_VARIANTS == 0:
         return train_set.images.numpy(), cfg.INPAINT_COPIES
-    bank = anatomy_variant_images(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
+    bank, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
     n = len(train_set)
     order = [(copy % (cfg.ANATOMY_VARIANTS + 1)) * n + i for i in range(n) for copy in range(cfg.INPAINT_COPIES)]
     return bank[order].numpy(), 1

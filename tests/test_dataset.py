@@ -299,29 +299,29 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
     masks = torch.zeros(6, 1, 64, 64, dtype=torch.bool)
     for i in range(6):
         masks[i, :, 10 + 5 * i:30 + 5 * i, 20:44] = True
-    data = dataset.SliceSet(masks.float() * 0.9, masks, torch.ones(6), torch.ones(6, dtype=torch.bool),
-                            [f"s{i}" for i in range(6)], ["a"] * 6)
-    out = dataset.anatomy_variants(data, 3, seed=4)
-    assert len(out) == 4 * 6 and torch.equal(out.images[:6], data.images)  # the slices first, then variants
-    assert out.images.min() >= 0 and out.images.max() <= 1 and out.masks.max() <= 1
-    assert out.subjects == data.subjects * 4 and torch.equal(out.labels, torch.ones(24))
-    assert type(out.images) is torch.Tensor and type(out.masks) is torch.Tensor
+    images = masks.float() * 0.9
+    out_images, out_masks = dataset.anatomy_variants(images, 3, seed=4, masks=masks.float())
+    assert len(out_images) == len(out_masks) == 4 * 6 and torch.equal(out_images[:6], images)  # slices, then variants
+    assert out_images.min() >= 0 and out_images.max() <= 1 and out_masks.max() <= 1
+    assert type(out_images) is torch.Tensor and type(out_masks) is torch.Tensor
 
     def centre(a):
         yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
         return torch.stack([(yy * a[0]).sum(), (xx * a[0]).sum()]) / a.sum()
     moved = 0
-    for img, m in zip(out.images[6:], out.masks[6:]):
+    for img, m in zip(out_images[6:], out_masks[6:]):
         # the image's object (bright, or T2-like darker, above the noise) is centred where its mask is, within
         # a pixel (the simulated low resolution blurs by up to 2.5 pixels; nearest downsampling moved it 2)
         assert (centre((img > 0.1).float()) - centre(m)).norm() < 1.0
         moved += not torch.equal(m > 0.5, masks[0] > 0.5)
     assert moved
-    again = dataset.anatomy_variants(data, 3, seed=4)
-    assert torch.equal(again.images, out.images) and torch.equal(again.masks, out.masks)
-    assert not torch.equal(dataset.anatomy_variants(data, 3, seed=5).images, out.images)
+    again = dataset.anatomy_variants(images, 3, seed=4, masks=masks.float())
+    assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks)
+    assert not torch.equal(dataset.anatomy_variants(images, 3, seed=5)[0], out_images)
     # training that reads no mask draws the same images without deforming masks
-    assert torch.equal(dataset.anatomy_variant_images(data.images, 3, seed=4), out.images)
+    alone, no_masks = dataset.anatomy_variants(images, 3, seed=4)
+    assert torch.equal(alone, out_images) and no_masks is None
+    assert dataset.anatomy_variants(images, 0, seed=4)[0] is images  # none asked: the slices as they are
     g = torch.Generator().manual_seed(0)
     picked = dataset.variant_index(torch.arange(6), 6, 3, g)
     assert torch.equal(picked % 6, torch.arange(6)) and picked.max() < 24

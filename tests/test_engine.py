@@ -97,7 +97,7 @@ def test_scripts_print_the_settings_they_run_with_not_the_ones_asked_for(tiny_da
 
 
 def test_inpainting_damages_the_slices_and_their_anatomy_variants_in_turn():
-    from dataset import SliceSet, anatomy_variant_images
+    from dataset import SliceSet, anatomy_variants
     n = 3
     images = torch.rand(n, 1, 32, 32) * 0.8
     data = SliceSet(images, torch.zeros(n, 1, 32, 32, dtype=torch.bool), torch.zeros(n), torch.zeros(n, dtype=torch.bool),
@@ -107,7 +107,7 @@ def test_inpainting_damages_the_slices_and_their_anatomy_variants_in_turn():
     assert copies == 4 and torch.equal(torch.from_numpy(plain), images)
     cfg.ANATOMY_VARIANTS = 2
     sources, copies = train.damage_sources(data, cfg)
-    bank = anatomy_variant_images(images, 2, cfg.SEED)
+    bank, _ = anatomy_variants(images, 2, cfg.SEED)
     assert copies == 1 and len(sources) == n * 4  # the same count of damaged regions
     for i in range(n):  # slice i's copies: itself, variant 1, variant 2, itself again
         for c in range(4):
