@@ -51,6 +51,8 @@ ARTIFACTS = {
     "compare": "compare.json",                   # bench/compare.py: label efficiency, every run and the summary
     "compare_table": "compare.md",
     "compare_plot": "compare.png",
+    "lesion_limit": "lesion_limit.json",         # bench/lesion_limit.py: which lesion sizes and contrasts are learned
+    "lesion_limit_table": "lesion_limit.md",
 }
 
 # Model (ViT-S/16 encoder, light decoder).

@@ -542,20 +542,22 @@ def paint_tumor(img: np.ndarray, rng: np.random.Generator):
     return np.clip(out, 0, 255), mask
 
 
-def paint_subtle_lesion(img: np.ndarray, rng: np.random.Generator):
+def paint_subtle_lesion(img: np.ndarray, rng: np.random.Generator, radius=(3, 7), darkness=(0.70, 0.85)):
     """A second lesion family, unlike paint_tumor's: small (radius 3-7 px), dark with low contrast (70-85%
     of the tissue around it) and a faint bright rim (4-10% above it), in the brain's interior. The kind a
     few-label classifier finds hard: it looks like a sulcus or a vessel unless the anatomy is known.
+    radius and darkness (the core's share of the tissue around it) are ranges drawn from: bench/lesion_limit.py
+    measures which sizes and contrasts the classifier learns.
 
     Returns (image, mask) with mask 1 on the lesion and its rim."""
     from scipy import ndimage
     brain, cy, cx, yy, xx = lesion_site(img, rng, margin=15)
     r = np.hypot((yy - cy) / rng.uniform(0.7, 1.0), (xx - cx) / rng.uniform(0.7, 1.0))  # a little oval
-    r0 = rng.uniform(3, 7)
+    r0 = rng.uniform(*radius)
     local = float(np.median(img[(r < 3 * r0) & brain]))
     core = ndimage.gaussian_filter((r < r0).astype(float), 0.8)
     rim = ndimage.gaussian_filter(((r >= r0) & (r < r0 + 2)).astype(float), 0.8)
-    out = img * (1 - core) + local * rng.uniform(0.70, 0.85) * core
+    out = img * (1 - core) + local * rng.uniform(*darkness) * core
     out = out + local * rng.uniform(0.04, 0.10) * rim * (1 - core)
     mask = ((r < r0 + 2) & brain).astype(np.uint8)
     return np.clip(out, 0, 255), mask
@@ -564,9 +566,11 @@ def paint_subtle_lesion(img: np.ndarray, rng: np.random.Generator):
 LESION_PAINTERS = {"tumor": paint_tumor, "subtle": paint_subtle_lesion}
 
 
-def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap: int = 5, lesions: str = "tumor"):
+def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap: int = 5, lesions: str = "tumor",
+                    painter_args: dict = None):
     """Writes axial, coronal and sagittal slices of the MNI152 T1 template to dest/HR and dest/MASK, with
-    lesions of one family of LESION_PAINTERS ("tumor": the demo's; "subtle": the few-label test's).
+    lesions of one family of LESION_PAINTERS ("tumor": the demo's; "subtle": the few-label test's), painted
+    with painter_args (keyword settings of the painter, e.g. paint_subtle_lesion's radius and darkness).
 
     Slices are taken every `step` mm and grouped into slabs of `slab` slices with `gap` skipped positions
     between slabs; a slab is the "subject" of its slices (the file name's prefix), so a subject-grouped split
@@ -589,7 +593,7 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
                 sl = np.rot90(volume_slice(vol, pos, axis))  # superior / anterior up
                 mask = np.zeros(sl.shape, np.uint8)
                 if (within + slab_id) % 2:
-                    sl, mask = LESION_PAINTERS[lesions](sl, rng)
+                    sl, mask = LESION_PAINTERS[lesions](sl, rng, **(painter_args or {}))
                 yield f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif", sl, mask
     return write_slice_set(dest, slices())
 

@@ -43,22 +43,28 @@ def run_dir(cfg, variant, fraction, seed):
 
 def one_run(args, cfg, variant, fraction, seed):
     """-> the run's classification_metrics JSON, running classify.py only where it has not finished."""
-    out = run_dir(cfg, variant, fraction, seed)
+    # after the settings given to this script: the run's own seed, labels and folder win
+    flags = [*VARIANT_FLAGS[variant], "--checkpoint", os.path.abspath(args.checkpoint or cfg.artifact("mae")),
+             *settings_flags(args), "--seed", str(seed), "--cls-label-fraction", str(fraction)]
+    return classify_once(cfg, run_dir(cfg, variant, fraction, seed), flags,
+                         f"{variant:<13} labels {fraction:<5g} seed {seed}", variant)
+
+
+def classify_once(cfg, out, flags, label, variant="finetune"):
+    """-> the classification_metrics JSON of `python classify.py --n-viz 0 *flags --output-path out`, running it
+    only where that file is missing (a finished run is kept: an interrupted benchmark resumes)."""
     metrics = dataclasses.replace(cfg, OUTPUT_PATH=out).artifact(
         "classification_metrics", "" if variant == "finetune" else "_" + variant)
     if not os.path.isfile(metrics):
         os.makedirs(out, exist_ok=True)
-        # after the settings given to this script: the run's own seed, labels and folder win
-        command = [sys.executable, "classify.py", *VARIANT_FLAGS[variant], "--n-viz", "0",  # run in ROOT
-                   "--checkpoint", os.path.abspath(args.checkpoint or cfg.artifact("mae")), *settings_flags(args),
-                   "--seed", str(seed), "--cls-label-fraction", str(fraction), "--output-path", out]
+        command = [sys.executable, "classify.py", "--n-viz", "0", *flags, "--output-path", out]  # run in ROOT
         started = time.time()
         with open(os.path.join(out, "classify.log"), "w") as log:
             done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            sys.exit(f"{variant}, labels {fraction:g}, seed {seed}: classify.py failed (exit {done.returncode}); "
+            sys.exit(f"{' '.join(label.split())}: classify.py failed (exit {done.returncode}); "
                      f"see {os.path.join(out, 'classify.log')}")
-        print(f"  {variant:<13} labels {fraction:<5g} seed {seed}: {time.time() - started:.0f} s", flush=True)
+        print(f"  {label}: {time.time() - started:.0f} s", flush=True)
     with open(metrics) as f:
         return json.load(f)
 

@@ -5,7 +5,7 @@ always the one a run measured, with the command and CPU beside it.
 
 Reads train_log.jsonl, inpaint_log.jsonl, inpaint_metrics.json, eval_metrics.json, classification_metrics*.json,
 inpaint_quality.json (bench/inpaint_quality.py --json), compare.json and compare.md (bench/compare.py),
-deploy_benchmark.json and gpu_check.json (whichever exist) and
+lesion_limit.json and lesion_limit.md (bench/lesion_limit.py), deploy_benchmark.json and gpu_check.json (whichever exist) and
 prints what it could not find.
 """
 import argparse
@@ -154,6 +154,19 @@ def comparison_section(outputs, docs):
     return lines
 
 
+def lesion_limit_section(outputs):
+    """bench/lesion_limit.py: its table as written."""
+    summary = load_json(os.path.join(outputs, ARTIFACTS["lesion_limit"]))
+    with open(os.path.join(outputs, ARTIFACTS["lesion_limit_table"])) as f:
+        text = f.read().rstrip()
+    return ["## Which lesions the classifier learns (`bench/lesion_limit.py`)", "",
+            f"- {provenance(summary.get('run'))}",
+            "- the subtle lesion family painted on the demo's slabs (same split and lesion sites) with the core's "
+            "radius in template pixels (~0.6 of that at the demo's 128 pixels) and its intensity as a share of "
+            "the tissue around it; each set fine-tuned on its own labels from the same pre-trained encoder; "
+            "pointing game and mass of the default map", "", text, ""]
+
+
 def throughput_section(t):
     lines = ["## Pre-training step against HuggingFace `ViTMAEForPreTraining` (`bench/train_throughput.py`)", "",
              f"- {provenance(t.get('run'))}",
@@ -263,6 +276,8 @@ def main(argv=None):
     os.makedirs(docs, exist_ok=True)
     if os.path.isfile(path("compare")) and os.path.isfile(path("compare_table")):
         lines += comparison_section(args.outputs, docs)
+    if os.path.isfile(path("lesion_limit")) and os.path.isfile(path("lesion_limit_table")):
+        lines += lesion_limit_section(args.outputs)
     quality = os.path.join(args.outputs, "inpaint_quality.json")
     if os.path.isfile(quality):
         lines += inpainting_section(load_json(quality))

@@ -263,6 +263,20 @@ def test_the_subtle_lesion_family_is_small_dark_faint_and_inside_the_brain():
     assert np.array_equal(again[0], dataset.paint_subtle_lesion(head, np.random.default_rng(0))[0])
 
 
+def test_the_subtle_painters_ranges_set_the_lesions_size_and_contrast():
+    yy, xx = np.mgrid[:160, :160]
+    head = np.where(np.hypot(yy - 80, xx - 80) < 60, 120.0, 0.0)
+    paint = dataset.paint_subtle_lesion
+    assert np.array_equal(paint(head, np.random.default_rng(3))[0],
+                          paint(head, np.random.default_rng(3), radius=(3, 7), darkness=(0.70, 0.85))[0])  # defaults
+    small, small_mask = paint(head, np.random.default_rng(3), radius=(3, 3), darkness=(0.5, 0.5))
+    large, large_mask = paint(head, np.random.default_rng(3), radius=(10, 10), darkness=(0.5, 0.5))
+    assert 2 * small_mask.sum() < large_mask.sum()
+    assert large[large_mask > 0].min() == pytest.approx(0.5 * 120, abs=1)  # the core at half the tissue around it
+    fainter = paint(head, np.random.default_rng(3), radius=(10, 10), darkness=(0.8, 0.8))[0]
+    assert fainter[large_mask > 0].min() == pytest.approx(0.8 * 120, abs=1)
+
+
 def test_fewer_labels_keep_subjects_whole():
     data = dataset.SliceSet(torch.zeros(12, 1, 8, 8), torch.zeros(12, 1, 8, 8, dtype=torch.bool), torch.zeros(12),
                             torch.ones(12, dtype=torch.bool), [f"s{i}" for i in range(12)],

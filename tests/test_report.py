@@ -34,3 +34,15 @@ def test_the_comparison_table_and_plot_are_reported_as_compare_wrote_them(tmp_pa
     text = (docs / "RESULTS.md").read_text()
     assert "| finetune | 0.912 ± 0.010 |" in text and "`python bench/compare.py` on a CPU" in text
     assert (docs / "compare.png").read_bytes() == b"png" and "(compare.png)" in text
+
+
+def test_the_lesion_limit_table_is_reported_as_the_benchmark_wrote_it(tmp_path):
+    import json
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "lesion_limit.md").write_text("| core radius (px) | AUROC |\n|---|---|\n| 3-7 | 0.541 |\n")
+    (out / "lesion_limit.json").write_text(json.dumps({"runs": [], "summary": [], "run": {
+        "command": "python bench/lesion_limit.py", "cpu": "a CPU", "cpus": 2, "date": "today"}}))
+    report.main(["--outputs", str(out), "--to", str(tmp_path / "docs" / "RESULTS.md")])
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "| 3-7 | 0.541 |" in text and "`python bench/lesion_limit.py` on a CPU" in text
