@@ -373,18 +373,26 @@ def refuse_trained_subjects(val_subjects, state, path):
 
 # ---- augmentation ------------------------------------------------------------------------------------
 
-def augment_params(n: int, generator: torch.Generator):
+def augment_params(n: int, generator: torch.Generator, wider: float = 0.0):
     """Random parameters for n images: rotation +-10 deg, scale 0.9-1.1, shift +-5%, left-right flip,
-    gamma 0.7-1.4. Drawn for a whole global batch, so every process of a distributed run (and a single
-    process with the same global batch) gives each image the same augmentation."""
+    gamma 0.7-1.4; with wider > 0, that share of the images framed wider (scale 0.7-1.1, shift +-10%: a head
+    smaller in the frame and off its centre, as other scanners and fields of view give it). Drawn for a whole
+    global batch, so every process of a distributed run (and a single process with the same global batch)
+    gives each image the same augmentation."""
     import torch
 
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=generator)
-    return {"angle": uniform(-10, 10) * torch.pi / 180, "scale": uniform(0.9, 1.1),
-            "flip": torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0),
-            "tx": uniform(-0.05, 0.05), "ty": uniform(-0.05, 0.05),
-            "gamma": torch.exp(uniform(np.log(0.7), np.log(1.4)))}
+    params = {"angle": uniform(-10, 10) * torch.pi / 180, "scale": uniform(0.9, 1.1),
+              "flip": torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0),
+              "tx": uniform(-0.05, 0.05), "ty": uniform(-0.05, 0.05),
+              "gamma": torch.exp(uniform(np.log(0.7), np.log(1.4)))}
+    if wider > 0:  # drawn after the rest: wider=0 keeps the draws as they were
+        wide = torch.rand(n, generator=generator) < wider
+        params["scale"] = torch.where(wide, uniform(0.7, 1.1), params["scale"])
+        for shift in ("tx", "ty"):
+            params[shift] = torch.where(wide, 2 * params[shift], params[shift])
+    return params
 
 
 def apply_augment(imgs: torch.Tensor, params, intensity=True) -> torch.Tensor:
@@ -403,12 +411,12 @@ def apply_augment(imgs: torch.Tensor, params, intensity=True) -> torch.Tensor:
     return out ** params["gamma"].to(imgs).view(B, 1, 1, 1) if intensity else out
 
 
-def local_images(images, gidx, mine, gen, device, augment, masks=None):
+def local_images(images, gidx, mine, gen, device, augment, masks=None, wider=0.0):
     """This process's images of global batch gidx, augmented. The augmentation is drawn for the whole
     global batch (the same on every process), then applied where the model runs: on a GPU the CPU would
     otherwise bound the step rate. With masks (N, 1, S, S): -> (images, masks as float), each mask moved
-    as its image is (its values become the share of tumor under each pixel)."""
-    params = augment_params(len(gidx), gen) if augment else None
+    as its image is (its values become the share of tumor under each pixel). wider: see augment_params."""
+    params = augment_params(len(gidx), gen, wider) if augment else None
     imgs = images[gidx[mine]].to(device, non_blocking=True)
     if masks is not None:
         masks = masks[gidx[mine]].to(device, non_blocking=True).to(imgs.dtype)

@@ -66,7 +66,8 @@ class Pretraining(Task):
 
     def batch(self, gidx, mine, gen):
         picked = variant_index(gidx, self.n_train, self.cfg.ANATOMY_VARIANTS, gen)
-        imgs = local_images(self.train_images, picked, mine, gen, self.device, self.cfg.AUGMENT)
+        imgs = local_images(self.train_images, picked, mine, gen, self.device, self.cfg.AUGMENT,
+                            wider=self.cfg.AUGMENT_WIDER)
         noise = mask_noise(len(gidx), self.model.encoder.num_patches, gen)[mine].to(self.device, non_blocking=True)
         return imgs, noise
 

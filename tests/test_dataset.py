@@ -99,6 +99,19 @@ def test_augment_is_seeded_and_in_range():
     assert not torch.equal(a, dataset.augment(x, torch.Generator().manual_seed(4)))
 
 
+def test_wider_framing_shrinks_and_moves_that_share_of_the_heads_only():
+    plain = dataset.augment_params(2000, torch.Generator().manual_seed(5))
+    none = dataset.augment_params(2000, torch.Generator().manual_seed(5), wider=0.0)
+    assert all(torch.equal(plain[k], none[k]) for k in plain)  # wider=0: the draws as they were
+    half = dataset.augment_params(2000, torch.Generator().manual_seed(5), wider=0.5)
+    assert all(torch.equal(plain[k], half[k]) for k in ("angle", "flip", "gamma"))
+    wide = half["scale"] != plain["scale"]
+    assert 0.45 < wide.float().mean() < 0.55
+    assert half["scale"][wide].min() < 0.72 and half["scale"].min() >= 0.7 and half["scale"].max() <= 1.1
+    assert half["tx"][wide].abs().max() > 0.09 and half["tx"][~wide].abs().max() <= 0.05
+    assert torch.equal(half["tx"][~wide], plain["tx"][~wide])
+
+
 @pytest.mark.slow
 def test_demo_builder_from_the_nilearn_template(tmp_path):
     dest = str(tmp_path / "demo" / "Brain_MRI")
