@@ -110,6 +110,20 @@ def classification_section(results):
     return lines + [""]
 
 
+def settings_of(command):
+    """A run's command without what only names its seed or its folder (as variables or as flags)."""
+    words, kept = command.split(), []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("--seed", "--output-path"):
+            skip = True  # and its value
+        elif not w.startswith(("MIRAM_SEED=", "MIRAM_OUTPUT_PATH=", "--seed=", "--output-path=")):
+            kept.append(w)
+    return " ".join(kept)
+
+
 def settings_section(runs, note):
     """classify.py runs that differ by settings (named in each run's command); runs that differ only by
     MIRAM_SEED are summarised as mean +- standard deviation."""
@@ -120,8 +134,7 @@ def settings_section(runs, note):
         figures = (r["auroc"], loc["pointing_game"], loc["mass_inside_over_share_median"])
         rows.append([f"`{r['run']['command']}`", f"{figures[0]:.3f}", f"{figures[1]:.2f}", f"{figures[2]:.1f}x",
                      r.get("optimizer_steps", "")])
-        settings = " ".join(w for w in r["run"]["command"].split()
-                            if not w.startswith(("MIRAM_SEED=", "MIRAM_OUTPUT_PATH=")))
+        settings = settings_of(r["run"]["command"])
         if "training_precision" in r:  # bf16 where the CPU runs it faster: not in the command
             settings += f" ({r['training_precision']} training)"
         groups.setdefault(settings, []).append(figures)

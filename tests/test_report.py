@@ -46,3 +46,9 @@ def test_the_lesion_limit_table_is_reported_as_the_benchmark_wrote_it(tmp_path):
     report.main(["--outputs", str(out), "--to", str(tmp_path / "docs" / "RESULTS.md")])
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert "| 3-7 | 0.541 |" in text and "`python bench/lesion_limit.py` on a CPU" in text
+
+
+def test_runs_differing_only_by_seed_or_folder_are_grouped_whether_set_by_variable_or_flag():
+    assert report.settings_of("MIRAM_SEED=2 MIRAM_OUTPUT_PATH=/a python classify.py --n-viz 0") == \
+        report.settings_of("python classify.py --n-viz 0 --seed 3 --output-path /b") == "python classify.py --n-viz 0"
+    assert report.settings_of("python classify.py --seed=4 --cls-lr 1e-3") == "python classify.py --cls-lr 1e-3"
