@@ -110,7 +110,9 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
         name, kind = variant, "classifier"
         lr_setting = "CLS_LR"
         seed_offset = 1
-        monitor, maximize, shown = "auroc", True, ("accuracy",)
+        # the best checkpoint has the lowest class-balanced validation log loss, a proper score: the highest
+        # AUROC picked an early epoch where it ties near 1 by chance, its probabilities not yet calibrated
+        monitor, maximize, shown = "loss", False, ("auroc", "accuracy")
         must_match = ("variant", "label_fraction")
 
         def lr_scale(self, name):
@@ -141,8 +143,8 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
             return loss, {"loss": loss.item(), "image_loss": image_loss.item(), "patch_loss": patch_loss.item()}
 
         def validate(self, m):
-            return binary_metrics(predict_all(m, val_set.images, device, cfg.AMP), val_set.labels.numpy(),
-                                  cfg.CLS_THRESHOLD)
+            probs, labels = predict_all(m, val_set.images, device, cfg.AMP), val_set.labels.numpy()
+            return {**binary_metrics(probs, labels, cfg.CLS_THRESHOLD), "loss": balanced_log_loss(probs, labels)}
 
     task = Classification()
     task.epochs, task.lr, task.warmup_epochs = cfg.CLS_EPOCHS, cfg.CLS_LR, cfg.CLS_WARMUP_EPOCHS
@@ -150,6 +152,15 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     task.checkpoint = cfg.artifact("classifier_checkpoint", suffix)
     task.best, task.log = cfg.artifact("classifier", suffix), cfg.artifact("classifier_log", suffix)
     return task
+
+
+def balanced_log_loss(probs, labels):
+    """The mean log loss of each class, averaged over the two classes (as the training loss weights them)."""
+    probs = np.clip(np.asarray(probs, float), 1e-7, 1 - 1e-7)
+    labels = np.asarray(labels).astype(bool)
+    per_class = [-np.log(probs[labels]).mean() if labels.any() else 0.0,
+                 -np.log(1 - probs[~labels]).mean() if (~labels).any() else 0.0]
+    return float(np.mean([v for v, present in zip(per_class, (labels.any(), (~labels).any())) if present]))
 
 
 def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):

@@ -229,3 +229,12 @@ def test_the_default_map_points_at_the_only_difference():
     for k, i in enumerate(range(0, 8, 2)):
         assert inside[i, maps[i].flatten().argmax()]
         assert torch.allclose(alone[k][0], maps[i], atol=1e-5)
+
+
+def test_the_balanced_log_loss_weighs_both_classes_alike_and_rewards_calibration():
+    labels = np.array([1, 0, 0, 0])
+    confident = classify.balanced_log_loss([0.9, 0.1, 0.1, 0.1], labels)
+    assert confident == pytest.approx(-np.log(0.9))
+    assert classify.balanced_log_loss([0.4, 0.1, 0.1, 0.1], labels) > confident  # right side, less sure
+    # the lone tumor counts as much as the three tumor-free slices
+    assert classify.balanced_log_loss([0.1, 0.1, 0.1, 0.1], labels) == pytest.approx((-np.log(0.1) - np.log(0.9)) / 2)
