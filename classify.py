@@ -158,9 +158,8 @@ def balanced_log_loss(probs, labels):
     """The mean log loss of each class, averaged over the two classes (as the training loss weights them)."""
     probs = np.clip(np.asarray(probs, float), 1e-7, 1 - 1e-7)
     labels = np.asarray(labels).astype(bool)
-    per_class = [-np.log(probs[labels]).mean() if labels.any() else 0.0,
-                 -np.log(1 - probs[~labels]).mean() if (~labels).any() else 0.0]
-    return float(np.mean([v for v, present in zip(per_class, (labels.any(), (~labels).any())) if present]))
+    per_class = [-np.log(p).mean() for p in (probs[labels], 1 - probs[~labels]) if len(p)]
+    return float(np.mean(per_class))
 
 
 def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):

@@ -86,10 +86,14 @@ def summarise(runs):
         row = {"variant": variant, "fraction": fraction, "seeds": len(rs), "train_slices": rs[0]["train_slices"],
                "train_subjects": rs[0]["train_subjects"], "optimizer_steps": rs[0]["optimizer_steps"]}
         for key, _, _ in FIGURES:
-            values = [r[key] for r in rs]
-            row[key] = {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+            row[key] = mean_sd([r[key] for r in rs])
         rows.append(row)
     return rows
+
+
+def mean_sd(values):
+    """{"mean", "sd"} of one figure over seeds (the sample standard deviation; 0 for a single seed)."""
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def difference(a, b, key):

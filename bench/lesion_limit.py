@@ -14,12 +14,11 @@ detector (Laplacian of Gaussian). Writes OUTPUT_PATH/lesion_limit.json and lesio
 """
 import argparse
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from compare import classify_once, figures_of  # noqa: E402  (bench/ is this script's folder)
+from compare import classify_once, figures_of, mean_sd  # noqa: E402  (bench/ is this script's folder)
 from config import add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
 
 
@@ -126,9 +125,7 @@ def main(argv=None):
                    "optimizer_steps": figures[0]["optimizer_steps"], "train_slices": figures[0]["train_slices"],
                    "blob_detector": blob_detector(cfg, data)}
             for key in ("auroc", "pointing_game", "median_mass"):
-                values = [f[key] for f in figures]
-                row[key] = {"mean": statistics.mean(values),
-                            "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+                row[key] = mean_sd([f[key] for f in figures])
             rows.append(row)
     table = markdown(rows)
     save_json(cfg.artifact("lesion_limit"), {"runs": runs, "summary": rows, "checkpoint": checkpoint,

@@ -58,12 +58,18 @@ def tiny_args(data, out, *extra):
     return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]
 
 
-def train_tiny_pipeline(base):
-    """Tiny data, a pre-trained MAE and a fine-tuned classifier in base/o: what later phases start from."""
-    import classify
+def pretrain_tiny(base):
+    """Tiny data in base/data and a pre-trained MAE in base/o -> (data, out)."""
     import train
     data = write_tiny_dataset(os.path.join(base, "data"))
     out = os.path.join(base, "o")
     train.main(tiny_args(data, out))
+    return data, out
+
+
+def train_tiny_pipeline(base):
+    """Tiny data, a pre-trained MAE and a fine-tuned classifier in base/o: what later phases start from."""
+    import classify
+    data, out = pretrain_tiny(base)
     classify.main(tiny_args(data, out, "--n-viz", "0"))
     return data, out

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import compare  # noqa: E402
-from conftest import tiny_args, write_tiny_dataset  # noqa: E402
+from conftest import pretrain_tiny, tiny_args  # noqa: E402
 
 
 def run(variant, fraction, seed, auroc, pointing):
@@ -31,10 +31,7 @@ def test_groups_are_summarised_and_differences_judged_against_the_seeds_spread()
 
 @pytest.mark.slow
 def test_every_run_is_a_classify_command_and_a_repeat_skips_finished_runs(tmp_path, capsys):
-    data = write_tiny_dataset(str(tmp_path / "data"))
-    out = str(tmp_path / "o")
-    import train
-    train.main(tiny_args(data, out))
+    data, out = pretrain_tiny(str(tmp_path))
     args = tiny_args(data, out, "--seeds", "2", "--fractions", "1", "0.5", "--variants", "linear_probe")
     rows = compare.main(args)
     assert sorted((r["fraction"], r["seeds"]) for r in rows) == [(0.5, 2), (1.0, 2)]

@@ -21,9 +21,8 @@ import classify
 import enhance
 import export_deploy
 import imaging
-import train
 from config import ConfigError, ModelConfig, load_config, run_cli
-from conftest import tiny_args, write_tiny_dataset
+from conftest import tiny_args, train_tiny_pipeline, write_tiny_dataset
 from models import MIRAM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,12 +59,7 @@ def png_header_only(path, width, height):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hostile")
-    data = write_tiny_dataset(str(base / "data"))
-    out = str(base / "o")
-    train.main(tiny_args(data, out))
-    classify.main(tiny_args(data, out, "--n-viz", "0"))
-    return data, out
+    return train_tiny_pipeline(str(tmp_path_factory.mktemp("hostile")))
 
 
 # ---- size: a pixel budget checked from the header ----------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import lesion_limit  # noqa: E402
-from conftest import tiny_args, write_tiny_dataset  # noqa: E402
+from conftest import pretrain_tiny, tiny_args  # noqa: E402
 
 
 def test_ranges_are_read_as_low_high_and_bad_ones_named():
@@ -29,10 +29,7 @@ def test_the_table_has_a_row_per_cell_with_its_spread_where_there_are_seeds():
 
 @pytest.mark.slow
 def test_each_cell_paints_its_own_set_and_a_repeat_runs_nothing(tmp_path, capsys):
-    data = write_tiny_dataset(str(tmp_path / "data"))
-    out = str(tmp_path / "o")
-    import train
-    train.main(tiny_args(data, out))
+    data, out = pretrain_tiny(str(tmp_path))
     args = tiny_args(data, out, "--radii", "3-4", "12-14", "--darkness", "0.4-0.5")
     rows = lesion_limit.main(args)
     assert [r["radius"] for r in rows] == [(3, 4), (12, 14)]
