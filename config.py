@@ -53,6 +53,7 @@ ARTIFACTS = {
     "compare_plot": "compare.png",
     "lesion_limit": "lesion_limit.json",         # bench/lesion_limit.py: which lesion sizes and contrasts are learned
     "lesion_limit_table": "lesion_limit.md",
+    "train_throughput": "train_throughput.json",  # bench/train_throughput.py --json (make bench)
 }
 
 # Model (ViT-S/16 encoder, light decoder).
@@ -440,16 +441,29 @@ def save_json(path, obj, **dump_args):
         raise
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), for every figure a run reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_name(cpuinfo: str = None) -> str:
+    """The CPU for every figure a run reports: its model name, family and model, and the widest vector unit
+    the kernels can use. A model name alone says "AMD EPYC" for both a Zen 3 (AVX2, family 25) and a Zen 5
+    (AVX-512 BF16, family 26), whose speeds differ about twofold. cpuinfo: /proc/cpuinfo's text (Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if not line.strip():
+            break  # the first processor describes them all
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vector = next((label for flag, label in (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+                                             ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    detail = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields and "model" in fields else []
+    detail += [vector] if vector else []
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def run_info() -> dict:

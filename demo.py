@@ -25,7 +25,7 @@ def get_args_parser():
     p = argparse.ArgumentParser("MIRAM demo: every phase, then a summary")
     p.add_argument("--slice", default=DEMO_SLICE, help="the slice classify.py --predict and enhance.py run on")
     p.add_argument("--export-iters", default="20", help="export_deploy.py --iters (make bench times 50)")
-    p.add_argument("--skip-spec", action="store_true", help="export_deploy.py --skip-spec: time the trained models only")
+    p.add_argument("--skip-spec", action="store_true", help="export_deploy.py --skip-spec --skip-peer: time the trained models only")
     p.add_argument("--full-benchmark", action="store_true",
                    help="export_deploy.py without --short: every row (spec-size MAE, all-patches classifier, torch-bf16)")
     return add_config_args(p)
@@ -38,7 +38,7 @@ def phases(args, cfg):
             ("one prediction", ["classify.py", "--predict", args.slice]),
             ("restoration", ["enhance.py", "--input", args.slice, "--output", restored, "--scale", "coarse",
                              "--overwrite"]),
-            ("deployment", ["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec"] if args.skip_spec else [])
+            ("deployment", ["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec", "--skip-peer"] if args.skip_spec else [])
              + ([] if args.full_benchmark else ["--short"]))]
 
 

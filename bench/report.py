@@ -233,6 +233,80 @@ def deployment_section(d):
     return lines + [""]
 
 
+# what one machine's fresh-clone run keeps in docs/runs/<cpu>/ (bench/report.py --save-run), so the table across
+# CPU kinds is regenerated from artifacts, not retyped
+RUN_FILES = ("demo_summary", "deploy_benchmark", "train_throughput")
+
+
+def cpu_slug(cpu):
+    return "".join(c if c.isalnum() else "-" for c in cpu.lower()).strip("-").replace("--", "-")
+
+
+def save_run(outputs, runs_dir):
+    """Copies a run's demo summary and benchmarks into runs_dir/<its CPU>/, replacing that CPU's earlier run."""
+    summary = os.path.join(outputs, ARTIFACTS["demo_summary"])
+    if not os.path.isfile(summary):
+        raise SystemExit(f"{summary}: not found (run make demo first)")
+    dest = os.path.join(runs_dir, cpu_slug(load_json(summary)["run"]["cpu"]))
+    os.makedirs(dest, exist_ok=True)
+    for name in RUN_FILES:
+        src = os.path.join(outputs, ARTIFACTS[name])
+        if os.path.isfile(src):
+            shutil.copy(src, os.path.join(dest, os.path.basename(src)))
+    return dest
+
+
+def deploy_ratios(d):
+    """The spec-size classifier's fastest batch-1 p50 over the peer's, and its best batch-16 images/s over
+    the peer's (issue goals: <= 0.5x and >= 2x), or None without a peer."""
+    def rows(model, batch):
+        return [r for r in d["results"] if r["model"] == model and r["size"] == "spec" and r["batch"] == batch]
+    if not rows("peer", 1) or not rows("classifier", 1):
+        return None
+    latency = min(r["p50_ms"] for r in rows("classifier", 1)) / min(r["p50_ms"] for r in rows("peer", 1))
+    rate = max(r["images_per_s"] for r in rows("classifier", 16)) / max(r["images_per_s"] for r in rows("peer", 16))
+    return latency, rate
+
+
+def cpu_runs_section(runs_dir):
+    """One row per CPU kind: the demo's time and headline figures, deployment against the peer, and the
+    pre-training step against HuggingFace's, each from that machine's saved run."""
+    rows, commands = [], []
+    for folder in sorted(glob.glob(os.path.join(runs_dir, "*", ""))):
+        def read(name):
+            path = os.path.join(folder, ARTIFACTS[name])
+            return load_json(path) if os.path.isfile(path) else None
+        demo, deploy, step = read("demo_summary"), read("deploy_benchmark"), read("train_throughput")
+        if demo is None:
+            continue
+        h, phases = demo["headline"], {p["phase"]: p["seconds"] / 60 for p in demo["phases"]}
+        ratios = deploy_ratios(deploy) if deploy else None
+        fp32_step = step["throughput"].get("miram-fp32 (train.py)") if step else None
+        bf16_step = step["throughput"].get("miram-bf16 (train.py)") if step else None
+        evidence = h["heatmaps"][next(iter(h["heatmaps"]))]
+        rows.append([demo["run"]["cpu"], f"**{demo['total_minutes']:.1f} min**",
+                     " / ".join(f"{phases.get(k, 0):.1f}" for k in ("pre-training", "inpainting fine-tune", "classification",
+                                                                   "deployment")),
+                     f"{h['margin_over_best_classical_db']:+.2f} dB", f"{h['auroc']:.3f}",
+                     f"{evidence['pointing_game']:.2f} / {evidence['median_mass_ratio']:.1f}x",
+                     f"{ratios[0]:.2f}x / {ratios[1]:.1f}x" if ratios else "not measured",
+                     (f"{fp32_step['ratio_vs_hf_fp32']:.2f}x ({fp32_step['share_of_fp32_matmul_peak']:.0%} of peak)"
+                      if fp32_step else "not measured") + (f"; bf16 {bf16_step['ratio_vs_hf_fp32']:.2f}x" if bf16_step else "")])
+        commands += [f"- {demo['run']['cpu']}: {provenance(r['run'])}" for r in (demo, deploy, step) if r and r.get("run")]
+    if not rows:
+        return []
+    lines = ["## Across CPU kinds", "",
+             "Each row is one machine's fresh-clone `make demo` (`bench/report.py --save-run` keeps its summary and "
+             "benchmarks in `docs/runs/`). Deployment: the spec-size classifier's fastest batch-1 p50 latency over "
+             "the peer's (timm ViT-S/16 in ONNX Runtime, fp32 or int8, whichever is faster), and its best batch-16 "
+             "images/s over the peer's. Pre-training step: `bench/train_throughput.py`, what `train.py` runs over "
+             "HuggingFace `ViTMAEForPreTraining` in fp32, with its share of the fp32 matrix-multiply rate measured "
+             "in the same run.", ""] + commands + [""]
+    return lines + table(["CPU", "`make demo`", "pre-train / inpaint / classify / deploy (min)", "masked PSNR over best fill",
+                          "AUROC", "evidence map pointing / mass", "deploy latency / images/s vs peer",
+                          "pre-training step vs HF fp32"], rows) + [""]
+
+
 # figures a run drew, copied beside RESULTS.md so the page shows the run it reports
 FIGURES = (("loss_curve", "Pre-training loss"), ("eval_sample", "Reconstructions of validation slices"))
 
@@ -252,6 +326,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outputs", default="outputs")
     p.add_argument("--to", default=os.path.join("docs", "RESULTS.md"))
+    p.add_argument("--runs", default=os.path.join("docs", "runs"),
+                   help="saved runs of other machines, one folder per CPU kind (the table across CPU kinds)")
+    p.add_argument("--save-run", action="store_true",
+                   help="first copy this run's demo summary and benchmarks into --runs, under its CPU's name")
     p.add_argument("--settings-runs", nargs="*", default=[], metavar="DIR",
                    help="output folders of classify.py runs with other settings, reported side by side")
     p.add_argument("--settings-note", default="", help="what those runs share (the encoder, the data)")
@@ -259,11 +337,14 @@ def main(argv=None):
 
     def path(name):
         return os.path.join(args.outputs, ARTIFACTS[name])
+    if args.save_run:
+        print(f"saved the run in {save_run(args.outputs, args.runs)}")
     lines = ["# Results", "", "Generated by `make results` (`python bench/report.py`) from the JSON artifacts a run "
              "wrote (here `make demo` in a fresh clone, which sets `MIRAM_PRESET=demo`); each section names the "
              "command and CPU that measured it. Rerun the commands, then this script, rather than editing figures "
              "here.", ""]
     missing = []
+    lines += cpu_runs_section(args.runs)
     for name, title in (("train_log", "Pre-training (`train.py`)"), ("inpaint_log", "Inpainting fine-tune (`train.py --inpaint`)")):
         if os.path.isfile(path(name)):
             lines += training_section(title, load_lines(path(name)))
@@ -298,9 +379,8 @@ def main(argv=None):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:
         missing.append(path("deploy_benchmark"))
-    throughput = os.path.join(args.outputs, "train_throughput.json")
-    if os.path.isfile(throughput):
-        lines += throughput_section(load_json(throughput))
+    if os.path.isfile(path("train_throughput")):
+        lines += throughput_section(load_json(path("train_throughput")))
     gpu = os.path.join(args.outputs, "gpu_check.json")
     lines += gpu_section(load_json(gpu)) if os.path.isfile(gpu) else [
         "## The GPU path (`make gpu-check`)", "", "Not measured yet: no run of `make gpu-check` on a GPU machine.", ""]

@@ -46,3 +46,12 @@ def test_bad_values_are_refused_naming_the_setting(env, name):
 def test_linear_lr_scaling():
     c = load_config(environ={"MIRAM_BATCH_SIZE": "8", "MIRAM_ACCUM_STEPS": "4"})
     assert c.effective_batch() == 32 and c.effective_lr() == pytest.approx(3e-4)
+
+
+def test_cpu_name_tells_cpus_of_one_model_name_apart():
+    from config import cpu_name
+    zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n\n"
+    zen5 = zen3.replace(": 25", ": 26").replace("avx2 fma", "avx2 fma avx512f avx512_bf16")
+    assert cpu_name(zen3) == "AMD EPYC (family 25 model 1, AVX2)"
+    assert cpu_name(zen5) == "AMD EPYC (family 26 model 1, AVX-512 BF16)"
+    assert cpu_name("model name\t: Some CPU\n") == "Some CPU"

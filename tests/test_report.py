@@ -52,3 +52,33 @@ def test_runs_differing_only_by_seed_or_folder_are_grouped_whether_set_by_variab
     assert report.settings_of("MIRAM_SEED=2 MIRAM_OUTPUT_PATH=/a python classify.py --n-viz 0") == \
         report.settings_of("python classify.py --n-viz 0 --seed 3 --output-path /b") == "python classify.py --n-viz 0"
     assert report.settings_of("python classify.py --seed=4 --cls-lr 1e-3") == "python classify.py --cls-lr 1e-3"
+
+
+def test_each_cpu_kinds_saved_run_is_one_row_of_the_table_across_cpus(tmp_path):
+    import json
+    runs = tmp_path / "runs"
+
+    def demo_run(cpu, minutes, peer_ms):
+        out = tmp_path / f"{cpu} {minutes}"
+        out.mkdir()
+        info = {"command": "python demo.py", "cpu": cpu, "cpus": 2, "date": "today"}
+        (out / "demo_summary.json").write_text(json.dumps({
+            "total_minutes": minutes, "run": info,
+            "phases": [{"phase": "pre-training", "seconds": 60.0}, {"phase": "classification", "seconds": 30.0}],
+            "headline": {"margin_over_best_classical_db": 1.5, "auroc": 0.98,
+                         "heatmaps": {"evidence": {"pointing_game": 0.9, "median_mass_ratio": 12.0}}}}))
+        rows = [{"model": m, "size": "spec", "backend": "ort-int8", "batch": b, "p50_ms": ms, "p90_ms": ms,
+                 "images_per_s": ips, "patches_per_image": 64}
+                for m, b, ms, ips in (("classifier", 1, 10.0, 100.0), ("classifier", 16, 200.0, 80.0),
+                                      ("peer", 1, peer_ms, 50.0), ("peer", 16, 400.0, 40.0))]
+        (out / "deploy_benchmark.json").write_text(json.dumps({"results": rows, "run": info, "threads": 2,
+                                                            "parity": {}, "accuracy": {}}))
+        report.main(["--outputs", str(out), "--runs", str(runs), "--save-run", "--to", str(tmp_path / "R.md")])
+
+    demo_run("Zen 3 (AVX2)", 14.3, 40.0)
+    demo_run("Xeon (AVX-512 BF16)", 7.6, 25.0)
+    demo_run("Zen 3 (AVX2)", 14.0, 40.0)  # the same CPU again replaces its earlier run
+    text = (tmp_path / "R.md").read_text()
+    assert text.count("| Zen 3 (AVX2) |") == 1 and "**14.0 min**" in text and "14.3" not in text
+    assert "| Xeon (AVX-512 BF16) | **7.6 min** | 1.0 / 0.0 / 0.5 / 0.0 |" in text
+    assert "0.25x / 2.0x" in text and "0.40x / 2.0x" in text  # latency and images/s against the peer's
