@@ -74,7 +74,7 @@ def _onednn_linear_available() -> bool:
 ONEDNN_LINEAR = _onednn_linear_available()
 
 
-def _onednn_linear(x, w, b):
+def onednn_linear(x, w, b):
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
@@ -87,7 +87,7 @@ class _OneDNNLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn_linear(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,10 +95,10 @@ class _OneDNNLinearFn(torch.autograd.Function):
         g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_linear(grad_out, weight.t(), None)  # (..., in); oneDNN reads the transpose in place
+            grad_x = onednn_linear(grad_out, weight.t(), None)  # (..., in); oneDNN reads the transpose in place
         if ctx.needs_input_grad[1]:
             x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-            grad_w = _onednn_linear(g2.t(), x2.t(), None)  # (out, in)
+            grad_w = onednn_linear(g2.t(), x2.t(), None)  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b
