@@ -50,7 +50,16 @@ def load(cfg, name):
         return json.load(f) if path.endswith(".json") else [json.loads(line) for line in f if line.strip()]
 
 
-def headline(cfg, predicted):
+def slice_has_tumor(path):
+    """Whether a slice of the HR/MASK layout has a tumor, from its mask of the same name (None: no mask)."""
+    mask = os.path.join(os.path.dirname(os.path.dirname(path)), "MASK", os.path.basename(path))
+    if not os.path.isfile(mask):
+        return None
+    from imaging import read_slice
+    return bool(read_slice(mask).any())
+
+
+def headline(cfg, predicted, truth=None):
     """The figures a reader looks for first, from the artifacts the phases wrote."""
     out = {}
     ev = load(cfg, "eval_metrics")
@@ -84,6 +93,8 @@ def headline(cfg, predicted):
         out["transfer"] = transfer
     if predicted is not None:
         out["demo_slice_probability"] = predicted
+        if truth is not None:  # the slice's own label, so the summary says whether the prediction was right
+            out["demo_slice_has_tumor"], out["demo_slice_threshold"] = truth, cfg.CLS_THRESHOLD
     dep = load(cfg, "deploy_benchmark")
     if dep:
         spec = [r for r in dep["results"] if r["model"] == "classifier" and r["size"] == "spec" and r["batch"] == 1]
@@ -120,7 +131,13 @@ def screen(summary):
                 f", pointing game {t['pointing_game']:.2f}" if t.get("pointing_game") is not None else ""))
         lines.append("  transfer set (real heads never trained on): " + "; ".join(parts))
     if "demo_slice_probability" in h:
-        lines.append(f"  demo slice: p(tumor) = {h['demo_slice_probability']:.3f}")
+        verdict = ""
+        if "demo_slice_has_tumor" in h:
+            said = h["demo_slice_probability"] >= h["demo_slice_threshold"]
+            right = said == h["demo_slice_has_tumor"]
+            verdict = (f" ({'a tumor' if h['demo_slice_has_tumor'] else 'no tumor'} in its mask: "
+                       f"{'right' if right else 'wrong'} at the {h['demo_slice_threshold']:g} threshold)")
+        lines.append(f"  demo slice: p(tumor) = {h['demo_slice_probability']:.3f}{verdict}")
     if "spec_classifier_batch1" in h:
         s = h["spec_classifier_batch1"]
         lines.append(f"  deployment: spec classifier {s['p50_ms']:.1f} ms at batch 1 ({s['backend']}); "
@@ -151,7 +168,8 @@ def main(argv=None):
             print(f"demo stopped: {name} failed (exit {proc.returncode})", file=sys.stderr)
             return proc.returncode
     summary = {"phases": done, "total_minutes": round((time.time() - start) / 60, 2),
-               "headline": headline(cfg, predicted), "run": run_info()}
+               "headline": headline(cfg, predicted, slice_has_tumor(os.path.join(ROOT, args.slice))),
+               "run": run_info()}
     path = cfg.artifact("demo_summary")
     save_json(path, summary)
     print("\n" + screen(summary) + f"\n  (also in {path}; every figure with its command: make results -> docs/RESULTS.md)")

@@ -22,6 +22,7 @@ def test_demo_runs_every_phase_and_summarizes_them(tmp_path, capsys):
     h = summary["headline"]
     assert h["auroc"] == metrics["auroc"] and h["margin_over_best_classical_db"] == evaluation["margin_db"]["masked_psnr"]
     assert 0 < h["demo_slice_probability"] < 1 and os.path.isfile(os.path.join(out, "restored_demo.tif"))
+    assert h["demo_slice_has_tumor"] is True  # subj1_001 has a blob in its mask
     assert sum(p["seconds"] for p in summary["phases"]) <= summary["total_minutes"] * 60 + 1
     screen = capsys.readouterr().out.split("MIRAM demo on ")[-1]
     assert f"AUROC {metrics['auroc']:.3f}" in screen and "deployment" in screen
@@ -31,3 +32,26 @@ def test_a_failing_phase_stops_the_demo_with_its_exit_status(tmp_path):
     # no data folder: pre-training fails, nothing after it runs
     code = demo.main(tiny_args(str(tmp_path / "none"), str(tmp_path / "o")))
     assert code == 1 and not os.path.exists(tmp_path / "o" / "demo_summary.json")
+
+
+def test_the_summary_says_whether_the_demo_slice_was_called_right(tmp_path):
+    import numpy as np
+    import tifffile
+    for folder in ("HR", "MASK"):
+        os.makedirs(tmp_path / folder)
+    tumor, clean = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    tumor[2:4, 2:4] = 255
+    for name, mask in (("a.tif", tumor), ("b.tif", clean)):
+        tifffile.imwrite(tmp_path / "HR" / name, np.full((8, 8), 100, np.uint8))
+        tifffile.imwrite(tmp_path / "MASK" / name, mask)
+    tifffile.imwrite(tmp_path / "HR" / "c.tif", np.full((8, 8), 100, np.uint8))  # no mask: no verdict
+    assert [demo.slice_has_tumor(str(tmp_path / "HR" / n)) for n in ("a.tif", "b.tif", "c.tif")] == [True, False, None]
+
+    def line(probability, has_tumor):
+        h = {"demo_slice_probability": probability}
+        if has_tumor is not None:
+            h.update(demo_slice_has_tumor=has_tumor, demo_slice_threshold=0.5)
+        summary = {"run": {"cpu": "x"}, "total_minutes": 1.0, "phases": [], "headline": h}
+        return next(s for s in demo.screen(summary).splitlines() if "demo slice" in s)
+    assert "a tumor in its mask: wrong" in line(0.114, True) and "a tumor in its mask: right" in line(0.9, True)
+    assert "no tumor in its mask: right" in line(0.2, False) and "in its mask" not in line(0.2, None)
