@@ -61,6 +61,15 @@ def _pair_by_stem(images, mask_dir, image_dir, kinds):
     return pairs
 
 
+def mask_of(image_path, kinds=SLICE_KINDS):
+    """The mask the spec layout pairs with one slice, as find_slices pairs them: the file of the same stem in
+    MASK/ beside its HR/ folder; None when there is none."""
+    mask_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(image_path))), "MASK")
+    if not os.path.isdir(mask_dir):
+        return None
+    return next((p for p in list_images(mask_dir, kinds) if _stem(p) == _stem(image_path)), None)
+
+
 def _image_dir(root):
     return os.path.join(root, "HR") if os.path.isdir(os.path.join(root, "HR")) else root
 

@@ -51,12 +51,12 @@ def load(cfg, name):
 
 
 def slice_has_tumor(path):
-    """Whether a slice of the HR/MASK layout has a tumor, from its mask of the same name (None: no mask)."""
-    mask = os.path.join(os.path.dirname(os.path.dirname(path)), "MASK", os.path.basename(path))
-    if not os.path.isfile(mask):
-        return None
+    """Whether a slice of the HR/MASK layout has a tumor, from the mask the data reader pairs with it (None:
+    no mask)."""
+    from dataset import mask_of
     from imaging import read_slice
-    return bool(read_slice(mask).any())
+    mask = mask_of(path)
+    return None if mask is None else bool(read_slice(mask).any())
 
 
 def headline(cfg, predicted, truth=None):

@@ -45,7 +45,11 @@ def test_the_summary_says_whether_the_demo_slice_was_called_right(tmp_path):
         tifffile.imwrite(tmp_path / "HR" / name, np.full((8, 8), 100, np.uint8))
         tifffile.imwrite(tmp_path / "MASK" / name, mask)
     tifffile.imwrite(tmp_path / "HR" / "c.tif", np.full((8, 8), 100, np.uint8))  # no mask: no verdict
-    assert [demo.slice_has_tumor(str(tmp_path / "HR" / n)) for n in ("a.tif", "b.tif", "c.tif")] == [True, False, None]
+    tifffile.imwrite(tmp_path / "MASK" / "e.tif", tumor)  # paired by stem, as the reader pairs: e.png with e.tif
+    from PIL import Image
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "HR" / "e.png")
+    assert [demo.slice_has_tumor(str(tmp_path / "HR" / n)) for n in ("a.tif", "b.tif", "c.tif", "e.png")] == \
+        [True, False, None, True]
 
     def line(probability, has_tumor):
         h = {"demo_slice_probability": probability}
