@@ -21,7 +21,7 @@ import numpy as np
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
                     save_json)
 from imaging import model_input, read_slice, split_ext
-from runtime import OnnxClassifier, binary_metrics, localization, upsample_heatmaps
+from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -57,10 +57,17 @@ def suffix_of(variant):
 
 # ---- inference with heatmaps -------------------------------------------------------------------------
 
-def predict_all(model, images, device, amp, batch=32, with_attention=False):
+def predict_all(model, images, device, amp, batch=32, with_attention=False, shifted=False):
     """-> probabilities (N,) numpy, and with_attention: {"evidence"|"last_block"|"rollout"|"relevance":
-    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch)."""
+    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch). shifted: averaged over
+    the image and its copies moved by half a patch (runtime.shift_averaged), four passes."""
     import torch
+    if shifted:
+        def run(x):
+            out = predict_all(model, torch.from_numpy(x), device, amp, batch, with_attention)
+            return out if with_attention else (out, {})
+        probs, maps = shift_averaged(run, images.cpu().numpy(), model.cfg.patch_size)
+        return (probs, maps) if with_attention else probs
 
     from hardware import autocast
     from models import cls_maps
@@ -194,6 +201,8 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
 HEATMAP_TITLES = {"evidence": "patch evidence (default)", "last_block": "last block CLS attention",
                   "rollout": "attention rollout", "relevance": "gradient-weighted relevance"}
 DEFAULT_HEATMAP = next(iter(HEATMAP_TITLES))
+# what a prediction averages over (CLS_SHIFT_AVERAGE), as the metrics name it
+VIEWS = {False: "single pass", True: "half-patch shifts averaged"}
 
 
 def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
@@ -216,25 +225,33 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
 
 def score(model, data, cfg, device):
     """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
-    heatmaps, tumor masks)."""
-    probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True)
+    heatmaps, tumor masks), from the views CLS_SHIFT_AVERAGE names; the other views' metrics under
+    "other_views" (a single pass is what the deployed model runs once: both are worth knowing)."""
     labels = data.labels.numpy()
-    m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
     pos = labels > 0
     tumor = data.masks[:, 0].numpy() & pos[:, None, None]
-    loc = {}
-    for name, h in heats.items():
-        if not pos.any():
-            loc[name] = {}
-            continue
-        mass, hit = localization(h[pos], tumor[pos])
-        share = tumor[pos].mean(axis=(1, 2))
-        loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
-                     "tumor_share_of_image": float(share.mean()),
-                     "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
-                     # a few slices with most of the mass inside lift the mean: the median is the typical slice
-                     "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
-    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)))
+
+    def measured(shifted):
+        probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True, shifted=shifted)
+        m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
+        loc = {}
+        for name, h in heats.items():
+            if not pos.any():
+                loc[name] = {}
+                continue
+            mass, hit = localization(h[pos], tumor[pos])
+            share = tumor[pos].mean(axis=(1, 2))
+            loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
+                         "tumor_share_of_image": float(share.mean()),
+                         "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
+                         # a few slices with most of the mass inside lift the mean: the median is the typical slice
+                         "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
+        m.update(localization=loc, views=VIEWS[shifted])
+        return m, probs, heats
+
+    m, probs, heats = measured(cfg.CLS_SHIFT_AVERAGE)
+    m["other_views"] = measured(not cfg.CLS_SHIFT_AVERAGE)[0]
+    m.update(default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)))
     return m, probs, heats, tumor
 
 
@@ -265,8 +282,12 @@ def predict_one(args, cfg):
         cfg.IMG_SIZE = runner.model_config["img_size"]
         print(describe(cfg))
         x = model_input(raw, cfg.IMG_SIZE)
-        prob, maps = runner(x)
-        heats = {k: upsample_heatmaps(v, cfg.IMG_SIZE) for k, v in maps.items()}
+
+        def run(images):
+            prob, maps = runner(images)
+            return prob, {k: upsample_heatmaps(v, cfg.IMG_SIZE) for k, v in maps.items()}
+        prob, heats = (shift_averaged(run, x, runner.model_config["patch_size"]) if cfg.CLS_SHIFT_AVERAGE
+                       else run(x))
     else:
         import torch
 
@@ -278,7 +299,8 @@ def predict_one(args, cfg):
         cfg.IMG_SIZE, cfg.AMP = model.cfg.img_size, False
         print(describe(cfg))
         x = model_input(raw, cfg.IMG_SIZE)
-        prob, heats = predict_all(model.to(device), torch.from_numpy(x), device, False, with_attention=True)
+        prob, heats = predict_all(model.to(device), torch.from_numpy(x), device, False, with_attention=True,
+                                  shifted=cfg.CLS_SHIFT_AVERAGE)
     prob = float(prob[0])
     out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(args.predict)[0]}.png"))
     try:
@@ -287,7 +309,8 @@ def predict_one(args, cfg):
     except OSError as e:
         raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
-    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD}, {args.backend})"
+    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD}, {args.backend}, "
+          f"{VIEWS[cfg.CLS_SHIFT_AVERAGE]})"
           f"\nheatmap: {out}")
     return {"probability": prob, "heatmap": out, "heatmaps": heats}
 

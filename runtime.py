@@ -125,6 +125,41 @@ def upsample_heatmaps(maps, size):
     return out / np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
 
 
+def translate(images, dy, dx):
+    """(..., H, W) moved dy pixels down and dx right (negative: up, left); the uncovered border is zero."""
+    images = np.asarray(images)
+    H, W = images.shape[-2:]
+    out = np.zeros_like(images)
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        images[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
+def half_patch_views(patch):
+    """Offsets (dy, dx) in pixels of shift_averaged's views: the image as it is and moved half a patch down,
+    right and both. A lesion on a patch corner is split over four patches in one view and whole inside one
+    patch in another."""
+    h = patch // 2
+    return [(0, 0), (h, 0), (0, h), (h, h)]
+
+
+def shift_averaged(run, images, patch):
+    """run(images (B,1,S,S)) -> (probabilities (B,), {name: (B,S,S) pixel heatmaps}); -> the same over
+    half_patch_views, averaged: the probabilities, and each view's heatmap moved back onto the input (so the
+    map has half-patch resolution), renormalised to sum 1."""
+    probs, maps = [], {}
+    for dy, dx in half_patch_views(patch):
+        p, views = run(translate(images, dy, dx))
+        probs.append(np.asarray(p, np.float64))
+        for name, heat in views.items():
+            maps.setdefault(name, []).append(translate(np.asarray(heat, np.float64), -dy, -dx))
+    out = {}
+    for name, views in maps.items():
+        heat = np.mean(views, axis=0)
+        out[name] = heat / np.maximum(heat.sum(axis=(-2, -1), keepdims=True), 1e-12)
+    return np.mean(probs, axis=0).astype(np.float32), out
+
+
 def localization(heat, tumor):
     """Share of heatmap mass inside the tumor and pointing-game hits, per image. heat, tumor (B, H, W)."""
     tumor = np.asarray(tumor, bool)

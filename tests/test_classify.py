@@ -66,7 +66,8 @@ def test_relevance_on_a_known_stack():
     assert torch.allclose(models.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
 
 
-def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
+@pytest.mark.parametrize("shifted", [False, True])
+def test_heatmaps_of_a_slice_do_not_depend_on_its_batch(shifted):
     from config import ModelConfig
     from models import TumorClassifier
     torch.manual_seed(0)
@@ -74,15 +75,19 @@ def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
     x = torch.rand(3, 1, 32, 32)
     x[1, :, :16] = 0  # half blank: padded beside the others
     cpu = torch.device("cpu")
-    probs, heats = classify.predict_all(m, x, cpu, False, with_attention=True)
+    probs, heats = classify.predict_all(m, x, cpu, False, with_attention=True, shifted=shifted)
     assert set(heats) == {"evidence", "last_block", "rollout", "relevance"}
+    assert np.allclose(classify.predict_all(m, x, cpu, False, shifted=shifted), probs, atol=1e-6)
+    if shifted:  # the views differ, so their average is not the single pass
+        assert np.abs(probs - classify.predict_all(m, x, cpu, False)).max() > 1e-4
     for i in range(3):
-        p, h = classify.predict_all(m, x[i:i + 1], cpu, False, with_attention=True)
+        p, h = classify.predict_all(m, x[i:i + 1], cpu, False, with_attention=True, shifted=shifted)
         assert abs(p[0] - probs[i]) < 1e-5
         for k in heats:
             assert np.abs(h[k][0] - heats[k][i]).max() < 1e-6, k
             assert heats[k][i].min() >= 0 and heats[k][i].sum() == pytest.approx(1.0)
-    assert heats["relevance"][1, :8].sum() == 0  # blank patches were not encoded (bilinear spreads the edge)
+    if not shifted:
+        assert heats["relevance"][1, :8].sum() == 0  # blank patches were not encoded (bilinear spreads the edge)
     assert all(p.grad is None for p in m.parameters())  # the maps' backward pass leaves no gradients behind
 
 
@@ -95,6 +100,31 @@ def test_localization_measures():
     assert mass[0] == pytest.approx(0.75) and hit[0] == 1.0
     up = runtime.upsample_heatmaps(np.arange(4.0).reshape(1, 2, 2), 8)
     assert up.shape == (1, 8, 8) and up.sum() == pytest.approx(1.0) and up[0, -1, -1] == up.max()
+
+
+def test_translate_moves_and_zero_fills():
+    x = np.arange(1.0, 1 + 2 * 5 * 6).reshape(2, 5, 6)
+    y = runtime.translate(x, 2, -3)
+    assert np.array_equal(y[:, 2:, :3], x[:, :3, 3:])
+    assert (y[:, :2] == 0).all() and (y[:, :, 3:] == 0).all()
+    assert np.array_equal(runtime.translate(y, -2, 3)[:, :3, 3:], x[:, :3, 3:])  # back, less the lost border
+
+
+def test_shift_averaged_maps_land_back_on_the_input():
+    """A model whose map is its input moved with it: every view's map, moved back, is the input's own, so
+    the average is too; the probability is the views' mean."""
+    img = np.zeros((2, 1, 32, 32), np.float32)
+    img[0, 0, 10:14, 12:20], img[1, 0, 16:18, 8:11] = 1.0, 0.5
+    seen = []
+
+    def run(x):
+        seen.append(x.copy())
+        return x.mean(axis=(1, 2, 3)) + len(seen), {"m": x[:, 0] / x[:, 0].sum(axis=(1, 2), keepdims=True)}
+    probs, maps = runtime.shift_averaged(run, img, 8)
+    assert [tuple(np.argwhere(v[0, 0])[0] - np.argwhere(img[0, 0])[0]) for v in seen] == runtime.half_patch_views(8)
+    expect = img[:, 0] / img[:, 0].sum(axis=(1, 2), keepdims=True)
+    assert np.abs(maps["m"] - expect).max() < 1e-7
+    assert np.allclose(probs, img.mean(axis=(1, 2, 3)) + 2.5)  # views 1..4 added 1..4
 
 
 def test_layer_decay_gives_the_encoder_less():
@@ -123,6 +153,10 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
     assert saved["sensitivity"] == tp / (tp + fn) and saved["n_positive"] == tp + fn and saved["n"] == tn + fp + fn + tp
     assert set(saved["localization"]) == {"evidence", "last_block", "rollout", "relevance"}
     assert saved["default_heatmap"] == "evidence"
+    # the other views (half-patch shifts averaged) are measured beside the configured single pass
+    assert saved["views"] == "single pass" and saved["other_views"]["views"] == "half-patch shifts averaged"
+    assert set(saved["other_views"]["localization"]) == set(saved["localization"])
+    assert saved["other_views"]["n"] == saved["n"]
     for loc in saved["localization"].values():  # a share of the positive slices: hits / positives
         assert loc["pointing_game"] * saved["n_positive"] == pytest.approx(round(loc["pointing_game"] * saved["n_positive"]))
     # the engine ran every epoch with ceil(training slices / batch) optimizer steps each

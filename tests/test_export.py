@@ -103,6 +103,13 @@ def test_onnx_backends_agree_with_torch(exported, tmp_path):
     o = classify.main(tiny_args(data, out, "--predict", scan, "--backend", "onnx"))
     assert abs(t["probability"] - o["probability"]) < 1e-4
     assert np.abs(t["heatmaps"]["last_block"] - o["heatmaps"]["last_block"]).max() < 1e-4
+    # averaged over the half-patch shifts: the same views, the same average, on either backend
+    shifted = [classify.main(tiny_args(data, out, "--predict", scan, "--cls-shift-average", "true", *backend))
+               for backend in ([], ["--backend", "onnx"])]
+    assert abs(shifted[0]["probability"] - shifted[1]["probability"]) < 1e-4
+    assert abs(shifted[0]["probability"] - t["probability"]) > 1e-6  # the views were averaged
+    for name in ("evidence", "last_block"):
+        assert np.abs(shifted[0]["heatmaps"][name] - shifted[1]["heatmaps"][name]).max() < 1e-4
     for mode in ("reconstruct", "inpaint"):
         extra = []
         if mode == "inpaint":
