@@ -32,6 +32,7 @@ ARTIFACTS = {
     "mae": "best_miram_mae.pth",                 # pre-training, best validation loss
     "train_log": "train_log.jsonl",
     "loss_curve": "loss_curve.png",
+    "anatomy_variants": "anatomy_variants.pt",   # the training slices' ANATOMY_VARIANTS, drawn once per run
     "inpaint_checkpoint": "inpaint_checkpoint.pth",
     "inpaint": "best_miram_inpaint.pth",
     "inpaint_log": "inpaint_log.jsonl",

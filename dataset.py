@@ -463,14 +463,18 @@ def anatomy_transform():
     ])
 
 
-def anatomy_variants(images, copies: int, seed: int, masks=None):
+def anatomy_variants(images, copies: int, seed: int, masks=None, cache=None):
     """images (N, 1, S, S) followed by `copies` variants of each (anatomy_transform, drawn from seed): variant
     k of slice i is row k * N + i; images stay in [0, 1]. -> (images, masks): with masks (N, 1, S, S) float,
     each deformed with its image (the lesion's share under each pixel); without, None and about half the
-    time (the draws, and so the images, are the same)."""
+    time (the draws, and so the images, are the same). cache: a file that keeps the result (without masks),
+    read back when it was drawn from the same images, copies, seed and MONAI version: pre-training and the
+    inpainting fine-tune use the same variants, which take seconds to draw."""
     import torch
     if copies == 0:
         return images, masks
+    if cache is not None and masks is None:
+        return _cached_variants(images, copies, seed, cache)
     transform = anatomy_transform()
     transform.set_random_state(seed=seed)
     out_images, out_masks = [images], [masks]
@@ -483,6 +487,33 @@ def anatomy_variants(images, copies: int, seed: int, masks=None):
     # MONAI returns MetaTensors: made plain
     images = torch.cat(out_images).as_subclass(torch.Tensor)
     return images, None if masks is None else torch.cat(out_masks).as_subclass(torch.Tensor)
+
+
+def _cached_variants(images, copies, seed, path):
+    import hashlib
+
+    import monai
+    import torch
+
+    from config import temp_beside
+    key = hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest() + f"/{copies}/{seed}/{monai.__version__}"
+    if os.path.isfile(path):
+        try:
+            saved = torch.load(path, weights_only=True)
+            if saved.get("key") == key:
+                return saved["images"], None
+        except Exception:  # unreadable (a foreign or damaged file): drawn again and replaced
+            pass
+    out, _ = anatomy_variants(images, copies, seed)
+    fd, tmp = temp_beside(path, ".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"key": key, "images": out}, f)
+        os.replace(tmp, path)
+    except OSError:  # a cache only: the run goes on without it
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out, None
 
 
 def variant_index(gidx, n, copies, gen):

@@ -58,7 +58,8 @@ class Pretraining(Task):
         self.epochs, self.lr, self.warmup_epochs = cfg.N_EPOCHS, cfg.LEARNING_RATE, cfg.WARMUP_EPOCHS
         self.min_lr, self.weight_decay = cfg.MIN_LR, cfg.WEIGHT_DECAY
         self.n_train = len(train_set)  # an epoch is one pass over the slices, each as itself or a variant
-        self.train_images, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
+        self.train_images, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED,
+                                                cache=cfg.artifact("anatomy_variants"))
         self.checkpoint, self.best, self.log = cfg.artifact("checkpoint"), cfg.artifact("mae"), cfg.artifact("train_log")
         self.extra = learned_from
         # validation masks are fixed (EVAL_SEED), so epochs compare like with like
@@ -199,7 +200,7 @@ def damage_sources(train_set, cfg):
     than the one it trained on)."""
     if cfg.ANATOMY_VARIANTS == 0:
         return train_set.images.numpy(), cfg.INPAINT_COPIES
-    bank, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED)
+    bank, _ = anatomy_variants(train_set.images, cfg.ANATOMY_VARIANTS, cfg.SEED, cache=cfg.artifact("anatomy_variants"))
     n = len(train_set)
     order = [(copy % (cfg.ANATOMY_VARIANTS + 1)) * n + i for i in range(n) for copy in range(cfg.INPAINT_COPIES)]
     return bank[order].numpy(), 1

@@ -361,3 +361,22 @@ def test_volume_slice_is_np_take_without_copying_the_volume():
         for index in range(vol.shape[axis]):
             view = dataset.volume_slice(vol, index, axis)
             assert np.array_equal(view, np.take(vol, index, axis=axis)) and np.shares_memory(view, vol)
+
+
+def test_anatomy_variants_cache_returns_the_same_draws_and_is_redrawn_for_other_slices_or_seeds(tmp_path, monkeypatch):
+    import torch
+    images = torch.zeros(3, 1, 32, 32)
+    images[:, :, 8:24, 8:24] = 0.8
+    cache = str(tmp_path / "anatomy_variants.pt")
+    drawn, _ = dataset.anatomy_variants(images, 2, seed=1, cache=cache)
+    assert os.path.isfile(cache) and torch.equal(drawn, dataset.anatomy_variants(images, 2, seed=1)[0])
+    calls = []
+    real = dataset.anatomy_transform
+    monkeypatch.setattr(dataset, "anatomy_transform", lambda: calls.append(1) or real())
+    assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn) and not calls  # read back
+    other, _ = dataset.anatomy_variants(images, 2, seed=2, cache=cache)
+    assert calls and not torch.equal(other, drawn)  # another seed: drawn again, and the cache replaced
+    assert torch.equal(dataset.anatomy_variants(images * 0.5, 2, seed=2, cache=cache)[0][:3], images * 0.5)
+    with open(cache, "wb") as f:
+        f.write(b"not a tensor file")
+    assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn)  # a damaged cache: redrawn
