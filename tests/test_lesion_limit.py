@@ -56,3 +56,19 @@ def test_the_blob_detector_finds_dark_lesions_and_not_faint_ones(tmp_path):
     assert dark["patch_auroc"] > 0.9 and faint["patch_auroc"] < dark["patch_auroc"] - 0.15  # found where it is
     # a slice's darkest blob is often a ventricle: the slice is found less surely than the patch
     assert faint["slice_auroc"] < dark["slice_auroc"] - 0.1 and dark["slice_auroc"] < dark["patch_auroc"]
+
+
+def test_the_convolutional_peer_learns_dark_lesions_from_pixel_labels(tmp_path):
+    import dataset
+    from config import load_config
+    cfg = load_config(argparse.Namespace(preset="tiny"), environ={})
+    data = str(tmp_path / "dark")
+    dataset.build_demo_data(data, lesions="subtle", painter_args={"radius": (12, 14), "darkness": (0.05, 0.1)})
+    found = lesion_limit.cnn_peer(cfg, data, size=64, epochs=6)
+    assert found["size"] == 64 and found["epochs"] == 6
+    assert found["train_auroc"] > 0.8 and found["val_auroc"] > 0.8
+    row = {"radius": (12, 14), "darkness": (0.05, 0.1), "seeds": 1, "optimizer_steps": 10,
+           "auroc": {"mean": 0.5, "sd": 0.0}, "pointing_game": {"mean": 0.1, "sd": 0.0},
+           "median_mass": {"mean": 1.5, "sd": 0.0}, "blob_detector": {"slice_auroc": 0.6, "patch_auroc": 0.9},
+           "cnn_peer": found}
+    assert f"| {found['val_auroc']:.3f} ({found['train_auroc']:.3f}) at 64 px, 6 epochs |" in lesion_limit.markdown([row])
