@@ -1,7 +1,8 @@
 """Self-supervised pre-training of MIRAM: `python train.py [--preset demo] [--n-epochs N] ...`
 
 Writes into OUTPUT_PATH: checkpoint.pth (latest, resumable), best_miram_mae.pth (best validation loss),
-train_log.jsonl (one JSON line per epoch) and loss_curve.png. Restarting into the same OUTPUT_PATH resumes.
+train_log.jsonl (one JSON line per epoch), loss_curve.png and, with ANATOMY_VARIANTS, anatomy_variants.pt (the
+drawn variants, which --inpaint reads back). Restarting into the same OUTPUT_PATH resumes.
 
 `python train.py --inpaint` then fine-tunes the pre-trained MAE to inpaint: the slice with its hole
 pre-filled by biharmonic inpainting goes in, the model learns a correction of that fill (InpaintingMIRAM):
