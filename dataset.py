@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from config import MAX_PIXELS
+from config import MAX_PIXELS, MiramError
 from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, normalize_intensity, read_slice,
                      read_volume, split_ext, stored_dtype, to_grayscale, volume_shape)
 
@@ -491,12 +491,13 @@ def anatomy_variants(images, copies: int, seed: int, masks=None, cache=None):
 
 def _cached_variants(images, copies, seed, path):
     import hashlib
+    from importlib.metadata import version
 
-    import monai
     import torch
 
-    from config import temp_beside
-    key = hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest() + f"/{copies}/{seed}/{monai.__version__}"
+    from checkpoint import atomic_torch_save
+    # MONAI's version from its metadata: importing MONAI takes seconds, which a cache hit need not pay
+    key = hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest() + f"/{copies}/{seed}/{version('monai')}"
     if os.path.isfile(path):
         try:
             saved = torch.load(path, weights_only=True)
@@ -505,14 +506,10 @@ def _cached_variants(images, copies, seed, path):
         except Exception:  # unreadable (a foreign or damaged file): drawn again and replaced
             pass
     out, _ = anatomy_variants(images, copies, seed)
-    fd, tmp = temp_beside(path, ".pt")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"key": key, "images": out}, f)
-        os.replace(tmp, path)
-    except OSError:  # a cache only: the run goes on without it
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_torch_save({"key": key, "images": out}, path)
+    except MiramError:  # a cache only: the run goes on without it
+        pass
     return out, None
 
 

@@ -104,13 +104,13 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
     "train_auroc", "val_auroc"} (AUROC of the pooled slice score)."""
     import dataclasses
 
-    import numpy as np
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
     from sklearn.metrics import roc_auc_score
 
     from dataset import apply_augment, augment_params, load_split
+    from models import pool_evidence
     train, val = load_split(dataclasses.replace(cfg, DATASET_PATH=data, IMG_SIZE=size), quiet=True)
     train, val = train.labelled(), val.labelled()
     torch.manual_seed(seed)
@@ -124,7 +124,7 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
 
     def pooled(cells):
-        return torch.logsumexp(cells.flatten(1), 1) - np.log(cells[0].numel())
+        return pool_evidence(cells.flatten(1))
 
     for _ in range(epochs):
         net.train()

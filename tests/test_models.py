@@ -219,7 +219,9 @@ def test_embedding_only_kept_patches_equals_the_convolution():
     enc = Encoder(ModelConfig(img_size=32, patch_size=8, in_chans=2, embed_dim=16, depth=1, num_heads=2))
     x = torch.rand(3, 2, 32, 32)
     keep = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
-    full = enc.embed(x)  # the convolution on every patch
+    full = enc.embed(x)  # every patch, as one matrix product
+    conv = enc.patch_embed(x).flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:]  # the weights' own convolution
+    assert torch.allclose(full, conv, atol=1e-5)
     assert torch.allclose(enc.embed(x, keep), torch.gather(full, 1, keep[..., None].expand(-1, -1, 16)), atol=1e-5)
 
 
