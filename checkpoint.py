@@ -17,7 +17,9 @@ MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClas
 LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
-UNUSED_SETTINGS = {"mae": {"foreground_threshold"}, "inpaint": {"foreground_threshold"}}
+UNUSED_SETTINGS = {"mae": {"foreground_threshold", "conv_evidence"}, "inpaint": {"foreground_threshold", "conv_evidence"}}
+# Model settings added after checkpoints had been written: a checkpoint without one had the default.
+ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False}
 
 
 def atomic_torch_save(obj, path):
@@ -128,7 +130,7 @@ def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None,
 
 def config_mismatch(saved: dict, expected: ModelConfig, ignore=()):
     """Human-readable differences between a checkpoint's model config and the one asked for."""
-    want = expected.to_dict()
+    want, saved = expected.to_dict(), {**ADDED_SETTINGS, **saved}
     keys = sorted((set(saved) | set(want)) - set(ignore))
     return [f"{k.upper()}: checkpoint {saved.get(k)!r} vs requested {want.get(k)!r}"
             for k in keys if saved.get(k) != want.get(k)]

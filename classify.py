@@ -326,17 +326,26 @@ def free_name(path):
 
 
 def build_model(args, cfg, variant):
-    """-> (classifier, where its encoder comes from, the checkpoints it starts from)."""
+    """-> (classifier, where its encoder comes from, the checkpoints it starts from). The classifier reads
+    CLS_IMG_SIZE pixels (0: the encoder's own size) and has the CLS_CONV_EVIDENCE branch when asked."""
     from checkpoint import check_weights_fit, load_checkpoint, model_config_from
     from models import TumorClassifier
     if variant == "from_scratch":
-        return TumorClassifier(cfg.model_config()), "random initialisation", []
+        arch = dataclasses.replace(cfg.model_config(), img_size=cfg.CLS_IMG_SIZE or cfg.IMG_SIZE,
+                                   conv_evidence=cfg.CLS_CONV_EVIDENCE)
+        return TumorClassifier(arch), "random initialisation", []
     mae_path = args.checkpoint or cfg.artifact("mae")
     state = load_checkpoint(mae_path, kind="mae")
     mae_cfg = model_config_from(state, mae_path)
     check_weights_fit(state, "mae", mae_cfg, mae_path)
-    # the encoder's architecture from the checkpoint; which patches it reads is this run's setting
-    model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD))
+    size = cfg.CLS_IMG_SIZE or mae_cfg.img_size
+    if size % mae_cfg.patch_size:
+        raise MiramError(f"CLS_IMG_SIZE {size} is not a multiple of {mae_path}'s patch size {mae_cfg.patch_size}")
+    # the encoder's architecture from the checkpoint; which patches it reads, at which size, is this run's
+    # setting. Read at another size, its positions keep the range it was pre-trained on.
+    pos_grid = mae_cfg.pos_grid if size == mae_cfg.img_size else mae_cfg.pos_grid or mae_cfg.img_size // mae_cfg.patch_size
+    model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD, img_size=size,
+                                                pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE))
     encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
     return model, f"{mae_path} (epoch {state.get('epoch')})", [(mae_path, state)]

@@ -114,6 +114,11 @@ class ModelConfig:
     lambda_fine: float = LAMBDA_FINE
     lambda_coarse: float = LAMBDA_COARSE
     foreground_threshold: float = FOREGROUND_THRESHOLD  # the classifier's; the MAE ignores it
+    # The patch grid the fixed sin-cos positions span (0: this model's own). An encoder pre-trained on an 8x8
+    # grid and read at 14x14 keeps positions inside the range it learned, at finer steps.
+    pos_grid: int = 0
+    # The classifier's convolutional evidence branch (CLS_CONV_EVIDENCE); the MAE ignores it.
+    conv_evidence: bool = False
 
     def __post_init__(self):
         _check_model(self)
@@ -145,6 +150,11 @@ def _check_model(m):
         value = getattr(m, name)
         need(isinstance(value, int) and not isinstance(value, bool) and 0 < value <= top, name.upper(),
              f"must be an integer in 1..{top}, got {value!r}")
+    need(isinstance(m.pos_grid, int) and not isinstance(m.pos_grid, bool) and 0 <= m.pos_grid <= 64, "POS_GRID",
+         f"must be an integer in 0..64, got {m.pos_grid!r}")
+    need(isinstance(m.conv_evidence, bool), "CLS_CONV_EVIDENCE", f"must be true or false, got {m.conv_evidence!r}")
+    need(not m.conv_evidence or m.patch_size % 8 == 0, "CLS_CONV_EVIDENCE",
+         f"needs PATCH_SIZE a multiple of 8 (the branch scores 8-pixel cells), got {m.patch_size}")
     for name in ("mlp_ratio", "mask_ratio", "lambda_fine", "lambda_coarse", "foreground_threshold"):
         value = getattr(m, name)
         need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name.upper(),
@@ -249,6 +259,16 @@ class Config:
     # 0.98 -> 0.92, AUROC 0.986 -> 0.990 (within the seeds' spread). Off by default: one pass is what the
     # deployed model's latency is measured for, and neither setting is better on every figure
     CLS_SHIFT_AVERAGE: bool = False
+    # the classifier's input size (0: the pre-trained encoder's). Small lesions are lost at the demo's 128
+    # pixels and learnable near the template's own resolution (bench/lesion_limit.py): a 128-pixel encoder
+    # reads 224-pixel slices with its positions spread over the same range (ModelConfig.pos_grid)
+    CLS_IMG_SIZE: int = 0
+    # a small convolutional network beside the encoder (four stages, 16-64 channels) whose 8-pixel cell scores,
+    # max-pooled to the patches, are added to each patch's evidence score: it shares one blob detector over
+    # every position where the 16-pixel linear patch embedding learns each position apart. Measured on
+    # lesions of radius 3-7 pixels at 224 pixels: docs/RESULTS.md. Off in the demo: its large tumors do not
+    # need it, and it costs time at every step
+    CLS_CONV_EVIDENCE: bool = False
     # inpainting fine-tune (`train.py --inpaint`): the pre-trained MAE learns to correct a biharmonic fill
     INPAINT_EPOCHS: int = 20
     INPAINT_LR: float = 1e-4      # pre-trained weights, batch of 16; the new embedding and head get 10x
@@ -289,6 +309,9 @@ class Config:
                      "INPAINT_COPIES", "MAX_PIXELS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
+        if self.CLS_IMG_SIZE < 0 or (self.CLS_IMG_SIZE and self.CLS_IMG_SIZE % self.PATCH_SIZE):
+            raise ConfigError(f"bad setting CLS_IMG_SIZE: must be 0 or a multiple of PATCH_SIZE {self.PATCH_SIZE}, "
+                              f"got {self.CLS_IMG_SIZE}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

@@ -124,13 +124,19 @@ def run(args, cfg):
     mc = mae.cfg
     cfg.IMG_SIZE = mc.img_size
     print(describe(cfg))
-    _, val = load_split(cfg, quiet=True, trained_on=trained_on)
-    val = val.subset(range(min(args.max_images, len(val))))
+    def validation(size):
+        _, v = load_split(dataclasses.replace(cfg, IMG_SIZE=size), quiet=True, trained_on=trained_on)
+        return v.subset(range(min(args.max_images, len(v))))
+    val = validation(mc.img_size)
     images = val.images.numpy()
+    # a classifier may read another size than the MAE it was fine-tuned from (CLS_IMG_SIZE)
+    clf_val = val if clf is None or clf.cfg.img_size == mc.img_size else validation(clf.cfg.img_size)
+    clf_images = clf_val.images.numpy()
     L = (mc.img_size // mc.patch_size) ** 2
     noise = mask_noise(len(images), L, cfg.EVAL_SEED).numpy()
     example = torch.from_numpy(images[:2])
-    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]), inpainter)
+    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]), inpainter,
+                       clf_example=torch.from_numpy(clf_images[:2]))
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
 
@@ -138,9 +144,9 @@ def run(args, cfg):
     parity = {}
     with torch.no_grad():
         if clf is not None:
-            x = torch.from_numpy(images)
+            x = torch.from_numpy(clf_images)
             ref = classifier_outputs(clf, x, *clf.foreground(x))
-            prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(images)
+            prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(clf_images)
             parity["classifier"] = {"probability": compare(ref[0], prob), "evidence": compare(ref[1], maps["evidence"]),
                                     "last_block": compare(ref[2], maps["last_block"])}
         ref = graphs()[1](mae)(torch.from_numpy(images), torch.from_numpy(noise))
@@ -161,7 +167,7 @@ def run(args, cfg):
     # accuracy of the int8 variants; drop those that cost too much
     accuracy = {}
     if clf is not None:
-        acc = classifier_accuracy(paths["classifier"], images, val.labels.numpy(), args.threads)
+        acc = classifier_accuracy(paths["classifier"], clf_images, clf_val.labels.numpy(), args.threads)
         drop = acc["ort-fp32"]["auroc"] - acc["ort-int8"]["auroc"]
         change = np.abs(acc["ort-fp32"]["probs"] - acc["ort-int8"]["probs"])
         keep = not (drop > INT8_MAX_AUROC_DROP or change.mean() > INT8_MAX_MEAN_PROB_CHANGE)
@@ -181,8 +187,8 @@ def run(args, cfg):
 
     # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights) and the peer
     # (kind, size, torch model, onnx paths, images, foreground threshold)
-    targets = [(kind, "checkpoint", model, paths.get(kind), images, None) for kind, model in (("classifier", clf), ("mae", mae))
-               if model is not None]
+    targets = [(kind, "checkpoint", model, paths.get(kind), x, None)
+               for kind, model, x in (("classifier", clf, clf_images), ("mae", mae, images)) if model is not None]
     tmp = tempfile.TemporaryDirectory(dir=out_dir)
     spec = ModelConfig()
     spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")

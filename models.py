@@ -19,14 +19,16 @@ from losses import dual_scale_loss, masked_mse
 
 # ---- helpers -----------------------------------------------------------------------------------------
 
-def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding, (1 + grid*grid, dim); row 0 (the CLS token) is zero."""
+def sincos_pos_embed_2d(dim: int, grid: int, span: int = 0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding, (1 + grid*grid, dim); row 0 (the CLS token) is zero. span: the
+    grid whose range of positions the grid's spreads over (0: its own, positions 0..grid-1)."""
     def embed_1d(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.outer(pos.reshape(-1), omega)  # (M, d/2)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, d)
 
-    ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+    steps = np.arange(grid, dtype=np.float64) * ((span - 1) / max(grid - 1, 1) if span else 1.0)
+    ys, xs = np.meshgrid(steps, steps, indexing="ij")
     emb = np.concatenate([embed_1d(dim // 2, ys), embed_1d(dim // 2, xs)], axis=1)  # (grid*grid, dim)
     emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
     return torch.from_numpy(emb).float()
@@ -107,7 +109,8 @@ class Encoder(nn.Module):
         self.num_patches = self.grid ** 2
         self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.embed_dim, self.grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(cfg.embed_dim, self.grid, cfg.pos_grid)[None],
+                             persistent=False)
         self.blocks = make_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
 
@@ -328,7 +331,8 @@ class TumorClassifier(nn.Module):
 
     A CLS-token head was the spec's; on a small labelled set it did not fit and its attention missed the
     tumor (measured): the evidence head is trained on the slice label and, where a mask exists, on each
-    patch's own label (classify.py), and what it points at is what decided the logit.
+    patch's own label (classify.py), and what it points at is what decided the logit. With cfg.conv_evidence a
+    ConvEvidence branch's score of each patch is added to the head's before pooling: still one map.
     """
 
     def __init__(self, cfg: ModelConfig = None):
@@ -339,6 +343,8 @@ class TumorClassifier(nn.Module):
         self.evidence = nn.Linear(cfg.embed_dim, 1)
         self.apply(_init_weights)
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
+        # after _init_weights: the branch keeps PyTorch's own initialisation for convolutions under ReLUs
+        self.conv_evidence = ConvEvidence(cfg.in_chans, cfg.patch_size) if cfg.conv_evidence else None
 
     def foreground(self, imgs):
         """(keep, valid) tensors for imgs: the patches above cfg.foreground_threshold, as
@@ -364,7 +370,33 @@ class TumorClassifier(nn.Module):
         tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
                                                 run_block=run_block)
         scores = self.evidence(tokens[:, 1:]).squeeze(-1).float()  # (B, K)
+        if self.conv_evidence is not None:
+            scores = scores + torch.gather(self.conv_evidence(imgs).float(), 1, keep)
         return pool_evidence(scores, valid), attentions, keep, valid, scores
+
+
+class ConvEvidence(nn.Module):
+    """Four convolution stages (16, 32, 64, 64 channels; 3x3 convolutions, batch norm, ReLU; a 2x2 max-pool
+    between stages) scoring every 8-pixel cell of a slice, its cells max-pooled to the patch grid. Trained
+    from scratch beside the pre-trained encoder: a lesion a few pixels wide looks the same to it at every
+    position, where the linear patch embedding must learn it at each of a patch's 256 pixels apart."""
+
+    def __init__(self, in_chans: int, patch_size: int):
+        super().__init__()
+        def stage(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                    nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+        self.net = nn.Sequential(*stage(in_chans, 16), nn.MaxPool2d(2), *stage(16, 32), nn.MaxPool2d(2),
+                                 *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64), nn.Conv2d(64, 1, 1))
+        self.cells_per_patch = patch_size // 8
+
+    def cells(self, imgs):
+        """(B, C, H, W) -> each 8-pixel cell's score (B, 1, H/8, W/8)."""
+        return self.net(imgs)
+
+    def forward(self, imgs):
+        """(B, C, H, W) -> each patch's score, its strongest cell's (B, L), patches in row-major order."""
+        return F.max_pool2d(self.cells(imgs), self.cells_per_patch).flatten(1)
 
 
 def _without_padding(scores, valid):

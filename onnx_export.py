@@ -200,9 +200,10 @@ def quantize_int8(src, dst):
     return dst
 
 
-def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None):
+def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None):
     """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
-    int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only)."""
+    int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only). clf_example: the
+    classifier's example images where it reads another size than the others."""
     ClassifierGraph, MAEGraph = graphs()
     jobs = {}
     if inpainter is not None:
@@ -210,7 +211,8 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
         weight[..., 8:24, 8:24] = 1.0
         jobs["inpaint"] = (inpainter, (example, weight), inpainter.cfg)
     if clf is not None:
-        jobs["classifier"] = (ClassifierGraph(clf), (example, *clf.foreground(example)), clf.cfg)
+        x = example if clf_example is None else clf_example
+        jobs["classifier"] = (ClassifierGraph(clf), (x, *clf.foreground(x)), clf.cfg)
     if mae is not None:
         jobs["mae"] = (MAEGraph(mae), (example, noise_example), mae.cfg)
     paths = {}

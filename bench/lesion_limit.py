@@ -8,13 +8,15 @@ radius: the lesion core's radius in pixels of the template slice (1 mm; the demo
 128 / ~200 of that), darkness: the core's intensity as a share of the tissue around it (lower is more
 visible; the demo's tumors reach 0.15-0.40 with radii 8-22 and edema around them). Every set has the demo
 set's slabs, split and lesion sites; only the painter's ranges change. Each cell is its own
-`python classify.py --dataset-path <set> --output-path OUTPUT_PATH/lesion_limit/<cell>_seed<S>`, kept once
-finished (the benchmark resumes). Beside each cell, a classical peer on the same validation slices: a blob
+`python classify.py --dataset-path <set> --output-path OUTPUT_PATH/lesion_limit/<cell>_<settings>_seed<S>`,
+kept once finished (the benchmark resumes; <settings> hashes the classifier settings it ran with). Beside each cell, a classical peer on the same validation slices: a blob
 detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
 from scratch with every pixel's label (the masks) at SIZE pixels, which tells whether these few labels teach
 any learner the lesions at that resolution. Writes OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
 """
 import argparse
+import hashlib
+import json
 import os
 import sys
 
@@ -52,6 +54,14 @@ def get_args_parser():
 
 def cell_name(radius, darkness):
     return f"radius{radius[0]:g}-{radius[1]:g}_darkness{darkness[0]:g}-{darkness[1]:g}"
+
+
+def settings_tag(cfg):
+    """8 hex digits of the classifier settings a cell runs with (flags, preset and environment resolved): a
+    finished cell is kept only for the same settings."""
+    read = {k: v for k, v in vars(cfg).items()
+            if k.startswith(("CLS_", "AUGMENT", "FOREGROUND")) or k in ("LAYER_DECAY", "BATCH_SIZE", "AMP")}
+    return hashlib.sha1(json.dumps(read, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def lesion_set(cfg, radius, darkness):
@@ -96,7 +106,7 @@ def blob_detector(cfg, data, sigmas=(1, 1.5, 2, 3, 4)):
 
 
 def cnn_peer(cfg, data, size, epochs, seed=0):
-    """The convolutional peer on one set: four conv stages (16-64 channels, stride 8 overall) scoring each 8-pixel
+    """The convolutional peer on one set: models.ConvEvidence (four conv stages, 16-64 channels) scoring each 8-pixel
     cell, trained from scratch on the training slices at `size` pixels with the classifier's augmentation, on
     each cell's label (lesion under it, tumor and background cells weighted equally) plus the slice label of
     the cells' log-mean-exp, as the classifier pools its patches. Dense labels and a convolution's built-in
@@ -105,22 +115,16 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
     import dataclasses
 
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
     from sklearn.metrics import roc_auc_score
 
     from dataset import apply_augment, augment_params, load_split
-    from models import pool_evidence
+    from models import ConvEvidence, pool_evidence
     train, val = load_split(dataclasses.replace(cfg, DATASET_PATH=data, IMG_SIZE=size), quiet=True)
     train, val = train.labelled(), val.labelled()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-
-    def stage(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-    net = nn.Sequential(*stage(1, 16), nn.MaxPool2d(2), *stage(16, 32), nn.MaxPool2d(2), *stage(32, 64),
-                        nn.MaxPool2d(2), *stage(64, 64), nn.Conv2d(64, 1, 1))
+    net = ConvEvidence(1, 8)  # the classifier's CLS_CONV_EVIDENCE branch, trained alone here
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
 
     def pooled(cells):
@@ -133,7 +137,7 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
             idx = order[start:start + 16]
             params = augment_params(len(idx), gen)
             x = apply_augment(train.images[idx], params)
-            cells = net(x)
+            cells = net.cells(x)
             lesion = (F.adaptive_max_pool2d(apply_augment(train.masks[idx].float(), params, intensity=False),
                                             cells.shape[-1]) > 0.5).float()
             weight = torch.where(lesion > 0, 0.5 / lesion.sum().clamp(min=1), 0.5 / (1 - lesion).sum().clamp(min=1))
@@ -145,7 +149,7 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
     net.eval()
     with torch.no_grad():
         def auroc(s):
-            scores = torch.cat([pooled(net(s.images[i:i + 32])) for i in range(0, len(s), 32)])
+            scores = torch.cat([pooled(net.cells(s.images[i:i + 32])) for i in range(0, len(s), 32)])
             return float(roc_auc_score(s.labels.numpy(), scores.numpy()))
         return {"size": size, "epochs": epochs, "train_auroc": auroc(train), "val_auroc": auroc(val)}
 
@@ -180,7 +184,8 @@ def main(argv=None):
             data = lesion_set(cfg, radius, darkness)
             figures = []
             for seed in range(1, args.seeds + 1):
-                out = os.path.join(cfg.OUTPUT_PATH, "lesion_limit", f"{cell_name(radius, darkness)}_seed{seed}")
+                out = os.path.join(cfg.OUTPUT_PATH, "lesion_limit",
+                                   f"{cell_name(radius, darkness)}_{settings_tag(cfg)}_seed{seed}")
                 # after the settings given to this script: the cell's own data, seed and no transfer set win
                 flags = ["--checkpoint", checkpoint, *settings_flags(args), "--dataset-path", data,
                          "--transfer-path", "", "--seed", str(seed)]

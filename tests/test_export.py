@@ -175,3 +175,24 @@ def test_results_page_is_written_from_the_run_artifacts(exported, tmp_path):
     assert text.count(cpu_name()) >= 4  # pre-training, inpainting, evaluation, classification, deployment name it
     assert "Not measured yet" in text  # no GPU check ran here
     assert os.path.isfile(tmp_path / "docs" / "loss_curve.png") and "![Pre-training loss](loss_curve.png)" in text
+
+
+def test_a_classifier_at_another_size_with_the_convolutional_branch_exports_one_map(exported, tmp_path):
+    from checkpoint import build_from_checkpoint
+    data, pretrained, _ = exported
+    out = str(tmp_path / "o")
+    classify.main(tiny_args(data, out, "--n-viz", "0", "--cls-img-size", "96", "--cls-conv-evidence", "true",
+                            "--checkpoint", os.path.join(pretrained, "best_miram_mae.pth")))
+    clf, _ = build_from_checkpoint(os.path.join(out, "best_tumor_classifier.pth"), "classifier")
+    # the 64-pixel encoder (4x4 patches) reads 96 pixels (6x6) with its positions in the range it learned
+    assert clf.cfg.img_size == 96 and clf.cfg.pos_grid == 4 and clf.conv_evidence is not None
+    scan = os.path.join(data, "HR", "subj0_000.tif")
+    assert classify.main(tiny_args(data, out, "--predict", scan))["heatmaps"]["evidence"].shape == (1, 96, 96)
+    x = torch.rand(3, 1, 96, 96)
+    x[-1, :, :48] = 0  # padded by the others in a batch
+    paths = onnx_export.export_all(str(tmp_path), "", clf.eval(), None, x[:2], None)
+    with torch.no_grad():
+        ref = onnx_export.classifier_outputs(clf, x, *clf.foreground(x))
+    prob, maps = runtime.OnnxClassifier(paths["classifier"]["ort-fp32"])(x.numpy())
+    assert np.abs(prob - ref[0].numpy()).max() < 1e-4
+    assert np.abs(maps["evidence"] - ref[1].numpy()).max() < 1e-4  # the default map, conv branch included

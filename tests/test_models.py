@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -294,3 +295,48 @@ def test_one_stalled_round_does_not_decide_a_kernel(monkeypatch):
         return state["t"]
     monkeypatch.setattr(hardware.time, "perf_counter", perf_counter)
     assert hardware._paired_speedup(default, candidate, rounds=5) == pytest.approx(1.0)
+
+
+def test_positions_read_at_another_size_span_the_pretrained_range():
+    own = models.sincos_pos_embed_2d(32, 8)
+    spread = models.sincos_pos_embed_2d(32, 14, span=8)
+    assert torch.equal(models.sincos_pos_embed_2d(32, 8, span=8), own)
+    # the corners of the 14x14 grid sit where the 8x8 grid's corners were; a middle row lies between two
+    for a, b in ((1, 1), (14, 8), (14 * 13 + 1, 8 * 7 + 1), (14 * 14, 8 * 8)):
+        assert torch.allclose(spread[a], own[b], atol=1e-6)
+    assert not torch.allclose(spread[2], own[2])
+    enc = models.Encoder(ModelConfig(**{**TINY, "img_size": 128, "pos_grid": 4}))
+    assert torch.allclose(enc.pos_embed[0, -1], models.sincos_pos_embed_2d(TINY["embed_dim"], 4)[-1], atol=1e-6)
+
+
+def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_where_absent(tmp_path):
+    cfg = ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, conv_evidence=True)
+    torch.manual_seed(0)
+    m = models.TumorClassifier(cfg).eval()
+    x = torch.rand(2, 1, 32, 32)
+    x[1, :, :16] = 0  # half blank: padded when batched with x[0]
+    with torch.no_grad():
+        logits, _, keep, valid, scores = m.forward_with_attention(x, None)
+        tokens = m.encoder(x, keep=keep, valid=valid)[0]
+        head = m.evidence(tokens[:, 1:]).squeeze(-1)
+        cells = m.conv_evidence.cells(x)  # (B, 1, 4, 4): 8-pixel cells, one per patch here
+        alone = torch.cat([m(x[:1]), m(x[1:])])
+    assert cells.shape == (2, 1, 4, 4)
+    assert torch.allclose(scores, head + torch.gather(cells.flatten(1), 1, keep), atol=1e-5)
+    assert torch.allclose(logits, alone, atol=1e-5)  # the padding of a batch changes nothing
+    path = str(tmp_path / "clf.pth")
+    checkpoint.save_checkpoint(path, m, "classifier")
+    assert checkpoint.build_from_checkpoint(path, "classifier")[0].conv_evidence is not None
+    with pytest.raises(MiramError, match="CONV_EVIDENCE: checkpoint True vs requested False"):
+        checkpoint.load_checkpoint(path, "classifier", expected=dataclasses.replace(cfg, conv_evidence=False))
+    # a checkpoint written before these settings existed is the model with their defaults
+    old = str(tmp_path / "old.pth")
+    plain = models.TumorClassifier(dataclasses.replace(cfg, conv_evidence=False))
+    checkpoint.save_checkpoint(old, plain, "classifier")
+    state = torch.load(old, weights_only=True)
+    for key in ("pos_grid", "conv_evidence"):
+        del state["model_config"][key]
+    torch.save(state, old)
+    assert checkpoint.load_checkpoint(old, "classifier", expected=plain.cfg)["kind"] == "classifier"
+    with pytest.raises(MiramError, match="CLS_CONV_EVIDENCE: needs PATCH_SIZE a multiple of 8"):
+        ModelConfig(img_size=36, patch_size=12, embed_dim=16, depth=2, num_heads=2, conv_evidence=True)
