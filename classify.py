@@ -343,7 +343,9 @@ def build_model(args, cfg, variant):
         raise MiramError(f"CLS_IMG_SIZE {size} is not a multiple of {mae_path}'s patch size {mae_cfg.patch_size}")
     # the encoder's architecture from the checkpoint; which patches it reads, at which size, is this run's
     # setting. Read at another size, its positions keep the range it was pre-trained on.
-    pos_grid = mae_cfg.pos_grid if size == mae_cfg.img_size else mae_cfg.pos_grid or mae_cfg.img_size // mae_cfg.patch_size
+    pos_grid = mae_cfg.pos_grid
+    if size != mae_cfg.img_size:
+        pos_grid = pos_grid or mae_cfg.img_size // mae_cfg.patch_size
     model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD, img_size=size,
                                                 pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE))
     encoder_state = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}

@@ -266,8 +266,8 @@ class Config:
     # a small convolutional network beside the encoder (four stages, 16-64 channels) whose 8-pixel cell scores,
     # max-pooled to the patches, are added to each patch's evidence score: it shares one blob detector over
     # every position where the 16-pixel linear patch embedding learns each position apart. Measured on
-    # lesions of radius 3-7 pixels at 224 pixels with bench/lesion_limit.py (README). Off in the demo: its large tumors do not
-    # need it, and it costs time at every step
+    # lesions of radius 3-7 pixels at 224 pixels with bench/lesion_limit.py (README). Off in the demo: its
+    # large tumors do not need it, and it costs time at every step
     CLS_CONV_EVIDENCE: bool = False
     # inpainting fine-tune (`train.py --inpaint`): the pre-trained MAE learns to correct a biharmonic fill
     INPAINT_EPOCHS: int = 20

@@ -9,8 +9,8 @@ radius: the lesion core's radius in pixels of the template slice (1 mm; the demo
 visible; the demo's tumors reach 0.15-0.40 with radii 8-22 and edema around them). Every set has the demo
 set's slabs, split and lesion sites; only the painter's ranges change. Each cell is its own
 `python classify.py --dataset-path <set> --output-path OUTPUT_PATH/lesion_limit/<cell>_<settings>_seed<S>`,
-kept once finished (the benchmark resumes; <settings> hashes the classifier settings it ran with). Beside each cell, a classical peer on the same validation slices: a blob
-detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
+kept once finished (the benchmark resumes; <settings> hashes the classifier settings it ran with). Beside
+each cell, a classical peer on the same validation slices: a blob detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
 from scratch with every pixel's label (the masks) at SIZE pixels, which tells whether these few labels teach
 any learner the lesions at that resolution. Writes OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
 """
@@ -106,8 +106,8 @@ def blob_detector(cfg, data, sigmas=(1, 1.5, 2, 3, 4)):
 
 
 def cnn_peer(cfg, data, size, epochs, seed=0):
-    """The convolutional peer on one set: models.ConvEvidence (four conv stages, 16-64 channels) scoring each 8-pixel
-    cell, trained from scratch on the training slices at `size` pixels with the classifier's augmentation, on
+    """The convolutional peer on one set: models.ConvEvidence (four conv stages, 16-64 channels) scoring each
+    8-pixel cell, trained from scratch on the training slices at `size` pixels with the classifier's augmentation, on
     each cell's label (lesion under it, tumor and background cells weighted equally) plus the slice label of
     the cells' log-mean-exp, as the classifier pools its patches. Dense labels and a convolution's built-in
     translation equivariance are what it has that the ViT's 16-pixel patches lack. -> {"size", "epochs",
