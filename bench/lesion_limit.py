@@ -12,7 +12,8 @@ set's slabs, split and lesion sites; only the painter's ranges change. Each cell
 kept once finished (the benchmark resumes; <settings> hashes the classifier settings it ran with). Beside
 each cell, a classical peer on the same validation slices: a blob detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
 from scratch with every pixel's label (the masks) at SIZE pixels, which tells whether these few labels teach
-any learner the lesions at that resolution. Writes OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
+any learner the lesions at that resolution. The last column reads each checkpoint the other way classify.py
+reports (half-patch shifts averaged, or a single pass). Writes OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
 """
 import argparse
 import hashlib
@@ -154,19 +155,38 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
         return {"size": size, "epochs": epochs, "train_auroc": auroc(train), "val_auroc": auroc(val)}
 
 
+def other_view_figures(m):
+    """The figures of the view classification_metrics.json keeps under "other_views" (a single pass where
+    CLS_SHIFT_AVERAGE averages half-patch shifts, and the other way round): the same checkpoint, read
+    another way. On lesions a few pixels wide the map's peak moves with the patch grid."""
+    other = m["other_views"]
+    loc = other["localization"][m["default_heatmap"]]
+    return {"other_view": other["views"], "other_auroc": other["auroc"], "other_pointing_game": loc["pointing_game"],
+            "other_median_mass": loc["mass_inside_over_share_median"]}
+
+
+OTHER_FIGURES = (("other_auroc", 3), ("other_pointing_game", 2), ("other_median_mass", 1))
+
+
 def markdown(rows):
     cnn = any("cnn_peer" in r for r in rows)
+    views = sorted({r["other_view"] for r in rows if "other_view" in r})
+
+    def figure(r, key, digits):
+        return f"{r[key]['mean']:.{digits}f}" + (f" ± {r[key]['sd']:.{digits}f}" if r["seeds"] > 1 else "")
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
-           "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else ""),
-           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "")]
+           "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
+           + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")]
     for r in rows:
-        cells = [f"{r[k]['mean']:.{d}f}" + (f" ± {r[k]['sd']:.{d}f}" if r["seeds"] > 1 else "")
-                 for k, d in (("auroc", 3), ("pointing_game", 2), ("median_mass", 1))]
+        cells = [figure(r, k, d) for k, d in (("auroc", 3), ("pointing_game", 2), ("median_mass", 1))]
+        other = (" " + " / ".join(figure(r, k, d) for k, d in OTHER_FIGURES) + " |" if "other_view" in r
+                 else " – |") if views else ""
         out.append(f"| {r['radius'][0]:g}-{r['radius'][1]:g} | {r['darkness'][0]:g}-{r['darkness'][1]:g} | "
                    f"{r['seeds']} | " + " | ".join(cells) + f" | {r['optimizer_steps']} | "
                    f"{r['blob_detector']['slice_auroc']:.3f} ({r['blob_detector']['patch_auroc']:.3f}) |"
                    + (f" {r['cnn_peer']['val_auroc']:.3f} ({r['cnn_peer']['train_auroc']:.3f}) at {r['cnn_peer']['size']} px, "
-                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else ""))
+                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other)
     return "\n".join(out) + "\n"
 
 
@@ -189,15 +209,17 @@ def main(argv=None):
                 # after the settings given to this script: the cell's own data, seed and no transfer set win
                 flags = ["--checkpoint", checkpoint, *settings_flags(args), "--dataset-path", data,
                          "--transfer-path", "", "--seed", str(seed)]
-                figures.append(figures_of(classify_once(cfg, out, flags, f"{cell_name(radius, darkness)} seed {seed}")))
+                metrics = classify_once(cfg, out, flags, f"{cell_name(radius, darkness)} seed {seed}")
+                figures.append({**figures_of(metrics), **other_view_figures(metrics)})
                 runs.append({"radius": radius, "darkness": darkness, "seed": seed, **figures[-1]})
             row = {"radius": radius, "darkness": darkness, "seeds": len(figures),
                    "optimizer_steps": figures[0]["optimizer_steps"], "train_slices": figures[0]["train_slices"],
                    "blob_detector": blob_detector(cfg, data)}
             if args.cnn_peer:
                 row["cnn_peer"] = cnn_peer(cfg, data, args.cnn_peer, args.cnn_epochs)
-            for key in ("auroc", "pointing_game", "median_mass"):
+            for key in ("auroc", "pointing_game", "median_mass", *(k for k, _ in OTHER_FIGURES)):
                 row[key] = mean_sd([f[key] for f in figures])
+            row["other_view"] = figures[0]["other_view"]
             rows.append(row)
     table = markdown(rows)
     save_json(cfg.artifact("lesion_limit"), {"runs": runs, "summary": rows, "checkpoint": checkpoint,

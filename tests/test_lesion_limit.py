@@ -1,5 +1,6 @@
 """bench/lesion_limit.py: the classifier on subtle lesions of several sizes and contrasts."""
 import argparse
+import glob
 import json
 import os
 import sys
@@ -25,6 +26,12 @@ def test_the_table_has_a_row_per_cell_with_its_spread_where_there_are_seeds():
     text = lesion_limit.markdown([row, {**row, "seeds": 1, "radius": (9, 14)}])
     assert "| 3-7 | 0.7-0.85 | 2 | 0.550 ± 0.020 | 0.10 ± 0.00 | 1.5 ± 0.3 | 400 | 0.610 (0.950) |" in text
     assert "| 9-14 | 0.7-0.85 | 1 | 0.550 | 0.10 | 1.5 | 400 | 0.610 (0.950) |" in text
+    shifted = {**row, "other_view": "half-patch shifts averaged", "other_auroc": {"mean": 0.56, "sd": 0.01},
+               "other_pointing_game": {"mean": 0.7, "sd": 0.1}, "other_median_mass": {"mean": 9.0, "sd": 2.0}}
+    text = lesion_limit.markdown([shifted, row])
+    assert "half-patch shifts averaged: AUROC / pointing game / median mass |" in text.splitlines()[0]
+    assert "| 0.610 (0.950) | 0.560 ± 0.010 / 0.70 ± 0.10 / 9.0 ± 2.0 |" in text
+    assert "| 0.610 (0.950) | – |" in text  # a row without the other view says so
 
 
 @pytest.mark.slow
@@ -37,6 +44,13 @@ def test_each_cell_paints_its_own_set_and_a_repeat_runs_nothing(tmp_path, capsys
     assert sorted(os.listdir(sets)) == ["radius12-14_darkness0.4-0.5", "radius3-4_darkness0.4-0.5"]
     saved = json.load(open(os.path.join(out, "lesion_limit.json")))
     assert len(saved["runs"]) == 2 and all(0 <= r["auroc"] <= 1 for r in saved["runs"])
+    # the last column is each checkpoint read the other way, as its own classification_metrics.json has it
+    cell = glob.glob(os.path.join(out, "lesion_limit", "radius3-4_darkness0.4-0.5_*_seed1"))[0]
+    other = json.load(open(os.path.join(cell, "classification_metrics.json")))["other_views"]
+    first = saved["runs"][0]
+    assert first["other_view"] == other["views"] == "half-patch shifts averaged"
+    assert first["other_auroc"] == other["auroc"]
+    assert first["other_pointing_game"] == other["localization"]["evidence"]["pointing_game"]
     assert all(0 <= r["blob_detector"]["slice_auroc"] <= 1 for r in saved["summary"])
     assert "seed 1:" in capsys.readouterr().out
     lesion_limit.main(args)
