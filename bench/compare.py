@@ -69,10 +69,15 @@ def classify_once(cfg, out, flags, label, variant="finetune"):
         return json.load(f)
 
 
+def view_figures(view, heatmap):
+    """FIGURES of one view in a classification_metrics.json (its top level, or its "other_views")."""
+    loc = view["localization"][heatmap]
+    return {"auroc": view["auroc"], "pointing_game": loc["pointing_game"],
+            "median_mass": loc["mass_inside_over_share_median"]}
+
+
 def figures_of(m):
-    loc = m["localization"][m["default_heatmap"]]
-    return {"auroc": m["auroc"], "pointing_game": loc["pointing_game"],
-            "median_mass": loc["mass_inside_over_share_median"], "optimizer_steps": m["optimizer_steps"],
+    return {**view_figures(m, m["default_heatmap"]), "optimizer_steps": m["optimizer_steps"],
             "train_slices": m["n_train_slices"], "train_subjects": m["n_train_subjects"]}
 
 

@@ -23,7 +23,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from compare import classify_once, figures_of, mean_sd  # noqa: E402  (bench/ is this script's folder)
+from compare import FIGURES, classify_once, figures_of, mean_sd, view_figures  # noqa: E402  (bench/ is this script's folder)
 from config import add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
 
 
@@ -160,12 +160,11 @@ def other_view_figures(m):
     CLS_SHIFT_AVERAGE averages half-patch shifts, and the other way round): the same checkpoint, read
     another way. On lesions a few pixels wide the map's peak moves with the patch grid."""
     other = m["other_views"]
-    loc = other["localization"][m["default_heatmap"]]
-    return {"other_view": other["views"], "other_auroc": other["auroc"], "other_pointing_game": loc["pointing_game"],
-            "other_median_mass": loc["mass_inside_over_share_median"]}
+    return {"other_view": other["views"],
+            **{"other_" + key: value for key, value in view_figures(other, m["default_heatmap"]).items()}}
 
 
-OTHER_FIGURES = (("other_auroc", 3), ("other_pointing_game", 2), ("other_median_mass", 1))
+OTHER_FIGURES = tuple(("other_" + key, digits) for key, _, digits in FIGURES)
 
 
 def markdown(rows):
@@ -179,9 +178,10 @@ def markdown(rows):
            + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else ""),
            "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")]
     for r in rows:
-        cells = [figure(r, k, d) for k, d in (("auroc", 3), ("pointing_game", 2), ("median_mass", 1))]
-        other = (" " + " / ".join(figure(r, k, d) for k, d in OTHER_FIGURES) + " |" if "other_view" in r
-                 else " – |") if views else ""
+        cells = [figure(r, k, d) for k, _, d in FIGURES]
+        other = ""
+        if views:
+            other = " " + " / ".join(figure(r, k, d) for k, d in OTHER_FIGURES) + " |" if "other_view" in r else " – |"
         out.append(f"| {r['radius'][0]:g}-{r['radius'][1]:g} | {r['darkness'][0]:g}-{r['darkness'][1]:g} | "
                    f"{r['seeds']} | " + " | ".join(cells) + f" | {r['optimizer_steps']} | "
                    f"{r['blob_detector']['slice_auroc']:.3f} ({r['blob_detector']['patch_auroc']:.3f}) |"
@@ -217,7 +217,7 @@ def main(argv=None):
                    "blob_detector": blob_detector(cfg, data)}
             if args.cnn_peer:
                 row["cnn_peer"] = cnn_peer(cfg, data, args.cnn_peer, args.cnn_epochs)
-            for key in ("auroc", "pointing_game", "median_mass", *(k for k, _ in OTHER_FIGURES)):
+            for key in (*(k for k, _, _ in FIGURES), *(k for k, _ in OTHER_FIGURES)):
                 row[key] = mean_sd([f[key] for f in figures])
             row["other_view"] = figures[0]["other_view"]
             rows.append(row)
