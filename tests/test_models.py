@@ -270,6 +270,13 @@ def test_the_linear_kernel_is_measured_once_per_machine_then_read_back(tmp_path,
     monkeypatch.setattr(hardware, "KERNEL_CACHE", str(tmp_path / "other.json"))  # another machine's cache
     hardware.tune_for(model, torch.device("cpu"), amp=False)
     assert timed == [32, 32] and type(model.encoder.blocks[0].mlp.fc1) is hardware.FastLinear
+    # the same machine after a reboot (a VM may come back on other hardware): measured again, the new answer kept
+    monkeypatch.setattr(hardware, "boot_id", lambda: "another boot")
+    monkeypatch.setattr(hardware, "_time_linear", lambda dim, tokens: timed.append(dim) or 0.93)
+    hardware.tune_for(model, torch.device("cpu"), amp=False)
+    assert timed == [32, 32, 32] and type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear
+    hardware.tune_for(model, torch.device("cpu"), amp=False)  # and read back within that boot
+    assert timed == [32, 32, 32]
     hardware.tune_for(model, torch.device("cpu"), amp=True)  # under bf16 autocast the plain linear serves
     assert type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear
 
