@@ -181,12 +181,12 @@ def comparison_section(outputs, docs):
     return lines
 
 
-def lesion_limit_section(outputs):
-    """bench/lesion_limit.py: its table as written."""
+def lesion_limit_section(outputs, title="Which lesions the classifier learns (`bench/lesion_limit.py`)"):
+    """bench/lesion_limit.py: its table as written (in outputs, the OUTPUT_PATH it ran with)."""
     summary = load_json(os.path.join(outputs, ARTIFACTS["lesion_limit"]))
     with open(os.path.join(outputs, ARTIFACTS["lesion_limit_table"])) as f:
         text = f.read().rstrip()
-    return ["## Which lesions the classifier learns (`bench/lesion_limit.py`)", "",
+    return [f"## {title}", "",
             f"- {provenance(summary.get('run'))}",
             "- the subtle lesion family painted on the demo's slabs (same split and lesion sites) with the core's "
             "radius in template pixels (~0.6 of that at the demo's 128 pixels) and its intensity as a share of "
@@ -347,6 +347,8 @@ def main(argv=None):
     p.add_argument("--settings-runs", nargs="*", default=[], metavar="DIR",
                    help="output folders of classify.py runs with other settings, reported side by side")
     p.add_argument("--settings-note", default="", help="what those runs share (the encoder, the data)")
+    p.add_argument("--lesion-runs", nargs="*", default=[], metavar="DIR",
+                   help="OUTPUT_PATHs of bench/lesion_limit.py runs with other classifier settings, each a section")
     args = p.parse_args(argv)
 
     def path(name):
@@ -386,6 +388,8 @@ def main(argv=None):
         lines += comparison_section(args.outputs, docs)
     if os.path.isfile(path("lesion_limit")) and os.path.isfile(path("lesion_limit_table")):
         lines += lesion_limit_section(args.outputs)
+    for folder in args.lesion_runs:
+        lines += lesion_limit_section(folder, "The same benchmark with other classifier settings (its command below)")
     quality = os.path.join(args.outputs, "inpaint_quality.json")
     if os.path.isfile(quality):
         lines += inpainting_section(load_json(quality))

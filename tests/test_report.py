@@ -56,9 +56,16 @@ def test_the_lesion_limit_table_is_reported_as_the_benchmark_wrote_it(tmp_path):
     (out / "lesion_limit.md").write_text("| core radius (px) | AUROC |\n|---|---|\n| 3-7 | 0.541 |\n")
     (out / "lesion_limit.json").write_text(json.dumps({"runs": [], "summary": [], "run": {
         "command": "python bench/lesion_limit.py", "cpu": "a CPU", "cpus": 2, "date": "today"}}))
-    report.main(["--outputs", str(out), "--to", str(tmp_path / "docs" / "RESULTS.md")])
+    other = tmp_path / "small"  # a second run of the benchmark, with other classifier settings
+    other.mkdir()
+    (other / "lesion_limit.md").write_text("| core radius (px) | AUROC |\n|---|---|\n| 3-7 | 0.905 ± 0.012 |\n")
+    (other / "lesion_limit.json").write_text(json.dumps({"runs": [], "summary": [], "run": {
+        "command": "python bench/lesion_limit.py --cls-img-size 224", "cpu": "a CPU", "cpus": 2, "date": "today"}}))
+    report.main(["--outputs", str(out), "--lesion-runs", str(other), "--to", str(tmp_path / "docs" / "RESULTS.md")])
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert "| 3-7 | 0.541 |" in text and "`python bench/lesion_limit.py` on a CPU" in text
+    assert text.index("| 3-7 | 0.541 |") < text.index("`python bench/lesion_limit.py --cls-img-size 224` on a CPU") \
+        < text.index("| 3-7 | 0.905 ± 0.012 |")
 
 
 def test_runs_differing_only_by_seed_or_folder_are_grouped_whether_set_by_variable_or_flag():
