@@ -189,8 +189,9 @@ def lesion_limit_section(outputs, title="Which lesions the classifier learns (`b
     return [f"## {title}", "",
             f"- {provenance(summary.get('run'))}",
             "- the subtle lesion family painted on the demo's slabs (same split and lesion sites) with the core's "
-            "radius in template pixels (~0.6 of that at the demo's 128 pixels) and its intensity as a share of "
-            "the tissue around it; each set fine-tuned on its own labels from the same pre-trained encoder; "
+            "radius in template pixels (~0.6 of that at the demo's 128 pixels, about as many at 224) and its "
+            "intensity as a share of the tissue around it; each set fine-tuned on its own labels from the same "
+            "pre-trained encoder; "
             "pointing game and mass of the default map", "", text, ""]
 
 
