@@ -191,8 +191,7 @@ def lesion_limit_section(outputs, title="Which lesions the classifier learns (`b
             "- the subtle lesion family painted on the demo's slabs (same split and lesion sites) with the core's "
             "radius in template pixels (~0.6 of that at the demo's 128 pixels, about as many at 224) and its "
             "intensity as a share of the tissue around it; each set fine-tuned on its own labels from the same "
-            "pre-trained encoder; "
-            "pointing game and mass of the default map", "", text, ""]
+            "pre-trained encoder; pointing game and mass of the default map", "", text, ""]
 
 
 def throughput_section(t):
