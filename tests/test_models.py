@@ -347,3 +347,21 @@ def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_wher
     assert checkpoint.load_checkpoint(old, "classifier", expected=plain.cfg)["kind"] == "classifier"
     with pytest.raises(MiramError, match="CLS_CONV_EVIDENCE: needs PATCH_SIZE a multiple of 8"):
         ModelConfig(img_size=36, patch_size=12, embed_dim=16, depth=2, num_heads=2, conv_evidence=True)
+
+
+def test_under_bf16_autocast_the_blocks_read_bf16_tokens_and_the_loss_stays_close():
+    torch.manual_seed(0)
+    model = tiny_model(img_size=64)
+    imgs, noise = torch.rand(2, 1, 64, 64), torch.rand(2, 16)
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+             for b in [*model.encoder.blocks, *model.decoder_blocks]]
+    with torch.no_grad():
+        full = model(imgs, noise).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(imgs, noise).loss
+    for h in hooks:
+        h.remove()
+    n = len(model.encoder.blocks) + len(model.decoder_blocks)
+    assert seen == [torch.float32] * n + [torch.bfloat16] * n  # fp32 outside autocast: nothing changes there
+    assert abs(float(low) - float(full)) < 0.03 * float(full)
