@@ -82,9 +82,7 @@ def block_with_attention(block: Block, x: torch.Tensor, attn_mask=None):
 def autocast_stream(x: torch.Tensor) -> torch.Tensor:
     """Tokens (B, N, D) in the autocast dtype where autocast is on, else as they are. The stream between
     blocks then stays in bf16: each block's LayerNorm (which accumulates in fp32 whatever it reads) and
-    linear layers take it without a cast, and backward keeps half the bytes. Spec sizes, batch 16, bf16 on
-    an Intel Xeon with AMX: a training step 2-4% faster, 8% less kept for backward, the loss curve unchanged
-    (bench/train_throughput.py)."""
+    linear layers take it without a cast, and backward keeps half the bytes (docs/METHODS.md)."""
     if torch.is_autocast_enabled(x.device.type):
         return x.to(torch.get_autocast_dtype(x.device.type))
     return x
