@@ -95,9 +95,8 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False, shif
 
 # ---- training ----------------------------------------------------------------------------------------
 
-def classification_task(cfg, model, train_set, val_set, device, variant, extra, unlabelled=None):
-    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE, layer-wise lr decay.
-    unlabelled: training slices without a label, for CLS_UNLABELLED_WEIGHT (unlabelled_patch_loss)."""
+def classification_task(cfg, model, train_set, val_set, device, variant, extra):
+    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE, layer-wise lr decay."""
     import torch
     import torch.nn.functional as F
 
@@ -113,8 +112,6 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
     patch = model.cfg.patch_size
     masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
     suffix = suffix_of(variant)
-    if unlabelled is not None and (cfg.CLS_UNLABELLED_WEIGHT == 0 or len(unlabelled) == 0):
-        unlabelled = None
 
     class Classification(Task):
         name, kind = variant, "classifier"
@@ -123,7 +120,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
         # the best checkpoint has the lowest class-balanced validation log loss, a proper score: the highest
         # AUROC picked an early epoch where it ties near 1 by chance, its probabilities not yet calibrated
         monitor, maximize, shown = "loss", False, ("auroc", "accuracy")
-        must_match = ("variant", "label_fraction", "unlabelled")
+        must_match = ("variant", "label_fraction")
 
         def lr_scale(self, name):
             if variant == "linear_probe" and name.startswith("encoder."):
@@ -138,9 +135,6 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
         def batch(self, gidx, mine, gen):
             x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
             x, m = x if masks is not None else (x, None)
-            if unlabelled is not None:  # as many unlabelled slices, drawn for the whole global batch
-                drawn = torch.randint(len(unlabelled), (len(gidx),), generator=gen)
-                x = torch.cat([x, local_images(unlabelled.images, drawn, mine, gen, device, cfg.AUGMENT)])
             return x, m, train_set.labels[gidx[mine]].to(device)
 
         def forward(self, net, batch):
@@ -148,20 +142,12 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
 
         def loss(self, out, batch):
             logits, scores, keep, valid = out
-            n = len(batch[2])  # the labelled slices come first
-            image_loss = F.binary_cross_entropy_with_logits(logits[:n].float(), batch[2], pos_weight=pos_weight)
-            loss, parts = image_loss, {"image_loss": image_loss.item()}
-            if batch[1] is not None:
-                patch_loss = patch_supervision(scores[:n], batch[1], keep[:n], None if valid is None else valid[:n],
-                                               patch)
-                loss = loss + cfg.CLS_PATCH_WEIGHT * patch_loss
-                parts["patch_loss"] = patch_loss.item()
-            if unlabelled is not None:
-                normal_loss = unlabelled_patch_loss(scores[n:], None if valid is None else valid[n:],
-                                                    cfg.CLS_UNLABELLED_SPARE)
-                loss = loss + cfg.CLS_UNLABELLED_WEIGHT * normal_loss
-                parts["unlabelled_loss"] = normal_loss.item()
-            return loss, {"loss": loss.item(), **(parts if len(parts) > 1 else {})}
+            image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=pos_weight)
+            if batch[1] is None:
+                return image_loss, {"loss": image_loss.item()}
+            patch_loss = patch_supervision(scores, batch[1], keep, valid, patch)
+            loss = image_loss + cfg.CLS_PATCH_WEIGHT * patch_loss
+            return loss, {"loss": loss.item(), "image_loss": image_loss.item(), "patch_loss": patch_loss.item()}
 
         def validate(self, m):
             probs, labels = predict_all(m, val_set.images, device, cfg.AMP), val_set.labels.numpy()
@@ -195,7 +181,10 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
     import torch
     import torch.nn.functional as F
     share = torch.gather(F.avg_pool2d(masks, patch).flatten(1), 1, keep)  # (B, K): tumor share of each patch
-    target = patch_targets(share, min_share, full_share)
+    largest = share.amax(1, keepdim=True)
+    is_largest = ((share >= largest) & (largest > 0)).float()
+    target = torch.where(share >= min_share, (share / full_share).clamp(max=1.0), torch.zeros_like(share))
+    target = torch.maximum(target, is_largest)
     real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
     bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
     loss = 0.0
@@ -203,33 +192,6 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
         if weight.sum() > 0:
             loss = loss + 0.5 * (bce * weight).sum() / weight.sum()
     return loss if torch.is_tensor(loss) else scores.sum() * 0
-
-
-def patch_targets(share, min_share=0.1, full_share=0.5):
-    """Each patch's soft label from its tumor share (B, K): see patch_supervision."""
-    import torch
-    largest = share.amax(1, keepdim=True)
-    is_largest = ((share >= largest) & (largest > 0)).to(share.dtype)
-    target = torch.where(share >= min_share, (share / full_share).clamp(max=1.0), torch.zeros_like(share))
-    return torch.maximum(target, is_largest)
-
-
-def unlabelled_patch_loss(scores, valid, spare):
-    """Binary cross-entropy towards "no tumor" of every real patch of unlabelled slices but each slice's
-    `spare` highest-scoring ones: a lesion covers a few patches of a slice, so the rest is normal tissue
-    whether the slice has one or not, and a lesion the classifier already finds is not taught away.
-    scores (B, K), valid (B, K) or None."""
-    import torch
-    import torch.nn.functional as F
-    real = torch.ones_like(scores) if valid is None else valid.to(scores.dtype)
-    weight = real.clone()
-    spare = min(spare, scores.shape[1])
-    if spare > 0:
-        top = scores.detach().masked_fill(real == 0, float("-inf")).topk(spare, dim=1).indices
-        weight.scatter_(1, top, 0.0)
-    if weight.sum() == 0:
-        return scores.sum() * 0
-    return (F.softplus(scores) * weight).sum() / weight.sum()  # softplus(s) = BCE(s, 0)
 
 
 # ---- figures and the report --------------------------------------------------------------------------
@@ -408,15 +370,10 @@ def finetune(args, cfg, dist):
     model = tune_for(model.to(device), device, cfg.AMP)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
     extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
-             "unlabelled": [cfg.CLS_UNLABELLED_WEIGHT, cfg.CLS_UNLABELLED_SPARE],
              **split_record(cfg, train_set, *(parent for _, parent in parents))}
     # only slices with a mask file carry a label; the others were for pre-training
-    whole_train_set = train_set
     train_set = train_set.labelled()
     train_set = train_set.subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
-    labelled_names = set(train_set.names)
-    unlabelled = whole_train_set.subset(i for i, name in enumerate(whole_train_set.names)
-                                        if name not in labelled_names)
     val_set = val_set.labelled()
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
@@ -424,10 +381,7 @@ def finetune(args, cfg, dist):
     dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
              f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
-    if cfg.CLS_UNLABELLED_WEIGHT > 0:
-        dist.say(f"{len(unlabelled)} unlabelled training slices teach normal tissue (CLS_UNLABELLED_WEIGHT "
-                 f"{cfg.CLS_UNLABELLED_WEIGHT:g}, {cfg.CLS_UNLABELLED_SPARE} patches spared per slice)")
-    task = classification_task(cfg, model, train_set, val_set, device, variant, extra, unlabelled)
+    task = classification_task(cfg, model, train_set, val_set, device, variant, extra)
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     dist.barrier()
     if not dist.main:

@@ -269,13 +269,6 @@ class Config:
     # lesions of radius 3-7 pixels at 224 pixels with bench/lesion_limit.py (README). Off in the demo: its
     # large tumors do not need it, and it costs time at every step
     CLS_CONV_EVIDENCE: bool = False
-    # weight of the unlabelled training slices (no mask file, or subjects CLS_LABEL_FRACTION left out) beside
-    # the labelled ones: a lesion is small, so every patch of such a slice but its CLS_UNLABELLED_SPARE
-    # highest-scoring ones is taught "no tumor" (each step draws as many of them as labelled slices). They show
-    # the classifier normal anatomy where few labels do not. A lesion wider than CLS_UNLABELLED_SPARE patches
-    # has its other patches taught "no tumor" too: raise it for large lesions. 0: off
-    CLS_UNLABELLED_WEIGHT: float = 0.0
-    CLS_UNLABELLED_SPARE: int = 4
     # inpainting fine-tune (`train.py --inpaint`): the pre-trained MAE learns to correct a biharmonic fill
     INPAINT_EPOCHS: int = 20
     INPAINT_LR: float = 1e-4      # pre-trained weights, batch of 16; the new embedding and head get 10x
@@ -334,9 +327,6 @@ class Config:
             raise ConfigError(f"bad setting LAYER_DECAY: must be in (0, 1], got {self.LAYER_DECAY}")
         if not 0.0 < self.CLS_THRESHOLD < 1.0:
             raise ConfigError(f"bad setting CLS_THRESHOLD: must be in (0, 1), got {self.CLS_THRESHOLD}")
-        if self.CLS_UNLABELLED_WEIGHT < 0 or self.CLS_UNLABELLED_SPARE < 0:
-            raise ConfigError("bad setting CLS_UNLABELLED_WEIGHT / CLS_UNLABELLED_SPARE: must be >= 0, got "
-                              f"{self.CLS_UNLABELLED_WEIGHT} / {self.CLS_UNLABELLED_SPARE}")
         if not 0.0 < self.CLS_LABEL_FRACTION <= 1.0:
             raise ConfigError(f"bad setting CLS_LABEL_FRACTION: must be in (0, 1], got {self.CLS_LABEL_FRACTION}")
         if not 0.0 <= self.AUGMENT_WIDER <= 1.0:

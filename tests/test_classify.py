@@ -272,29 +272,3 @@ def test_the_balanced_log_loss_weighs_both_classes_alike_and_rewards_calibration
     assert classify.balanced_log_loss([0.4, 0.1, 0.1, 0.1], labels) > confident  # right side, less sure
     # the lone tumor counts as much as the three tumor-free slices
     assert classify.balanced_log_loss([0.1, 0.1, 0.1, 0.1], labels) == pytest.approx((-np.log(0.1) - np.log(0.9)) / 2)
-
-
-def test_unlabelled_slices_teach_normal_tissue_except_their_strongest_patches():
-    scores = torch.tensor([[5.0, -1.0, 0.5, 2.0], [0.0, 3.0, 1.0, -2.0]], requires_grad=True)
-    valid = torch.tensor([[True, True, True, True], [True, False, True, True]])
-    loss = classify.unlabelled_patch_loss(scores, valid, spare=1)
-    loss.backward()
-    spared = torch.tensor([[True, False, False, False], [False, False, True, False]])  # the top real patch
-    assert torch.all(scores.grad[spared] == 0)
-    assert scores.grad[1, 1] == 0  # padding: its high score is neither spared nor taught
-    assert torch.all(scores.grad[~spared & valid] > 0)  # every other real patch is pushed towards "no tumor"
-    expected = torch.nn.functional.softplus(torch.tensor([-1.0, 0.5, 2.0, 0.0, -2.0])).mean()
-    assert torch.isclose(loss, expected)
-    # nothing left to teach: a zero loss that still has a gradient path
-    assert classify.unlabelled_patch_loss(scores, valid, spare=4).item() == 0.0
-
-
-def test_a_few_label_run_draws_the_other_training_slices_as_unlabelled(tiny_data, tmp_path, capsys):
-    out = str(tmp_path / "few")
-    m = classify.main(tiny_args(tiny_data, out, "--from-scratch", "--n-viz", "0", "--cls-label-fraction", "0.5",
-                                "--cls-unlabelled-weight", "1", "--cls-unlabelled-spare", "1"))
-    cfg = load_config(environ={"MIRAM_PRESET": "tiny", "MIRAM_DATA_PATH": tiny_data})
-    n_train = len(load_split(cfg, quiet=True)[0])
-    assert 0 < m["n_train_slices"] < n_train
-    assert f"{n_train - m['n_train_slices']} unlabelled training slices" in capsys.readouterr().out
-    assert all(np.isfinite(h["train_unlabelled_loss"]) for h in m["history"])

@@ -380,4 +380,3 @@ def test_anatomy_variants_cache_returns_the_same_draws_and_is_redrawn_for_other_
     with open(cache, "wb") as f:
         f.write(b"not a tensor file")
     assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn)  # a damaged cache: redrawn
-
