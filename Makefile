@@ -37,6 +37,7 @@ compare: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
 	mkdir -p outputs && $(PY) bench/train_throughput.py --json outputs/train_throughput.json
+	$(PY) bench/allocator.py --json outputs/allocator.json
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py --json outputs/inpaint_quality.json
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py

@@ -55,6 +55,7 @@ ARTIFACTS = {
     "lesion_limit": "lesion_limit.json",         # bench/lesion_limit.py: which lesion sizes and contrasts are learned
     "lesion_limit_table": "lesion_limit.md",
     "train_throughput": "train_throughput.json",  # bench/train_throughput.py --json (make bench)
+    "allocator": "allocator.json",                # bench/allocator.py --json (make bench): malloc policy, paired
 }
 
 # Model (ViT-S/16 encoder, light decoder).

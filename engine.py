@@ -21,7 +21,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from config import MiramError, run_info, temp_beside
 from dataset import batches, refuse_other_split
-from hardware import amp_dtype, autocast, pick_device
+from hardware import amp_dtype, autocast, keep_freed_memory, pick_device
 
 
 # ---- seeds, schedule, optimizer ----------------------------------------------------------------------
@@ -322,6 +322,8 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     elif not resume and dist.main and os.path.isfile(task.log):
         os.remove(task.log)  # a new history; the models are replaced as it makes better ones
     net = dist.wrap(model, device)  # DDP averages gradients; `model` stays the plain module to save
+    if device.type == "cpu":
+        keep_freed_memory()  # each step reuses the last one's memory (hardware.keep_freed_memory)
     end = task.epochs if stop_after is None else min(task.epochs, start + stop_after)
     if start >= task.epochs:
         say(f"{task.name}: already trained for {start} epochs (of {task.epochs}); nothing to do")

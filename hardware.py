@@ -60,6 +60,31 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=amp_dtype(device), enabled=enabled)
 
 
+# ---- memory ------------------------------------------------------------------------------------------
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_kept = None  # keep_freed_memory's answer, once asked
+
+
+def keep_freed_memory() -> bool:
+    """Has glibc's malloc keep the memory a training step frees for the next step, instead of handing it
+    back to the system and faulting fresh zeroed pages in again: blocks up to 32 MB (the largest glibc
+    allows) come from the heap, which is never trimmed. On an Intel Xeon with AMX (bench/allocator.py):
+    spec-size steps 1.07x faster in fp32 and 1.13x in bf16, demo-size 1.06x, the peak memory within 1%.
+    -> whether it applied (glibc only)."""
+    global _kept
+    if _kept is None:
+        try:
+            import ctypes
+            mallopt = ctypes.CDLL(None).mallopt
+            _kept = all(mallopt(param, value) == 1 for param, value in (
+                (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 2 ** 31 - 1), (_M_TOP_PAD, 256 << 20)))
+        except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): its allocator as it is
+            _kept = False
+    return _kept
+
+
 # ---- kernels -----------------------------------------------------------------------------------------
 
 def _onednn_linear_available() -> bool:

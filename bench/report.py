@@ -199,10 +199,22 @@ def throughput_section(t):
              f"- {provenance(t.get('run'))}",
              f"- spec sizes, batch {t['batch']}, {t['threads']} threads, candidates interleaved in one process; a "
              f"step is {t['gflop_per_image']:.1f} GFLOP per image, the fp32 matrix multiply here "
-             f"{t['matmul_gflops']:.0f} GFLOP/s", ""]
+             f"{t['matmul_gflops']:.0f} GFLOP/s; allocator: {t.get('allocator', 'the system')}", ""]
     rows = [[name, f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}", f"{r['ratio_vs_hf_fp32']:.2f}x",
              f"{r['share_of_fp32_matmul_peak']:.0%}"] for name, r in t["throughput"].items()]
     return lines + table(["candidate", "images/s (median)", "(best)", "vs HF fp32", "share of fp32 peak"], rows) + [""]
+
+
+def allocator_section(a):
+    lines = ["## What keeping freed memory is worth (`bench/allocator.py`)", "", f"- {provenance(a.get('run'))}",
+             f"- train.py's training step in child processes alternating glibc's malloc as it is and "
+             f"`hardware.keep_freed_memory` ({a['pairs']} processes each, {a['steps']} timed steps, "
+             f"{a['threads']} threads); images/s the median over processes, peak resident memory the median", ""]
+    rows = [[f"{r['model']} {r['precision']}", str(r["batch"]), f"{r['system']['img_s']:.1f}",
+             f"{r['kept']['img_s']:.1f}", f"{r['speedup']:.2f}x",
+             f"{r['system']['peak_mb']:.0f} / {r['kept']['peak_mb']:.0f}"] for r in a["rows"]]
+    return lines + table(["model", "batch", "images/s, system malloc", "freed memory kept", "speed-up",
+                          "peak MB (system / kept)"], rows) + [""]
 
 
 def inpainting_section(q):
@@ -399,6 +411,8 @@ def main(argv=None):
         missing.append(path("deploy_benchmark"))
     if os.path.isfile(path("train_throughput")):
         lines += throughput_section(load_json(path("train_throughput")))
+    if os.path.isfile(path("allocator")):
+        lines += allocator_section(load_json(path("allocator")))
     gpu = os.path.join(args.outputs, "gpu_check.json")
     lines += gpu_section(load_json(gpu)) if os.path.isfile(gpu) else [
         "## The GPU path (`make gpu-check`)", "", "Not measured yet: no run of `make gpu-check` on a GPU machine.", ""]

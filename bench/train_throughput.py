@@ -6,6 +6,9 @@ Both models: 1 channel, 224x224, patch 16, encoder 384/12/6, decoder 256/4/8, ma
 Candidates are timed interleaved (round-robin, one step each per round) so drift on a shared machine hits
 all of them alike. Prints images/s (median and best) and the ratio to HuggingFace fp32, then checks that
 the fast paths leave the loss curve unchanged: the same seeds and batches trained with and without them.
+The process runs under train.py's allocator policy (hardware.keep_freed_memory), which one process cannot
+hold for some candidates and not others: HuggingFace gains from it too; bench/allocator.py measures what
+the policy is worth, in paired processes.
 Needs `pip install -r bench/requirements.txt` (transformers).
 """
 import argparse
@@ -20,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import ModelConfig, run_info  # noqa: E402
 from engine import make_optimizer, param_groups  # noqa: E402
-from hardware import ONEDNN_LINEAR, native_amp, tune_for, use_fast_linear, use_fused_attention  # noqa: E402
+from hardware import (ONEDNN_LINEAR, keep_freed_memory, native_amp, tune_for, use_fast_linear,  # noqa: E402
+                      use_fused_attention)
 from models import MIRAM  # noqa: E402
 from onnx_export import matmul_gflops  # noqa: E402
 
@@ -153,8 +157,9 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here (make bench: outputs/train_throughput.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, oneDNN linear "
-          f"{'available' if ONEDNN_LINEAR else 'MISSING (fallback)'}, native bf16 "
+    allocator = "freed memory kept (glibc)" if keep_freed_memory() else "the system's"
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, allocator: {allocator}, "
+          f"oneDNN linear {'available' if ONEDNN_LINEAR else 'MISSING (fallback)'}, native bf16 "
           f"{'yes' if native_amp(CPU) else 'no: bf16 candidates left out (bench/amp_step.py shows why)'}")
     res = throughput(args.steps, args.warmup, args.batch)
     ref = res["hf-fp32"]["median_img_s"]
@@ -166,8 +171,8 @@ def main(argv=None):
         r["share_of_fp32_matmul_peak"] = gflop * r["median_img_s"] / peak
         print(f"{name:28s} {r['median_img_s']:12.1f} {r['best_img_s']:10.1f} {r['ratio_vs_hf_fp32']:9.2f}x "
               f"{r['share_of_fp32_matmul_peak']:8.0%}")
-    out = {"threads": args.threads, "batch": args.batch, "gflop_per_image": gflop, "matmul_gflops": peak,
-           "throughput": res, "run": run_info()}
+    out = {"threads": args.threads, "batch": args.batch, "allocator": allocator, "gflop_per_image": gflop,
+           "matmul_gflops": peak, "throughput": res, "run": run_info()}
     loader = loader_throughput(args.batch)
     out["loader"] = loader
     best = max(r["median_img_s"] for r in res.values())

@@ -1,5 +1,8 @@
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -279,6 +282,37 @@ def test_the_linear_kernel_is_measured_once_per_machine_then_read_back(tmp_path,
     assert timed == [32, 32, 32]
     hardware.tune_for(model, torch.device("cpu"), amp=True)  # under bf16 autocast the plain linear serves
     assert type(model.encoder.blocks[0].mlp.fc1) is torch.nn.Linear
+
+
+KEEP_PROBE = """
+import os, sys, torch
+import hardware
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+kept = hardware.keep_freed_memory()
+x = torch.ones(5 << 20)  # 20 MB, every page touched
+grown = resident()
+del x
+print(kept, grown - resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_for_the_next_step():
+    """Under keep_freed_memory a freed 20 MB block stays with the process (glibc's default hands blocks this
+    size back to the system, and the next step faults fresh pages in)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", KEEP_PROBE], capture_output=True, text=True, cwd=root, check=True)
+    kept, returned = done.stdout.split()
+    assert kept == "True" and int(returned) < (1 << 20)
+
+
+def test_the_allocator_benchmark_times_a_training_step_in_its_child_process():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import allocator
+    out = allocator.child("system", "demo", amp=False, steps=1, batch=2, threads=1)
+    assert out["img_s"] > 0 and out["peak_mb"] > 50
 
 
 def test_one_stalled_round_does_not_decide_a_kernel(monkeypatch):
