@@ -70,8 +70,9 @@ _kept = None  # keep_freed_memory's answer, once asked
 def keep_freed_memory() -> bool:
     """Has glibc's malloc keep the memory a training step frees for the next step, instead of handing it
     back to the system and faulting fresh zeroed pages in again: blocks up to 32 MB (the largest glibc
-    allows) come from the heap, which is never trimmed. On an Intel Xeon with AMX (bench/allocator.py):
-    spec-size steps 1.07x faster in fp32 and 1.13x in bf16, demo-size 1.06x, the peak memory within 1%.
+    allows) come from the heap, which is never trimmed. On an Intel Xeon with AMX (bench/allocator.py, two
+    runs): spec-size steps 1.04-1.07x faster in fp32 and 1.12-1.13x in bf16, demo-size 1.06-1.07x, the peak
+    memory within 1%.
     -> whether it applied (glibc only)."""
     global _kept
     if _kept is None:
