@@ -22,8 +22,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ModelConfig, load_config, run_info  # noqa: E402
-from hardware import keep_freed_memory, native_amp, resolve_amp, tune_for  # noqa: E402
+from config import ModelConfig, load_config, run_info, save_json  # noqa: E402
+from hardware import keep_freed_memory, resolve_amp, tune_for  # noqa: E402
 from models import MIRAM  # noqa: E402
 from train_throughput import make_step  # noqa: E402  (bench/ is this script's folder)
 
@@ -58,7 +58,7 @@ def child(policy, model_name, amp, steps, batch, threads):
 def cases():
     cpu = torch.device("cpu")
     out = [("spec", False)]
-    if native_amp(cpu) and resolve_amp(cpu, True, lambda *a: None, ModelConfig().embed_dim):
+    if resolve_amp(cpu, True, lambda *a: None, ModelConfig().embed_dim):  # False without native bf16
         out.append(("spec", True))
     demo_amp = resolve_amp(cpu, True, lambda *a: None, model_config("demo").embed_dim)
     return out + [("demo", demo_amp)]
@@ -100,8 +100,7 @@ def main(argv=None):
               f"({row['kept']['peak_mb']:.0f} MB): {row['speedup']:.2f}x", flush=True)
     out = {"rows": rows, "pairs": args.pairs, "steps": args.steps, "threads": args.threads, "run": run_info()}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save_json(args.json, out)
     return out
 
 

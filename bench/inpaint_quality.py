@@ -14,7 +14,6 @@ interpolation from the known pixels (scipy griddata). The regions are drawn like
 (dataset.synthetic_damage), on other subjects, with another seed.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
-from config import load_config, run_info  # noqa: E402
+from config import load_config, run_info, save_json  # noqa: E402
 from dataset import load_split, load_transfer  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
@@ -67,8 +66,7 @@ def main(argv=None):
         print(f"{name}: {len(images)} slices" + (f" of {root}" if name == "transfer" else ""))
         report[name] = score_set(images, restorers, np.random.default_rng(args.seed))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        save_json(args.json, report)
 
 
 def score_set(images, restorers, rng):

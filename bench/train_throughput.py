@@ -12,7 +12,6 @@ the policy is worth, in paired processes.
 Needs `pip install -r bench/requirements.txt` (transformers).
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ModelConfig, run_info  # noqa: E402
+from config import ModelConfig, run_info, save_json  # noqa: E402
 from engine import make_optimizer, param_groups  # noqa: E402
 from hardware import (ONEDNN_LINEAR, keep_freed_memory, native_amp, tune_for, use_fast_linear,  # noqa: E402
                       use_fused_attention)
@@ -192,8 +191,7 @@ def main(argv=None):
                   f"{plain[-1]:.4f} (plain) vs {c[-1]:.4f}; max relative difference {rel:.2%}")
             out["loss_curve"][name] = {"losses": c, "max_rel_diff": rel}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        save_json(args.json, out)
     return out
 
 
