@@ -15,7 +15,6 @@ Checks, each a row of the table (status ok / FAIL / skipped, with its figures):
 Without CUDA it says so in one line and exits 0. Exit 1 when any check fails.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -277,9 +276,9 @@ def main(argv=None):
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{name}, {time.time() - start:.0f}s\n" + format_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": name, "count": torch.cuda.device_count(), "dtype": dtype_name, "rows": rows,
-                       "seconds": time.time() - start}, f, indent=1)
+        from config import save_json
+        save_json(args.json, {"gpu": name, "count": torch.cuda.device_count(), "dtype": dtype_name, "rows": rows,
+                              "seconds": time.time() - start})
     return 1 if any(r["status"] == "FAIL" for r in rows) else 0
 
 
