@@ -100,17 +100,22 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     import torch
     import torch.nn.functional as F
 
-    from dataset import local_images
+    from dataset import LesionPaster, local_images
     from engine import Task, layer_decay
     n_pos = float(train_set.labels.sum())
     n_neg = len(train_set) - n_pos
     if n_pos == 0 or n_neg == 0:
         raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
                          "classification needs both (check the MASK/ folder)")
-    pos_weight = torch.tensor(n_neg / n_pos, device=device)  # class balance
+    paste = None
+    if cfg.CLS_LESION_PASTE > 0:
+        paste = LesionPaster(cfg.CLS_LESION_PASTE, train_set.images, train_set.masks)
+    # class balance: over the labelled slices, or the batches' expected mix once lesions are pasted in
+    pasted_share = None if paste is None else paste.expected_positive_share(n_pos / len(train_set))
+    pos_weight = torch.tensor(n_neg / n_pos if paste is None else (1 - pasted_share) / pasted_share, device=device)
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
     patch = model.cfg.patch_size
-    masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
+    masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 or paste is not None else None
     suffix = suffix_of(variant)
 
     class Classification(Task):
@@ -133,9 +138,13 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks)
+            labels = train_set.labels[gidx[mine]].to(device)
+            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks, paste=paste)
+            if paste is not None:
+                x, m, pasted = x
+                return x, m, torch.where(pasted, torch.ones_like(labels), labels)
             x, m = x if masks is not None else (x, None)
-            return x, m, train_set.labels[gidx[mine]].to(device)
+            return x, m, labels
 
         def forward(self, net, batch):
             return net(batch[0], with_evidence=True)
@@ -143,7 +152,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
         def loss(self, out, batch):
             logits, scores, keep, valid = out
             image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=pos_weight)
-            if batch[1] is None:
+            if batch[1] is None or cfg.CLS_PATCH_WEIGHT == 0:
                 return image_loss, {"loss": image_loss.item()}
             patch_loss = patch_supervision(scores, batch[1], keep, valid, patch)
             loss = image_loss + cfg.CLS_PATCH_WEIGHT * patch_loss

@@ -253,6 +253,10 @@ class Config:
     # the share of the labelled training subjects the classifier learns from (whole subjects, drawn by
     # SPLIT_SEED): how it does with fewer labels
     CLS_LABEL_FRACTION: float = 1.0
+    # the share of each classifier training batch replaced by a training-split slice (labelled or not) with a
+    # lesion of a labelled slice pasted in (dataset.LesionPaster): a few labelled lesions seen on many
+    # anatomies. 0: the labelled slices as they are
+    CLS_LESION_PASTE: float = 0.0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in
     # one patch of another view. Every evaluation reports both (classification_metrics.json "other_views").
@@ -330,6 +334,8 @@ class Config:
             raise ConfigError(f"bad setting CLS_THRESHOLD: must be in (0, 1), got {self.CLS_THRESHOLD}")
         if not 0.0 < self.CLS_LABEL_FRACTION <= 1.0:
             raise ConfigError(f"bad setting CLS_LABEL_FRACTION: must be in (0, 1], got {self.CLS_LABEL_FRACTION}")
+        if not 0.0 <= self.CLS_LESION_PASTE < 1.0:
+            raise ConfigError(f"bad setting CLS_LESION_PASTE: must be in [0, 1), got {self.CLS_LESION_PASTE}")
         if not 0.0 <= self.AUGMENT_WIDER <= 1.0:
             raise ConfigError(f"bad setting AUGMENT_WIDER: must be in [0, 1], got {self.AUGMENT_WIDER}")
         if not 0.0 < self.VAL_FRACTION < 1.0:

@@ -420,21 +420,131 @@ def apply_augment(imgs: torch.Tensor, params, intensity=True) -> torch.Tensor:
     return out ** params["gamma"].to(imgs).view(B, 1, 1, 1) if intensity else out
 
 
-def local_images(images, gidx, mine, gen, device, augment, masks=None, wider=0.0):
+def local_images(images, gidx, mine, gen, device, augment, masks=None, wider=0.0, paste=None):
     """This process's images of global batch gidx, augmented. The augmentation is drawn for the whole
     global batch (the same on every process), then applied where the model runs: on a GPU the CPU would
     otherwise bound the step rate. With masks (N, 1, S, S): -> (images, masks as float), each mask moved
-    as its image is (its values become the share of tumor under each pixel). wider: see augment_params."""
+    as its image is (its values become the share of tumor under each pixel). wider: see augment_params.
+    paste: a LesionPaster, applied before the augmentation (needs masks); then -> (images, masks, pasted)."""
     params = augment_params(len(gidx), gen, wider) if augment else None
-    imgs = images[gidx[mine]].to(device, non_blocking=True)
+    imgs = images[gidx[mine]]
     if masks is not None:
-        masks = masks[gidx[mine]].to(device, non_blocking=True).to(imgs.dtype)
+        masks = masks[gidx[mine]].to(imgs.dtype)
+    pasted = None
+    if paste is not None:
+        imgs, masks, pasted = paste(imgs, masks, len(gidx), mine, gen)
+    imgs = imgs.to(device, non_blocking=True)
+    if masks is not None:
+        masks = masks.to(device, non_blocking=True)
     if params is not None:
         params = {k: v[mine].to(device) for k, v in params.items()}
         imgs = apply_augment(imgs, params)
         if masks is not None:
             masks = apply_augment(masks, params, intensity=False)
+    if pasted is not None:
+        return imgs, masks, pasted.to(device)
     return imgs if masks is None else (imgs, masks)
+
+
+# ---- lesions moved between slices (CLS_LESION_PASTE) -------------------------------------------------
+
+BRAIN_LEVEL = 0.1  # a pixel of a [0, 1] slice above this is brain (or head), as lesion_site reads a slice
+
+
+def lesion_layers(images, masks, margin=6, min_pixels=4):
+    """Every lesion of the masked slices, relative to the tissue around it: (level (h, w), alpha (h, w)) float32
+    crops around each connected lesion, level = the slice over the median of the brain in a `margin`-pixel
+    ring around the lesion, alpha = the mask softened by a pixel. Pasted into another slice (LesionPaster), a
+    lesion keeps its contrast to the tissue it lands on, whatever that tissue's brightness; lesions without
+    brain around them (on the head's edge) and specks under min_pixels are left out.
+    images (N, 1, S, S) in [0, 1], masks (N, 1, S, S) bool."""
+    from scipy import ndimage
+    layers = []
+    for img, mask in zip(images[:, 0].numpy(), masks[:, 0].numpy().astype(bool)):
+        parts, n = ndimage.label(mask)
+        for j, box in enumerate(ndimage.find_objects(parts), start=1):
+            region = parts == j
+            if region.sum() < min_pixels:
+                continue
+            ring = ndimage.binary_dilation(region, iterations=margin) & ~ndimage.binary_dilation(region)
+            tissue = img[ring & (img > BRAIN_LEVEL)]
+            if len(tissue) < ring.sum() / 2:
+                continue
+            level = float(np.median(tissue))
+            y0, x0 = max(box[0].start - 2, 0), max(box[1].start - 2, 0)
+            y1, x1 = min(box[0].stop + 2, mask.shape[0]), min(box[1].stop + 2, mask.shape[1])
+            alpha = ndimage.gaussian_filter(region.astype(np.float32), 0.7)[y0:y1, x0:x1]
+            layers.append(((img[y0:y1, x0:x1] / level).astype(np.float32), (alpha / alpha.max()).astype(np.float32)))
+    return layers
+
+
+class LesionPaster:
+    """Lesions of the labelled training slices pasted into labelled training slices (CLS_LESION_PASTE): a share
+    of every batch is replaced by a labelled slice with one lesion of lesion_layers placed at random inside
+    its brain, turned and flipped at random, at the same contrast to the tissue around it there; the slice
+    is then a tumor slice, its mask its own and the pasted lesion's. A few labelled lesions are seen on
+    every labelled anatomy and in many places, and each tumor-free slice is seen with and without a lesion,
+    so only the lesion tells the classes apart (pasting into unlabelled slices as well measured worse: they
+    appeared only with lesions, and the classifier learned which slices it had seen tumor-free). Draws come
+    from the batch's generator, for the whole global batch (as augment_params), so every process and a
+    resumed run draw alike."""
+
+    def __init__(self, share, images, masks, margin=6):
+        import torch
+        self.share, self.images, self.masks, self.margin = share, images, masks, margin
+        self.layers = [(torch.from_numpy(v), torch.from_numpy(a)) for v, a in lesion_layers(images, masks, margin)]
+        if not self.layers:
+            raise MiramError("CLS_LESION_PASTE: the labelled training slices' masks hold no lesion to paste")
+
+    def expected_positive_share(self, positive_share):
+        """The share of tumor slices a batch holds on average, when positive_share of the labelled ones are."""
+        return (1 - self.share) * positive_share + self.share
+
+    def __call__(self, imgs, masks, n_global, mine, gen):
+        """imgs, masks (B, 1, S, S) of this process's share `mine` of a global batch of n_global ->
+        (imgs, masks, pasted (B,) bool), the replaced slices pasted."""
+        import torch
+        replace = (torch.rand(n_global, generator=gen) < self.share)[mine]
+        target = torch.randint(len(self.images), (n_global,), generator=gen)[mine]
+        layer = torch.randint(len(self.layers), (n_global,), generator=gen)[mine]
+        turn = torch.randint(8, (n_global,), generator=gen)[mine]
+        place = torch.rand(n_global, generator=gen)[mine]
+        imgs, masks = imgs.clone(), masks.clone()
+        pasted = torch.zeros(len(imgs), dtype=torch.bool)
+        for i in torch.nonzero(replace).flatten().tolist():
+            level, alpha = (torch.rot90(t, int(turn[i]) % 4) for t in self.layers[int(layer[i])])
+            if turn[i] >= 4:
+                level, alpha = level.flip(1), alpha.flip(1)
+            img = self.images[int(target[i])].to(imgs.dtype).clone()
+            spot = self.spot(img, level.shape, float(place[i]))
+            if spot is None:  # no brain large enough around: the slice drawn for the batch stays
+                continue
+            (y, x), tissue = spot
+            h, w = level.shape
+            window = img[0, y:y + h, x:x + w]
+            img[0, y:y + h, x:x + w] = (window * (1 - alpha) + tissue * level * alpha).clamp(0, 1)
+            mask = self.masks[int(target[i])].to(masks.dtype).clone()
+            mask[0, y:y + h, x:x + w] = torch.maximum(mask[0, y:y + h, x:x + w], (alpha > 0.5).to(masks.dtype))
+            imgs[i], masks[i], pasted[i] = img, mask, True
+        return imgs, masks, pasted
+
+    def spot(self, img, shape, place):
+        """Where a (h, w) lesion goes in img (1, S, S): the top-left corner of a window whose `margin`-pixel
+        surround is all brain, the `place` share along the candidates, and the median of the brain around
+        it; None when no window fits."""
+        import torch.nn.functional as F
+        m = self.margin
+        h, w = shape[0] + 2 * m, shape[1] + 2 * m
+        if h > img.shape[-2] or w > img.shape[-1]:
+            return None
+        brain = (F.avg_pool2d(img[None], 5, 1, 2) > BRAIN_LEVEL).float()
+        inside = F.avg_pool2d(brain, (h, w), stride=1)[0, 0] > 0.999  # (S-h+1, S-w+1): the window is all brain
+        ys, xs = inside.nonzero(as_tuple=True)
+        if len(ys) == 0:
+            return None
+        k = min(int(place * len(ys)), len(ys) - 1)
+        y, x = int(ys[k]), int(xs[k])
+        return (y + m, x + m), float(img[0, y:y + h, x:x + w].median())
 
 
 def t2_like(x):

@@ -12,7 +12,7 @@ import models
 import runtime
 import train
 from checkpoint import build_from_checkpoint
-from config import load_config
+from config import MiramError, load_config
 from conftest import tiny_args
 from dataset import load_split
 from imaging import model_input, read_slice
@@ -272,3 +272,61 @@ def test_the_balanced_log_loss_weighs_both_classes_alike_and_rewards_calibration
     assert classify.balanced_log_loss([0.4, 0.1, 0.1, 0.1], labels) > confident  # right side, less sure
     # the lone tumor counts as much as the three tumor-free slices
     assert classify.balanced_log_loss([0.1, 0.1, 0.1, 0.1], labels) == pytest.approx((-np.log(0.1) - np.log(0.9)) / 2)
+
+
+def _head(size=64, level=0.6, lesion=None):
+    """A square of uniform 'brain' on black, optionally with a dark disc (centre, radius, share of level)."""
+    img = torch.zeros(1, 1, size, size)
+    img[..., 8:size - 8, 8:size - 8] = level
+    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    if lesion is not None:
+        (cy, cx), r, share = lesion
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        mask[0, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[mask] = level * share
+    return img, mask
+
+
+def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
+    import dataset
+    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
+    healthy, clear = _head(level=0.4)
+    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]))
+    batch = torch.cat([healthy] * 16)
+    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
+    assert pasted.all() and imgs.min() >= 0 and imgs.max() <= 1
+    onto_healthy = [i for i in range(16) if imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
+    onto_source = [i for i in range(16) if i not in onto_healthy]
+    assert onto_healthy and onto_source
+    for i in onto_healthy:
+        assert int((masks[i] > 0.5).sum()) == int(lesion.sum())  # moved whole (turned or flipped, same area)
+        assert imgs[i][masks[i] > 0.5].mean() == pytest.approx(0.4 * 0.7, abs=0.03)  # 70% of where it landed
+        assert (imgs[i][(masks[i] < 0.5) & (healthy[0] > 0)] - 0.4).abs().max() < 0.15  # the rest as it was
+        assert (imgs[i][healthy[0] == 0] == 0).all()  # never outside the head
+    for i in onto_source:  # the slice's own lesion stays in its mask beside the pasted one
+        assert (masks[i][lesion[0]] > 0.5).all() and (masks[i] > 0.5).sum() > lesion.sum()
+    again = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], imgs) and torch.equal(again[1], masks)  # reproducible from the generator
+
+
+def test_pasting_replaces_a_share_of_the_batch_and_leaves_the_rest():
+    import dataset
+    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
+    batch = torch.cat([_head(level=0.5)[0]] * 64)
+    paster = dataset.LesionPaster(0.25, source, lesion)
+    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 64, slice(0, 64), torch.Generator().manual_seed(1))
+    assert 6 <= int(pasted.sum()) <= 26  # about a quarter
+    assert torch.equal(imgs[~pasted], batch[~pasted]) and (masks[~pasted] == 0).all()
+    assert (masks[pasted].flatten(1).sum(1) > 0).all()
+    # a process's share of the global batch draws as the whole batch does
+    part = paster(batch[16:32], torch.zeros_like(batch[16:32]), 64, slice(16, 32), torch.Generator().manual_seed(1))
+    assert torch.equal(part[0], imgs[16:32]) and torch.equal(part[2], pasted[16:32])
+    with pytest.raises(MiramError, match="no lesion"):
+        dataset.LesionPaster(0.5, batch[:2], torch.zeros_like(batch[:2], dtype=torch.bool))
+
+
+def test_classify_with_pasted_lesions(tiny_data, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out))
+    m = classify.main(tiny_args(tiny_data, out, "--n-viz", "0", "--cls-lesion-paste", "0.5"))
+    assert m["optimizer_steps"] > 0 and 0 <= m["auroc"] <= 1
