@@ -485,7 +485,7 @@ class LesionPaster:
     is then a tumor slice, its mask its own and the pasted lesion's. A few labelled lesions are seen on
     every labelled anatomy and in many places, and each tumor-free slice is seen with and without a lesion,
     so only the lesion tells the classes apart (pasting into unlabelled slices as well measured worse: they
-    appeared only with lesions, and the classifier learned which slices it had seen tumor-free). Draws come
+    appeared only with lesions, so which slice it was foretold the label). Draws come
     from the batch's generator, for the whole global batch (as augment_params), so every process and a
     resumed run draw alike."""
 
