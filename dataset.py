@@ -7,6 +7,7 @@ Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as fl
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -489,9 +490,10 @@ class LesionPaster:
     from the batch's generator, for the whole global batch (as augment_params), so every process and a
     resumed run draw alike."""
 
-    def __init__(self, share, images, masks, margin=6):
+    def __init__(self, share, images, masks, margin=6, scale=1.33, contrast=1.33):
         import torch
         self.share, self.images, self.masks, self.margin = share, images, masks, margin
+        self.scale, self.contrast = scale, contrast  # jitter ranges: a factor from 1/x to x, log-uniform
         self.layers = [(torch.from_numpy(v), torch.from_numpy(a)) for v, a in lesion_layers(images, masks, margin)]
         if not self.layers:
             raise MiramError("CLS_LESION_PASTE: the labelled training slices' masks hold no lesion to paste")
@@ -504,17 +506,27 @@ class LesionPaster:
         """imgs, masks (B, 1, S, S) of this process's share `mine` of a global batch of n_global ->
         (imgs, masks, pasted (B,) bool), the replaced slices pasted."""
         import torch
+        import torch.nn.functional as F
         replace = (torch.rand(n_global, generator=gen) < self.share)[mine]
         target = torch.randint(len(self.images), (n_global,), generator=gen)[mine]
         layer = torch.randint(len(self.layers), (n_global,), generator=gen)[mine]
         turn = torch.randint(8, (n_global,), generator=gen)[mine]
         place = torch.rand(n_global, generator=gen)[mine]
+        # each lesion a little larger or smaller, fainter or darker: ten labelled lesions stand for their family
+        size, strength = (torch.exp(torch.empty(n_global).uniform_(-r, r, generator=gen))[mine]
+                          for r in (math.log(self.scale), math.log(self.contrast)))
         imgs, masks = imgs.clone(), masks.clone()
         pasted = torch.zeros(len(imgs), dtype=torch.bool)
         for i in torch.nonzero(replace).flatten().tolist():
             level, alpha = (torch.rot90(t, int(turn[i]) % 4) for t in self.layers[int(layer[i])])
             if turn[i] >= 4:
                 level, alpha = level.flip(1), alpha.flip(1)
+            shape = [max(2, round(n * float(size[i]))) for n in level.shape]
+            level, alpha = (F.interpolate(t[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
+                            for t in (level, alpha))
+            level = 1 + (level - 1) * float(strength[i])
+            if not (alpha > 0.5).any():  # a speck shrunk below a pixel: no lesion to label
+                continue
             img = self.images[int(target[i])].to(imgs.dtype).clone()
             spot = self.spot(img, level.shape, float(place[i]))
             if spot is None:  # no brain large enough around: the slice drawn for the batch stays

@@ -291,7 +291,8 @@ def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
     import dataset
     source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
     healthy, clear = _head(level=0.4)
-    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]))
+    # without size and contrast jitter: the lesion as it was found
+    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=1, contrast=1)
     batch = torch.cat([healthy] * 16)
     imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
     assert pasted.all() and imgs.min() >= 0 and imgs.max() <= 1
@@ -308,6 +309,23 @@ def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
     again = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
     assert torch.equal(again[0], imgs) and torch.equal(again[1], masks)  # reproducible from the generator
 
+
+
+def test_pasted_lesions_vary_in_size_and_contrast_within_the_jitter():
+    import dataset
+    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
+    healthy, clear = _head(level=0.4)
+    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=1.5, contrast=1.5)
+    batch = torch.cat([healthy] * 64)
+    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 64, slice(0, 64), torch.Generator().manual_seed(0))
+    onto_healthy = [i for i in range(64) if pasted[i] and imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
+    areas = np.array([int((masks[i] > 0.5).sum()) for i in onto_healthy]) / int(lesion.sum())
+    darkness = np.array([float(imgs[i][masks[i] > 0.5].mean()) / 0.4 for i in onto_healthy])  # 0.7 as found
+    assert len(onto_healthy) > 10 and imgs.min() >= 0 and imgs.max() <= 1
+    # areas within 1/1.5^2 .. 1.5^2 of the lesion's (a pixel's rounding aside), both ways
+    assert areas.min() < 0.8 and areas.max() > 1.25 and 0.35 < areas.min() and areas.max() < 2.6
+    # the lesion's 30% deficit scaled by 1/1.5 .. 1.5: core darkness between 0.55 and 0.8, both ways
+    assert darkness.min() < 0.66 and darkness.max() > 0.74 and 0.5 < darkness.min() and darkness.max() < 0.85
 
 def test_pasting_replaces_a_share_of_the_batch_and_leaves_the_rest():
     import dataset
