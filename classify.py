@@ -120,7 +120,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
 
     class Classification(Task):
         name, kind = variant, "classifier"
-        lr_setting, ema_setting, ema_decay = "CLS_LR", "CLS_EMA", cfg.CLS_EMA
+        lr_setting = "CLS_LR"
         seed_offset = 1
         # the best checkpoint has the lowest class-balanced validation log loss, a proper score: the highest
         # AUROC picked an early epoch where it ties near 1 by chance, its probabilities not yet calibrated

@@ -257,9 +257,6 @@ class Config:
     # labelled slice pasted in (dataset.LesionPaster): a few labelled lesions seen on every labelled anatomy,
     # each tumor-free slice with and without one. 0: the labelled slices as they are
     CLS_LESION_PASTE: float = 0.0
-    # > 0: the classifier validated and kept is an exponential moving average of its weights, with this decay
-    # per optimizer step (0.99 averages about the last 100 steps); 0: the weights as trained
-    CLS_EMA: float = 0.0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in
     # one patch of another view. Every evaluation reports both (classification_metrics.json "other_views").
@@ -337,8 +334,6 @@ class Config:
             raise ConfigError(f"bad setting CLS_THRESHOLD: must be in (0, 1), got {self.CLS_THRESHOLD}")
         if not 0.0 < self.CLS_LABEL_FRACTION <= 1.0:
             raise ConfigError(f"bad setting CLS_LABEL_FRACTION: must be in (0, 1], got {self.CLS_LABEL_FRACTION}")
-        if not 0.0 <= self.CLS_EMA < 1.0:
-            raise ConfigError(f"bad setting CLS_EMA: must be in [0, 1), got {self.CLS_EMA}")
         if not 0.0 <= self.CLS_LESION_PASTE < 1.0:
             raise ConfigError(f"bad setting CLS_LESION_PASTE: must be in [0, 1), got {self.CLS_LESION_PASTE}")
         if not 0.0 <= self.AUGMENT_WIDER <= 1.0:

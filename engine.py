@@ -16,7 +16,6 @@ from contextlib import nullcontext
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -172,10 +171,6 @@ class Task:
     min_lr = 0.0
     weight_decay = 0.05
     betas = (0.9, 0.999)
-    # > 0: an exponential moving average of the weights (this decay per optimizer step) is what is validated
-    # and kept as the best model; the raw weights go on training
-    ema_decay = 0.0
-    ema_setting = ""          # the setting that sets ema_decay, named when a resumed run disagrees
     seed_offset = 0           # phases draw from different streams of (SEED, epoch)
     n_train = 0               # items in an epoch
     monitor = "loss"          # the validation figure that picks the best checkpoint
@@ -240,7 +235,7 @@ def improved(value, best, maximize):
 
 # ---- the loop ----------------------------------------------------------------------------------------
 
-def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule, averaged=None):
+def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule):
     task.train_mode(model)
     gen = epoch_generator(cfg.SEED + task.seed_offset, epoch)
     torch.manual_seed(epoch_seed(cfg.SEED, epoch))  # dropout and anything else on the global RNG replays
@@ -271,8 +266,6 @@ def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoc
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if averaged is not None:
-                averaged.update_parameters(model)
             step += 1
         n = len(gidx[mine])
         for k, v in stats.items():
@@ -311,11 +304,6 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.AMP and device.type == "cuda"
                                   and amp_dtype(device) == torch.float16)
     start, best, history = 0, (-math.inf if task.maximize else math.inf), []
-    averaged = None
-    if task.ema_decay > 0:
-        # buffers (batch-norm running statistics, averages already) are copied from the live model
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(task.ema_decay), use_buffers=False)
-    judged = model if averaged is None else averaged.module  # the weights validated and kept as the best
     if resume and os.path.isfile(task.checkpoint):
         state = load_checkpoint(task.checkpoint, kind=task.kind, expected=model.cfg, map_location=device)
         for key in task.must_match:
@@ -328,12 +316,6 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
         except (KeyError, ValueError) as e:
             raise MiramError(f"{task.checkpoint}: its optimizer state does not fit this run ({e}); "
                              "use --no-resume to start over") from None
-        saved_decay = state.get("ema_decay", 0.0)
-        if saved_decay != task.ema_decay:
-            raise MiramError(f"{task.checkpoint}: was trained with {task.ema_setting or 'a weight average decay'} "
-                             f"{saved_decay}, this run asks for {task.ema_decay}; use --no-resume to start over")
-        if averaged is not None:
-            averaged.load_state_dict(state["ema"])
         start, best = state["epoch"], state["metrics"]["best"]
         history = [h for h in read_history(task.log) if h["epoch"] <= start]
         say(f"resuming {task.name} from {task.checkpoint} after epoch {start}")
@@ -349,15 +331,14 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     for epoch in range(start, end):
         t0 = time.time()
         try:
-            train_stats, step = train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule,
-                                                averaged)
+            train_stats, step = train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoch, schedule)
         except torch.cuda.OutOfMemoryError:
             raise MiramError("CUDA out of memory: reduce BATCH_SIZE (e.g. --batch-size 8) and raise "
                              "ACCUM_STEPS to keep the effective batch") from None
         steps_run += steps_per_epoch
-        judged.eval()
+        model.eval()
         with torch.no_grad():
-            val = task.validate(judged)  # every process: same data, same result
+            val = task.validate(model)  # every process: same data, same result
         seconds = time.time() - t0
         is_best = improved(val[task.monitor], best, task.maximize)
         best = val[task.monitor] if is_best else best
@@ -374,13 +355,12 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
             extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
                      "world_size": dist.world, **task.extra}
             if is_best:
-                save_checkpoint(task.best, judged, task.kind, epoch=epoch + 1, metrics=metrics, extra=extra)
+                save_checkpoint(task.best, model, task.kind, epoch=epoch + 1, metrics=metrics, extra=extra)
             # The resumable checkpoint is written last: it never points past a best model or log not saved.
             write_history(history, task.log)
             if (epoch + 1) % cfg.CHECKPOINT_EVERY == 0 or epoch + 1 == end:
-                average = {} if averaged is None else {"ema_decay": task.ema_decay, "ema": averaged.state_dict()}
                 save_checkpoint(task.checkpoint, model, task.kind, optimizer=optimizer, epoch=epoch + 1,
-                                metrics=metrics, extra={**extra, **average})
+                                metrics=metrics, extra=extra)
         shown = "".join(f", {k} {val[k]:.4f}" for k in task.shown if k in val)
         say(f"[{task.name}] epoch {epoch + 1:>3}/{task.epochs}  train loss {train_stats['loss']:.4f}  "
             f"val {task.monitor} {val[task.monitor]:.4f}{shown}  lr {history[-1]['lr']:.2e}  {seconds:.1f}s"

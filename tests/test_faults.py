@@ -19,7 +19,7 @@ import dataset
 import imaging
 import models
 import train
-from config import MiramError, run_cli
+from config import run_cli
 from conftest import tiny_args, train_tiny_pipeline
 
 
@@ -113,34 +113,6 @@ def test_classifier_resume_matches_uninterrupted(tiny_data, tmp_path):
     assert_same_weights(weights(os.path.join(a, "classifier_checkpoint.pth")),
                         weights(os.path.join(b, "classifier_checkpoint.pth")))
 
-
-
-def test_classifier_weight_average_is_kept_resumed_and_checked(tiny_data, tmp_path):
-    out = str(tmp_path / "o")
-    train.main(tiny_args(tiny_data, out))
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    mae = ["--checkpoint", os.path.join(out, "best_miram_mae.pth"), "--cls-epochs", "3", "--n-viz", "0",
-           "--cls-ema", "0.5"]
-    classify.main(tiny_args(tiny_data, a, *mae))
-    classify.main(tiny_args(tiny_data, b, *mae, "--stop-after", "1"))
-    # after one epoch (the best so far) the kept model is the average, not the live weights
-    state = torch.load(os.path.join(b, "classifier_checkpoint.pth"), weights_only=True)
-    average = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    best = weights(os.path.join(b, "best_tumor_classifier.pth"))
-    assert state["ema_decay"] == 0.5 and int(state["ema"]["n_averaged"]) > 1
-    for k, v in state["model"].items():  # buffers follow the live model; parameters are averaged
-        assert torch.equal(best[k], average.get(k, v)), k
-    assert any(not torch.equal(best[k], state["model"][k]) for k in average)
-    # another decay cannot resume the run: the average would not be the one asked for
-    with pytest.raises(MiramError, match=r"classifier_checkpoint\.pth: was trained with CLS_EMA 0\.5, this run asks for 0\.9"):
-        classify.main(tiny_args(tiny_data, b, *mae[:-1], "0.9"))
-    # resumed, the live weights and their average are those of the uninterrupted run
-    classify.main(tiny_args(tiny_data, b, *mae))
-    ema_a = torch.load(os.path.join(a, "classifier_checkpoint.pth"), weights_only=True)["ema"]
-    ema_b = torch.load(os.path.join(b, "classifier_checkpoint.pth"), weights_only=True)["ema"]
-    assert_same_weights(ema_a, ema_b)
-    assert_same_weights(weights(os.path.join(a, "classifier_checkpoint.pth")),
-                        weights(os.path.join(b, "classifier_checkpoint.pth")))
 
 def test_unwritable_output_directory(tiny_data, tmp_path, capsys):
     blocker = tmp_path / "a_file"
