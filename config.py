@@ -254,8 +254,8 @@ class Config:
     # SPLIT_SEED): how it does with fewer labels
     CLS_LABEL_FRACTION: float = 1.0
     # the share of each classifier training batch replaced by a labelled training slice with a lesion of a
-    # labelled slice pasted in (dataset.LesionPaster): a few labelled lesions seen on every labelled anatomy,
-    # each tumor-free slice with and without one. 0: the labelled slices as they are
+    # labelled slice pasted in (dataset.LesionPaster), its size and contrast varied: a few labelled lesions seen
+    # on every labelled anatomy, each tumor-free slice with and without one. 0: the labelled slices as they are
     CLS_LESION_PASTE: float = 0.0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in

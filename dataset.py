@@ -482,7 +482,8 @@ def lesion_layers(images, masks, margin=6, min_pixels=4):
 class LesionPaster:
     """Lesions of the labelled training slices pasted into labelled training slices (CLS_LESION_PASTE): a share
     of every batch is replaced by a labelled slice with one lesion of lesion_layers placed at random inside
-    its brain, turned and flipped at random, at the same contrast to the tissue around it there; the slice
+    its brain, turned and flipped at random, its size and its contrast to the tissue around it there each
+    scaled by a factor from 1/scale to scale and 1/contrast to contrast (log-uniform); the slice
     is then a tumor slice, its mask its own and the pasted lesion's. A few labelled lesions are seen on
     every labelled anatomy and in many places, and each tumor-free slice is seen with and without a lesion,
     so only the lesion tells the classes apart (pasting into unlabelled slices as well measured worse: they
