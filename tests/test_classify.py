@@ -287,18 +287,29 @@ def _head(size=64, level=0.6, lesion=None):
     return img, mask
 
 
-def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
+def _paste_into_healthy_slices(n, scale, contrast, seed=0):
+    """A head with one lesion (70% of its tissue) and a lesion-free head, the batch n copies of the second,
+    pasted -> (lesion, healthy, paste(), its result, the indices pasted onto the lesion-free head)."""
     import dataset
     source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
     healthy, clear = _head(level=0.4)
-    # without size and contrast jitter: the lesion as it was found
-    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=1, contrast=1)
-    batch = torch.cat([healthy] * 16)
-    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
-    assert pasted.all() and imgs.min() >= 0 and imgs.max() <= 1
-    onto_healthy = [i for i in range(16) if imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
+    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=scale,
+                                  contrast=contrast)
+    batch = torch.cat([healthy] * n)
+
+    def paste():
+        return paster(batch, torch.zeros_like(batch), n, slice(0, n), torch.Generator().manual_seed(seed))
+    imgs, masks, pasted = out = paste()
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    onto_healthy = [i for i in range(n) if pasted[i] and imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
+    return lesion, healthy, paste, out, onto_healthy
+
+
+def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
+    # without size and contrast variation: the lesion as it was found
+    lesion, healthy, paste, (imgs, masks, pasted), onto_healthy = _paste_into_healthy_slices(16, 1, 1)
     onto_source = [i for i in range(16) if i not in onto_healthy]
-    assert onto_healthy and onto_source
+    assert pasted.all() and onto_healthy and onto_source
     for i in onto_healthy:
         assert int((masks[i] > 0.5).sum()) == int(lesion.sum())  # moved whole (turned or flipped, same area)
         assert imgs[i][masks[i] > 0.5].mean() == pytest.approx(0.4 * 0.7, abs=0.03)  # 70% of where it landed
@@ -306,26 +317,20 @@ def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
         assert (imgs[i][healthy[0] == 0] == 0).all()  # never outside the head
     for i in onto_source:  # the slice's own lesion stays in its mask beside the pasted one
         assert (masks[i][lesion[0]] > 0.5).all() and (masks[i] > 0.5).sum() > lesion.sum()
-    again = paster(batch, torch.zeros_like(batch), 16, slice(0, 16), torch.Generator().manual_seed(0))
+    again = paste()
     assert torch.equal(again[0], imgs) and torch.equal(again[1], masks)  # reproducible from the generator
 
 
-
-def test_pasted_lesions_vary_in_size_and_contrast_within_the_jitter():
-    import dataset
-    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
-    healthy, clear = _head(level=0.4)
-    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=1.5, contrast=1.5)
-    batch = torch.cat([healthy] * 64)
-    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 64, slice(0, 64), torch.Generator().manual_seed(0))
-    onto_healthy = [i for i in range(64) if pasted[i] and imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
+def test_pasted_lesions_vary_in_size_and_contrast_within_their_ranges():
+    lesion, _, _, (imgs, masks, _), onto_healthy = _paste_into_healthy_slices(64, 1.5, 1.5)
+    assert len(onto_healthy) > 10
     areas = np.array([int((masks[i] > 0.5).sum()) for i in onto_healthy]) / int(lesion.sum())
     darkness = np.array([float(imgs[i][masks[i] > 0.5].mean()) / 0.4 for i in onto_healthy])  # 0.7 as found
-    assert len(onto_healthy) > 10 and imgs.min() >= 0 and imgs.max() <= 1
     # areas within 1/1.5^2 .. 1.5^2 of the lesion's (a pixel's rounding aside), both ways
     assert areas.min() < 0.8 and areas.max() > 1.25 and 0.35 < areas.min() and areas.max() < 2.6
     # the lesion's 30% deficit scaled by 1/1.5 .. 1.5: core darkness between 0.55 and 0.8, both ways
     assert darkness.min() < 0.66 and darkness.max() > 0.74 and 0.5 < darkness.min() and darkness.max() < 0.85
+
 
 def test_pasting_replaces_a_share_of_the_batch_and_leaves_the_rest():
     import dataset
