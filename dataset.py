@@ -513,7 +513,7 @@ class LesionPaster:
         layer = torch.randint(len(self.layers), (n_global,), generator=gen)[mine]
         turn = torch.randint(8, (n_global,), generator=gen)[mine]
         place = torch.rand(n_global, generator=gen)[mine]
-        # each lesion a little larger or smaller, fainter or darker: ten labelled lesions stand for their family
+        # each lesion a little larger or smaller, fainter or darker: a few labelled lesions stand for their family
         size, strength = (torch.exp(torch.empty(n_global).uniform_(-r, r, generator=gen))[mine]
                           for r in (math.log(self.scale), math.log(self.contrast)))
         imgs, masks = imgs.clone(), masks.clone()
