@@ -107,12 +107,10 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
     if n_pos == 0 or n_neg == 0:
         raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
                          "classification needs both (check the MASK/ folder)")
-    paste = None
-    if cfg.CLS_LESION_PASTE > 0:
-        paste = LesionPaster(cfg.CLS_LESION_PASTE, train_set.images, train_set.masks)
-    # class balance: over the labelled slices, or the batches' expected mix once lesions are pasted in
-    pasted_share = None if paste is None else paste.expected_positive_share(n_pos / len(train_set))
-    pos_weight = torch.tensor(n_neg / n_pos if paste is None else (1 - pasted_share) / pasted_share, device=device)
+    share = cfg.CLS_LESION_PASTE
+    paste = LesionPaster(share, train_set.images, train_set.masks) if share > 0 else None
+    # class balance over the batches' expected mix: a pasted share of each batch is all tumor slices
+    pos_weight = torch.tensor((1 - share) * n_neg / ((1 - share) * n_pos + share * len(train_set)), device=device)
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
     patch = model.cfg.patch_size
     masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 or paste is not None else None

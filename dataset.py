@@ -499,10 +499,6 @@ class LesionPaster:
         if not self.layers:
             raise MiramError("CLS_LESION_PASTE: the labelled training slices' masks hold no lesion to paste")
 
-    def expected_positive_share(self, positive_share):
-        """The share of tumor slices a batch holds on average, when positive_share of the labelled ones are."""
-        return (1 - self.share) * positive_share + self.share
-
     def __call__(self, imgs, masks, n_global, mine, gen):
         """imgs, masks (B, 1, S, S) of this process's share `mine` of a global batch of n_global ->
         (imgs, masks, pasted (B,) bool), the replaced slices pasted."""
