@@ -95,8 +95,12 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False, shif
 
 # ---- training ----------------------------------------------------------------------------------------
 
-def classification_task(cfg, model, train_set, val_set, device, variant, extra):
-    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE, layer-wise lr decay."""
+def classification_task(cfg, model, train_set, val_set, device, variant, extra, stage="", epochs=None,
+                        warmup_epochs=None):
+    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE, layer-wise lr decay. stage
+    goes after the variant's suffix in the artifacts' names ("_teacher" for self-training's first run);
+    epochs and warmup_epochs replace CLS_EPOCHS and CLS_WARMUP_EPOCHS. A slice whose has_mask is False (a
+    pseudo-labelled tumor slice) has no patch labels and takes no pasted lesion."""
     import torch
     import torch.nn.functional as F
 
@@ -108,13 +112,14 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
         raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
                          "classification needs both (check the MASK/ folder)")
     share = cfg.CLS_LESION_PASTE
-    paste = LesionPaster(share, train_set.images, train_set.masks) if share > 0 else None
+    known = train_set.has_mask
+    paste = LesionPaster(share, train_set.images[known], train_set.masks[known]) if share > 0 else None
     # class balance over the batches' expected mix: a pasted share of each batch is all tumor slices
     pos_weight = torch.tensor((1 - share) * n_neg / ((1 - share) * n_pos + share * len(train_set)), device=device)
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
     patch = model.cfg.patch_size
     masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 or paste is not None else None
-    suffix = suffix_of(variant)
+    suffix = suffix_of(variant) + stage
 
     class Classification(Task):
         name, kind = variant, "classifier"
@@ -123,7 +128,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
         # the best checkpoint has the lowest class-balanced validation log loss, a proper score: the highest
         # AUROC picked an early epoch where it ties near 1 by chance, its probabilities not yet calibrated
         monitor, maximize, shown = "loss", False, ("auroc", "accuracy")
-        must_match = ("variant", "label_fraction")
+        must_match = ("variant", "label_fraction", "pseudo_labels")
 
         def lr_scale(self, name):
             if variant == "linear_probe" and name.startswith("encoder."):
@@ -137,12 +142,13 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
 
         def batch(self, gidx, mine, gen):
             labels = train_set.labels[gidx[mine]].to(device)
+            outlined = known[gidx[mine]].to(device)
             x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks, paste=paste)
             if paste is not None:
                 x, m, pasted = x
-                return x, m, torch.where(pasted, torch.ones_like(labels), labels)
+                return x, m, torch.where(pasted, torch.ones_like(labels), labels), outlined | pasted
             x, m = x if masks is not None else (x, None)
-            return x, m, labels
+            return x, m, labels, outlined
 
         def forward(self, net, batch):
             return net(batch[0], with_evidence=True)
@@ -152,7 +158,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
             image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=pos_weight)
             if batch[1] is None or cfg.CLS_PATCH_WEIGHT == 0:
                 return image_loss, {"loss": image_loss.item()}
-            patch_loss = patch_supervision(scores, batch[1], keep, valid, patch)
+            patch_loss = patch_supervision(scores, batch[1], keep, valid, patch, outlined=batch[3])
             loss = image_loss + cfg.CLS_PATCH_WEIGHT * patch_loss
             return loss, {"loss": loss.item(), "image_loss": image_loss.item(), "patch_loss": patch_loss.item()}
 
@@ -161,11 +167,40 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra):
             return {**binary_metrics(probs, labels, cfg.CLS_THRESHOLD), "loss": balanced_log_loss(probs, labels)}
 
     task = Classification()
-    task.epochs, task.lr, task.warmup_epochs = cfg.CLS_EPOCHS, cfg.CLS_LR, cfg.CLS_WARMUP_EPOCHS
+    task.epochs = cfg.CLS_EPOCHS if epochs is None else epochs
+    task.warmup_epochs = cfg.CLS_WARMUP_EPOCHS if warmup_epochs is None else warmup_epochs
+    task.lr = cfg.CLS_LR
     task.weight_decay, task.n_train, task.extra = cfg.CLS_WEIGHT_DECAY, len(train_set), extra
     task.checkpoint = cfg.artifact("classifier_checkpoint", suffix)
     task.best, task.log = cfg.artifact("classifier", suffix), cfg.artifact("classifier_log", suffix)
     return task
+
+
+def pseudo_labelled(pool, probs, share, tumor_ratio):
+    """The `share` of the pool's slices the teacher is surest of, labelled as it says: the likeliest as tumor
+    slices and the least likely as tumor-free, tumor_ratio of them tumor (the labelled slices' ratio: the
+    teacher's probabilities are ranked, not thresholded, so its calibration does not matter). A tumor-free
+    slice's mask is empty and known; a tumor slice's outline is not (has_mask False). -> (SliceSet, a record:
+    how many, and where the pool's own masks say, the share labelled right)."""
+    import torch
+    n = min(len(pool), round(share * len(pool)))
+    n_tumor = min(n, round(n * tumor_ratio))
+    order = np.argsort(probs, kind="stable")
+    tumor = order[len(order) - n_tumor:] if n_tumor else order[:0]
+    chosen = np.sort(np.concatenate([order[:n - n_tumor], tumor]))
+    picked = pool.subset(chosen.tolist())
+    truth, known = picked.labels.clone(), picked.has_mask.clone()
+    picked.labels = torch.from_numpy(np.isin(chosen, tumor).astype(np.float32))
+    picked.masks = torch.zeros_like(picked.masks)
+    picked.has_mask = picked.labels == 0
+    record = {"share": share, "pool": len(pool), "n_labelled": int(n), "n_tumor": int(n_tumor),
+              "tumor_ratio": tumor_ratio}
+    if known.any():
+        right = (picked.labels == truth)[known]
+        record.update(n_with_masks=int(known.sum()), correct=float(right.float().mean()),
+                      tumor_correct=float(right[picked.labels[known] == 1].float().mean())
+                      if (picked.labels[known] == 1).any() else None)
+    return picked, record
 
 
 def balanced_log_loss(probs, labels):
@@ -176,7 +211,7 @@ def balanced_log_loss(probs, labels):
     return float(np.mean(per_class))
 
 
-def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):
+def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5, outlined=None):
     """Binary cross-entropy of each encoded patch's score against its own soft label: its tumor share over
     full_share, capped at 1 (a patch half tumor or more is all tumor), 0 under min_share, and 1 for the
     slice's largest share (a lesion smaller than min_share of a patch, or split between patches, still
@@ -184,7 +219,8 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
     patches of a slice). The soft label ranks a patch by how much tumor it holds, so the map's peak lands on
     the tumor rather than on a patch that grazes it. Against 0/1 labels (tumor from min_share), 5 seeds on
     the demo slices: pointing game 0.76 +- 0.04 -> 0.86 +- 0.07, AUROC 0.989 -> 0.999 (docs/RESULTS.md).
-    scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them."""
+    scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them; outlined (B,) bool: the
+    slices whose masks are known (None: all), the others left out."""
     import torch
     import torch.nn.functional as F
     share = torch.gather(F.avg_pool2d(masks, patch).flatten(1), 1, keep)  # (B, K): tumor share of each patch
@@ -193,6 +229,8 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
     target = torch.where(share >= min_share, (share / full_share).clamp(max=1.0), torch.zeros_like(share))
     target = torch.maximum(target, is_largest)
     real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
+    if outlined is not None:
+        real = real * outlined[:, None].to(target.dtype)
     bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
     loss = 0.0
     for weight in (target * real, (1 - target) * real):
@@ -365,7 +403,7 @@ def finetune(args, cfg, dist):
 
     from checkpoint import build_from_checkpoint
     from dataset import load_split, load_transfer, split_record
-    from engine import fit
+    from engine import fit, steps_in_epoch
     from hardware import resolve_amp, tune_for
     device = dist.device(cfg.DEVICE)
     variant = variant_of(args)
@@ -378,9 +416,9 @@ def finetune(args, cfg, dist):
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
     extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
              **split_record(cfg, train_set, *(parent for _, parent in parents))}
-    # only slices with a mask file carry a label; the others were for pre-training
-    train_set = train_set.labelled()
-    train_set = train_set.subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
+    # only slices with a mask file carry a label; the others were for pre-training (and self-training)
+    split_train = train_set
+    train_set = split_train.labelled().subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
     val_set = val_set.labelled()
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
@@ -388,10 +426,52 @@ def finetune(args, cfg, dist):
     dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
              f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
-    task = classification_task(cfg, model, train_set, val_set, device, variant, extra)
-    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    resume, steps_before, self_training, labelled = not args.no_resume, 0, None, train_set
+    if cfg.CLS_PSEUDO_LABELS > 0:
+        chosen = set(train_set.subjects)
+        pool = split_train.subset(i for i in range(len(split_train))
+                                  if not (split_train.has_mask[i] and split_train.subjects[i] in chosen))
+        if len(pool) == 0:
+            raise MiramError("CLS_PSEUDO_LABELS: every training slice is labelled, none is left to pseudo-label "
+                             "(lower CLS_LABEL_FRACTION, or add slices without masks)")
+        teacher_task = classification_task(cfg, model, train_set, val_set, device, variant, extra, stage="_teacher")
+        done = fit(teacher_task, model, cfg, dist, device, resume=resume, stop_after=args.stop_after)
+        if done["epochs"] < teacher_task.epochs:
+            dist.say(f"stopped after epoch {done['epochs']} of the teacher's {teacher_task.epochs}: run again to continue")
+            return {}
+        dist.barrier()
+        teacher, teacher_state = build_from_checkpoint(teacher_task.best, "classifier", map_location=device)
+        pseudo, self_training = pseudo_labelled(pool, predict_all(teacher.to(device), pool.images, device, cfg.AMP),
+                                                cfg.CLS_PSEUDO_LABELS, float(train_set.labels.mean()))
+        self_training["teacher"] = {"checkpoint": os.path.abspath(teacher_task.best),
+                                    **{k: teacher_state["metrics"].get(k) for k in ("auroc", "loss")},
+                                    "optimizer_steps": done["history"][-1]["step"]}
+        steps_before = done["history"][-1]["step"]
+        dist.say(f"self-training: the teacher (validation AUROC {teacher_state['metrics'].get('auroc', float('nan')):.3f}) "
+                 f"labels {len(pseudo)} of {len(pool)} unlabelled training slices ({self_training['n_tumor']} tumor)"
+                 + (f", {self_training['correct']:.0%} as their masks say" if "correct" in self_training else ""))
+        # the student: the pre-trained encoder again, the labelled and pseudo-labelled slices, the teacher's steps
+        n_student = len(train_set) + len(pseudo)
+        per_epoch = [steps_in_epoch(n, cfg.BATCH_SIZE, dist.world, cfg.ACCUM_STEPS) for n in (len(train_set), n_student)]
+        epochs = max(1, round(cfg.CLS_EPOCHS * per_epoch[0] / per_epoch[1]))
+        warmup = round(cfg.CLS_WARMUP_EPOCHS * per_epoch[0] / per_epoch[1])
+        train_set = train_set.joined(pseudo)
+        torch.manual_seed(cfg.SEED)
+        model, _, _ = build_model(args, cfg, variant)
+        model = tune_for(model.to(device), device, cfg.AMP)
+        extra = {**extra, "pseudo_labels": cfg.CLS_PSEUDO_LABELS}
+        task = classification_task(cfg, model, train_set, val_set, device, variant, extra, epochs=epochs,
+                                   warmup_epochs=warmup)
+        if args.stop_after is not None:
+            args.stop_after = max(0, args.stop_after - done["epochs_run"])
+    else:
+        task = classification_task(cfg, model, train_set, val_set, device, variant, extra)
+    result = fit(task, model, cfg, dist, device, resume=resume, stop_after=args.stop_after)
     dist.barrier()
     if not dist.main:
+        return {}
+    if not os.path.isfile(task.best):
+        dist.say("stopped before the classifier's first epoch: run again to continue")
         return {}
     best, best_state = build_from_checkpoint(task.best, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
@@ -400,9 +480,13 @@ def finetune(args, cfg, dist):
         transfer = transfer.labelled()
         metrics["transfer"], *_ = score(best, transfer, cfg, device)
         metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
-    metrics.update(history=result["history"], optimizer_steps=result["optimizer_steps"], n_train_slices=len(train_set),
+    if self_training is not None:
+        metrics["self_training"] = self_training
+    # counted from the logs: a resumed run's steps include the earlier invocations', and the teacher's
+    steps = steps_before + (result["history"][-1]["step"] if result["history"] else 0)
+    metrics.update(history=result["history"], optimizer_steps=steps, n_train_slices=len(labelled),
                    training_precision="bf16" if cfg.AMP else "fp32",
-                   n_train_subjects=len(set(train_set.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
+                   n_train_subjects=len(set(labelled.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
                    checkpoint=os.path.abspath(task.best), run=run_info())
     json_path = cfg.artifact("classification_metrics", suffix_of(variant))
     save_json(json_path, metrics)

@@ -257,6 +257,13 @@ class Config:
     # labelled slice pasted in (dataset.LesionPaster), its size and contrast varied: a few labelled lesions seen
     # on every labelled anatomy, each tumor-free slice with and without one. 0: the labelled slices as they are
     CLS_LESION_PASTE: float = 0.0
+    # self-training on the training split's slices left unlabelled (outside CLS_LABEL_FRACTION, or without a
+    # mask file): a first classifier (the teacher, artifacts *_teacher) is trained on the labelled slices,
+    # this share of the unlabelled ones takes the label it is surest of (the most and least likely, in the
+    # labelled slices' tumor ratio), and the classifier is trained again from the pre-trained encoder on both,
+    # for as many optimizer steps. A pseudo-labelled tumor slice has no known outline: it gets no patch labels
+    # and no pasted lesion. 0: off (one training run)
+    CLS_PSEUDO_LABELS: float = 0.0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in
     # one patch of another view. Every evaluation reports both (classification_metrics.json "other_views").
@@ -336,6 +343,8 @@ class Config:
             raise ConfigError(f"bad setting CLS_LABEL_FRACTION: must be in (0, 1], got {self.CLS_LABEL_FRACTION}")
         if not 0.0 <= self.CLS_LESION_PASTE < 1.0:
             raise ConfigError(f"bad setting CLS_LESION_PASTE: must be in [0, 1), got {self.CLS_LESION_PASTE}")
+        if not 0.0 <= self.CLS_PSEUDO_LABELS <= 1.0:
+            raise ConfigError(f"bad setting CLS_PSEUDO_LABELS: must be in [0, 1], got {self.CLS_PSEUDO_LABELS}")
         if not 0.0 <= self.AUGMENT_WIDER <= 1.0:
             raise ConfigError(f"bad setting AUGMENT_WIDER: must be in [0, 1], got {self.AUGMENT_WIDER}")
         if not 0.0 < self.VAL_FRACTION < 1.0:

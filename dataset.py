@@ -229,6 +229,13 @@ class SliceSet:
         return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
                         [self.names[i] for i in idx], [self.subjects[i] for i in idx])
 
+    def joined(self, other):
+        """This set's slices, then other's."""
+        import torch
+        return SliceSet(*(torch.cat([a, b]) for a, b in ((self.images, other.images), (self.masks, other.masks),
+                                                         (self.labels, other.labels), (self.has_mask, other.has_mask))),
+                        self.names + other.names, self.subjects + other.subjects)
+
     def labelled(self):
         """The slices with a mask file: only they carry a label."""
         return self.subset(i for i in range(len(self)) if self.has_mask[i])

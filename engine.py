@@ -280,7 +280,7 @@ def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoc
 def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     """Trains task's model for task.epochs (resuming task.checkpoint when there is one), keeps the epoch
     with the best validation figure in task.best, logs every epoch to task.log. Rank 0 alone writes.
-    -> {"best", "history", "optimizer_steps" (this invocation), "epochs" (done in all)}."""
+    -> {"best", "history", "optimizer_steps" and "epochs_run" (this invocation), "epochs" (done in all)}."""
     say = dist.say
     out_dir = os.path.dirname(os.path.abspath(task.checkpoint))
     if dist.main:
@@ -370,4 +370,5 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
         say(f"{dist.world} processes hold {'identical' if same else 'DIFFERENT'} weights")
         if not same:
             raise MiramError("data-parallel processes diverged: their weights differ")
-    return {"best": best, "history": history, "optimizer_steps": steps_run, "epochs": max(start, end)}
+    return {"best": best, "history": history, "optimizer_steps": steps_run, "epochs_run": max(0, end - start),
+            "epochs": max(start, end)}
