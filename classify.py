@@ -398,6 +398,35 @@ def build_model(args, cfg, variant):
     return model, f"{mae_path} (epoch {state.get('epoch')})", [(mae_path, state)]
 
 
+def teach(args, cfg, dist, device, model, variant, split_train, labelled, val_set, extra):
+    """Self-training's first run (CLS_PSEUDO_LABELS): model trained on the labelled slices as the teacher,
+    which labels the training split's slices outside `labelled`. -> (pseudo-labelled SliceSet, a record of
+    them and the teacher, fit's result), or None when the teacher stopped early (--stop-after)."""
+    from checkpoint import build_from_checkpoint
+    from engine import fit
+    chosen = set(labelled.subjects)
+    pool = split_train.subset(i for i in range(len(split_train))
+                              if not (split_train.has_mask[i] and split_train.subjects[i] in chosen))
+    if len(pool) == 0:
+        raise MiramError("CLS_PSEUDO_LABELS: every training slice is labelled, none is left to pseudo-label "
+                         "(lower CLS_LABEL_FRACTION, or add slices without masks)")
+    task = classification_task(cfg, model, labelled, val_set, device, variant, extra, stage="_teacher")
+    done = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    if done["epochs"] < task.epochs:
+        dist.say(f"stopped after epoch {done['epochs']} of the teacher's {task.epochs}: run again to continue")
+        return None
+    dist.barrier()
+    teacher, state = build_from_checkpoint(task.best, "classifier", map_location=device)
+    pseudo, record = pseudo_labelled(pool, predict_all(teacher.to(device), pool.images, device, cfg.AMP),
+                                     cfg.CLS_PSEUDO_LABELS, float(labelled.labels.mean()))
+    record["teacher"] = {"checkpoint": os.path.abspath(task.best), "auroc": state["metrics"].get("auroc"),
+                         "loss": state["metrics"].get("loss"), "optimizer_steps": done["history"][-1]["step"]}
+    dist.say(f"self-training: the teacher (validation AUROC {record['teacher']['auroc']:.3f}) labels {len(pseudo)} "
+             f"of {len(pool)} unlabelled training slices ({record['n_tumor']} tumor)"
+             + (f", {record['correct']:.0%} as their masks say" if "correct" in record else ""))
+    return pseudo, record, done
+
+
 def finetune(args, cfg, dist):
     import torch
 
@@ -426,33 +455,16 @@ def finetune(args, cfg, dist):
     dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
              f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
-    resume, steps_before, self_training, labelled = not args.no_resume, 0, None, train_set
+    self_training, labelled = None, train_set
     if cfg.CLS_PSEUDO_LABELS > 0:
-        chosen = set(train_set.subjects)
-        pool = split_train.subset(i for i in range(len(split_train))
-                                  if not (split_train.has_mask[i] and split_train.subjects[i] in chosen))
-        if len(pool) == 0:
-            raise MiramError("CLS_PSEUDO_LABELS: every training slice is labelled, none is left to pseudo-label "
-                             "(lower CLS_LABEL_FRACTION, or add slices without masks)")
-        teacher_task = classification_task(cfg, model, train_set, val_set, device, variant, extra, stage="_teacher")
-        done = fit(teacher_task, model, cfg, dist, device, resume=resume, stop_after=args.stop_after)
-        if done["epochs"] < teacher_task.epochs:
-            dist.say(f"stopped after epoch {done['epochs']} of the teacher's {teacher_task.epochs}: run again to continue")
+        taught = teach(args, cfg, dist, device, model, variant, split_train, train_set, val_set, extra)
+        if taught is None:
             return {}
-        dist.barrier()
-        teacher, teacher_state = build_from_checkpoint(teacher_task.best, "classifier", map_location=device)
-        pseudo, self_training = pseudo_labelled(pool, predict_all(teacher.to(device), pool.images, device, cfg.AMP),
-                                                cfg.CLS_PSEUDO_LABELS, float(train_set.labels.mean()))
-        self_training["teacher"] = {"checkpoint": os.path.abspath(teacher_task.best),
-                                    **{k: teacher_state["metrics"].get(k) for k in ("auroc", "loss")},
-                                    "optimizer_steps": done["history"][-1]["step"]}
-        steps_before = done["history"][-1]["step"]
-        dist.say(f"self-training: the teacher (validation AUROC {teacher_state['metrics'].get('auroc', float('nan')):.3f}) "
-                 f"labels {len(pseudo)} of {len(pool)} unlabelled training slices ({self_training['n_tumor']} tumor)"
-                 + (f", {self_training['correct']:.0%} as their masks say" if "correct" in self_training else ""))
+        pseudo, self_training, teacher_run = taught
         # the student: the pre-trained encoder again, the labelled and pseudo-labelled slices, the teacher's steps
         n_student = len(train_set) + len(pseudo)
-        per_epoch = [steps_in_epoch(n, cfg.BATCH_SIZE, dist.world, cfg.ACCUM_STEPS) for n in (len(train_set), n_student)]
+        per_epoch = [steps_in_epoch(n, cfg.BATCH_SIZE, dist.world, cfg.ACCUM_STEPS)
+                     for n in (len(train_set), n_student)]
         epochs = max(1, round(cfg.CLS_EPOCHS * per_epoch[0] / per_epoch[1]))
         warmup = round(cfg.CLS_WARMUP_EPOCHS * per_epoch[0] / per_epoch[1])
         train_set = train_set.joined(pseudo)
@@ -463,10 +475,10 @@ def finetune(args, cfg, dist):
         task = classification_task(cfg, model, train_set, val_set, device, variant, extra, epochs=epochs,
                                    warmup_epochs=warmup)
         if args.stop_after is not None:
-            args.stop_after = max(0, args.stop_after - done["epochs_run"])
+            args.stop_after = max(0, args.stop_after - teacher_run["epochs_run"])
     else:
         task = classification_task(cfg, model, train_set, val_set, device, variant, extra)
-    result = fit(task, model, cfg, dist, device, resume=resume, stop_after=args.stop_after)
+    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     dist.barrier()
     if not dist.main:
         return {}
@@ -483,7 +495,8 @@ def finetune(args, cfg, dist):
     if self_training is not None:
         metrics["self_training"] = self_training
     # counted from the logs: a resumed run's steps include the earlier invocations', and the teacher's
-    steps = steps_before + (result["history"][-1]["step"] if result["history"] else 0)
+    steps = (self_training["teacher"]["optimizer_steps"] if self_training else 0) + \
+        (result["history"][-1]["step"] if result["history"] else 0)
     metrics.update(history=result["history"], optimizer_steps=steps, n_train_slices=len(labelled),
                    training_precision="bf16" if cfg.AMP else "fp32",
                    n_train_subjects=len(set(labelled.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,

@@ -356,3 +356,57 @@ def test_classify_with_pasted_lesions(tiny_data, tmp_path):
                                      "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
     assert pasted["optimizer_steps"] == plain["optimizer_steps"]  # the same schedule, other batches
     assert [h["train_loss"] for h in pasted["history"]] != [h["train_loss"] for h in plain["history"]]
+
+
+def test_a_slice_without_a_known_outline_gets_no_patch_labels():
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[0, :, 8:16, 16:24] = 1  # slice 0: patch 6; slice 1 (a pseudo-labelled tumor slice): outline unknown
+    keep = torch.tensor([[6, 0, 1], [6, 0, 1]])
+    scores = torch.tensor([[4.0, -4.0, -4.0], [9.0, 9.0, 9.0]], requires_grad=True)
+    outlined = torch.tensor([True, False])
+    loss = classify.patch_supervision(scores, masks, keep, None, 8, outlined=outlined)
+    assert loss < 0.05  # slice 1's scores, all wrong for an empty mask, do not count
+    loss.backward()
+    assert scores.grad[1].abs().sum() == 0 and scores.grad[0].abs().sum() > 0
+
+
+def test_pseudo_labels_are_the_teachers_surest_in_the_labelled_ratio():
+    from dataset import SliceSet
+    n = 10
+    truth = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 1], dtype=torch.float32)
+    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
+    masks[truth > 0, :, 2:4, 2:4] = True
+    has_mask = torch.tensor([True] * 9 + [False])  # the last slice has no mask file: its truth is unknown
+    pool = SliceSet(torch.rand(n, 1, 8, 8), masks, truth, has_mask, [f"s{i}" for i in range(n)], ["a"] * n)
+    probs = np.array([0.9, 0.8, 0.2, 0.6, 0.1, 0.3, 0.7, 0.05, 0.4, 0.95])
+    picked, record = classify.pseudo_labelled(pool, probs, 0.6, tumor_ratio=1 / 3)
+    # 6 slices, 2 of them tumor: the two likeliest (s9, s0) and the four least likely (s7, s4, s2, s5)
+    assert sorted(zip(picked.names, picked.labels.tolist())) == [
+        ("s0", 1.0), ("s2", 0.0), ("s4", 0.0), ("s5", 0.0), ("s7", 0.0), ("s9", 1.0)]
+    assert not picked.masks.any()  # no outline is known from a pseudo-label
+    assert picked.has_mask.tolist() == (picked.labels == 0).tolist()  # a tumor-free slice's empty mask is right
+    # scored against the masks where they exist: s2 is a tumor slice labelled tumor-free; s9 has no mask
+    assert record["n_with_masks"] == 5 and record["correct"] == pytest.approx(4 / 5)
+    assert record["tumor_correct"] == 1.0 and (record["n_labelled"], record["n_tumor"]) == (6, 2)
+
+
+def test_self_training_runs_a_teacher_then_a_student_and_resumes(tiny_data, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out))
+    flags = ("--n-viz", "0", "--cls-label-fraction", "0.5", "--cls-pseudo-labels", "1")
+    # interrupted after the teacher's first epoch, then run again: the teacher finishes, the student trains
+    assert classify.main(tiny_args(tiny_data, out, *flags, "--stop-after", "1")) == {}
+    assert os.path.isfile(os.path.join(out, "classifier_checkpoint_teacher.pth"))
+    assert not os.path.isfile(os.path.join(out, "best_tumor_classifier.pth"))
+    m = classify.main(tiny_args(tiny_data, out, *flags))
+    st = m["self_training"]
+    labelled = m["n_train_slices"]
+    assert st["n_labelled"] == st["pool"] > 0 and st["n_with_masks"] == st["pool"]  # every tiny slice has a mask
+    teacher = engine.read_history(os.path.join(out, "classifier_log_teacher.jsonl"))
+    assert len(teacher) == 2 and st["teacher"]["optimizer_steps"] == teacher[-1]["step"]
+    per_epoch = [engine.steps_in_epoch(n, 4, 1) for n in (labelled, labelled + st["n_labelled"])]
+    assert len(m["history"]) == max(1, round(2 * per_epoch[0] / per_epoch[1]))  # the teacher's steps, more slices
+    assert m["optimizer_steps"] == teacher[-1]["step"] + m["history"][-1]["step"]
+    # a classifier trained another way is not resumed as this one
+    with pytest.raises(MiramError, match="pseudo_labels"):
+        classify.main(tiny_args(tiny_data, out, "--n-viz", "0", "--cls-label-fraction", "0.5"))
