@@ -165,18 +165,31 @@ def other_view_figures(m):
 
 
 OTHER_FIGURES = tuple(("other_" + key, digits) for key, _, digits in FIGURES)
+# CLS_PSEUDO_LABELS: how good the teacher was, and its labels where the masks tell
+SELF_TRAINING_FIGURES = (("teacher_auroc", 3), ("pseudo_labels_right", 2))
+
+
+def self_training_figures(m):
+    st = m.get("self_training")
+    if not st:
+        return {}
+    return {"teacher_auroc": st["teacher"]["auroc"], "pseudo_labels_right": st.get("correct", float("nan")),
+            "pseudo_labelled": st["n_labelled"]}
 
 
 def markdown(rows):
     cnn = any("cnn_peer" in r for r in rows)
+    taught = any("teacher_auroc" in r for r in rows)
     views = sorted({r["other_view"] for r in rows if "other_view" in r})
 
     def figure(r, key, digits):
         return f"{r[key]['mean']:.{digits}f}" + (f" ± {r[key]['sd']:.{digits}f}" if r["seeds"] > 1 else "")
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
            "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
-           + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else ""),
-           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")]
+           + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else "")
+           + (" self-training: teacher AUROC / pseudo-labels right (slices) |" if taught else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")
+           + ("---|" if taught else "")]
     for r in rows:
         cells = [figure(r, k, d) for k, _, d in FIGURES]
         other = ""
@@ -186,7 +199,9 @@ def markdown(rows):
                    f"{r['seeds']} | " + " | ".join(cells) + f" | {r['optimizer_steps']} | "
                    f"{r['blob_detector']['slice_auroc']:.3f} ({r['blob_detector']['patch_auroc']:.3f}) |"
                    + (f" {r['cnn_peer']['val_auroc']:.3f} ({r['cnn_peer']['train_auroc']:.3f}) at {r['cnn_peer']['size']} px, "
-                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other)
+                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other
+                   + ((" " + " / ".join(figure(r, k, d) for k, d in SELF_TRAINING_FIGURES)
+                       + f" ({r['pseudo_labelled']}) |" if "teacher_auroc" in r else " – |") if taught else ""))
     return "\n".join(out) + "\n"
 
 
@@ -210,7 +225,7 @@ def main(argv=None):
                 flags = ["--checkpoint", checkpoint, *settings_flags(args), "--dataset-path", data,
                          "--transfer-path", "", "--seed", str(seed)]
                 metrics = classify_once(cfg, out, flags, f"{cell_name(radius, darkness)} seed {seed}")
-                figures.append({**figures_of(metrics), **other_view_figures(metrics)})
+                figures.append({**figures_of(metrics), **other_view_figures(metrics), **self_training_figures(metrics)})
                 runs.append({"radius": radius, "darkness": darkness, "seed": seed, **figures[-1]})
             row = {"radius": radius, "darkness": darkness, "seeds": len(figures),
                    "optimizer_steps": figures[0]["optimizer_steps"], "train_slices": figures[0]["train_slices"],
@@ -220,6 +235,9 @@ def main(argv=None):
             for key in (*(k for k, _, _ in FIGURES), *(k for k, _ in OTHER_FIGURES)):
                 row[key] = mean_sd([f[key] for f in figures])
             row["other_view"] = figures[0]["other_view"]
+            if "teacher_auroc" in figures[0]:
+                row.update({k: mean_sd([f[k] for f in figures]) for k, _ in SELF_TRAINING_FIGURES},
+                           pseudo_labelled=figures[0]["pseudo_labelled"])
             rows.append(row)
     table = markdown(rows)
     save_json(cfg.artifact("lesion_limit"), {"runs": runs, "summary": rows, "checkpoint": checkpoint,

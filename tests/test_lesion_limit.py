@@ -32,6 +32,13 @@ def test_the_table_has_a_row_per_cell_with_its_spread_where_there_are_seeds():
     assert "half-patch shifts averaged: AUROC / pointing game / median mass |" in text.splitlines()[0]
     assert "| 0.610 (0.950) | 0.560 ± 0.010 / 0.70 ± 0.10 / 9.0 ± 2.0 |" in text
     assert "| 0.610 (0.950) | – |" in text  # a row without the other view says so
+    taught = {**row, "teacher_auroc": {"mean": 0.77, "sd": 0.03}, "pseudo_labels_right": {"mean": 0.9, "sd": 0.02},
+              "pseudo_labelled": 94}
+    text = lesion_limit.markdown([taught, row])
+    assert "self-training: teacher AUROC / pseudo-labels right (slices) |" in text.splitlines()[0]
+    assert text.splitlines()[1].count("|") == text.splitlines()[0].count("|")
+    assert "| 0.610 (0.950) | 0.770 ± 0.030 / 0.90 ± 0.02 (94) |" in text
+    assert text.splitlines()[-1].endswith("| 0.610 (0.950) | – |")
 
 
 @pytest.mark.slow
