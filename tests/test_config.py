@@ -37,6 +37,7 @@ def test_preset_then_env():
     ({"MIRAM_PRESET": "huge"}, "MIRAM_PRESET"),
     ({"MIRAM_CLS_LABEL_FRACTION": "0"}, "CLS_LABEL_FRACTION"),
     ({"MIRAM_CLS_PATCH_WEIGHT": "-1"}, "CLS_PATCH_WEIGHT"),
+    ({"MIRAM_CLS_PSEUDO_LABELS": "1.5"}, "CLS_PSEUDO_LABELS"),
 ])
 def test_bad_values_are_refused_naming_the_setting(env, name):
     with pytest.raises(ConfigError, match=name):
