@@ -13,13 +13,14 @@ resume from.
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 
 import matplotlib
 import numpy as np
 
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
-                    save_json)
+                    save_json, temp_beside)
 from imaging import model_input, read_slice, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
@@ -427,6 +428,25 @@ def teach(args, cfg, dist, device, model, variant, split_train, labelled, val_se
     return pseudo, record, done
 
 
+def keep_the_better(record, student, student_loss, path):
+    """Self-training's teacher and student are two candidates of one run: the one with the lower validation
+    log loss (the figure that picks the best epoch within each) is copied to path, the classifier later
+    phases read; both stay under their own names. Notes the choice in record. -> path."""
+    record["student"] = {"checkpoint": os.path.abspath(student), "loss": student_loss}
+    record["kept"] = "teacher" if record["teacher"]["loss"] < student_loss else "student"
+    source = record[record["kept"]]["checkpoint"]
+    fd, tmp = temp_beside(path, ".pth")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
+            shutil.copyfileobj(f, out)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise MiramError(f"{path}: could not write the classifier ({e.strerror or e}); {source} is kept") from None
+    return path
+
+
 def finetune(args, cfg, dist):
     import torch
 
@@ -474,6 +494,8 @@ def finetune(args, cfg, dist):
         extra = {**extra, "pseudo_labels": cfg.CLS_PSEUDO_LABELS}
         task = classification_task(cfg, model, train_set, val_set, device, variant, extra, epochs=epochs,
                                    warmup_epochs=warmup)
+        # the classifier is the better of teacher and student (keep_the_better); the student's own is kept apart
+        task.best = cfg.artifact("classifier", suffix_of(variant) + "_student")
         if args.stop_after is not None:
             args.stop_after = max(0, args.stop_after - teacher_run["epochs_run"])
     else:
@@ -485,9 +507,12 @@ def finetune(args, cfg, dist):
     if not os.path.isfile(task.best):
         dist.say("stopped before the classifier's first epoch: run again to continue")
         return {}
-    best, best_state = build_from_checkpoint(task.best, "classifier", map_location=device)
+    kept = task.best
+    if self_training is not None:
+        kept = keep_the_better(self_training, task.best, result["best"], cfg.artifact("classifier", suffix_of(variant)))
+    best, best_state = build_from_checkpoint(kept, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
-    transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
+    transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(kept, best_state)])
     if transfer is not None and transfer.has_mask.any():
         transfer = transfer.labelled()
         metrics["transfer"], *_ = score(best, transfer, cfg, device)
@@ -500,7 +525,7 @@ def finetune(args, cfg, dist):
     metrics.update(history=result["history"], optimizer_steps=steps, n_train_slices=len(labelled),
                    training_precision="bf16" if cfg.AMP else "fp32",
                    n_train_subjects=len(set(labelled.subjects)), label_fraction=cfg.CLS_LABEL_FRACTION,
-                   checkpoint=os.path.abspath(task.best), run=run_info())
+                   checkpoint=os.path.abspath(kept), run=run_info())
     json_path = cfg.artifact("classification_metrics", suffix_of(variant))
     save_json(json_path, metrics)
     cm = metrics["confusion_matrix"]
@@ -519,7 +544,7 @@ def finetune(args, cfg, dist):
         print(f"  transfer set ({t['data']}): AUROC {t['auroc']:.3f}  accuracy {t['accuracy']:.3f}"
               + (f"  {DEFAULT_HEATMAP} map: pointing game {loc['pointing_game']:.2f}, "
                  f"{loc['mass_inside_over_share_median']:.1f}x on the median slice" if loc else ""))
-    print("wrote\n  " + "\n  ".join([task.best, json_path, *figures]))
+    print("wrote\n  " + "\n  ".join([kept, json_path, *figures]))
     return metrics
 
 

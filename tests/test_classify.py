@@ -407,6 +407,25 @@ def test_self_training_runs_a_teacher_then_a_student_and_resumes(tiny_data, tmp_
     per_epoch = [engine.steps_in_epoch(n, 4, 1) for n in (labelled, labelled + st["n_labelled"])]
     assert len(m["history"]) == max(1, round(2 * per_epoch[0] / per_epoch[1]))  # the teacher's steps, more slices
     assert m["optimizer_steps"] == teacher[-1]["step"] + m["history"][-1]["step"]
+    # the classifier is whichever of teacher and student has the lower validation loss, both kept
+    losses = {who: st[who]["loss"] for who in ("teacher", "student")}
+    assert st["kept"] == min(losses, key=losses.get)
+    with open(os.path.join(out, "best_tumor_classifier.pth"), "rb") as f, open(st[st["kept"]]["checkpoint"], "rb") as g:
+        assert f.read() == g.read()
+    assert os.path.isfile(os.path.join(out, "best_tumor_classifier_student.pth"))
     # a classifier trained another way is not resumed as this one
     with pytest.raises(MiramError, match="pseudo_labels"):
         classify.main(tiny_args(tiny_data, out, "--n-viz", "0", "--cls-label-fraction", "0.5"))
+
+
+@pytest.mark.parametrize("teacher_loss, kept", [(0.4, "teacher"), (0.6, "student")])
+def test_the_lower_validation_loss_of_teacher_and_student_is_the_classifier(tmp_path, teacher_loss, kept):
+    files = {who: tmp_path / f"{who}.pth" for who in ("teacher", "student")}
+    for who, path in files.items():
+        path.write_bytes(who.encode())
+    record = {"teacher": {"checkpoint": str(files["teacher"]), "loss": teacher_loss}}
+    final = tmp_path / "best_tumor_classifier.pth"
+    final.write_bytes(b"an earlier run's")
+    assert classify.keep_the_better(record, str(files["student"]), 0.5, str(final)) == str(final)
+    assert record["kept"] == kept and final.read_bytes() == kept.encode()
+    assert files["teacher"].read_bytes() == b"teacher" and files["student"].read_bytes() == b"student"
