@@ -174,7 +174,7 @@ def self_training_figures(m):
     if not st:
         return {}
     return {"teacher_auroc": st["teacher"]["auroc"], "pseudo_labels_right": st.get("correct", float("nan")),
-            "pseudo_labelled": st["n_labelled"]}
+            "pseudo_labelled": st["n_labelled"], "student_kept": st.get("kept", "student") == "student"}
 
 
 def markdown(rows):
@@ -187,7 +187,7 @@ def markdown(rows):
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
            "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
            + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else "")
-           + (" self-training: teacher AUROC / pseudo-labels right (slices) |" if taught else ""),
+           + (" self-training: teacher AUROC / pseudo-labels right (slices), student kept |" if taught else ""),
            "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")
            + ("---|" if taught else "")]
     for r in rows:
@@ -201,7 +201,8 @@ def markdown(rows):
                    + (f" {r['cnn_peer']['val_auroc']:.3f} ({r['cnn_peer']['train_auroc']:.3f}) at {r['cnn_peer']['size']} px, "
                       f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other
                    + ((" " + " / ".join(figure(r, k, d) for k, d in SELF_TRAINING_FIGURES)
-                       + f" ({r['pseudo_labelled']}) |" if "teacher_auroc" in r else " – |") if taught else ""))
+                       + f" ({r['pseudo_labelled']}), {r['students_kept']} of {r['seeds']} |"
+                       if "teacher_auroc" in r else " – |") if taught else ""))
     return "\n".join(out) + "\n"
 
 
@@ -237,7 +238,8 @@ def main(argv=None):
             row["other_view"] = figures[0]["other_view"]
             if "teacher_auroc" in figures[0]:
                 row.update({k: mean_sd([f[k] for f in figures]) for k, _ in SELF_TRAINING_FIGURES},
-                           pseudo_labelled=figures[0]["pseudo_labelled"])
+                           pseudo_labelled=figures[0]["pseudo_labelled"],
+                           students_kept=sum(f["student_kept"] for f in figures))
             rows.append(row)
     table = markdown(rows)
     save_json(cfg.artifact("lesion_limit"), {"runs": runs, "summary": rows, "checkpoint": checkpoint,
