@@ -261,8 +261,8 @@ class Config:
     # mask file): a first classifier (the teacher, artifacts *_teacher) is trained on the labelled slices,
     # this share of the unlabelled ones takes the label it is surest of (the most and least likely, in the
     # labelled slices' tumor ratio), and the classifier is trained again from the pre-trained encoder on both,
-    # for as many optimizer steps. A pseudo-labelled tumor slice has no known outline: it gets no patch labels
-    # and no pasted lesion. 0: off (one training run)
+    # for as many optimizer steps; of the two, the lower validation loss is the classifier kept. A
+    # pseudo-labelled tumor slice has no known outline: it gets no patch labels and no pasted lesion. 0: off
     CLS_PSEUDO_LABELS: float = 0.0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in
