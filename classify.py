@@ -428,12 +428,12 @@ def teach(args, cfg, dist, device, model, variant, split_train, labelled, val_se
     return pseudo, record, done
 
 
-def keep_the_better(record, student, student_loss, path):
-    """Self-training's teacher and student are two candidates of one run: the one with the lower validation
-    log loss (the figure that picks the best epoch within each) is copied to path, the classifier later
-    phases read; both stay under their own names. Notes the choice in record. -> path."""
-    record["student"] = {"checkpoint": os.path.abspath(student), "loss": student_loss}
-    record["kept"] = "teacher" if record["teacher"]["loss"] < student_loss else "student"
+def keep_the_better(record, path):
+    """Self-training's teacher and student (record["teacher"], record["student"]: each its "checkpoint" and
+    validation "loss") are two candidates of one run: the one with the lower validation log loss (the figure
+    that picks the best epoch within each) is copied to path, the classifier later phases read; both stay
+    under their own names. Notes the choice in record. -> path."""
+    record["kept"] = "teacher" if record["teacher"]["loss"] < record["student"]["loss"] else "student"
     source = record[record["kept"]]["checkpoint"]
     fd, tmp = temp_beside(path, ".pth")
     try:
@@ -509,7 +509,10 @@ def finetune(args, cfg, dist):
         return {}
     kept = task.best
     if self_training is not None:
-        kept = keep_the_better(self_training, task.best, result["best"], cfg.artifact("classifier", suffix_of(variant)))
+        at_best = [h for h in result["history"] if h.get("val_loss") == result["best"]]
+        self_training["student"] = {"checkpoint": os.path.abspath(task.best), "loss": result["best"],
+                                    "auroc": at_best[-1]["val_auroc"] if at_best else None}
+        kept = keep_the_better(self_training, cfg.artifact("classifier", suffix_of(variant)))
     best, best_state = build_from_checkpoint(kept, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
     transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(kept, best_state)])

@@ -166,14 +166,16 @@ def other_view_figures(m):
 
 OTHER_FIGURES = tuple(("other_" + key, digits) for key, _, digits in FIGURES)
 # CLS_PSEUDO_LABELS: how good the teacher was, and its labels where the masks tell
-SELF_TRAINING_FIGURES = (("teacher_auroc", 3), ("pseudo_labels_right", 2))
+SELF_TRAINING_FIGURES = (("teacher_auroc", 3), ("student_auroc", 3), ("pseudo_labels_right", 2))
 
 
 def self_training_figures(m):
     st = m.get("self_training")
     if not st:
         return {}
-    return {"teacher_auroc": st["teacher"]["auroc"], "pseudo_labels_right": st.get("correct", float("nan")),
+    student = st.get("student", {}).get("auroc")
+    return {"teacher_auroc": st["teacher"]["auroc"], "student_auroc": float("nan") if student is None else student,
+            "pseudo_labels_right": st.get("correct", float("nan")),
             "pseudo_labelled": st["n_labelled"], "student_kept": st.get("kept", "student") == "student"}
 
 
@@ -187,7 +189,7 @@ def markdown(rows):
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
            "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
            + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else "")
-           + (" self-training: teacher AUROC / pseudo-labels right (slices), student kept |" if taught else ""),
+           + (" self-training: teacher / student AUROC / pseudo-labels right (slices), student kept |" if taught else ""),
            "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")
            + ("---|" if taught else "")]
     for r in rows:

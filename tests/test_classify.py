@@ -410,6 +410,7 @@ def test_self_training_runs_a_teacher_then_a_student_and_resumes(tiny_data, tmp_
     # the classifier is whichever of teacher and student has the lower validation loss, both kept
     losses = {who: st[who]["loss"] for who in ("teacher", "student")}
     assert st["kept"] == min(losses, key=losses.get)
+    assert st["student"]["auroc"] == min(m["history"], key=lambda h: h["val_loss"])["val_auroc"]
     with open(os.path.join(out, "best_tumor_classifier.pth"), "rb") as f, open(st[st["kept"]]["checkpoint"], "rb") as g:
         assert f.read() == g.read()
     assert os.path.isfile(os.path.join(out, "best_tumor_classifier_student.pth"))
@@ -423,9 +424,10 @@ def test_the_lower_validation_loss_of_teacher_and_student_is_the_classifier(tmp_
     files = {who: tmp_path / f"{who}.pth" for who in ("teacher", "student")}
     for who, path in files.items():
         path.write_bytes(who.encode())
-    record = {"teacher": {"checkpoint": str(files["teacher"]), "loss": teacher_loss}}
+    record = {"teacher": {"checkpoint": str(files["teacher"]), "loss": teacher_loss},
+              "student": {"checkpoint": str(files["student"]), "loss": 0.5}}
     final = tmp_path / "best_tumor_classifier.pth"
     final.write_bytes(b"an earlier run's")
-    assert classify.keep_the_better(record, str(files["student"]), 0.5, str(final)) == str(final)
+    assert classify.keep_the_better(record, str(final)) == str(final)
     assert record["kept"] == kept and final.read_bytes() == kept.encode()
     assert files["teacher"].read_bytes() == b"teacher" and files["student"].read_bytes() == b"student"

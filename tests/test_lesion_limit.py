@@ -32,12 +32,13 @@ def test_the_table_has_a_row_per_cell_with_its_spread_where_there_are_seeds():
     assert "half-patch shifts averaged: AUROC / pointing game / median mass |" in text.splitlines()[0]
     assert "| 0.610 (0.950) | 0.560 ± 0.010 / 0.70 ± 0.10 / 9.0 ± 2.0 |" in text
     assert "| 0.610 (0.950) | – |" in text  # a row without the other view says so
-    taught = {**row, "teacher_auroc": {"mean": 0.77, "sd": 0.03}, "pseudo_labels_right": {"mean": 0.9, "sd": 0.02},
+    taught = {**row, "teacher_auroc": {"mean": 0.77, "sd": 0.03}, "student_auroc": {"mean": 0.8, "sd": 0.05},
+              "pseudo_labels_right": {"mean": 0.9, "sd": 0.02},
               "pseudo_labelled": 94, "students_kept": 1}
     text = lesion_limit.markdown([taught, row])
-    assert "self-training: teacher AUROC / pseudo-labels right (slices), student kept |" in text.splitlines()[0]
+    assert "self-training: teacher / student AUROC / pseudo-labels right (slices), student kept |" in text.splitlines()[0]
     assert text.splitlines()[1].count("|") == text.splitlines()[0].count("|")
-    assert "| 0.610 (0.950) | 0.770 ± 0.030 / 0.90 ± 0.02 (94), 1 of 2 |" in text
+    assert "| 0.610 (0.950) | 0.770 ± 0.030 / 0.800 ± 0.050 / 0.90 ± 0.02 (94), 1 of 2 |" in text
     assert text.splitlines()[-1].endswith("| 0.610 (0.950) | – |")
 
 
@@ -96,10 +97,11 @@ def test_the_convolutional_peer_learns_dark_lesions_from_pixel_labels(tmp_path):
 
 
 def test_self_training_figures_name_the_teacher_and_which_classifier_was_kept():
-    metrics = {"self_training": {"teacher": {"auroc": 0.77, "loss": 0.5}, "correct": 0.9, "n_labelled": 94,
-                                 "kept": "teacher"}}
+    metrics = {"self_training": {"teacher": {"auroc": 0.77, "loss": 0.5}, "student": {"auroc": 0.7, "loss": 0.6},
+                                 "correct": 0.9, "n_labelled": 94, "kept": "teacher"}}
     assert lesion_limit.self_training_figures(metrics) == {
-        "teacher_auroc": 0.77, "pseudo_labels_right": 0.9, "pseudo_labelled": 94, "student_kept": False}
+        "teacher_auroc": 0.77, "student_auroc": 0.7, "pseudo_labels_right": 0.9, "pseudo_labelled": 94,
+        "student_kept": False}
     metrics["self_training"]["kept"] = "student"
     assert lesion_limit.self_training_figures(metrics)["student_kept"] is True
     assert lesion_limit.self_training_figures({}) == {}
