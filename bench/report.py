@@ -134,10 +134,10 @@ def settings_of(command):
     return " ".join(kept)
 
 
-def settings_section(runs, note):
+def settings_section(runs, note, title="Classifier settings compared"):
     """classify.py runs that differ by settings (named in each run's command); runs that differ only by
     MIRAM_SEED are summarised as mean +- standard deviation."""
-    lines = ["## Classifier settings compared", "", f"Each row one run, its command as recorded. {note}", ""]
+    lines = [f"## {title}", "", f"Each row one run, its command as recorded. {note}", ""]
     rows, groups = [], {}
     for r in runs:
         loc = r["localization"][r.get("default_heatmap", "evidence")]
@@ -359,6 +359,7 @@ def main(argv=None):
     p.add_argument("--settings-runs", nargs="*", default=[], metavar="DIR",
                    help="output folders of classify.py runs with other settings, reported side by side")
     p.add_argument("--settings-note", default="", help="what those runs share (the encoder, the data)")
+    p.add_argument("--settings-title", default="Classifier settings compared", help="their section's heading")
     p.add_argument("--lesion-runs", nargs="*", default=[], metavar="DIR",
                    help="OUTPUT_PATHs of bench/lesion_limit.py runs with other classifier settings, each a section")
     args = p.parse_args(argv)
@@ -393,7 +394,7 @@ def main(argv=None):
     stem = os.path.splitext(ARTIFACTS["classification_metrics"])[0]
     others = [load_json(f) for d in args.settings_runs for f in sorted(glob.glob(os.path.join(d, stem + "*.json")))]
     if others:
-        lines += settings_section(others, args.settings_note)
+        lines += settings_section(others, args.settings_note, args.settings_title)
     docs = os.path.dirname(os.path.abspath(args.to))
     os.makedirs(docs, exist_ok=True)
     if os.path.isfile(path("compare")) and os.path.isfile(path("compare_table")):

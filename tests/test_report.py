@@ -19,6 +19,8 @@ def test_runs_that_differ_by_seed_are_summarised_and_others_are_not():
     assert "0.920 ± 0.028" in text and "0.70 ± 0.14" in text  # mean ± sample standard deviation
     summary = text.split("MIRAM_SEED")[-1]
     assert "--from-scratch" not in summary
+    assert text.startswith("## Classifier settings compared")
+    assert report.settings_section(runs, "note", "fp32 against bf16")[0] == "## fp32 against bf16"
 
 
 
