@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import pickle
+import shutil
 import socket
 import sys
 from contextlib import contextmanager
@@ -25,11 +26,23 @@ ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False}
 def atomic_torch_save(obj, path):
     """Writes to a temporary file in the same folder, fsyncs, then renames: a crash or a full disk leaves
     the previous file as it was, and a half-written file is never under the real name."""
+    _write_atomically(path, lambda f: torch.save(obj, f))
+
+
+def copy_checkpoint(source, path):
+    """source's bytes to path, written as atomic_torch_save writes (a checkpoint kept under another name)."""
+    def copy(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+    _write_atomically(path, copy)
+
+
+def _write_atomically(path, write):
     tmp = None
     try:
         fd, tmp = temp_beside(path, ".pth")
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -13,14 +13,13 @@ resume from.
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 
 import matplotlib
 import numpy as np
 
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
-                    save_json, temp_beside)
+                    save_json)
 from imaging import model_input, read_slice, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
@@ -433,17 +432,9 @@ def keep_the_better(record, path):
     validation "loss") are two candidates of one run: the one with the lower validation log loss (the figure
     that picks the best epoch within each) is copied to path, the classifier later phases read; both stay
     under their own names. Notes the choice in record. -> path."""
+    from checkpoint import copy_checkpoint
     record["kept"] = "teacher" if record["teacher"]["loss"] < record["student"]["loss"] else "student"
-    source = record[record["kept"]]["checkpoint"]
-    fd, tmp = temp_beside(path, ".pth")
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
-            shutil.copyfileobj(f, out)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise MiramError(f"{path}: could not write the classifier ({e.strerror or e}); {source} is kept") from None
+    copy_checkpoint(record[record["kept"]]["checkpoint"], path)
     return path
 
 
