@@ -280,7 +280,8 @@ def train_one_epoch(task, model, net, optimizer, scaler, cfg, dist, device, epoc
 def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     """Trains task's model for task.epochs (resuming task.checkpoint when there is one), keeps the epoch
     with the best validation figure in task.best, logs every epoch to task.log. Rank 0 alone writes.
-    -> {"best", "history", "optimizer_steps" and "epochs_run" (this invocation), "epochs" (done in all)}."""
+    -> {"best", "history" (each epoch's "step" counts optimizer steps), "epochs_run" (this invocation),
+    "epochs" (done in all)}."""
     say = dist.say
     out_dir = os.path.dirname(os.path.abspath(task.checkpoint))
     if dist.main:
@@ -327,7 +328,6 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
     end = task.epochs if stop_after is None else min(task.epochs, start + stop_after)
     if start >= task.epochs:
         say(f"{task.name}: already trained for {start} epochs (of {task.epochs}); nothing to do")
-    steps_run = 0
     for epoch in range(start, end):
         t0 = time.time()
         try:
@@ -335,7 +335,6 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
         except torch.cuda.OutOfMemoryError:
             raise MiramError("CUDA out of memory: reduce BATCH_SIZE (e.g. --batch-size 8) and raise "
                              "ACCUM_STEPS to keep the effective batch") from None
-        steps_run += steps_per_epoch
         model.eval()
         with torch.no_grad():
             val = task.validate(model)  # every process: same data, same result
@@ -370,5 +369,4 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
         say(f"{dist.world} processes hold {'identical' if same else 'DIFFERENT'} weights")
         if not same:
             raise MiramError("data-parallel processes diverged: their weights differ")
-    return {"best": best, "history": history, "optimizer_steps": steps_run, "epochs_run": max(0, end - start),
-            "epochs": max(start, end)}
+    return {"best": best, "history": history, "epochs_run": max(0, end - start), "epochs": max(start, end)}
