@@ -107,7 +107,7 @@ def test_wider_framing_shrinks_and_moves_that_share_of_the_heads_only():
     assert all(torch.equal(plain[k], half[k]) for k in ("angle", "flip", "gamma"))
     wide = half["scale"] != plain["scale"]
     assert 0.45 < wide.float().mean() < 0.55
-    assert half["scale"][wide].min() < 0.72 and half["scale"].min() >= 0.7 and half["scale"].max() <= 1.1
+    assert half["scale"][wide].min() < 0.47 and half["scale"].min() >= 0.45 and half["scale"].max() <= 1.1
     assert half["tx"][wide].abs().max() > 0.09 and half["tx"][~wide].abs().max() <= 0.05
     assert torch.equal(half["tx"][~wide], plain["tx"][~wide])
 
@@ -335,13 +335,17 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
     def centre(a):
         yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
         return torch.stack([(yy * a[0]).sum(), (xx * a[0]).sum()]) / a.sum()
-    moved = 0
-    for img, m in zip(out_images[6:], out_masks[6:]):
+    moved = cropped = 0
+    for img, m, original in zip(out_images[6:], out_masks[6:], masks.repeat(3, 1, 1, 1)):
+        if m.sum() < 0.5 * original.sum():  # a field of view cut into the object: the mask cut alike
+            cropped += 1
+        if m.sum() < 4:  # cut off entirely: nothing left to align
+            continue
         # the image's object (bright, or T2-like darker, above the noise) is centred where its mask is, within
         # a pixel (the simulated low resolution blurs by up to 2.5 pixels; nearest downsampling moved it 2)
         assert (centre((img > 0.1).float()) - centre(m)).norm() < 1.0
         moved += not torch.equal(m > 0.5, masks[0] > 0.5)
-    assert moved
+    assert moved and cropped
     again = dataset.anatomy_variants(images, 3, seed=4, masks=masks.float())
     assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks)
     assert not torch.equal(dataset.anatomy_variants(images, 3, seed=5)[0], out_images)
@@ -372,7 +376,7 @@ def test_anatomy_variants_cache_returns_the_same_draws_and_is_redrawn_for_other_
     assert os.path.isfile(cache) and torch.equal(drawn, dataset.anatomy_variants(images, 2, seed=1)[0])
     calls = []
     real = dataset.anatomy_transform
-    monkeypatch.setattr(dataset, "anatomy_transform", lambda: calls.append(1) or real())
+    monkeypatch.setattr(dataset, "anatomy_transform", lambda size: calls.append(1) or real(size))
     assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn) and not calls  # read back
     other, _ = dataset.anatomy_variants(images, 2, seed=2, cache=cache)
     assert calls and not torch.equal(other, drawn)  # another seed: drawn again, and the cache replaced
