@@ -272,13 +272,14 @@ def gflop_per_image(kind, model, inputs):
     return counter.get_total_flops() / images / 1e9
 
 
-def matmul_gflops(threads, size=2048, reps=5):
-    """The fp32 matrix-multiply rate of this machine at `threads` threads, the yardstick every row's share is
-    measured against: the faster of torch's default matmul and oneDNN's (on an AMD Zen 5 the default ran at
-    half oneDNN's rate), best of reps."""
+def matmul_gflops(threads, size=2048, reps=5, dtype=torch.float32):
+    """The matrix-multiply rate of this machine at `threads` threads, the yardstick every row's share is
+    measured against: in fp32 the faster of torch's default matmul and oneDNN's (on an AMD Zen 5 the default
+    ran at half oneDNN's rate), best of reps; dtype=torch.bfloat16: torch's bf16 matmul (oneDNN's on a CPU)."""
     torch.set_num_threads(threads)
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    products = [lambda: a @ b] + ([lambda: onednn_linear(a, b, None)] if ONEDNN_LINEAR else [])
+    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+    fp32 = dtype == torch.float32
+    products = [lambda: a @ b] + ([lambda: onednn_linear(a, b, None)] if ONEDNN_LINEAR and fp32 else [])
     best = float("inf")
     for product in products:
         product()

@@ -199,10 +199,19 @@ def throughput_section(t):
              f"- {provenance(t.get('run'))}",
              f"- spec sizes, batch {t['batch']}, {t['threads']} threads, candidates interleaved in one process; a "
              f"step is {t['gflop_per_image']:.1f} GFLOP per image, the fp32 matrix multiply here "
-             f"{t['matmul_gflops']:.0f} GFLOP/s; allocator: {t.get('allocator', 'the system')}", ""]
+             f"{t['matmul_gflops']:.0f} GFLOP/s"
+             + (f", in bf16 {t['bf16_matmul_gflops']:.0f}" if t.get("bf16_matmul_gflops") else "")
+             + f"; allocator: {t.get('allocator', 'the system')}"]
+    if t.get("ceiling_vs_hf_fp32"):
+        lines.append("- ceiling: every FLOP of a step at that matrix-multiply rate would be "
+                     + " and ".join(f"{v:.2f}x HF fp32 in {k}" for k, v in t["ceiling_vs_hf_fp32"].items())
+                     + "; no kernel choice goes past it on this machine")
     rows = [[name, f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}", f"{r['ratio_vs_hf_fp32']:.2f}x",
-             f"{r['share_of_fp32_matmul_peak']:.0%}"] for name, r in t["throughput"].items()]
-    return lines + table(["candidate", "images/s (median)", "(best)", "vs HF fp32", "share of fp32 peak"], rows) + [""]
+             f"{r['share_of_fp32_matmul_peak']:.0%}",
+             f"{r['share_of_bf16_matmul_peak']:.0%}" if "share_of_bf16_matmul_peak" in r else ""]
+            for name, r in t["throughput"].items()]
+    return lines + [""] + table(["candidate", "images/s (median)", "(best)", "vs HF fp32", "share of fp32 peak",
+                                 "share of bf16 peak"], rows) + [""]
 
 
 def allocator_section(a):

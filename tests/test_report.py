@@ -104,3 +104,20 @@ def test_each_cpu_kinds_saved_run_is_one_row_of_the_table_across_cpus(tmp_path):
     assert text.count("| Zen 3 (AVX2) |") == 1 and "**14.0 min**" in text and "14.3" not in text
     assert "| Xeon (AVX-512 BF16) | **7.6 min** | 1.0 / 0.0 / 0.5 / 0.0 |" in text
     assert "0.25x / 2.0x" in text and "0.40x / 2.0x" in text  # latency and images/s against the peer's
+
+
+def test_the_training_step_section_gives_each_rows_share_and_the_ceiling_the_matmul_rate_sets():
+    step = {"threads": 2, "batch": 16, "gflop_per_image": 10.0, "matmul_gflops": 200.0,
+            "bf16_matmul_gflops": 400.0, "ceiling_vs_hf_fp32": {"fp32": 1.6, "bf16": 3.2},
+            "throughput": {"hf-fp32": {"median_img_s": 12.5, "best_img_s": 13.0, "ratio_vs_hf_fp32": 1.0,
+                                       "share_of_fp32_matmul_peak": 0.625},
+                           "miram-bf16 (train.py)": {"median_img_s": 25.0, "best_img_s": 26.0, "ratio_vs_hf_fp32": 2.0,
+                                                     "share_of_fp32_matmul_peak": 1.25,
+                                                     "share_of_bf16_matmul_peak": 0.625}}}
+    text = "\n".join(report.throughput_section(step))
+    assert "in bf16 400" in text and "1.60x HF fp32 in fp32 and 3.20x HF fp32 in bf16" in text
+    assert "| hf-fp32 | 12.5 | 13.0 | 1.00x | 62% |  |" in text
+    assert "| miram-bf16 (train.py) | 25.0 | 26.0 | 2.00x | 125% | 62% |" in text
+    # a run saved before the bf16 rate was measured still reports
+    old = {k: v for k, v in step.items() if k not in ("bf16_matmul_gflops", "ceiling_vs_hf_fp32")}
+    assert "ceiling" not in "\n".join(report.throughput_section(old))
