@@ -138,8 +138,20 @@ def margin(summary, baselines):
     return best, summary["miram"]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
 
 
-def measure(model, data, ratio, seed, device, baselines, n_samples=0):
-    """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, images to show)."""
+def subject_margins(per_image, subjects, best):
+    """{subject: its slice count, MIRAM's and `best`'s mean masked-patch PSNR and the margin}: where a set of a
+    few different heads gains and where it loses (each head weighs by its slices in the set's mean)."""
+    out = {}
+    for subject in dict.fromkeys(subjects):
+        rows = [i for i, s in enumerate(subjects) if s == subject]
+        ours, theirs = (finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows]) for m in ("miram", best))
+        out[subject] = {"n_images": len(rows), "miram": ours, best: theirs, "margin_db": ours - theirs}
+    return out
+
+
+def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject=False):
+    """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, images to show);
+    by_subject: also "per_subject" (subject_margins), for a set of a few heads."""
     per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, keep_images=n_samples)
     summary = summarize(per_image)
     best, gain = margin(summary, baselines)
@@ -147,9 +159,14 @@ def measure(model, data, ratio, seed, device, baselines, n_samples=0):
     if best:
         print(f"MIRAM vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     # baselines: the fine scale's figures at the top level ("masked", "composite"), both scales below
-    return {"miram": summary["miram"], "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
-            "margin_db": {"vs": best, "masked_psnr": gain}, "n_images": len(data),
-            "per_image": {"names": data.names, **per_image}}, shown
+    result = {"miram": summary["miram"], "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
+              "margin_db": {"vs": best, "masked_psnr": gain}, "n_images": len(data),
+              "per_image": {"names": data.names, **per_image}}
+    if by_subject and best:
+        result["per_subject"] = subject_margins(per_image, data.subjects, best)
+        for subject, r in result["per_subject"].items():
+            print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}")
+    return result, shown
 
 
 def save_figure(shown, path, title):
@@ -233,7 +250,7 @@ def run(args, cfg):
     transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
     if transfer is not None:
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
-        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines)
+        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines, by_subject=True)
         result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}

@@ -73,6 +73,12 @@ def evaluation_section(m):
         if margin.get("vs"):
             lines += ["", f"MIRAM vs the best classical fill ({margin['vs']}): **{margin['masked_psnr']:+.2f} dB** "
                           "masked PSNR.", ""]
+        if part.get("per_subject"):
+            best = margin["vs"]
+            lines += ["Per head (masked PSNR, mean over its slices):", ""]
+            lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"],
+                           [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}", f"{r['margin_db']:+.2f} dB"]
+                            for s, r in part["per_subject"].items()]) + [""]
     return lines
 
 

@@ -1,7 +1,9 @@
 """TRANSFER_PATH: every phase's quality figures on a second set, never trained on, beside the validation split's."""
 import json
 import os
+import sys
 
+import numpy as np
 import pytest
 
 import classify
@@ -11,6 +13,9 @@ import train
 from config import load_config
 from conftest import tiny_args, write_tiny_dataset
 from dataset import load_transfer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import report  # noqa: E402
 
 
 @pytest.mark.slow
@@ -26,6 +31,16 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
     ev = json.load(open(os.path.join(out, "eval_metrics.json")))
     assert ev["transfer"]["n_images"] == 6 and ev["n_images"] < 12  # all of the other set; the validation split
     assert ev["transfer"]["miram"]["fine"]["masked"]["psnr"] != ev["miram"]["fine"]["masked"]["psnr"]
+    # each head's margin, over its own slices, against the set's best classical fill
+    heads, best = ev["transfer"]["per_subject"], ev["transfer"]["margin_db"]["vs"]
+    assert sum(h["n_images"] for h in heads.values()) == 6 and len(heads) == 2
+    for subject, h in heads.items():
+        rows = [i for i, n in enumerate(ev["transfer"]["per_image"]["names"]) if n.startswith(subject)]
+        ours = np.mean([ev["transfer"]["per_image"]["miram"]["fine"]["masked"]["psnr"][i] for i in rows])
+        theirs = np.mean([ev["transfer"]["per_image"][best]["fine"]["masked"]["psnr"][i] for i in rows])
+        assert h["margin_db"] == pytest.approx(ours - theirs) and h["n_images"] == len(rows)
+    assert "per_subject" not in ev  # the validation split: many slabs of one template, no heads to tell apart
+    assert "Per head" in "\n".join(report.evaluation_section(ev))
     inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
     assert inpaint["transfer"]["n_regions"] == 2 * 6 and inpaint["validation"]["hole_mse"] > 0
     log = [json.loads(line) for line in open(os.path.join(out, "inpaint_log.jsonl"))]
