@@ -219,12 +219,12 @@ class Config:
     # brain lies and painted brain into the background of smaller heads. Demo, 2 seeds (docs/RESULTS.md):
     # masked-patch PSNR over the best classical fill on the transfer set +0.20/-0.01 -> +0.64/+0.89 dB,
     # validation +2.07/+1.78 -> +2.08/+2.03 dB. Every slice framed wider (1 seed): +0.99 dB transfer, +1.67 validation.
-    # Scaled down to 45% rather than 70% (with the variants' cropped field of view, sharpening and per-tissue
-    # contrast; seeds 1 and 2): transfer +0.46/+0.70 -> +1.13/+1.05 dB, validation +2.06/+2.07 -> +2.01/+1.94
+    # Scaled down to 45% rather than 70% (with the variants' cropped field of view and sharpening; seeds 1
+    # and 2): transfer +0.46/+0.70 -> +1.18/+1.13 dB, validation +2.06/+2.07 -> +1.89/+1.86 (docs/METHODS.md)
     AUGMENT_WIDER: float = 0.5
     # pre-training and the inpainting fine-tune: other plausible brains drawn once per training slice
-    # (dataset.anatomy_transform: elastic, T2-like and per-tissue contrast, bias field, gamma, resolution,
-    # sharpness, field of view, noise); 0: none.
+    # (dataset.anatomy_transform: elastic, T2-like contrast, bias field, gamma, resolution, sharpness, field
+    # of view, noise); 0: none.
     # The demo's 4 (measured, docs/RESULTS.md): masked-patch PSNR on the transfer set -1.50 -> +0.20 dB
     # against the best classical fill, -0.31 dB on the validation split, and a classifier fine-tuned from it
     # ahead (3 seeds); in the inpainting fine-tune, the transfer set's gain over biharmonic +0.41 -> +1.30 dB,

@@ -572,20 +572,19 @@ def t2_like(x):
 
 
 # What anatomy_transform draws; part of the variant cache's key, so a changed recipe is never read back stale.
-ANATOMY_RECIPE = 2
+ANATOMY_RECIPE = 3
 
 
 def anatomy_transform(size):
     """One draw of another plausible brain from a size x size slice (MONAI transforms, dictionaries of image and
     mask): smooth elastic deformation (the mask moves alike), T2-like contrast, bias field, gamma, lower
-    resolution, blur or sharpening (a single subject's scan is sharper than the averaged template), per-tissue
-    contrast (the intensity histogram remapped through random control points: on a T1 slice grey matter,
-    white matter and fluid are intensity bands, so each moves on its own), a cropped field of view
-    (the image and mask kept inside one random box, 20-80% of the side, zero outside, as a slab acquisition or
-    a cropped export gives) and Rician noise."""
+    resolution, blur or sharpening (a single subject's scan is sharper than the averaged template), a cropped
+    field of view (the image and mask kept inside one random box, 20-80% of the side, zero outside, as a slab
+    acquisition or a cropped export gives) and Rician noise. A per-tissue contrast change (MONAI's
+    RandHistogramShiftd) was measured and left out: no gain on the transfer set, lower validation SSIM."""
     from monai.transforms import (Compose, Rand2DElasticd, RandAdjustContrastd, RandBiasFieldd, RandCoarseDropoutd,
-                                  RandGaussianSharpend, RandGaussianSmoothd, RandHistogramShiftd, RandLambdad,
-                                  RandRicianNoised, RandSimulateLowResolutiond)
+                                  RandGaussianSharpend, RandGaussianSmoothd, RandLambdad, RandRicianNoised,
+                                  RandSimulateLowResolutiond)
     return Compose([
         Rand2DElasticd(keys=("image", "mask"), spacing=(32, 32), magnitude_range=(1, 2), prob=0.8,
                        mode=("bilinear", "bilinear"), padding_mode="zeros", allow_missing_keys=True),
@@ -597,7 +596,6 @@ def anatomy_transform(size):
         RandGaussianSmoothd(keys="image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), prob=0.2),
         RandGaussianSharpend(keys="image", sigma1_x=(0.5, 1.0), sigma1_y=(0.5, 1.0), sigma2_x=0.5, sigma2_y=0.5,
                              alpha=(1.0, 4.0), prob=0.3),  # MONAI's default alpha (10-30) rings at edges
-        RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
         # dropout_holes=False keeps the box and fills the rest: a field of view, not a hole
         RandCoarseDropoutd(keys=("image", "mask"), holes=1, spatial_size=max(1, int(size * 0.2)),
                            max_spatial_size=max(1, int(size * 0.8)), dropout_holes=False, fill_value=0.0,
