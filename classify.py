@@ -419,12 +419,18 @@ def teach(args, cfg, dist, device, model, variant, split_train, labelled, val_se
     teacher, state = build_from_checkpoint(task.best, "classifier", map_location=device)
     pseudo, record = pseudo_labelled(pool, predict_all(teacher.to(device), pool.images, device, cfg.AMP),
                                      cfg.CLS_PSEUDO_LABELS, float(labelled.labels.mean()))
-    record["teacher"] = {"checkpoint": os.path.abspath(task.best), "auroc": state["metrics"].get("auroc"),
-                         "loss": state["metrics"].get("loss"), "optimizer_steps": done["history"][-1]["step"]}
+    record["teacher"] = {**candidate(task.best, state), "optimizer_steps": done["history"][-1]["step"]}
     dist.say(f"self-training: the teacher (validation AUROC {record['teacher']['auroc']:.3f}) labels {len(pseudo)} "
              f"of {len(pool)} unlabelled training slices ({record['n_tumor']} tumor)"
              + (f", {record['correct']:.0%} as their masks say" if "correct" in record else ""))
     return pseudo, record, done
+
+
+def candidate(path, state):
+    """Self-training's record of one of its two classifiers: its best checkpoint and that epoch's validation
+    AUROC and log loss, as the checkpoint (state, as loaded) holds them."""
+    return {"checkpoint": os.path.abspath(path), "auroc": state["metrics"].get("auroc"),
+            "loss": state["metrics"].get("loss")}
 
 
 def keep_the_better(record, path):
@@ -500,9 +506,8 @@ def finetune(args, cfg, dist):
         return {}
     kept = task.best
     if self_training is not None:
-        at_best = [h for h in result["history"] if h.get("val_loss") == result["best"]]
-        self_training["student"] = {"checkpoint": os.path.abspath(task.best), "loss": result["best"],
-                                    "auroc": at_best[-1]["val_auroc"] if at_best else None}
+        from checkpoint import load_checkpoint
+        self_training["student"] = candidate(task.best, load_checkpoint(task.best, "classifier"))
         kept = keep_the_better(self_training, cfg.artifact("classifier", suffix_of(variant)))
     best, best_state = build_from_checkpoint(kept, "classifier", map_location=device)
     metrics, figures = report(best.to(device), val_set, cfg, device, variant, args.n_viz)
