@@ -13,7 +13,10 @@ kept once finished (the benchmark resumes; <settings> hashes the classifier sett
 each cell, a classical peer on the same validation slices: a blob detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
 from scratch with every pixel's label (the masks) at SIZE pixels, which tells whether these few labels teach
 any learner the lesions at that resolution. The last column reads each checkpoint the other way classify.py
-reports (half-patch shifts averaged, or a single pass). Writes OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
+reports (half-patch shifts averaged, or a single pass). Where a transfer set is configured (TRANSFER_PATH; the
+demo preset's real heads carry the subtle family at radius 3-7 and 70-85%), each checkpoint is also scored there,
+never trained there: what a classifier taught on the template's lesions finds on other brains. Writes
+OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
 """
 import argparse
 import hashlib
@@ -179,9 +182,22 @@ def self_training_figures(m):
             "pseudo_labelled": st["n_labelled"], "student_kept": st.get("kept", "student") == "student"}
 
 
+TRANSFER_FIGURES = (("transfer_auroc", 3), ("transfer_pointing_game", 2))
+
+
+def transfer_figures(m):
+    """AUROC and pointing game of the default map on the transfer set (classification_metrics.json "transfer"),
+    where the run had one."""
+    if "transfer" not in m:
+        return {}
+    figures = view_figures(m["transfer"], m["default_heatmap"])
+    return {"transfer_auroc": figures["auroc"], "transfer_pointing_game": figures["pointing_game"]}
+
+
 def markdown(rows):
     cnn = any("cnn_peer" in r for r in rows)
     taught = any("teacher_auroc" in r for r in rows)
+    transfer = any("transfer_auroc" in r for r in rows)
     views = sorted({r["other_view"] for r in rows if "other_view" in r})
 
     def figure(r, key, digits):
@@ -189,9 +205,10 @@ def markdown(rows):
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
            "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
            + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else "")
-           + (" self-training: teacher / student AUROC / pseudo-labels right (slices), student kept |" if taught else ""),
+           + (" self-training: teacher / student AUROC / pseudo-labels right (slices), student kept |" if taught else "")
+           + (" transfer set, untrained there: AUROC / pointing game |" if transfer else ""),
            "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")
-           + ("---|" if taught else "")]
+           + ("---|" if taught else "") + ("---|" if transfer else "")]
     for r in rows:
         cells = [figure(r, k, d) for k, _, d in FIGURES]
         other = ""
@@ -204,7 +221,9 @@ def markdown(rows):
                       f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other
                    + ((" " + " / ".join(figure(r, k, d) for k, d in SELF_TRAINING_FIGURES)
                        + f" ({r['pseudo_labelled']}), {r['students_kept']} of {r['seeds']} |"
-                       if "teacher_auroc" in r else " – |") if taught else ""))
+                       if "teacher_auroc" in r else " – |") if taught else "")
+                   + ((" " + " / ".join(figure(r, k, d) for k, d in TRANSFER_FIGURES) + " |"
+                       if "transfer_auroc" in r else " – |") if transfer else ""))
     return "\n".join(out) + "\n"
 
 
@@ -224,11 +243,12 @@ def main(argv=None):
             for seed in range(1, args.seeds + 1):
                 out = os.path.join(cfg.OUTPUT_PATH, "lesion_limit",
                                    f"{cell_name(radius, darkness)}_{settings_tag(cfg)}_seed{seed}")
-                # after the settings given to this script: the cell's own data, seed and no transfer set win
+                # after the settings given to this script: the cell's own data and seed win
                 flags = ["--checkpoint", checkpoint, *settings_flags(args), "--dataset-path", data,
-                         "--transfer-path", "", "--seed", str(seed)]
+                         "--seed", str(seed)]
                 metrics = classify_once(cfg, out, flags, f"{cell_name(radius, darkness)} seed {seed}")
-                figures.append({**figures_of(metrics), **other_view_figures(metrics), **self_training_figures(metrics)})
+                figures.append({**figures_of(metrics), **other_view_figures(metrics), **self_training_figures(metrics),
+                                **transfer_figures(metrics)})
                 runs.append({"radius": radius, "darkness": darkness, "seed": seed, **figures[-1]})
             row = {"radius": radius, "darkness": darkness, "seeds": len(figures),
                    "optimizer_steps": figures[0]["optimizer_steps"], "train_slices": figures[0]["train_slices"],
@@ -238,6 +258,8 @@ def main(argv=None):
             for key in (*(k for k, _, _ in FIGURES), *(k for k, _ in OTHER_FIGURES)):
                 row[key] = mean_sd([f[key] for f in figures])
             row["other_view"] = figures[0]["other_view"]
+            if all("transfer_auroc" in f for f in figures):
+                row.update({k: mean_sd([f[k] for f in figures]) for k, _ in TRANSFER_FIGURES})
             if "teacher_auroc" in figures[0]:
                 row.update({k: mean_sd([f[k] for f in figures]) for k, _ in SELF_TRAINING_FIGURES},
                            pseudo_labelled=figures[0]["pseudo_labelled"],

@@ -40,6 +40,20 @@ def test_the_table_has_a_row_per_cell_with_its_spread_where_there_are_seeds():
     assert text.splitlines()[1].count("|") == text.splitlines()[0].count("|")
     assert "| 0.610 (0.950) | 0.770 ± 0.030 / 0.800 ± 0.050 / 0.90 ± 0.02 (94), 1 of 2 |" in text
     assert text.splitlines()[-1].endswith("| 0.610 (0.950) | – |")
+    scored = {**row, "transfer_auroc": {"mean": 0.71, "sd": 0.04}, "transfer_pointing_game": {"mean": 0.4, "sd": 0.1}}
+    text = lesion_limit.markdown([scored, row])
+    assert text.splitlines()[0].endswith(" transfer set, untrained there: AUROC / pointing game |")
+    assert text.splitlines()[1].count("|") == text.splitlines()[0].count("|")
+    assert "| 0.610 (0.950) | 0.710 ± 0.040 / 0.40 ± 0.10 |" in text
+    assert text.splitlines()[-1].endswith("| 0.610 (0.950) | – |")
+
+
+def test_the_transfer_figures_are_the_default_maps_where_the_run_had_a_transfer_set():
+    view = {"auroc": 0.7, "localization": {"evidence": {"pointing_game": 0.4, "mass_inside_over_share_median": 9.0},
+                                           "rollout": {"pointing_game": 0.1, "mass_inside_over_share_median": 2.0}}}
+    m = {"default_heatmap": "evidence", "transfer": view}
+    assert lesion_limit.transfer_figures(m) == {"transfer_auroc": 0.7, "transfer_pointing_game": 0.4}
+    assert lesion_limit.transfer_figures({"default_heatmap": "evidence"}) == {}
 
 
 @pytest.mark.slow
