@@ -104,7 +104,7 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
     import torch
     import torch.nn.functional as F
 
-    from dataset import LesionPaster, local_images
+    from dataset import LesionPaster, local_images, variant_index
     from engine import Task, layer_decay
     n_pos = float(train_set.labels.sum())
     n_neg = len(train_set) - n_pos
@@ -119,6 +119,9 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
     decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
     patch = model.cfg.patch_size
     masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 or paste is not None else None
+    images, labels, outlines = anatomy_bank(cfg, train_set)
+    if masks is not None:
+        masks = outlines
     suffix = suffix_of(variant) + stage
 
     class Classification(Task):
@@ -141,14 +144,17 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
                 m.encoder.eval()  # frozen: no dropout or statistics change in the encoder
 
         def batch(self, gidx, mine, gen):
-            labels = train_set.labels[gidx[mine]].to(device)
+            # each slice as itself or one of its variants; a slice without a known outline stays itself
+            picked = variant_index(gidx, len(train_set), cfg.CLS_ANATOMY_VARIANTS, gen)
+            picked = torch.where(known[gidx], picked, gidx)
+            sliced = labels[picked[mine]].to(device)
             outlined = known[gidx[mine]].to(device)
-            x = local_images(train_set.images, gidx, mine, gen, device, cfg.AUGMENT, masks, paste=paste)
+            x = local_images(images, picked, mine, gen, device, cfg.AUGMENT, masks, paste=paste)
             if paste is not None:
                 x, m, pasted = x
-                return x, m, torch.where(pasted, torch.ones_like(labels), labels), outlined | pasted
+                return x, m, torch.where(pasted, torch.ones_like(sliced), sliced), outlined | pasted
             x, m = x if masks is not None else (x, None)
-            return x, m, labels, outlined
+            return x, m, sliced, outlined
 
         def forward(self, net, batch):
             return net(batch[0], with_evidence=True)
@@ -174,6 +180,24 @@ def classification_task(cfg, model, train_set, val_set, device, variant, extra, 
     task.checkpoint = cfg.artifact("classifier_checkpoint", suffix)
     task.best, task.log = cfg.artifact("classifier", suffix), cfg.artifact("classifier_log", suffix)
     return task
+
+
+def anatomy_bank(cfg, train_set):
+    """-> (images, labels, masks) of the training slices followed by CLS_ANATOMY_VARIANTS variants of each
+    (dataset.anatomy_variants; variant k of slice i is row k * N + i), or the slices alone without variants.
+    A variant of a slice with a known outline is a tumor slice only where its deformed and cropped mask still
+    holds half a pixel of tumor; one without keeps its slice's label (batch() never draws it)."""
+    import torch
+
+    from dataset import anatomy_variants
+    k = cfg.CLS_ANATOMY_VARIANTS
+    if k == 0:
+        return train_set.images, train_set.labels, train_set.masks
+    images, masks = anatomy_variants(train_set.images, k, cfg.SEED, masks=train_set.masks.float())
+    tumor_left = (masks[len(train_set):].flatten(1).amax(1) >= 0.5).to(train_set.labels.dtype)
+    known = train_set.has_mask.repeat(k)
+    labels = torch.cat([train_set.labels, torch.where(known, tumor_left, train_set.labels.repeat(k))])
+    return images, labels, masks >= 0.5
 
 
 def pseudo_labelled(pool, probs, share, tumor_ratio):

@@ -267,6 +267,11 @@ class Config:
     # for as many optimizer steps; of the two, the lower validation loss is the classifier kept. A
     # pseudo-labelled tumor slice has no known outline: it gets no patch labels and no pasted lesion. 0: off
     CLS_PSEUDO_LABELS: float = 0.0
+    # the classifier's own anatomy variants (dataset.anatomy_transform, as ANATOMY_VARIANTS draws them for
+    # pre-training, each mask deformed and cropped with its image): each training step draws every labelled
+    # slice as itself or one of its K variants; a variant whose cropped field of view cut its lesion out is
+    # tumor-free. A pseudo-labelled tumor slice, whose outline is not known, stays itself. 0: off
+    CLS_ANATOMY_VARIANTS: int = 0
     # classify each slice also moved by half a patch down, right and both, averaging the probabilities and the
     # heatmaps moved back (four passes): a lesion on a patch corner, split over four patches, lies whole in
     # one patch of another view. Every evaluation reports both (classification_metrics.json "other_views").

@@ -358,6 +358,49 @@ def test_classify_with_pasted_lesions(tiny_data, tmp_path):
     assert [h["train_loss"] for h in pasted["history"]] != [h["train_loss"] for h in plain["history"]]
 
 
+def test_classifier_variants_carry_their_masks_and_a_lesion_cut_out_of_view_unlabels_it():
+    from dataset import SliceSet
+    n, size = 6, 64
+    images = torch.zeros(n, 1, size, size)
+    images[:, :, 8:56, 8:56] = 0.6
+    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    masks[:3, :, 28:36, 28:36] = True
+    images[masks] = 0.2
+    labels = masks.flatten(1).any(1).float()
+    has_mask = torch.tensor([True, True, False, True, True, True])  # slice 2: a pseudo-labelled tumor slice
+    data = SliceSet(images, masks, labels, has_mask, [f"s{i}" for i in range(n)], ["a"] * n)
+    cfg = load_config(None, {"MIRAM_CLS_ANATOMY_VARIANTS": "8", "MIRAM_SEED": "3"})
+    bank, bank_labels, bank_masks = classify.anatomy_bank(cfg, data)
+    assert bank.shape == (9 * n, 1, size, size) and bank_masks.shape == bank.shape and bank_masks.dtype == torch.bool
+    assert torch.equal(bank[:n], images) and torch.equal(bank_labels[:n], labels)
+    variant_labels = bank_labels[n:].view(8, n)
+    outlined = variant_labels[:, [0, 1]]
+    assert (outlined == bank_masks[n:].view(8, n, -1)[:, [0, 1]].any(-1).float()).all()  # the label is the mask's
+    assert (outlined == 0).any() and (outlined == 1).any()  # some crops cut the lesion out, most keep it
+    assert (variant_labels[:, 2] == 1).all()  # no outline known: the slice's own label
+    assert (variant_labels[:, 3:] == 0).all()
+    # a lesion stays where its mask says: darker than the brain around it in the variant's own contrast
+    for k in range(8):
+        for i in (0, 1):
+            img, m = bank[(k + 1) * n + i, 0], bank_masks[(k + 1) * n + i, 0]
+            if m.any():
+                assert (img[m].mean() - img[~m][img[~m] > 0.05].median()).abs() > 0.1
+    again, _, _ = classify.anatomy_bank(cfg, data)
+    assert torch.equal(again, bank)  # drawn from SEED
+    off, off_labels, off_masks = classify.anatomy_bank(load_config(None, {}), data)
+    assert off is images and off_labels is labels and off_masks is masks
+
+
+def test_classify_with_anatomy_variants(tiny_data, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(tiny_data, out))
+    plain = classify.main(tiny_args(tiny_data, out, "--n-viz", "0"))
+    varied = classify.main(tiny_args(tiny_data, str(tmp_path / "v"), "--n-viz", "0", "--cls-anatomy-variants", "2",
+                                     "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
+    assert varied["optimizer_steps"] == plain["optimizer_steps"]  # an epoch keeps its steps
+    assert [h["train_loss"] for h in varied["history"]] != [h["train_loss"] for h in plain["history"]]
+
+
 def test_a_slice_without_a_known_outline_gets_no_patch_labels():
     masks = torch.zeros(2, 1, 32, 32)
     masks[0, :, 8:16, 16:24] = 1  # slice 0: patch 6; slice 1 (a pseudo-labelled tumor slice): outline unknown
