@@ -54,6 +54,8 @@ ARTIFACTS = {
     "compare_plot": "compare.png",
     "lesion_limit": "lesion_limit.json",         # bench/lesion_limit.py: which lesion sizes and contrasts are learned
     "lesion_limit_table": "lesion_limit.md",
+    "transfer_folds": "transfer_folds.json",     # bench/transfer_folds.py: the transfer set's own labels, a head out
+    "transfer_folds_table": "transfer_folds.md",
     "train_throughput": "train_throughput.json",  # bench/train_throughput.py --json (make bench)
     "allocator": "allocator.json",                # bench/allocator.py --json (make bench): malloc policy, paired
 }
@@ -238,6 +240,9 @@ class Config:
     VAL_FRACTION: float = 0.2
     # the subject split's own seed, apart from SEED: training seeds can vary while validation stays held out
     SPLIT_SEED: int = 0
+    # the subjects held out for validation, comma-separated (SUBJECT_PATTERN's ids), in place of a draw by
+    # SPLIT_SEED and VAL_FRACTION: with a few subjects, each can be held out in turn (bench/transfer_folds.py)
+    VAL_SUBJECTS: str = ""
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
     SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis

@@ -196,13 +196,23 @@ def subject_of(path: str, pattern: str) -> str:
     return m.group(1) if m and m.group(1) else stem
 
 
-def split_by_subject(subjects, val_fraction: float, seed: int):
-    """Indices (train, val): whole subjects go to one side. At least one subject on each side when possible."""
+def split_by_subject(subjects, val_fraction: float, seed: int, val_subjects=()):
+    """Indices (train, val): whole subjects go to one side. At least one subject on each side when possible.
+    val_subjects: the validation subjects named (each must be one of subjects) instead of drawn."""
     unique = sorted(set(subjects))
-    rng = np.random.default_rng(seed)
-    order = [unique[i] for i in rng.permutation(len(unique))]
-    n_val = min(max(1, round(len(unique) * val_fraction)), len(unique) - 1) if len(unique) > 1 else 0
-    val_subjects = set(order[:n_val])
+    if val_subjects:
+        unknown = sorted(set(val_subjects) - set(unique))
+        if unknown:
+            raise DataError(f"VAL_SUBJECTS names {unknown[0]!r}, not a subject of this data set "
+                            f"({len(unique)} subjects, e.g. {unique[0]!r})")
+        if set(val_subjects) >= set(unique):
+            raise DataError("VAL_SUBJECTS names every subject of this data set: none would be left to train on")
+    else:
+        rng = np.random.default_rng(seed)
+        order = [unique[i] for i in rng.permutation(len(unique))]
+        n_val = min(max(1, round(len(unique) * val_fraction)), len(unique) - 1) if len(unique) > 1 else 0
+        val_subjects = order[:n_val]
+    val_subjects = set(val_subjects)
     train = [i for i, s in enumerate(subjects) if s not in val_subjects]
     val = [i for i, s in enumerate(subjects) if s in val_subjects]
     return train, val
@@ -340,7 +350,10 @@ def load_split(cfg, quiet=False, trained_on=()):
     refused (another SPLIT_SEED, VAL_FRACTION, SUBJECT_PATTERN or data set would leak it into validation)."""
     root = resolve_data_path(cfg, quiet)
     data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS)
-    train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED)
+    try:
+        train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED, named_subjects(cfg))
+    except DataError as e:
+        raise DataError(f"{root}: {e}") from None
     if not val_idx:
         # One subject only: hold out its last slices rather than validate on training images.
         n_val = max(1, round(len(data) * cfg.VAL_FRACTION)) if len(data) > 1 else 0
@@ -361,7 +374,13 @@ def split_record(cfg, train_set, *parents):
         subjects.update(parent.get("train_subjects", ()))
     return {"train_subjects": sorted(subjects),
             "split": {"SPLIT_SEED": cfg.SPLIT_SEED, "VAL_FRACTION": cfg.VAL_FRACTION,
-                      "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN}}
+                      "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN,
+                      **({"VAL_SUBJECTS": cfg.VAL_SUBJECTS} if cfg.VAL_SUBJECTS else {})}}
+
+
+def named_subjects(cfg):
+    """VAL_SUBJECTS as a list (empty: the split is drawn)."""
+    return [s.strip() for s in cfg.VAL_SUBJECTS.split(",") if s.strip()]
 
 
 def recorded_split(state):

@@ -11,6 +11,7 @@ mean and standard deviation), compare.md (the table) and compare.png (AUROC and 
 """
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -67,6 +68,14 @@ def classify_once(cfg, out, flags, label, variant="finetune"):
         print(f"  {label}: {time.time() - started:.0f} s", flush=True)
     with open(metrics) as f:
         return json.load(f)
+
+
+def settings_tag(cfg):
+    """8 hex digits of the classifier settings a run uses (flags, preset and environment resolved): a finished
+    run is kept only for the same settings."""
+    read = {k: v for k, v in vars(cfg).items()
+            if k.startswith(("CLS_", "AUGMENT", "FOREGROUND")) or k in ("LAYER_DECAY", "BATCH_SIZE", "AMP")}
+    return hashlib.sha1(json.dumps(read, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def view_figures(view, heatmap):

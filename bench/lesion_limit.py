@@ -19,14 +19,12 @@ never trained there: what a classifier taught on the template's lesions finds on
 OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
 """
 import argparse
-import hashlib
-import json
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from compare import FIGURES, classify_once, figures_of, mean_sd, view_figures  # noqa: E402  (bench/ is this script's folder)
+from compare import FIGURES, classify_once, figures_of, mean_sd, settings_tag, view_figures  # noqa: E402  (bench/ is this script's folder)
 from config import add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
 
 
@@ -58,14 +56,6 @@ def get_args_parser():
 
 def cell_name(radius, darkness):
     return f"radius{radius[0]:g}-{radius[1]:g}_darkness{darkness[0]:g}-{darkness[1]:g}"
-
-
-def settings_tag(cfg):
-    """8 hex digits of the classifier settings a cell runs with (flags, preset and environment resolved): a
-    finished cell is kept only for the same settings."""
-    read = {k: v for k, v in vars(cfg).items()
-            if k.startswith(("CLS_", "AUGMENT", "FOREGROUND")) or k in ("LAYER_DECAY", "BATCH_SIZE", "AMP")}
-    return hashlib.sha1(json.dumps(read, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def lesion_set(cfg, radius, darkness):

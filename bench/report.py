@@ -5,8 +5,9 @@ always the one a run measured, with the command and CPU beside it.
 
 Reads train_log.jsonl, inpaint_log.jsonl, inpaint_metrics.json, eval_metrics.json, classification_metrics*.json,
 inpaint_quality.json (bench/inpaint_quality.py --json), compare.json and compare.md (bench/compare.py),
-lesion_limit.json and lesion_limit.md (bench/lesion_limit.py), deploy_benchmark.json and gpu_check.json (whichever exist) and
-prints what it could not find.
+lesion_limit.json and lesion_limit.md (bench/lesion_limit.py), transfer_folds.json and transfer_folds.md
+(bench/transfer_folds.py), deploy_benchmark.json and gpu_check.json (whichever exist) and prints what it could not
+find.
 """
 import argparse
 import glob
@@ -16,7 +17,8 @@ import shutil
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from config import ARTIFACTS  # noqa: E402
 
 
@@ -200,6 +202,21 @@ def lesion_limit_section(outputs, title="Which lesions the classifier learns (`b
             "pre-trained encoder; pointing game and mass of the default map", "", text, ""]
 
 
+def transfer_folds_section(outputs):
+    """bench/transfer_folds.py: its table as written (in outputs, the OUTPUT_PATH it ran with)."""
+    saved = load_json(os.path.join(outputs, ARTIFACTS["transfer_folds"]))
+    with open(os.path.join(outputs, ARTIFACTS["transfer_folds_table"])) as f:
+        text = f.read().rstrip()
+    data = saved["data"]
+    if data.startswith(ROOT + os.sep):
+        data = os.path.relpath(data, ROOT)
+    return ["## The transfer set's own labels, each head held out in turn (`bench/transfer_folds.py`)", "",
+            f"- {provenance(saved.get('run'))}",
+            f"- {data}: the classifier fine-tuned from the pre-trained encoder on the other heads' labelled slices "
+            "and scored on the head held out (a head whose slices hold one class trains in every fold); pointing "
+            "game and mass of the default map", "", text, ""]
+
+
 def throughput_section(t):
     lines = ["## Pre-training step against HuggingFace `ViTMAEForPreTraining` (`bench/train_throughput.py`)", "",
              f"- {provenance(t.get('run'))}",
@@ -377,6 +394,8 @@ def main(argv=None):
     p.add_argument("--settings-title", default="Classifier settings compared", help="their section's heading")
     p.add_argument("--lesion-runs", nargs="*", default=[], metavar="DIR",
                    help="OUTPUT_PATHs of bench/lesion_limit.py runs with other classifier settings, each a section")
+    p.add_argument("--fold-runs", nargs="*", default=[], metavar="DIR",
+                   help="OUTPUT_PATHs of bench/transfer_folds.py runs, each a section")
     args = p.parse_args(argv)
 
     def path(name):
@@ -418,6 +437,8 @@ def main(argv=None):
         lines += lesion_limit_section(args.outputs)
     for folder in args.lesion_runs:
         lines += lesion_limit_section(folder, "The same benchmark with other classifier settings (its command below)")
+    for folder in ([args.outputs] if os.path.isfile(path("transfer_folds")) else []) + args.fold_runs:
+        lines += transfer_folds_section(folder)
     quality = os.path.join(args.outputs, "inpaint_quality.json")
     if os.path.isfile(quality):
         lines += inpainting_section(load_json(quality))

@@ -234,6 +234,20 @@ def test_split_follows_split_seed_not_seed(tiny_data):
     assert dataset.load_split(cfg, quiet=True)[1].subjects != first
 
 
+def test_named_validation_subjects_are_held_out_and_a_wrong_name_is_refused(tiny_data):
+    cfg = split_config(tiny_data)
+    cfg.VAL_SUBJECTS = "subj2, subj0"
+    train, val = dataset.load_split(cfg, quiet=True)
+    assert set(val.subjects) == {"subj0", "subj2"} and set(train.subjects) == {"subj1", "subj3"}
+    assert dataset.split_record(cfg, train)["split"]["VAL_SUBJECTS"] == "subj2, subj0"
+    cfg.VAL_SUBJECTS = "subj9"
+    with pytest.raises(dataset.DataError, match=r"data: VAL_SUBJECTS names 'subj9', not a subject"):
+        dataset.load_split(cfg, quiet=True)
+    cfg.VAL_SUBJECTS = "subj0,subj1,subj2,subj3"
+    with pytest.raises(dataset.DataError, match="every subject"):
+        dataset.load_split(cfg, quiet=True)
+
+
 def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
     cfg = split_config(tiny_data)
     train, val = dataset.load_split(cfg, quiet=True)

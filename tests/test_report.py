@@ -70,6 +70,21 @@ def test_the_lesion_limit_table_is_reported_as_the_benchmark_wrote_it(tmp_path):
         < text.index("| 3-7 | 0.905 ± 0.012 |")
 
 
+def test_the_transfer_folds_table_is_reported_with_its_command_and_data(tmp_path):
+    import json
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    (folds / "transfer_folds.md").write_text("| held-out head | AUROC |\n|---|---|\n| dipy_b0 | 0.612 |\n")
+    (folds / "transfer_folds.json").write_text(json.dumps({"runs": [], "heads": [], "data": os.path.join(
+        report.ROOT, "data", "transfer", "Brain_MRI"), "run": {
+        "command": "python bench/transfer_folds.py", "cpu": "a CPU", "cpus": 2, "date": "today"}}))
+    report.main(["--outputs", str(tmp_path / "none"), "--fold-runs", str(folds),
+                 "--to", str(tmp_path / "docs" / "RESULTS.md")])
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "`python bench/transfer_folds.py` on a CPU" in text and "| dipy_b0 | 0.612 |" in text
+    assert "- data/transfer/Brain_MRI: the classifier fine-tuned" in text  # the repository's path, not this machine's
+
+
 def test_runs_differing_only_by_seed_or_folder_are_grouped_whether_set_by_variable_or_flag():
     assert report.settings_of("MIRAM_SEED=2 MIRAM_OUTPUT_PATH=/a python classify.py --n-viz 0") == \
         report.settings_of("python classify.py --n-viz 0 --seed 3 --output-path /b") == "python classify.py --n-viz 0"
