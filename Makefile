@@ -42,6 +42,7 @@ bench: $(STAMP)
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py
+	MIRAM_PRESET=demo $(PY) bench/transfer_folds.py --seeds 3
 
 # on a machine with a CUDA GPU: the GPU path in five minutes, one table (bench/gpu_check.py)
 gpu-check: $(STAMP)

@@ -348,14 +348,15 @@ def test_pasting_replaces_a_share_of_the_batch_and_leaves_the_rest():
         dataset.LesionPaster(0.5, batch[:2], torch.zeros_like(batch[:2], dtype=torch.bool))
 
 
-def test_classify_with_pasted_lesions(tiny_data, tmp_path):
+@pytest.mark.parametrize("setting", [("--cls-lesion-paste", "0.5"), ("--cls-anatomy-variants", "2")])
+def test_pasted_lesions_and_anatomy_variants_change_the_batches_not_the_schedule(tiny_data, tmp_path, setting):
     out = str(tmp_path / "o")
     train.main(tiny_args(tiny_data, out))
     plain = classify.main(tiny_args(tiny_data, out, "--n-viz", "0"))
-    pasted = classify.main(tiny_args(tiny_data, str(tmp_path / "p"), "--n-viz", "0", "--cls-lesion-paste", "0.5",
-                                     "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
-    assert pasted["optimizer_steps"] == plain["optimizer_steps"]  # the same schedule, other batches
-    assert [h["train_loss"] for h in pasted["history"]] != [h["train_loss"] for h in plain["history"]]
+    other = classify.main(tiny_args(tiny_data, str(tmp_path / "p"), "--n-viz", "0", *setting,
+                                    "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
+    assert other["optimizer_steps"] == plain["optimizer_steps"]  # the same schedule (an epoch keeps its steps)
+    assert [h["train_loss"] for h in other["history"]] != [h["train_loss"] for h in plain["history"]]
 
 
 def test_classifier_variants_carry_their_masks_and_a_lesion_cut_out_of_view_unlabels_it():
@@ -389,16 +390,6 @@ def test_classifier_variants_carry_their_masks_and_a_lesion_cut_out_of_view_unla
     assert torch.equal(again, bank)  # drawn from SEED
     off, off_labels, off_masks = classify.anatomy_bank(load_config(None, {}), data)
     assert off is images and off_labels is labels and off_masks is masks
-
-
-def test_classify_with_anatomy_variants(tiny_data, tmp_path):
-    out = str(tmp_path / "o")
-    train.main(tiny_args(tiny_data, out))
-    plain = classify.main(tiny_args(tiny_data, out, "--n-viz", "0"))
-    varied = classify.main(tiny_args(tiny_data, str(tmp_path / "v"), "--n-viz", "0", "--cls-anatomy-variants", "2",
-                                     "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
-    assert varied["optimizer_steps"] == plain["optimizer_steps"]  # an epoch keeps its steps
-    assert [h["train_loss"] for h in varied["history"]] != [h["train_loss"] for h in plain["history"]]
 
 
 def test_a_slice_without_a_known_outline_gets_no_patch_labels():
