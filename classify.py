@@ -493,6 +493,11 @@ def finetune(args, cfg, dist):
     if len(train_set) == 0 or len(val_set) == 0:
         raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
                          f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
+    n_val_tumor = int(val_set.labels.sum())
+    if n_val_tumor in (0, len(val_set)):
+        raise MiramError(f"the validation split's {len(val_set)} labelled slices ({', '.join(sorted(set(val_set.subjects)))}"
+                         f") are all {'tumor-free' if n_val_tumor == 0 else 'tumor'}: AUROC needs both; name validation "
+                         "subjects with both in VAL_SUBJECTS, or draw another split (SPLIT_SEED)")
     dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
              f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")

@@ -392,6 +392,15 @@ def test_classifier_variants_carry_their_masks_and_a_lesion_cut_out_of_view_unla
     assert off is images and off_labels is labels and off_masks is masks
 
 
+def test_a_validation_split_of_one_class_is_refused_naming_its_subjects(tmp_path):
+    from conftest import write_tiny_dataset
+    data = write_tiny_dataset(str(tmp_path / "data"), n_subjects=4, per_subject=1)  # subj1 and subj3: tumor-free
+    out = str(tmp_path / "o")
+    train.main(tiny_args(data, out, "--val-subjects", "subj1"))
+    with pytest.raises(MiramError, match=r"1 labelled slices \(subj1\) are all tumor-free: AUROC needs both"):
+        classify.main(tiny_args(data, out, "--val-subjects", "subj1"))
+
+
 def test_a_slice_without_a_known_outline_gets_no_patch_labels():
     masks = torch.zeros(2, 1, 32, 32)
     masks[0, :, 8:16, 16:24] = 1  # slice 0: patch 6; slice 1 (a pseudo-labelled tumor slice): outline unknown
