@@ -147,20 +147,27 @@ def settings_section(runs, note, title="Classifier settings compared"):
     MIRAM_SEED are summarised as mean +- standard deviation."""
     lines = [f"## {title}", "", f"Each row one run, its command as recorded. {note}", ""]
     rows, groups = [], {}
+    transfer = any("transfer" in r for r in runs)
     for r in runs:
         loc = r["localization"][r.get("default_heatmap", "evidence")]
         figures = (r["auroc"], loc["pointing_game"], loc["mass_inside_over_share_median"])
         rows.append([f"`{r['run']['command']}`", f"{figures[0]:.3f}", f"{figures[1]:.2f}", f"{figures[2]:.1f}x",
                      r.get("optimizer_steps", "")])
+        if transfer:
+            t = r.get("transfer")
+            rows[-1].append(f"{t['auroc']:.3f} / {t['localization'][r.get('default_heatmap', 'evidence')]['pointing_game']:.2f}"
+                            if t else "–")
         settings = settings_of(r["run"]["command"])
         if "training_precision" in r:  # bf16 where the CPU runs it faster: not in the command
             settings += f" ({r['training_precision']} training)"
-        for v in (r, r.get("other_views")):  # a run measured with and without the half-patch shifts: both
+        # a run measured with and without the half-patch shifts: both; and on the transfer set, where it has one
+        for v, where in ((r, ""), (r.get("other_views"), ""), (r.get("transfer"), ", transfer set")):
             if v:
                 at = v["localization"][r.get("default_heatmap", "evidence")]
-                groups.setdefault(settings + (f", {v['views']}" if "views" in v else ""), []).append(
+                groups.setdefault(settings + (f", {v['views']}" if "views" in v else "") + where, []).append(
                     (v["auroc"], at["pointing_game"], at["mass_inside_over_share_median"]))
-    lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"], rows)
+    lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"]
+                   + (["transfer set, untrained there: AUROC / pointing game"] if transfer else []), rows)
     seeded = {k: v for k, v in groups.items() if len(v) > 1}
     if seeded:
         def spread(values, digits):

@@ -23,6 +23,19 @@ def test_runs_that_differ_by_seed_are_summarised_and_others_are_not():
     assert report.settings_section(runs, "note", "fp32 against bf16")[0] == "## fp32 against bf16"
 
 
+def test_runs_scored_on_a_transfer_set_are_summarised_there_too():
+    runs = [run(f"MIRAM_SEED={s} python classify.py", a, 0.9, 5.0) for s, a in ((1, 0.98), (2, 0.96))]
+    for r, (a, p) in zip(runs, ((0.70, 0.3), (0.76, 0.5))):
+        r["transfer"] = {"auroc": a, "localization": {"evidence": {"pointing_game": p, "mass_inside_over_share_median": 2.0}}}
+    runs.append(run("python classify.py --from-scratch", 0.7, 0.1, 1.0))  # no transfer set: a dash
+    lines = report.settings_section(runs, "note")
+    assert lines[4].endswith("| transfer set, untrained there: AUROC / pointing game |")
+    assert "| 0.700 / 0.30 |" in lines[6] and lines[8].endswith("| – |")
+    summary = "\n".join(lines).split("MIRAM_SEED")[-1]
+    assert "`python classify.py, transfer set` | 2 | 0.730 ± 0.042 | 0.40 ± 0.14 |" in summary
+    assert "`python classify.py` | 2 | 0.970 ± 0.014 |" in summary
+
+
 
 def test_seeds_measured_in_both_views_are_summarised_per_view():
     runs = []
