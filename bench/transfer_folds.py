@@ -48,7 +48,7 @@ def markdown(rows, summary):
         out.append(f"| {r['head']} | {r['slices']} ({r['tumor']}) | {r['n']} | "
                    + " | ".join(figure(r, k, d) for k, _, d in FIGURES)
                    + f" | {r['train_slices']} | {r['optimizer_steps']} |")
-    out.append(f"| mean over heads | | {summary['n']} | " + " | ".join(figure(summary, k, d) for k, _, d in FIGURES)
+    out.append(f"| mean over {summary['n']} heads | | | " + " | ".join(figure(summary, k, d) for k, _, d in FIGURES)
                + " | | |")
     return "\n".join(out) + "\n"
 

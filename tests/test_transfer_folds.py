@@ -29,7 +29,7 @@ def test_the_table_has_a_row_per_head_and_their_mean():
     text = transfer_folds.markdown(rows, {"n": 2, **fig})
     assert "| h1 | 10 (5) | 2 | 0.700 ± 0.100 | 0.40 ± 0.00 | 9.0 ± 1.0 | 45 | 300 |" in text
     assert "| h2 | 20 (10) | 1 | 0.700 | 0.40 | 9.0 | 35 | 300 |" in text
-    assert "| mean over heads | | 2 | 0.700 ± 0.100 |" in text
+    assert "| mean over 2 heads | | | 0.700 ± 0.100 |" in text
     assert all(line.count("|") == 9 for line in text.splitlines())
 
 
