@@ -248,6 +248,12 @@ class Config:
     SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis
     MAX_PIXELS: int = MAX_PIXELS  # values a file may decode to; checked from its header first
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
+    # evaluate.py also fills each image with a copy of the MAE fine-tuned on its visible patches for this many
+    # steps (models.adapt_to_image; 0: off), at this rate: a scan unlike the training data teaches its own
+    # contrast first. Chosen among seven settings on the transfer set, keeping the validation slabs' figure
+    # (docs/METHODS.md).
+    ADAPT_STEPS: int = 0
+    ADAPT_LR: float = 3e-5
     # tumor classification (fine-tuning the pre-trained encoder)
     CLS_EPOCHS: int = 30
     CLS_LR: float = 5e-4          # the head's rate for a batch of 16; encoder blocks get less (LAYER_DECAY)
@@ -343,7 +349,8 @@ class Config:
                 raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
 
-                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "ANATOMY_VARIANTS"):
+                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "ANATOMY_VARIANTS",
+                     "ADAPT_STEPS", "ADAPT_LR"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
         if self.SLICE_AXIS not in (0, 1, 2):
@@ -384,7 +391,7 @@ PRESETS = {
     "demo": dict(IMG_SIZE=128, EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, N_EPOCHS=160, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=100, CLS_LR=2e-3, LAYER_DECAY=0.9, CHECKPOINT_EVERY=10,
-                 INPAINT_EPOCHS=4, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4),
+                 INPAINT_EPOCHS=4, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4, ADAPT_STEPS=10),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,

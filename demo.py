@@ -67,6 +67,8 @@ def headline(cfg, predicted, truth=None):
         out["masked_psnr_db"] = ev["miram"]["fine"]["masked"]["psnr"]
         out["margin_over_best_classical_db"] = ev["margin_db"]["masked_psnr"]
         out["best_classical"] = ev["margin_db"]["vs"]
+        if "margin_db_adapted" in ev:
+            out["margin_adapted_db"] = ev["margin_db_adapted"]["masked_psnr"]
     inpaint = load(cfg, "inpaint_log")
     if inpaint:
         best = min(inpaint, key=lambda h: h["val_loss"])
@@ -84,6 +86,8 @@ def headline(cfg, predicted, truth=None):
         transfer.update(masked_psnr_db=ev["transfer"]["miram"]["fine"]["masked"]["psnr"],
                         margin_over_best_classical_db=ev["transfer"]["margin_db"]["masked_psnr"],
                         best_classical=ev["transfer"]["margin_db"]["vs"])
+        if "margin_db_adapted" in ev["transfer"]:
+            transfer["margin_adapted_db"] = ev["transfer"]["margin_db_adapted"]["masked_psnr"]
     if "transfer" in inpaint_metrics:
         transfer["inpaint_gain_db"] = inpaint_metrics["transfer"]["gain_db"]
     if clf and "transfer" in clf:
@@ -105,13 +109,18 @@ def headline(cfg, predicted, truth=None):
     return out
 
 
+def adapted(figures):
+    """The margin of the fills adapted to each image, where evaluate.py measured one (ADAPT_STEPS)."""
+    return f" ({figures['margin_adapted_db']:+.2f} dB adapted to each image)" if "margin_adapted_db" in figures else ""
+
+
 def screen(summary):
     lines = [f"MIRAM demo on {summary['run']['cpu']}: {summary['total_minutes']:.1f} min"]
     lines += [f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min" for p in summary["phases"]]
     h = summary["headline"]
     if "masked_psnr_db" in h:
         lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
-                     f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}")
+                     f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}{adapted(h)}")
     if "inpaint_hole_mse" in h:
         lines.append(f"  inpainting: hole MSE {h['inpaint_hole_mse']:.5f} vs biharmonic {h['biharmonic_hole_mse']:.5f}"
                      + (f" ({h['inpaint_gain_db']:+.2f} dB)" if "inpaint_gain_db" in h else ""))
@@ -123,7 +132,7 @@ def screen(summary):
         parts = []
         if "margin_over_best_classical_db" in t:
             parts.append(f"masked-patch PSNR {t['masked_psnr_db']:.2f} dB, {t['margin_over_best_classical_db']:+.2f} dB "
-                         f"over {t['best_classical']}")
+                         f"over {t['best_classical']}{adapted(t)}")
         if "inpaint_gain_db" in t:
             parts.append(f"inpainting {t['inpaint_gain_db']:+.2f} dB over biharmonic")
         if "auroc" in t:

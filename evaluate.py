@@ -6,7 +6,8 @@
 
 All metrics are computed on images scaled to [0, 1] by the dataset's robust per-image normalisation
 (0.5-99.5 percentiles), predictions clipped to [0, 1]. "masked" = only pixels of hidden patches;
-"composite" = the whole image with visible patches pasted back. Writes eval_metrics.json and
+"composite" = the whole image with visible patches pasted back. With ADAPT_STEPS, also the fills of a copy
+of the MAE fine-tuned on each image's visible patches first ("miram_adapted"). Writes eval_metrics.json and
 miram_eval_sample.png (and eval_sweep.png with --sweep) into OUTPUT_PATH.
 """
 import argparse
@@ -24,7 +25,7 @@ from config import MiramError, add_config_args, describe, load_config, run_cli, 
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import pick_device
 from losses import finite_mean, psnr, ssim
-from models import mask_noise, unpatchify
+from models import mask_noise, reconstruct_adapted, unpatchify
 from restoration import CLASSICAL_FILLS, classical_fill
 
 matplotlib.use("Agg")
@@ -66,12 +67,14 @@ def scores(pred, target, hole):
 
 
 @torch.no_grad()
-def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, keep_images=0):
-    """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks."""
+def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, keep_images=0, adapt=(0, 0.0)):
+    """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks.
+    adapt: (steps, rate) of test-time adaptation; with steps, also "miram_adapted" (models.adapt_to_image)."""
     cfg = model.cfg
     p = cfg.patch_size
     noise = mask_noise(len(images), model.encoder.num_patches, seed)
-    per = {"miram": {"fine": [], "coarse": []}, **{b: {"fine": [], "coarse": []} for b in baselines}}
+    methods = ["miram", "miram_adapted"] if adapt[0] else ["miram"]
+    per = {m: {"fine": [], "coarse": []} for m in [*methods, *baselines]}
     shown = []
     bar = tqdm(total=len(images), desc=f"evaluating (mask {mask_ratio})", unit="img", file=sys.stdout,
                disable=not sys.stdout.isatty())
@@ -84,6 +87,12 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
         x_c = F.avg_pool2d(x, 2)
         per["miram"]["fine"].append(scores(fine, x, hole))
         per["miram"]["coarse"].append(scores(coarse, x_c, hole_c))
+        if adapt[0]:
+            seeds = [seed + start + i for i in range(len(x))]
+            a_fine, a_coarse, _ = reconstruct_adapted(model, x.to(device), noise[start:start + batch].to(device),
+                                                      mask_ratio, *adapt, seeds)
+            per["miram_adapted"]["fine"].append(scores(a_fine.float().cpu().clamp(0, 1), x, hole))
+            per["miram_adapted"]["coarse"].append(scores(a_coarse.float().cpu().clamp(0, 1), x_c, hole_c))
         for b in baselines:
             filled = torch.from_numpy(np.stack([classical_fill(x[i, 0].numpy(), hole[i, 0].numpy() > 0, b)
                                                 for i in range(len(x))]))[:, None].float()
@@ -117,7 +126,7 @@ def summarize(per_image):
 # ---- output ------------------------------------------------------------------------------------------
 
 def table(summary, baselines):
-    rows = ["method", *["miram", *baselines]]
+    rows = ["method", *[m for m in summary if m not in baselines], *baselines]
     lines = [f"{'':12s} {'fine masked':>20s} {'fine composite':>20s} {'coarse masked':>20s} {'coarse composite':>20s}",
              f"{'':12s}" + "".join(f" {'PSNR dB / SSIM':>20s}" for _ in range(4))]
     for m in rows[1:]:
@@ -130,29 +139,36 @@ def table(summary, baselines):
     return "\n".join(lines)
 
 
-def margin(summary, baselines):
-    """MIRAM's masked-patch PSNR minus the best baseline's (fine scale)."""
+def margin(summary, baselines, method="miram"):
+    """method's masked-patch PSNR minus the best baseline's (fine scale)."""
     if not baselines:
         return None, None
     best = max(baselines, key=lambda b: summary[b]["fine"]["masked"]["psnr"])
-    return best, summary["miram"]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
+    return best, summary[method]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
 
 
 def subject_margins(per_image, subjects, best):
-    """{subject: its slice count, MIRAM's and `best`'s mean masked-patch PSNR and the margin}: where a set of a
-    few different heads gains and where it loses (each head weighs by its slices in the set's mean)."""
+    """{subject: its slice count, MIRAM's and `best`'s mean masked-patch PSNR and the margin (and those of the
+    adapted fills, where measured)}: where a set of a few different heads gains and where it loses (each head
+    weighs by its slices in the set's mean)."""
     out = {}
     for subject in dict.fromkeys(subjects):
         rows = [i for i, s in enumerate(subjects) if s == subject]
-        ours, theirs = (finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows]) for m in ("miram", best))
-        out[subject] = {"n_images": len(rows), "miram": ours, best: theirs, "margin_db": ours - theirs}
+        mean = lambda m: finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows])  # noqa: E731
+        out[subject] = {"n_images": len(rows), "miram": mean("miram"), best: mean(best)}
+        out[subject]["margin_db"] = out[subject]["miram"] - out[subject][best]
+        if "miram_adapted" in per_image:
+            out[subject]["miram_adapted"] = mean("miram_adapted")
+            out[subject]["margin_adapted_db"] = out[subject]["miram_adapted"] - out[subject][best]
     return out
 
 
-def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject=False):
+def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject=False, adapt=(0, 0.0)):
     """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, images to show);
-    by_subject: also "per_subject" (subject_margins), for a set of a few heads."""
-    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, keep_images=n_samples)
+    by_subject: also "per_subject" (subject_margins), for a set of a few heads; adapt (steps, rate): also
+    "miram_adapted" and "margin_db_adapted", the fills of test-time adaptation."""
+    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, keep_images=n_samples,
+                                adapt=adapt)
     summary = summarize(per_image)
     best, gain = margin(summary, baselines)
     print(table(summary, baselines))
@@ -162,10 +178,18 @@ def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject
     result = {"miram": summary["miram"], "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
               "margin_db": {"vs": best, "masked_psnr": gain}, "n_images": len(data),
               "per_image": {"names": data.names, **per_image}}
+    if "miram_adapted" in summary:
+        result["miram_adapted"] = summary["miram_adapted"]
+        result["adapt"] = {"steps": adapt[0], "lr": adapt[1]}
+        if best:
+            result["margin_db_adapted"] = {"vs": best, "masked_psnr": margin(summary, baselines, "miram_adapted")[1]}
+            print(f"MIRAM adapted to each image ({adapt[0]} steps) vs {best}: "
+                  f"{result['margin_db_adapted']['masked_psnr']:+.2f} dB")
     if by_subject and best:
         result["per_subject"] = subject_margins(per_image, data.subjects, best)
         for subject, r in result["per_subject"].items():
-            print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}")
+            print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}"
+                  + (f", adapted {r['margin_adapted_db']:+.2f}" if "margin_adapted_db" in r else ""))
     return result, shown
 
 
@@ -243,14 +267,16 @@ def run(args, cfg):
     print(f"evaluating {ckpt} (epoch {state.get('epoch')}) on {len(data)} images: {source}")
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
-    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, args.n_samples)
+    adapt = (cfg.ADAPT_STEPS, cfg.ADAPT_LR)
+    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, args.n_samples, adapt=adapt)
     result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
                   data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
                   run=run_info())
     transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
     if transfer is not None:
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
-        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines, by_subject=True)
+        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines, by_subject=True,
+                                        adapt=adapt)
         result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}

@@ -36,6 +36,51 @@ def test_shapes_and_exactly_49_visible():
     assert torch.isfinite(out.loss) and out.loss.ndim == 0
 
 
+def adapted_fills(model, x, noise, steps, lr=1e-3, seed=0):
+    return models.reconstruct_adapted(model, x, noise, 0.75, steps, lr, [seed + i for i in range(len(x))])
+
+
+def test_adaptation_reads_only_the_visible_patches_of_its_image():
+    m = tiny_model(img_size=64)
+    x = torch.rand(2, 1, 64, 64)
+    noise = models.mask_noise(2, m.encoder.num_patches, 3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fine, coarse, mask = adapted_fills(m, x, noise, steps=3)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # a copy was adapted
+    plain = m.reconstruct(x, noise, 0.75)
+    assert torch.equal(mask, plain[2]) and not torch.allclose(fine, plain[0])
+    hidden = unpatchify(mask[..., None].expand(-1, -1, 16 * 16), 16, 1).bool()
+    changed = torch.where(hidden, torch.rand_like(x), x)  # other pixels where they were hidden
+    again = adapted_fills(m, changed, noise, steps=3)
+    assert torch.equal(again[0], fine) and torch.equal(again[1], coarse)
+    # the batch around an image does not change its fill; its seed does
+    alone = adapted_fills(m, x[1:], noise[1:], steps=3, seed=1)
+    assert torch.equal(alone[0], fine[1:])
+    assert not torch.equal(adapted_fills(m, x[1:], noise[1:], steps=3, seed=7)[0], fine[1:])
+    assert torch.allclose(adapted_fills(m, x, noise, steps=0)[0], plain[0], atol=1e-6)  # one image a batch
+
+
+def test_adaptation_lowers_the_loss_on_the_image_it_adapts_to():
+    m = tiny_model(img_size=64)
+    x = torch.rand(1, 1, 64, 64)
+    visible = torch.zeros(16, dtype=torch.bool)
+    visible[:8] = True
+
+    def loss_on_visible(model):  # each visible patch restored from the other seven
+        total = 0.0
+        for held in range(8):
+            noise = torch.arange(16.0)[None].clone()
+            noise[0, held] = 100.0
+            out = model(x, noise, 1 - 7.5 / 16)
+            total += masked_mse(out.pred_fine, patchify(x, 16), out.mask * visible.float()).item()
+        return total
+
+    with torch.no_grad():
+        start = loss_on_visible(m)
+        adapted = models.adapt_to_image(m, x, visible, 20, 1e-3, torch.Generator().manual_seed(0))
+        assert loss_on_visible(adapted) < 0.5 * start
+
+
 def test_same_noise_same_mask_and_smallest_noise_kept():
     m = tiny_model()
     x = torch.rand(3, 1, 224, 224)

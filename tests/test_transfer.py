@@ -26,7 +26,7 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
     args = tiny_args(data, out, "--transfer-path", other)
     train.main(args)
     train.main(args + ["--inpaint"])
-    evaluate.main(args)
+    evaluate.main(args + ["--adapt-steps", "2"])
     classify.main(args + ["--n-viz", "0"])
     ev = json.load(open(os.path.join(out, "eval_metrics.json")))
     assert ev["transfer"]["n_images"] == 6 and ev["n_images"] < 12  # all of the other set; the validation split
@@ -40,7 +40,15 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
         theirs = np.mean([ev["transfer"]["per_image"][best]["fine"]["masked"]["psnr"][i] for i in rows])
         assert h["margin_db"] == pytest.approx(ours - theirs) and h["n_images"] == len(rows)
     assert "per_subject" not in ev  # the validation split: many slabs of one template, no heads to tell apart
-    assert "Per head" in "\n".join(report.evaluation_section(ev))
+    # the fills adapted to each image, on both sets, with their own margins and per head
+    for part in (ev, ev["transfer"]):
+        adapted = np.mean(part["per_image"]["miram_adapted"]["fine"]["masked"]["psnr"])
+        assert part["margin_db_adapted"]["masked_psnr"] == pytest.approx(
+            adapted - part["baselines"][part["margin_db_adapted"]["vs"]]["masked"]["psnr"])
+        assert part["adapt"]["steps"] == 2 and part["miram_adapted"] != part["miram"]
+    assert all("margin_adapted_db" in h for h in heads.values())
+    section = "\n".join(report.evaluation_section(ev))
+    assert "Per head" in section and "MIRAM adapted to each image (2 steps)" in section
     inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
     assert inpaint["transfer"]["n_regions"] == 2 * 6 and inpaint["validation"]["hole_mse"] > 0
     log = [json.loads(line) for line in open(os.path.join(out, "inpaint_log.jsonl"))]
@@ -52,6 +60,7 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
                           "headline": demo.headline(load_config(args=None, environ={"MIRAM_OUTPUT_PATH": out}), None)})
     assert f"AUROC {clf['transfer']['auroc']:.3f} without training on it" in screen
     assert f"{ev['transfer']['margin_db']['masked_psnr']:+.2f} dB over" in screen.split("transfer set")[1]
+    assert f"({ev['transfer']['margin_db_adapted']['masked_psnr']:+.2f} dB adapted to each image)" in screen
 
 
 def test_a_transfer_set_that_is_the_training_data_is_not_reported_as_one(tiny_data, capsys):
