@@ -8,7 +8,8 @@ All metrics are computed on images scaled to [0, 1] by the dataset's robust per-
 (0.5-99.5 percentiles), predictions clipped to [0, 1]. "masked" = only pixels of hidden patches;
 "composite" = the whole image with visible patches pasted back. With ADAPT_STEPS, also the fills of a copy
 of the MAE fine-tuned on each image's visible patches first ("miram_adapted"). Writes eval_metrics.json and
-miram_eval_sample.png (and eval_sweep.png with --sweep) into OUTPUT_PATH.
+miram_eval_sample.png (and eval_sweep.png with --sweep; miram_eval_transfer.png, a slice of each transfer
+head, with TRANSFER_PATH) into OUTPUT_PATH.
 """
 import argparse
 import os
@@ -67,15 +68,16 @@ def scores(pred, target, hole):
 
 
 @torch.no_grad()
-def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, keep_images=0, adapt=(0, 0.0)):
-    """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks.
-    adapt: (steps, rate) of test-time adaptation; with steps, also "miram_adapted" (models.adapt_to_image)."""
+def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, show=(), adapt=(0, 0.0)):
+    """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks; the fills of
+    the images numbered in `show`, to draw. adapt: (steps, rate) of test-time adaptation; with steps, also
+    "miram_adapted" (models.adapt_to_image)."""
     cfg = model.cfg
     p = cfg.patch_size
     noise = mask_noise(len(images), model.encoder.num_patches, seed)
     methods = ["miram", "miram_adapted"] if adapt[0] else ["miram"]
     per = {m: {"fine": [], "coarse": []} for m in [*methods, *baselines]}
-    shown = []
+    show, shown = set(show), []
     bar = tqdm(total=len(images), desc=f"evaluating (mask {mask_ratio})", unit="img", file=sys.stdout,
                disable=not sys.stdout.isatty())
     for start in range(0, len(images), batch):
@@ -91,17 +93,20 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
             seeds = [seed + start + i for i in range(len(x))]
             a_fine, a_coarse, _ = reconstruct_adapted(model, x.to(device), noise[start:start + batch].to(device),
                                                       mask_ratio, *adapt, seeds)
-            per["miram_adapted"]["fine"].append(scores(a_fine.float().cpu().clamp(0, 1), x, hole))
-            per["miram_adapted"]["coarse"].append(scores(a_coarse.float().cpu().clamp(0, 1), x_c, hole_c))
+            a_fine, a_coarse = a_fine.float().cpu().clamp(0, 1), a_coarse.float().cpu().clamp(0, 1)
+            per["miram_adapted"]["fine"].append(scores(a_fine, x, hole))
+            per["miram_adapted"]["coarse"].append(scores(a_coarse, x_c, hole_c))
         for b in baselines:
             filled = torch.from_numpy(np.stack([classical_fill(x[i, 0].numpy(), hole[i, 0].numpy() > 0, b)
                                                 for i in range(len(x))]))[:, None].float()
             per[b]["fine"].append(scores(filled, x, hole))
             per[b]["coarse"].append(scores(F.avg_pool2d(filled, 2), x_c, hole_c))
         for i in range(len(x)):
-            if len(shown) < keep_images:
+            if start + i in show:
                 shown.append({"image": x[i, 0].numpy(), "hole": hole[i, 0].numpy(), "fine": fine[i, 0].numpy(),
                               "coarse": coarse[i, 0].numpy()})
+                if adapt[0]:
+                    shown[-1]["adapted"] = a_fine[i, 0].numpy()
         bar.update(len(x))
     bar.close()
     return flatten(per), shown
@@ -163,12 +168,12 @@ def subject_margins(per_image, subjects, best):
     return out
 
 
-def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject=False, adapt=(0, 0.0)):
-    """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, images to show);
+def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=False, adapt=(0, 0.0)):
+    """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, the fills of the
+    slices numbered in show);
     by_subject: also "per_subject" (subject_margins), for a set of a few heads; adapt (steps, rate): also
     "miram_adapted" and "margin_db_adapted", the fills of test-time adaptation."""
-    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, keep_images=n_samples,
-                                adapt=adapt)
+    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, show=show, adapt=adapt)
     summary = summarize(per_image)
     best, gain = margin(summary, baselines)
     print(table(summary, baselines))
@@ -194,26 +199,46 @@ def measure(model, data, ratio, seed, device, baselines, n_samples=0, by_subject
 
 
 def save_figure(shown, path, title):
-    fig, axes = plt.subplots(len(shown), 6, figsize=(2.6 * 6, 2.8 * len(shown)), squeeze=False)
+    """A row per slice: the original, its masked input, the fill, the composite, the coarse scale, the error;
+    with the adapted fill (ADAPT_STEPS), its composite beside the plain one."""
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
+    columns = 7 if any("adapted" in s for s in shown) else 6
+    fig, axes = plt.subplots(len(shown), columns, figsize=(2.6 * columns, 2.8 * len(shown)), squeeze=False)
     for r, s in enumerate(shown):
         img, hole, fine = s["image"], s["hole"], s["fine"]
-        comp = img * (1 - hole) + fine * hole
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
         h = t(hole)
-        pm, sm = psnr(t(comp), t(img), weight=h).item(), ssim(t(comp), t(img), weight=h).item()
+
+        def composite(fill):
+            comp = img * (1 - hole) + fill * hole
+            return comp, psnr(t(comp), t(img), weight=h).item(), ssim(t(comp), t(img), weight=h).item()
+
+        comp, pm, sm = composite(fine)
         pc, sc = psnr(t(comp), t(img)).item(), ssim(t(comp), t(img)).item()
         panels = [(img, "original"), (np.where(hole > 0, 0.5, img), "masked input"),
-                  (fine, f"fine: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}"),
-                  (s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])), (np.abs(comp - img), "|error|, composite")]
+                  (fine, f"fine: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}")]
+        if "adapted" in s:
+            adapted, pa, sa = composite(s["adapted"])
+            panels.append((adapted, f"adapted: masked {pa:.1f} dB / {sa:.2f}"))
+        panels += [(s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])), (np.abs(comp - img), "|error|, composite")]
         for c, (a, name) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(a, cmap="magma" if c == 5 else "gray", vmin=0, vmax=0.5 if c == 5 else 1)
+            error = c == len(panels) - 1
+            ax.imshow(a, cmap="magma" if error else "gray", vmin=0, vmax=0.5 if error else 1)
             ax.set_title(name, fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def one_slice_per_subject(subjects, limit):
+    """The middle slice of each subject, in order, at most limit of them: a figure of a few different heads."""
+    picks = []
+    for subject in dict.fromkeys(subjects):
+        rows = [i for i, s in enumerate(subjects) if s == subject]
+        picks.append(rows[len(rows) // 2])
+    return picks[:limit]
 
 
 def save_sweep(sweep, path):
@@ -268,15 +293,16 @@ def run(args, cfg):
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
     adapt = (cfg.ADAPT_STEPS, cfg.ADAPT_LR)
-    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, args.n_samples, adapt=adapt)
+    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), adapt=adapt)
     result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
                   data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
                   run=run_info())
     transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
     if transfer is not None:
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
-        result["transfer"], _ = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines, by_subject=True,
-                                        adapt=adapt)
+        result["transfer"], transfer_shown = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines,
+                                                     one_slice_per_subject(transfer.subjects, args.n_samples),
+                                                     by_subject=True, adapt=adapt)
         result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}
@@ -289,6 +315,10 @@ def run(args, cfg):
     save_json(json_path, result, default=lambda v: None)
     save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
     written = [json_path, png_path]
+    if transfer is not None and transfer_shown:
+        written.append(cfg.artifact("eval_transfer_sample"))
+        save_figure(transfer_shown, written[-1], f"MIRAM, mask ratio {ratio}, transfer set (a slice of each head): "
+                                                 f"{os.path.basename(ckpt)}")
     if args.sweep:
         sweep_path = cfg.artifact("eval_sweep")
         save_sweep(result["sweep"], sweep_path)

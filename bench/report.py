@@ -380,7 +380,8 @@ def cpu_runs_section(runs_dir):
 
 
 # figures a run drew, copied beside RESULTS.md so the page shows the run it reports
-FIGURES = (("loss_curve", "Pre-training loss"), ("eval_sample", "Reconstructions of validation slices"))
+FIGURES = (("loss_curve", "Pre-training loss"), ("eval_sample", "Reconstructions of validation slices"),
+           ("eval_transfer_sample", "Reconstructions of the transfer set's real heads, one slice each"))
 
 
 def figures(outputs, docs):

@@ -49,6 +49,8 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
     assert all("margin_adapted_db" in h for h in heads.values())
     section = "\n".join(report.evaluation_section(ev))
     assert "Per head" in section and "MIRAM adapted to each image (2 steps)" in section
+    assert os.path.getsize(os.path.join(out, "miram_eval_transfer.png")) > 0  # a slice of each head
+    assert evaluate.one_slice_per_subject(["a", "a", "a", "b", "c", "c"], 2) == [1, 3]
     inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
     assert inpaint["transfer"]["n_regions"] == 2 * 6 and inpaint["validation"]["hole_mse"] > 0
     log = [json.loads(line) for line in open(os.path.join(out, "inpaint_log.jsonl"))]
