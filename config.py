@@ -251,8 +251,8 @@ class Config:
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
     # evaluate.py also fills each image with a copy of the MAE fine-tuned on its visible patches for this many
     # steps (models.adapt_to_image; 0: off), at this rate: a scan unlike the training data teaches its own
-    # contrast first. Chosen among seven settings on the transfer set, keeping the validation slabs' figure
-    # (docs/METHODS.md).
+    # contrast first. Chosen on the transfer set, keeping the validation slabs' figure (docs/METHODS.md says
+    # what else was tried).
     ADAPT_STEPS: int = 0
     ADAPT_LR: float = 3e-5
     # tumor classification (fine-tuning the pre-trained encoder)

@@ -248,15 +248,18 @@ class MIRAM(nn.Module):
         p = self.cfg.patch_size
         return patchify(imgs, p), patchify(F.avg_pool2d(imgs, 2), p // 2)
 
-    def forward(self, imgs, noise=None, mask_ratio=None):
+    def forward(self, imgs, noise=None, mask_ratio=None, known=None):
+        """known (L,) bool: only these patches' pixels are real (adapt_to_image), so only masked patches
+        among them count in the loss; None: every masked patch counts."""
         mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         if not mask_ratio:
             raise ValueError("MIRAM.forward needs a mask ratio > 0")
         latent, mask, ids_restore, _ = self.encoder(imgs, noise, mask_ratio)
         pred_fine, pred_coarse = self.forward_decoder(latent, ids_restore)
         target_fine, target_coarse = self.targets(imgs)
-        loss_fine = masked_mse(pred_fine, target_fine, mask)
-        loss_coarse = masked_mse(pred_coarse, target_coarse, mask)
+        scored = mask if known is None else mask * known.to(mask.dtype)
+        loss_fine = masked_mse(pred_fine, target_fine, scored)
+        loss_coarse = masked_mse(pred_coarse, target_coarse, scored)
         loss = dual_scale_loss(loss_fine, loss_coarse, self.cfg.lambda_fine, self.cfg.lambda_coarse)
         return MIRAMOutput(loss, loss_fine, loss_coarse, pred_fine, pred_coarse, mask)
 
@@ -296,17 +299,11 @@ def adapt_to_image(model: MIRAM, img: torch.Tensor, visible: torch.Tensor, steps
     adapted = copy.deepcopy(model)
     adapted.eval()  # no dropout to switch off: the steps are deterministic given the generator
     opt = torch.optim.AdamW(adapted.parameters(), lr=lr, weight_decay=0.0, fused=True)
-    target_fine, target_coarse = adapted.targets(views)
     with torch.enable_grad():
         for _ in range(steps):
             # hidden patches draw noise above every visible one, so they are never among the kept
             noise = torch.rand(ADAPT_VIEWS, L, generator=generator).to(img.device) + 2.0 * (~visible).float()
-            latent, mask, ids_restore, _ = adapted.encoder(views, noise, ratio)
-            pred_fine, pred_coarse = adapted.forward_decoder(latent, ids_restore)
-            weight = mask * visible.float()
-            loss = dual_scale_loss(masked_mse(pred_fine, target_fine, weight),
-                                   masked_mse(pred_coarse, target_coarse, weight),
-                                   adapted.cfg.lambda_fine, adapted.cfg.lambda_coarse)
+            loss = adapted(views, noise, ratio, known=visible).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
