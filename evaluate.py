@@ -313,8 +313,10 @@ def run(args, cfg):
     os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
     json_path, png_path = cfg.artifact("eval_metrics"), cfg.artifact("eval_sample")
     save_json(json_path, result, default=lambda v: None)
-    save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
-    written = [json_path, png_path]
+    written = [json_path]
+    if shown:  # --n-samples 0: no figure
+        save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
+        written.append(png_path)
     if transfer is not None and transfer_shown:
         written.append(cfg.artifact("eval_transfer_sample"))
         save_figure(transfer_shown, written[-1], f"MIRAM, mask ratio {ratio}, transfer set (a slice of each head): "

@@ -69,7 +69,7 @@ def test_evaluate_end_to_end(tiny_data, tmp_path, capsys):
     assert set(saved["sweep"]) == {"0.25", "0.5", "0.75", "0.9"}
     # composite PSNR counts visible pixels as exact, so it can only be higher than masked PSNR
     assert saved["miram"]["fine"]["composite"]["psnr"] > saved["miram"]["fine"]["masked"]["psnr"]
-    again = evaluate.main(tiny_args(tiny_data, out, "--data", tiny_data, "--baselines", "nearest"))
+    again = evaluate.main(tiny_args(tiny_data, out, "--data", tiny_data, "--baselines", "nearest", "--n-samples", "0"))
     assert again["miram"] == res["miram"]  # same seed, same masks, same numbers
     assert "MIRAM vs best baseline" in capsys.readouterr().out
 
