@@ -152,13 +152,20 @@ def margin(summary, baselines, method="miram"):
     return best, summary[method]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
 
 
+def slices_by_subject(subjects):
+    """{subject: the numbers of its slices}, subjects in the order they first appear."""
+    rows = {}
+    for i, subject in enumerate(subjects):
+        rows.setdefault(subject, []).append(i)
+    return rows
+
+
 def subject_margins(per_image, subjects, best):
     """{subject: its slice count, MIRAM's and `best`'s mean masked-patch PSNR and the margin (and those of the
     adapted fills, where measured)}: where a set of a few different heads gains and where it loses (each head
     weighs by its slices in the set's mean)."""
     out = {}
-    for subject in dict.fromkeys(subjects):
-        rows = [i for i, s in enumerate(subjects) if s == subject]
+    for subject, rows in slices_by_subject(subjects).items():
         mean = lambda m: finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows])  # noqa: E731
         out[subject] = {"n_images": len(rows), "miram": mean("miram"), best: mean(best)}
         out[subject]["margin_db"] = out[subject]["miram"] - out[subject][best]
@@ -234,11 +241,7 @@ def save_figure(shown, path, title):
 
 def one_slice_per_subject(subjects, limit):
     """The middle slice of each subject, in order, at most limit of them: a figure of a few different heads."""
-    picks = []
-    for subject in dict.fromkeys(subjects):
-        rows = [i for i, s in enumerate(subjects) if s == subject]
-        picks.append(rows[len(rows) // 2])
-    return picks[:limit]
+    return [rows[len(rows) // 2] for rows in slices_by_subject(subjects).values()][:limit]
 
 
 def save_sweep(sweep, path):

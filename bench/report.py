@@ -82,7 +82,7 @@ def evaluation_section(m):
                                            else "") + ".", ""]
         if part.get("per_subject"):
             best = margin["vs"]
-            with_adapted = "margin_adapted_db" in next(iter(part["per_subject"].values()))
+            with_adapted = "miram_adapted" in part
             lines += ["Per head (masked PSNR, mean over its slices):", ""]
             lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"] + (["adapted margin"] if with_adapted else []),
                            [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}", f"{r['margin_db']:+.2f} dB"]
@@ -156,21 +156,21 @@ def settings_section(runs, note, title="Classifier settings compared"):
     rows, groups = [], {}
     transfer = any("transfer" in r for r in runs)
     for r in runs:
-        loc = r["localization"][r.get("default_heatmap", "evidence")]
+        heatmap = r.get("default_heatmap", "evidence")
+        loc = r["localization"][heatmap]
         figures = (r["auroc"], loc["pointing_game"], loc["mass_inside_over_share_median"])
         rows.append([f"`{r['run']['command']}`", f"{figures[0]:.3f}", f"{figures[1]:.2f}", f"{figures[2]:.1f}x",
                      r.get("optimizer_steps", "")])
         if transfer:
             t = r.get("transfer")
-            rows[-1].append(f"{t['auroc']:.3f} / {t['localization'][r.get('default_heatmap', 'evidence')]['pointing_game']:.2f}"
-                            if t else "–")
+            rows[-1].append(f"{t['auroc']:.3f} / {t['localization'][heatmap]['pointing_game']:.2f}" if t else "–")
         settings = settings_of(r["run"]["command"])
         if "training_precision" in r:  # bf16 where the CPU runs it faster: not in the command
             settings += f" ({r['training_precision']} training)"
         # a run measured with and without the half-patch shifts: both; and on the transfer set, where it has one
         for v, where in ((r, ""), (r.get("other_views"), ""), (r.get("transfer"), ", transfer set")):
             if v:
-                at = v["localization"][r.get("default_heatmap", "evidence")]
+                at = v["localization"][heatmap]
                 groups.setdefault(settings + (f", {v['views']}" if "views" in v else "") + where, []).append(
                     (v["auroc"], at["pointing_game"], at["mass_inside_over_share_median"]))
     lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"]
