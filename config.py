@@ -255,6 +255,10 @@ class Config:
     # what else was tried).
     ADAPT_STEPS: int = 0
     ADAPT_LR: float = 3e-5
+    # evaluate.py also reports each MIRAM fill blended into the image by the Poisson equation of seamless
+    # cloning (restoration.seamless_fill: the fill's structure, the scan's level at every visible patch's edge)
+    # beside the fill pasted as it is
+    SEAMLESS_FILL: bool = True
     # tumor classification (fine-tuning the pre-trained encoder)
     CLS_EPOCHS: int = 30
     CLS_LR: float = 5e-4          # the head's rate for a batch of 16; encoder blocks get less (LAYER_DECAY)

@@ -67,8 +67,7 @@ def headline(cfg, predicted, truth=None):
         out["masked_psnr_db"] = ev["miram"]["fine"]["masked"]["psnr"]
         out["margin_over_best_classical_db"] = ev["margin_db"]["masked_psnr"]
         out["best_classical"] = ev["margin_db"]["vs"]
-        if "margin_db_adapted" in ev:
-            out["margin_adapted_db"] = ev["margin_db_adapted"]["masked_psnr"]
+        out.update(other_fills(ev))
     inpaint = load(cfg, "inpaint_log")
     if inpaint:
         best = min(inpaint, key=lambda h: h["val_loss"])
@@ -85,9 +84,7 @@ def headline(cfg, predicted, truth=None):
     if ev and "transfer" in ev:
         transfer.update(masked_psnr_db=ev["transfer"]["miram"]["fine"]["masked"]["psnr"],
                         margin_over_best_classical_db=ev["transfer"]["margin_db"]["masked_psnr"],
-                        best_classical=ev["transfer"]["margin_db"]["vs"])
-        if "margin_db_adapted" in ev["transfer"]:
-            transfer["margin_adapted_db"] = ev["transfer"]["margin_db_adapted"]["masked_psnr"]
+                        best_classical=ev["transfer"]["margin_db"]["vs"], **other_fills(ev["transfer"]))
     if "transfer" in inpaint_metrics:
         transfer["inpaint_gain_db"] = inpaint_metrics["transfer"]["gain_db"]
     if clf and "transfer" in clf:
@@ -109,9 +106,18 @@ def headline(cfg, predicted, truth=None):
     return out
 
 
-def adapted(figures):
-    """The margin of the fills adapted to each image, where evaluate.py measured one (ADAPT_STEPS)."""
-    return f" ({figures['margin_adapted_db']:+.2f} dB adapted to each image)" if "margin_adapted_db" in figures else ""
+def other_fills(ev):
+    """{"margin_<fill>_db": dB} of MIRAM's other fills evaluate.py measured on a set (adapted to each image,
+    blended in seamlessly: "margin_db_<fill>" in its results)."""
+    return {f"margin_{key[len('margin_db_'):]}_db": value["masked_psnr"] for key, value in ev.items()
+            if key.startswith("margin_db_") and value["masked_psnr"] is not None}
+
+
+def other_margins(figures):
+    """The margins of the other fills, where evaluate.py measured them (ADAPT_STEPS, SEAMLESS_FILL)."""
+    others = [(key[len("margin_"):-len("_db")].replace("_", " "), value) for key, value in figures.items()
+              if key.startswith("margin_") and key.endswith("_db") and key != "margin_over_best_classical_db"]
+    return " (" + ", ".join(f"{name} {value:+.2f}" for name, value in others) + " dB)" if others else ""
 
 
 def screen(summary):
@@ -120,7 +126,7 @@ def screen(summary):
     h = summary["headline"]
     if "masked_psnr_db" in h:
         lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
-                     f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}{adapted(h)}")
+                     f"{h['margin_over_best_classical_db']:+.2f} dB over {h['best_classical']}{other_margins(h)}")
     if "inpaint_hole_mse" in h:
         lines.append(f"  inpainting: hole MSE {h['inpaint_hole_mse']:.5f} vs biharmonic {h['biharmonic_hole_mse']:.5f}"
                      + (f" ({h['inpaint_gain_db']:+.2f} dB)" if "inpaint_gain_db" in h else ""))
@@ -132,7 +138,7 @@ def screen(summary):
         parts = []
         if "margin_over_best_classical_db" in t:
             parts.append(f"masked-patch PSNR {t['masked_psnr_db']:.2f} dB, {t['margin_over_best_classical_db']:+.2f} dB "
-                         f"over {t['best_classical']}{adapted(t)}")
+                         f"over {t['best_classical']}{other_margins(t)}")
         if "inpaint_gain_db" in t:
             parts.append(f"inpainting {t['inpaint_gain_db']:+.2f} dB over biharmonic")
         if "auroc" in t:

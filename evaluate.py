@@ -7,7 +7,8 @@
 All metrics are computed on images scaled to [0, 1] by the dataset's robust per-image normalisation
 (0.5-99.5 percentiles), predictions clipped to [0, 1]. "masked" = only pixels of hidden patches;
 "composite" = the whole image with visible patches pasted back. With ADAPT_STEPS, also the fills of a copy
-of the MAE fine-tuned on each image's visible patches first ("miram_adapted"). Writes eval_metrics.json and
+of the MAE fine-tuned on each image's visible patches first ("miram_adapted"); with SEAMLESS_FILL, also each
+fill blended into the visible patches by the Poisson equation instead of pasted ("..._seamless"). Writes eval_metrics.json and
 miram_eval_sample.png (and eval_sweep.png with --sweep; miram_eval_transfer.png, a slice of each transfer
 head, with TRANSFER_PATH) into OUTPUT_PATH.
 """
@@ -27,7 +28,7 @@ from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import pick_device
 from losses import finite_mean, psnr, ssim
 from models import mask_noise, reconstruct_adapted, unpatchify
-from restoration import CLASSICAL_FILLS, classical_fill
+from restoration import CLASSICAL_FILLS, classical_fill, seamless_fill
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -67,35 +68,52 @@ def scores(pred, target, hole):
             "composite": {"psnr": psnr(comp, target), "ssim": ssim(comp, target)}}
 
 
+def seamless(fills, images, holes):
+    """seamless_fill over a batch: (B, 1, H, W) tensors, holes > 0 where hidden."""
+    return torch.from_numpy(np.stack([seamless_fill(f[0].numpy(), x[0].numpy(), h[0].numpy() > 0)
+                                      for f, x, h in zip(fills, images, holes)]))[:, None].float().clamp(0, 1)
+
+
+def miram_methods(adapt_steps, blend):
+    """The names of MIRAM's fills evaluate() measures, in order: plain, adapted to each image, each blended."""
+    methods = ["miram", "miram_adapted"] if adapt_steps else ["miram"]
+    return methods + [m + "_seamless" for m in methods] if blend else methods
+
+
 @torch.no_grad()
-def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, show=(), adapt=(0, 0.0)):
+def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch=16, show=(), adapt=(0, 0.0),
+             blend=False):
     """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks; the fills of
     the images numbered in `show`, to draw. adapt: (steps, rate) of test-time adaptation; with steps, also
-    "miram_adapted" (models.adapt_to_image)."""
+    "miram_adapted" (models.adapt_to_image). blend: also every MIRAM fill blended in by seamless_fill
+    ("<method>_seamless")."""
     cfg = model.cfg
     p = cfg.patch_size
     noise = mask_noise(len(images), model.encoder.num_patches, seed)
-    methods = ["miram", "miram_adapted"] if adapt[0] else ["miram"]
+    methods = miram_methods(adapt[0], blend)
     per = {m: {"fine": [], "coarse": []} for m in [*methods, *baselines]}
     show, shown = set(show), []
     bar = tqdm(total=len(images), desc=f"evaluating (mask {mask_ratio})", unit="img", file=sys.stdout,
                disable=not sys.stdout.isatty())
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
-        fine, coarse, mask = model.reconstruct(x.to(device), noise[start:start + batch].to(device), mask_ratio)
-        fine, coarse, mask = fine.float().cpu().clamp(0, 1), coarse.float().cpu().clamp(0, 1), mask.cpu()
+        batch_noise = noise[start:start + batch].to(device)
+        fine, coarse, mask = model.reconstruct(x.to(device), batch_noise, mask_ratio)
+        fills = {"miram": (fine, coarse)}
+        if adapt[0]:
+            seeds = [seed + start + i for i in range(len(x))]
+            fills["miram_adapted"] = reconstruct_adapted(model, x.to(device), batch_noise, mask_ratio, *adapt, seeds)[:2]
+        fills = {m: (f.float().cpu().clamp(0, 1), c.float().cpu().clamp(0, 1)) for m, (f, c) in fills.items()}
+        mask = mask.cpu()
         hole = pixel_mask(mask, p, cfg.img_size)
         hole_c = pixel_mask(mask, p // 2, cfg.img_size // 2)
         x_c = F.avg_pool2d(x, 2)
-        per["miram"]["fine"].append(scores(fine, x, hole))
-        per["miram"]["coarse"].append(scores(coarse, x_c, hole_c))
-        if adapt[0]:
-            seeds = [seed + start + i for i in range(len(x))]
-            a_fine, a_coarse, _ = reconstruct_adapted(model, x.to(device), noise[start:start + batch].to(device),
-                                                      mask_ratio, *adapt, seeds)
-            a_fine, a_coarse = a_fine.float().cpu().clamp(0, 1), a_coarse.float().cpu().clamp(0, 1)
-            per["miram_adapted"]["fine"].append(scores(a_fine, x, hole))
-            per["miram_adapted"]["coarse"].append(scores(a_coarse, x_c, hole_c))
+        if blend:
+            fills.update({m + "_seamless": (seamless(f, x, hole), seamless(c, x_c, hole_c))
+                          for m, (f, c) in list(fills.items())})
+        for m, (f, c) in fills.items():
+            per[m]["fine"].append(scores(f, x, hole))
+            per[m]["coarse"].append(scores(c, x_c, hole_c))
         for b in baselines:
             filled = torch.from_numpy(np.stack([classical_fill(x[i, 0].numpy(), hole[i, 0].numpy() > 0, b)
                                                 for i in range(len(x))]))[:, None].float()
@@ -103,10 +121,9 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
             per[b]["coarse"].append(scores(F.avg_pool2d(filled, 2), x_c, hole_c))
         for i in range(len(x)):
             if start + i in show:
-                shown.append({"image": x[i, 0].numpy(), "hole": hole[i, 0].numpy(), "fine": fine[i, 0].numpy(),
-                              "coarse": coarse[i, 0].numpy()})
-                if adapt[0]:
-                    shown[-1]["adapted"] = a_fine[i, 0].numpy()
+                shown.append({"image": x[i, 0].numpy(), "hole": hole[i, 0].numpy(),
+                              "coarse": fills["miram"][1][i, 0].numpy(),
+                              "fills": {m: f[i, 0].numpy() for m, (f, _) in fills.items()}})
         bar.update(len(x))
     bar.close()
     return flatten(per), shown
@@ -132,15 +149,15 @@ def summarize(per_image):
 
 def table(summary, baselines):
     rows = ["method", *[m for m in summary if m not in baselines], *baselines]
-    lines = [f"{'':12s} {'fine masked':>20s} {'fine composite':>20s} {'coarse masked':>20s} {'coarse composite':>20s}",
-             f"{'':12s}" + "".join(f" {'PSNR dB / SSIM':>20s}" for _ in range(4))]
+    lines = [f"{'':24s} {'fine masked':>20s} {'fine composite':>20s} {'coarse masked':>20s} {'coarse composite':>20s}",
+             f"{'':24s}" + "".join(f" {'PSNR dB / SSIM':>20s}" for _ in range(4))]
     for m in rows[1:]:
         cells = []
         for scale in ("fine", "coarse"):
             for region in ("masked", "composite"):
                 r = summary[m][scale][region]
                 cells.append(f"{r['psnr']:8.2f} / {r['ssim']:.3f}")
-        lines.append(f"{m:12s}" + "".join(f" {c:>20s}" for c in cells))
+        lines.append(f"{m:24s}" + "".join(f" {c:>20s}" for c in cells))
     return "\n".join(lines)
 
 
@@ -160,73 +177,91 @@ def slices_by_subject(subjects):
     return rows
 
 
+def suffix(method):
+    """"miram_adapted_seamless" -> "adapted_seamless": the part of a MIRAM fill's result keys that names it."""
+    return method[len("miram_"):]
+
+
 def subject_margins(per_image, subjects, best):
-    """{subject: its slice count, MIRAM's and `best`'s mean masked-patch PSNR and the margin (and those of the
-    adapted fills, where measured)}: where a set of a few different heads gains and where it loses (each head
-    weighs by its slices in the set's mean)."""
+    """{subject: its slice count, each MIRAM fill's and `best`'s mean masked-patch PSNR and the margins
+    ("margin_db" of the plain fill, "margin_<suffix>_db" of the others)}: where a set of a few different heads
+    gains and where it loses (each head weighs by its slices in the set's mean)."""
+    methods = [m for m in per_image if m.startswith("miram")]
     out = {}
     for subject, rows in slices_by_subject(subjects).items():
         mean = lambda m: finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows])  # noqa: E731
-        out[subject] = {"n_images": len(rows), "miram": mean("miram"), best: mean(best)}
-        out[subject]["margin_db"] = out[subject]["miram"] - out[subject][best]
-        if "miram_adapted" in per_image:
-            out[subject]["miram_adapted"] = mean("miram_adapted")
-            out[subject]["margin_adapted_db"] = out[subject]["miram_adapted"] - out[subject][best]
+        out[subject] = {"n_images": len(rows), **{m: mean(m) for m in methods}, best: mean(best)}
+        for m in methods:
+            key = "margin_db" if m == "miram" else f"margin_{suffix(m)}_db"
+            out[subject][key] = out[subject][m] - out[subject][best]
     return out
 
 
-def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=False, adapt=(0, 0.0)):
+def describe_fill(method, adapt_steps):
+    words = {"adapted": f"adapted to each image ({adapt_steps} steps)", "seamless": "blended in (seamless_fill)"}
+    return " ".join(["MIRAM"] + [words[w] for w in suffix(method).split("_") if w])
+
+
+def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=False, adapt=(0, 0.0), blend=False):
     """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, the fills of the
     slices numbered in show);
-    by_subject: also "per_subject" (subject_margins), for a set of a few heads; adapt (steps, rate): also
-    "miram_adapted" and "margin_db_adapted", the fills of test-time adaptation."""
-    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, show=show, adapt=adapt)
+    by_subject: also "per_subject" (subject_margins), for a set of a few heads; adapt (steps, rate) and blend:
+    the other MIRAM fills (miram_methods), each with its summary under its name and "margin_db_<suffix>"."""
+    per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, show=show, adapt=adapt,
+                                blend=blend)
     summary = summarize(per_image)
-    best, gain = margin(summary, baselines)
+    best, _ = margin(summary, baselines)
     print(table(summary, baselines))
-    if best:
-        print(f"MIRAM vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     # baselines: the fine scale's figures at the top level ("masked", "composite"), both scales below
-    result = {"miram": summary["miram"], "baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines},
-              "margin_db": {"vs": best, "masked_psnr": gain}, "n_images": len(data),
+    result = {"baselines": {b: {**summary[b]["fine"], **summary[b]} for b in baselines}, "n_images": len(data),
               "per_image": {"names": data.names, **per_image}}
-    if "miram_adapted" in summary:
-        result["miram_adapted"] = summary["miram_adapted"]
+    if adapt[0]:
         result["adapt"] = {"steps": adapt[0], "lr": adapt[1]}
+    for m in miram_methods(adapt[0], blend):
+        result[m] = summary[m]
+        gain = margin(summary, baselines, m)[1]
+        result["margin_db" if m == "miram" else f"margin_db_{suffix(m)}"] = {"vs": best, "masked_psnr": gain}
         if best:
-            result["margin_db_adapted"] = {"vs": best, "masked_psnr": margin(summary, baselines, "miram_adapted")[1]}
-            print(f"MIRAM adapted to each image ({adapt[0]} steps) vs {best}: "
-                  f"{result['margin_db_adapted']['masked_psnr']:+.2f} dB")
+            print(f"{describe_fill(m, adapt[0])} vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     if by_subject and best:
         result["per_subject"] = subject_margins(per_image, data.subjects, best)
         for subject, r in result["per_subject"].items():
+            others = ", ".join(f"{suffix(m).replace('_', ' ')} {r[f'margin_{suffix(m)}_db']:+.2f}"
+                               for m in miram_methods(adapt[0], blend)[1:])
             print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}"
-                  + (f", adapted {r['margin_adapted_db']:+.2f}" if "margin_adapted_db" in r else ""))
+                  + (f" ({others})" if others else ""))
     return result, shown
 
 
+FILL_TITLES = {"miram": "fill", "miram_adapted": "adapted", "miram_seamless": "seamless",
+               "miram_adapted_seamless": "adapted, seamless"}
+
+
 def save_figure(shown, path, title):
-    """A row per slice: the original, its masked input, the fill, the composite, the coarse scale, the error;
-    with the adapted fill (ADAPT_STEPS), its composite beside the plain one."""
+    """A row per slice: the original, its masked input, the plain fill, its composite, each other MIRAM fill
+    measured (adapted, blended in: composites with their masked-patch figures), the coarse scale, and the
+    error of the last fill's composite."""
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
-    columns = 7 if any("adapted" in s for s in shown) else 6
-    fig, axes = plt.subplots(len(shown), columns, figsize=(2.6 * columns, 2.8 * len(shown)), squeeze=False)
+    methods = list(shown[0]["fills"])
+    columns = 5 + len(methods)
+    fig, axes = plt.subplots(len(shown), columns, figsize=(2.4 * columns, 2.6 * len(shown)), squeeze=False)
     for r, s in enumerate(shown):
-        img, hole, fine = s["image"], s["hole"], s["fine"]
+        img, hole = s["image"], s["hole"]
         h = t(hole)
 
         def composite(fill):
             comp = img * (1 - hole) + fill * hole
             return comp, psnr(t(comp), t(img), weight=h).item(), ssim(t(comp), t(img), weight=h).item()
 
-        comp, pm, sm = composite(fine)
+        comp, pm, sm = composite(s["fills"]["miram"])
         pc, sc = psnr(t(comp), t(img)).item(), ssim(t(comp), t(img)).item()
         panels = [(img, "original"), (np.where(hole > 0, 0.5, img), "masked input"),
-                  (fine, f"fine: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}")]
-        if "adapted" in s:
-            adapted, pa, sa = composite(s["adapted"])
-            panels.append((adapted, f"adapted: masked {pa:.1f} dB / {sa:.2f}"))
-        panels += [(s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])), (np.abs(comp - img), "|error|, composite")]
+                  (s["fills"]["miram"], f"fill: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}")]
+        for m in methods[1:]:
+            comp, pm, sm = composite(s["fills"][m])
+            panels.append((comp, f"{FILL_TITLES.get(m, m)}: masked {pm:.1f} dB / {sm:.2f}"))
+        panels += [(s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])),
+                   (np.abs(comp - img), f"|error|, {FILL_TITLES.get(methods[-1], methods[-1])}")]
         for c, (a, name) in enumerate(panels):
             ax = axes[r, c]
             error = c == len(panels) - 1
@@ -295,8 +330,8 @@ def run(args, cfg):
     print(f"evaluating {ckpt} (epoch {state.get('epoch')}) on {len(data)} images: {source}")
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
-    adapt = (cfg.ADAPT_STEPS, cfg.ADAPT_LR)
-    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), adapt=adapt)
+    fills = {"adapt": (cfg.ADAPT_STEPS, cfg.ADAPT_LR), "blend": cfg.SEAMLESS_FILL}
+    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), **fills)
     result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
                   data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
                   run=run_info())
@@ -305,7 +340,7 @@ def run(args, cfg):
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
         result["transfer"], transfer_shown = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines,
                                                      one_slice_per_subject(transfer.subjects, args.n_samples),
-                                                     by_subject=True, adapt=adapt)
+                                                     by_subject=True, **fills)
         result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}

@@ -57,36 +57,42 @@ def training_section(title, history):
     return lines + [""]
 
 
+FILL_NAMES = {"adapted": "adapted to each image", "seamless": "blended in seamlessly"}
+
+
+def fill_name(method, part):
+    """"miram_adapted_seamless" -> "MIRAM adapted to each image (10 steps), blended in seamlessly"."""
+    words = [FILL_NAMES.get(w, w) + (f" ({part['adapt']['steps']} steps)" if w == "adapted" else "")
+             for w in method.split("_")[1:]]
+    return "MIRAM " + ", ".join(words) if words else "MIRAM"
+
+
 def evaluation_section(m):
     lines = ["## Reconstruction of hidden patches (`evaluate.py`)", "", f"- {provenance(m.get('run'))}",
              f"- mask ratio {m['mask_ratio']}, seed {m['seed']}", ""]
     for title, part in (("validation split", m), ("transfer set", m.get("transfer"))):
         if not part:
             continue
+        fills = [k for k in part if k == "miram" or k.startswith("miram_")]  # plain first, as evaluate.py wrote them
         rows = []
-        ours = [("MIRAM", part["miram"])]
-        if "miram_adapted" in part:
-            ours.append((f"MIRAM adapted to each image ({part['adapt']['steps']} steps)", part["miram_adapted"]))
-        for name, scales in ours + [(b, v) for b, v in part["baselines"].items()]:
+        for name, scales in [(fill_name(k, part), part[k]) for k in fills] + list(part["baselines"].items()):
             f = scales["fine"]
             rows.append([name, f"{f['masked']['psnr']:.2f} / {f['masked']['ssim']:.3f}",
                          f"{f['composite']['psnr']:.2f} / {f['composite']['ssim']:.3f}",
                          f"{scales['coarse']['masked']['psnr']:.2f} / {scales['coarse']['masked']['ssim']:.3f}"])
         lines += [f"**{title}**: {part['n_images']} images, {part['data']}", ""]
         lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
-        margin = part["margin_db"]
-        if margin.get("vs"):
-            adapted = part.get("margin_db_adapted")
-            lines += ["", f"MIRAM vs the best classical fill ({margin['vs']}): **{margin['masked_psnr']:+.2f} dB** "
-                          "masked PSNR" + (f"; adapted to each image: **{adapted['masked_psnr']:+.2f} dB**" if adapted
-                                           else "") + ".", ""]
+        best = part["margin_db"].get("vs")
+        if best:
+            gains = [f"{fill_name(k, part)}: **{part['margin_db' + k[5:]]['masked_psnr']:+.2f} dB**" for k in fills]
+            lines += ["", f"Masked PSNR over the best classical fill ({best}): " + "; ".join(gains) + ".", ""]
         if part.get("per_subject"):
-            best = margin["vs"]
-            with_adapted = "miram_adapted" in part
-            lines += ["Per head (masked PSNR, mean over its slices):", ""]
-            lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"] + (["adapted margin"] if with_adapted else []),
+            others = [k[len("miram_"):] for k in fills[1:]]
+            lines += ["Per head (masked PSNR, mean over its slices; margins over " + best + "):", ""]
+            lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"]
+                           + [o.replace("_", ", ") for o in others],
                            [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}", f"{r['margin_db']:+.2f} dB"]
-                            + ([f"{r['margin_adapted_db']:+.2f} dB"] if with_adapted else [])
+                            + [f"{r[f'margin_{o}_db']:+.2f} dB" for o in others]
                             for s, r in part["per_subject"].items()]) + [""]
     return lines
 

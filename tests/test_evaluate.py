@@ -51,6 +51,27 @@ def test_classical_fills_keep_known_pixels_and_fill_the_hole(method):
     assert err < (0.2 if method == "nearest" else 1e-6 if method == "linear" else 1e-3)
 
 
+def test_seamless_fill_keeps_the_fills_structure_and_meets_the_known_pixels():
+    rng = np.random.default_rng(0)
+    hole = np.kron(rng.random((4, 4)) < 0.6, np.ones((8, 8))).astype(bool)  # hidden patches of a 4x4 grid
+    hole[:8, :8], hole[8:16, 8:16] = True, False
+    # tissue of a level the fill does not know, with structure inside a hidden patch that the fill does know
+    img = np.full((32, 32), 0.4)
+    img[2:6, 2:6] = 0.9
+    fill = img + 0.3 + rng.random(img.shape) * ~hole  # wrong level, anything outside the hole (never read)
+    out = restoration.seamless_fill(fill, img, hole)
+    assert np.array_equal(out[~hole], img[~hole]) and np.allclose(out[hole], img[hole], atol=1e-9)
+    # only the fill's differences inside the hole count; every known pixel is kept
+    noisy = rng.random(img.shape)
+    out = restoration.seamless_fill(noisy, img + noisy, hole)
+    assert np.allclose(out, restoration.seamless_fill(noisy + 2.0 + 5 * ~hole, img + noisy, hole), atol=1e-9)
+    assert np.array_equal(out[~hole], (img + noisy)[~hole])
+    # a flat fill carries no structure: the result is the harmonic fill, within the known pixels' range
+    flat = restoration.seamless_fill(np.full(img.shape, 5.0), noisy, hole)
+    assert noisy[~hole].min() <= flat[hole].min() and flat[hole].max() <= noisy[~hole].max()
+    assert np.array_equal(restoration.seamless_fill(fill, img, np.zeros_like(hole)), img)
+
+
 @pytest.mark.slow
 def test_evaluate_end_to_end(tiny_data, tmp_path, capsys):
     out = str(tmp_path / "o")

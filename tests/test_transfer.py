@@ -40,15 +40,17 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
         theirs = np.mean([ev["transfer"]["per_image"][best]["fine"]["masked"]["psnr"][i] for i in rows])
         assert h["margin_db"] == pytest.approx(ours - theirs) and h["n_images"] == len(rows)
     assert "per_subject" not in ev  # the validation split: many slabs of one template, no heads to tell apart
-    # the fills adapted to each image, on both sets, with their own margins and per head
+    # the fills adapted to each image and blended in seamlessly, on both sets, with their own margins and per head
     for part in (ev, ev["transfer"]):
-        adapted = np.mean(part["per_image"]["miram_adapted"]["fine"]["masked"]["psnr"])
-        assert part["margin_db_adapted"]["masked_psnr"] == pytest.approx(
-            adapted - part["baselines"][part["margin_db_adapted"]["vs"]]["masked"]["psnr"])
-        assert part["adapt"]["steps"] == 2 and part["miram_adapted"] != part["miram"]
-    assert all("margin_adapted_db" in h for h in heads.values())
+        for fill in ("adapted", "seamless", "adapted_seamless"):
+            ours = np.mean(part["per_image"][f"miram_{fill}"]["fine"]["masked"]["psnr"])
+            assert part[f"margin_db_{fill}"]["masked_psnr"] == pytest.approx(
+                ours - part["baselines"][part[f"margin_db_{fill}"]["vs"]]["masked"]["psnr"])
+            assert part[f"miram_{fill}"] != part["miram"]
+        assert part["adapt"]["steps"] == 2
+    assert all(f"margin_{fill}_db" in h for h in heads.values() for fill in ("adapted", "seamless", "adapted_seamless"))
     section = "\n".join(report.evaluation_section(ev))
-    assert "Per head" in section and "MIRAM adapted to each image (2 steps)" in section
+    assert "Per head" in section and "MIRAM adapted to each image (2 steps), blended in seamlessly" in section
     assert os.path.getsize(os.path.join(out, "miram_eval_transfer.png")) > 0  # a slice of each head
     assert evaluate.one_slice_per_subject(["a", "a", "a", "b", "c", "c"], 2) == [1, 3]
     inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
@@ -62,7 +64,9 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
                           "headline": demo.headline(load_config(args=None, environ={"MIRAM_OUTPUT_PATH": out}), None)})
     assert f"AUROC {clf['transfer']['auroc']:.3f} without training on it" in screen
     assert f"{ev['transfer']['margin_db']['masked_psnr']:+.2f} dB over" in screen.split("transfer set")[1]
-    assert f"({ev['transfer']['margin_db_adapted']['masked_psnr']:+.2f} dB adapted to each image)" in screen
+    t = ev["transfer"]
+    assert (f"(adapted {t['margin_db_adapted']['masked_psnr']:+.2f}, seamless {t['margin_db_seamless']['masked_psnr']:+.2f}, "
+            f"adapted seamless {t['margin_db_adapted_seamless']['masked_psnr']:+.2f} dB)") in screen
 
 
 def test_a_transfer_set_that_is_the_training_data_is_not_reported_as_one(tiny_data, capsys):
