@@ -43,7 +43,7 @@ ARTIFACTS = {
     "classification_metrics": "classification_metrics.json",
     "eval_metrics": "eval_metrics.json",
     "eval_sample": "miram_eval_sample.png",
-    "eval_transfer_sample": "miram_eval_transfer.png",  # a slice of each transfer head: plain and adapted fills
+    "eval_transfer_sample": "miram_eval_transfer.png",  # a slice of each transfer head: every MIRAM fill
     "eval_sweep": "eval_sweep.png",
     "classifier_onnx": "miram_model_optimized.onnx",
     "mae_onnx": "miram_mae.onnx",

@@ -69,9 +69,11 @@ def scores(pred, target, hole):
 
 
 def seamless(fills, images, holes):
-    """seamless_fill over a batch: (B, 1, H, W) tensors, holes > 0 where hidden."""
-    return torch.from_numpy(np.stack([seamless_fill(f[0].numpy(), x[0].numpy(), h[0].numpy() > 0)
-                                      for f, x, h in zip(fills, images, holes)]))[:, None].float().clamp(0, 1)
+    """seamless_fill over a batch: fills (K, B, 1, H, W) of images (B, 1, H, W) with holes > 0 where hidden
+    -> (K, B, 1, H, W); the K fills of an image share its hole, so one factorisation."""
+    blended = [seamless_fill(fills[:, i, 0].numpy(), x[0].numpy(), h[0].numpy() > 0)
+               for i, (x, h) in enumerate(zip(images, holes))]
+    return torch.from_numpy(np.stack(blended, axis=1))[:, :, None].float().clamp(0, 1)
 
 
 def miram_methods(adapt_steps, blend):
@@ -109,8 +111,9 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
         hole_c = pixel_mask(mask, p // 2, cfg.img_size // 2)
         x_c = F.avg_pool2d(x, 2)
         if blend:
-            fills.update({m + "_seamless": (seamless(f, x, hole), seamless(c, x_c, hole_c))
-                          for m, (f, c) in list(fills.items())})
+            blended_fine = seamless(torch.stack([f for f, _ in fills.values()]), x, hole)
+            blended_coarse = seamless(torch.stack([c for _, c in fills.values()]), x_c, hole_c)
+            fills.update({m + "_seamless": pair for m, pair in zip(list(fills), zip(blended_fine, blended_coarse))})
         for m, (f, c) in fills.items():
             per[m]["fine"].append(scores(f, x, hole))
             per[m]["coarse"].append(scores(c, x_c, hole_c))

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.interpolate import griddata
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 from skimage.restoration import inpaint_biharmonic
 
 from config import MiramError, visible_count
@@ -55,40 +55,43 @@ def seamless_fill(fill: np.ndarray, image: np.ndarray, hole: np.ndarray) -> np.n
     """image with hole (bool) filled by fill's structure, made to meet the known pixels at the hole's edge:
     the discrete Poisson equation of seamless cloning (Perez, Gangnet & Blake, 2003). Inside the hole each
     pixel keeps fill's differences to its neighbours in the hole and takes the image's value from a known
-    neighbour, solved in the least-squares sense; pixels outside the hole are the image's.
+    neighbour, solved in the least-squares sense; pixels outside the hole are the image's. fill (H, W), or
+    (K, H, W) for K fills of one hole (one factorisation serves them all).
 
     A model's fill of hidden patches is right about what lies there but not exactly about the level it
     meets each visible patch at (a scan's contrast the model never saw): the solve moves each region of the
     fill by the smooth field that removes those steps. Only the known pixels next to the hole and fill
     inside it are read; fill outside the hole (a model's unsupervised guess at visible patches) never is."""
     fill, image = np.asarray(fill, np.float64), np.asarray(image, np.float64)
-    if not hole.any():
-        return image.copy()
+    fills = fill.reshape(-1, *hole.shape)  # (K, H, W)
+    out = np.repeat(image[None], len(fills), axis=0)
     if hole.all():
-        return fill.copy()  # no edge to meet
-    H, W = hole.shape
-    ys, xs = np.nonzero(hole)
-    n = len(ys)
-    index = np.full(hole.shape, -1)
-    index[ys, xs] = np.arange(n)
-    degree, rhs = np.zeros(n), np.zeros(n)
-    rows, cols = [np.arange(n)], [np.arange(n)]
-    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        qy, qx = ys + dy, xs + dx
-        pixel = np.nonzero((qy >= 0) & (qy < H) & (qx >= 0) & (qx < W))[0]  # hole pixels with this neighbour
-        qy, qx = qy[pixel], qx[pixel]
-        degree[pixel] += 1
-        inside = hole[qy, qx]
-        p, q = pixel[inside], index[qy[inside], qx[inside]]
-        rows.append(p)
-        cols.append(q)
-        rhs[p] += fill[ys[p], xs[p]] - fill[ys[q], xs[q]]
-        rhs[pixel[~inside]] += image[qy[~inside], qx[~inside]]
-    values = np.concatenate([degree, -np.ones(sum(len(r) for r in rows[1:]))])
-    system = sparse.csr_matrix((values, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    out = image.copy()
-    out[ys, xs] = spsolve(system, rhs)
-    return out
+        out = fills.copy()  # no edge to meet
+    elif hole.any():
+        H, W = hole.shape
+        ys, xs = np.nonzero(hole)
+        n = len(ys)
+        index = np.full(hole.shape, -1)
+        index[ys, xs] = np.arange(n)
+        degree, rhs = np.zeros(n), np.zeros((n, len(fills)))
+        rows, cols = [np.arange(n)], [np.arange(n)]
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+            qy, qx = ys + dy, xs + dx
+            pixel = np.nonzero((qy >= 0) & (qy < H) & (qx >= 0) & (qx < W))[0]  # hole pixels with this neighbour
+            qy, qx = qy[pixel], qx[pixel]
+            degree[pixel] += 1
+            inside = hole[qy, qx]
+            p, q = pixel[inside], index[qy[inside], qx[inside]]
+            rows.append(p)
+            cols.append(q)
+            rhs[p] += (fills[:, ys[p], xs[p]] - fills[:, ys[q], xs[q]]).T
+            rhs[pixel[~inside]] += image[qy[~inside], qx[~inside], None]
+        values = np.concatenate([degree, -np.ones(sum(len(r) for r in rows[1:]))])
+        system = sparse.csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        # symmetric positive definite: an ordering for A + A^T, pivots on the diagonal
+        solved = splu(system, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(rhs)
+        out[:, ys, xs] = solved.T
+    return out.reshape(fill.shape)
 
 
 # ---- damaged regions and their classical fill (inpainting) -------------------------------------------

@@ -70,6 +70,9 @@ def test_seamless_fill_keeps_the_fills_structure_and_meets_the_known_pixels():
     flat = restoration.seamless_fill(np.full(img.shape, 5.0), noisy, hole)
     assert noisy[~hole].min() <= flat[hole].min() and flat[hole].max() <= noisy[~hole].max()
     assert np.array_equal(restoration.seamless_fill(fill, img, np.zeros_like(hole)), img)
+    # several fills of one hole, solved together, are each the fill solved alone
+    both = restoration.seamless_fill(np.stack([noisy, np.full(img.shape, 5.0)]), noisy, hole)
+    assert np.allclose(both[1], flat, atol=1e-12)
 
 
 @pytest.mark.slow
