@@ -8,8 +8,8 @@ All metrics are computed on images scaled to [0, 1] by the dataset's robust per-
 (0.5-99.5 percentiles), predictions clipped to [0, 1]. "masked" = only pixels of hidden patches;
 "composite" = the whole image with visible patches pasted back. With ADAPT_STEPS, also the fills of a copy
 of the MAE fine-tuned on each image's visible patches first ("miram_adapted"); with SEAMLESS_FILL, also each
-fill blended into the visible patches by the Poisson equation instead of pasted ("..._seamless"). Writes eval_metrics.json and
-miram_eval_sample.png (and eval_sweep.png with --sweep; miram_eval_transfer.png, a slice of each transfer
+fill blended into the visible patches by the Poisson equation instead of pasted ("..._seamless"). Writes
+eval_metrics.json and miram_eval_sample.png (and eval_sweep.png with --sweep; miram_eval_transfer.png, a slice of each transfer
 head, with TRANSFER_PATH) into OUTPUT_PATH.
 """
 import argparse
@@ -201,8 +201,9 @@ def subject_margins(per_image, subjects, best):
 
 
 def describe_fill(method, adapt_steps):
-    words = {"adapted": f"adapted to each image ({adapt_steps} steps)", "seamless": "blended in (seamless_fill)"}
-    return " ".join(["MIRAM"] + [words[w] for w in suffix(method).split("_") if w])
+    """"miram_adapted_seamless" -> "MIRAM adapted to each image (10 steps), blended in seamlessly"."""
+    words = {"adapted": f"adapted to each image ({adapt_steps} steps)", "seamless": "blended in seamlessly"}
+    return " ".join(["MIRAM", ", ".join(words[w] for w in suffix(method).split("_") if w)]).strip()
 
 
 def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=False, adapt=(0, 0.0), blend=False):
@@ -220,12 +221,13 @@ def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=Fal
               "per_image": {"names": data.names, **per_image}}
     if adapt[0]:
         result["adapt"] = {"steps": adapt[0], "lr": adapt[1]}
+    result["fill_names"] = {m: describe_fill(m, adapt[0]) for m in miram_methods(adapt[0], blend)}
     for m in miram_methods(adapt[0], blend):
         result[m] = summary[m]
         gain = margin(summary, baselines, m)[1]
         result["margin_db" if m == "miram" else f"margin_db_{suffix(m)}"] = {"vs": best, "masked_psnr": gain}
         if best:
-            print(f"{describe_fill(m, adapt[0])} vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
+            print(f"{result['fill_names'][m]} vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     if by_subject and best:
         result["per_subject"] = subject_margins(per_image, data.subjects, best)
         for subject, r in result["per_subject"].items():
@@ -234,10 +236,6 @@ def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=Fal
             print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}"
                   + (f" ({others})" if others else ""))
     return result, shown
-
-
-FILL_TITLES = {"miram": "fill", "miram_adapted": "adapted", "miram_seamless": "seamless",
-               "miram_adapted_seamless": "adapted, seamless"}
 
 
 def save_figure(shown, path, title):
@@ -262,9 +260,9 @@ def save_figure(shown, path, title):
                   (s["fills"]["miram"], f"fill: masked {pm:.1f} dB / {sm:.2f}"), (comp, f"composite {pc:.1f} dB / {sc:.2f}")]
         for m in methods[1:]:
             comp, pm, sm = composite(s["fills"][m])
-            panels.append((comp, f"{FILL_TITLES.get(m, m)}: masked {pm:.1f} dB / {sm:.2f}"))
+            panels.append((comp, f"{suffix(m).replace('_', ', ')}: masked {pm:.1f} dB / {sm:.2f}"))
         panels += [(s["coarse"], "coarse ({0}x{0})".format(s["coarse"].shape[-1])),
-                   (np.abs(comp - img), f"|error|, {FILL_TITLES.get(methods[-1], methods[-1])}")]
+                   (np.abs(comp - img), f"|error|, {suffix(methods[-1]).replace('_', ', ') or 'composite'}")]
         for c, (a, name) in enumerate(panels):
             ax = axes[r, c]
             error = c == len(panels) - 1

@@ -57,16 +57,6 @@ def training_section(title, history):
     return lines + [""]
 
 
-FILL_NAMES = {"adapted": "adapted to each image", "seamless": "blended in seamlessly"}
-
-
-def fill_name(method, part):
-    """"miram_adapted_seamless" -> "MIRAM adapted to each image (10 steps), blended in seamlessly"."""
-    words = [FILL_NAMES.get(w, w) + (f" ({part['adapt']['steps']} steps)" if w == "adapted" else "")
-             for w in method.split("_")[1:]]
-    return "MIRAM " + ", ".join(words) if words else "MIRAM"
-
-
 def evaluation_section(m):
     lines = ["## Reconstruction of hidden patches (`evaluate.py`)", "", f"- {provenance(m.get('run'))}",
              f"- mask ratio {m['mask_ratio']}, seed {m['seed']}", ""]
@@ -74,8 +64,9 @@ def evaluation_section(m):
         if not part:
             continue
         fills = [k for k in part if k == "miram" or k.startswith("miram_")]  # plain first, as evaluate.py wrote them
+        names = part.get("fill_names", {})
         rows = []
-        for name, scales in [(fill_name(k, part), part[k]) for k in fills] + list(part["baselines"].items()):
+        for name, scales in [(names.get(k, k), part[k]) for k in fills] + list(part["baselines"].items()):
             f = scales["fine"]
             rows.append([name, f"{f['masked']['psnr']:.2f} / {f['masked']['ssim']:.3f}",
                          f"{f['composite']['psnr']:.2f} / {f['composite']['ssim']:.3f}",
@@ -84,7 +75,7 @@ def evaluation_section(m):
         lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
         best = part["margin_db"].get("vs")
         if best:
-            gains = [f"{fill_name(k, part)}: **{part['margin_db' + k[5:]]['masked_psnr']:+.2f} dB**" for k in fills]
+            gains = [f"{names.get(k, k)}: **{part['margin_db' + k[5:]]['masked_psnr']:+.2f} dB**" for k in fills]
             lines += ["", f"Masked PSNR over the best classical fill ({best}): " + "; ".join(gains) + ".", ""]
         if part.get("per_subject"):
             others = [k[len("miram_"):] for k in fills[1:]]
