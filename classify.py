@@ -292,10 +292,24 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     plt.close(fig)
 
 
-def score(model, data, cfg, device):
+def subject_metrics(probs, labels, hits, rows_by_subject, threshold):
+    """{subject: binary metrics over its slices (AUROC None where it has one class), the default heatmap's
+    pointing game over its tumor slices (None without one)}: which heads of a few a classifier fails on."""
+    out = {}
+    for subject, rows in rows_by_subject.items():
+        m = binary_metrics(probs[rows], labels[rows], threshold)
+        tumor_hits = hits[rows][labels[rows] > 0]
+        out[subject] = {k: None if m[k] != m[k] else m[k]  # NaN (one class) -> null in the JSON
+                        for k in ("auroc", "accuracy", "sensitivity", "specificity", "n", "n_positive")}
+        out[subject]["pointing_game"] = float(tumor_hits.mean()) if len(tumor_hits) else None
+    return out
+
+
+def score(model, data, cfg, device, by_subject=False):
     """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
     heatmaps, tumor masks), from the views CLS_SHIFT_AVERAGE names; the other views' metrics under
-    "other_views" (a single pass is what the deployed model runs once: both are worth knowing)."""
+    "other_views" (a single pass is what the deployed model runs once: both are worth knowing).
+    by_subject: also "per_subject" (subject_metrics), for a set of a few heads."""
     labels = data.labels.numpy()
     pos = labels > 0
     tumor = data.masks[:, 0].numpy() & pos[:, None, None]
@@ -303,6 +317,10 @@ def score(model, data, cfg, device):
     def measured(shifted):
         probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True, shifted=shifted)
         m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
+        if by_subject:
+            hits = np.zeros(len(labels))
+            hits[pos] = localization(heats[DEFAULT_HEATMAP][pos], tumor[pos])[1]
+            m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
         loc = {}
         for name, h in heats.items():
             if not pos.any():
@@ -543,7 +561,7 @@ def finetune(args, cfg, dist):
     transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(kept, best_state)])
     if transfer is not None and transfer.has_mask.any():
         transfer = transfer.labelled()
-        metrics["transfer"], *_ = score(best, transfer, cfg, device)
+        metrics["transfer"], *_ = score(best, transfer, cfg, device, by_subject=True)
         metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
     if self_training is not None:
         metrics["self_training"] = self_training
@@ -572,6 +590,10 @@ def finetune(args, cfg, dist):
         print(f"  transfer set ({t['data']}): AUROC {t['auroc']:.3f}  accuracy {t['accuracy']:.3f}"
               + (f"  {DEFAULT_HEATMAP} map: pointing game {loc['pointing_game']:.2f}, "
                  f"{loc['mass_inside_over_share_median']:.1f}x on the median slice" if loc else ""))
+        for subject, h in t.get("per_subject", {}).items():
+            print(f"    {subject}: {h['n']} slices, {h['n_positive']} with a lesion, AUROC "
+                  + ("-" if h["auroc"] is None else f"{h['auroc']:.3f}")
+                  + ("" if h["pointing_game"] is None else f", pointing game {h['pointing_game']:.2f}"))
     print("wrote\n  " + "\n  ".join([kept, json_path, *figures]))
     return metrics
 

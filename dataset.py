@@ -246,6 +246,13 @@ class SliceSet:
                                                          (self.labels, other.labels), (self.has_mask, other.has_mask))),
                         self.names + other.names, self.subjects + other.subjects)
 
+    def rows_by_subject(self):
+        """{subject: the numbers of its slices}, subjects in the order they first appear."""
+        rows = {}
+        for i, subject in enumerate(self.subjects):
+            rows.setdefault(subject, []).append(i)
+        return rows
+
     def labelled(self):
         """The slices with a mask file: only they carry a label."""
         return self.subset(i for i in range(len(self)) if self.has_mask[i])

@@ -172,26 +172,18 @@ def margin(summary, baselines, method="miram"):
     return best, summary[method]["fine"]["masked"]["psnr"] - summary[best]["fine"]["masked"]["psnr"]
 
 
-def slices_by_subject(subjects):
-    """{subject: the numbers of its slices}, subjects in the order they first appear."""
-    rows = {}
-    for i, subject in enumerate(subjects):
-        rows.setdefault(subject, []).append(i)
-    return rows
-
-
 def suffix(method):
     """"miram_adapted_seamless" -> "adapted_seamless": the part of a MIRAM fill's result keys that names it."""
     return method[len("miram_"):]
 
 
-def subject_margins(per_image, subjects, best):
+def subject_margins(per_image, rows_by_subject, best):
     """{subject: its slice count, each MIRAM fill's and `best`'s mean masked-patch PSNR and the margins
     ("margin_db" of the plain fill, "margin_<suffix>_db" of the others)}: where a set of a few different heads
     gains and where it loses (each head weighs by its slices in the set's mean)."""
     methods = [m for m in per_image if m.startswith("miram")]
     out = {}
-    for subject, rows in slices_by_subject(subjects).items():
+    for subject, rows in rows_by_subject.items():
         mean = lambda m: finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows])  # noqa: E731
         out[subject] = {"n_images": len(rows), **{m: mean(m) for m in methods}, best: mean(best)}
         for m in methods:
@@ -229,7 +221,7 @@ def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=Fal
         if best:
             print(f"{result['fill_names'][m]} vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     if by_subject and best:
-        result["per_subject"] = subject_margins(per_image, data.subjects, best)
+        result["per_subject"] = subject_margins(per_image, data.rows_by_subject(), best)
         for subject, r in result["per_subject"].items():
             others = ", ".join(f"{suffix(m).replace('_', ' ')} {r[f'margin_{suffix(m)}_db']:+.2f}"
                                for m in miram_methods(adapt[0], blend)[1:])
@@ -275,9 +267,9 @@ def save_figure(shown, path, title):
     plt.close(fig)
 
 
-def one_slice_per_subject(subjects, limit):
+def one_slice_per_subject(rows_by_subject, limit):
     """The middle slice of each subject, in order, at most limit of them: a figure of a few different heads."""
-    return [rows[len(rows) // 2] for rows in slices_by_subject(subjects).values()][:limit]
+    return [rows[len(rows) // 2] for rows in rows_by_subject.values()][:limit]
 
 
 def save_sweep(sweep, path):
@@ -340,7 +332,7 @@ def run(args, cfg):
     if transfer is not None:
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
         result["transfer"], transfer_shown = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines,
-                                                     one_slice_per_subject(transfer.subjects, args.n_samples),
+                                                     one_slice_per_subject(transfer.rows_by_subject(), args.n_samples),
                                                      by_subject=True, **fills)
         result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:

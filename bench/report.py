@@ -129,6 +129,14 @@ def classification_section(results):
                          f"{r['transfer']['localization'][r['default_heatmap']].get('pointing_game', float('nan')):.2f}",
                          f"{r['transfer']['localization'][r['default_heatmap']].get('mass_inside_over_share_median', float('nan')):.1f}x"]
                         for r in transfer])
+        heads = [(r["variant"], s, h) for r in transfer for s, h in r["transfer"].get("per_subject", {}).items()]
+        if heads:
+            number = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731  (one class, or no lesion: undefined)
+            lines += ["", "Per head (the default map's pointing game over its lesion slices):", ""]
+            lines += table(["variant", "head", "slices", "with a lesion", "AUROC", "sensitivity", "specificity",
+                            "pointing game"],
+                           [[v, s, str(h["n"]), str(h["n_positive"]), number(h["auroc"]), number(h["sensitivity"]),
+                             number(h["specificity"]), number(h["pointing_game"])] for v, s, h in heads])
     return lines + [""]
 
 

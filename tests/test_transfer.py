@@ -52,7 +52,7 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
     section = "\n".join(report.evaluation_section(ev))
     assert "Per head" in section and "MIRAM adapted to each image (2 steps), blended in seamlessly" in section
     assert os.path.getsize(os.path.join(out, "miram_eval_transfer.png")) > 0  # a slice of each head
-    assert evaluate.one_slice_per_subject(["a", "a", "a", "b", "c", "c"], 2) == [1, 3]
+    assert evaluate.one_slice_per_subject({"a": [0, 1, 2], "b": [3], "c": [4, 5]}, 2) == [1, 3]
     inpaint = json.load(open(os.path.join(out, "inpaint_metrics.json")))
     assert inpaint["transfer"]["n_regions"] == 2 * 6 and inpaint["validation"]["hole_mse"] > 0
     log = [json.loads(line) for line in open(os.path.join(out, "inpaint_log.jsonl"))]
@@ -60,6 +60,12 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
     clf = json.load(open(os.path.join(out, "classification_metrics.json")))
     assert clf["transfer"]["n_subjects"] == 2 and sum(map(sum, clf["transfer"]["confusion_matrix"])) == 6
     assert "pointing_game" in clf["transfer"]["localization"]["evidence"]
+    # per head: its slices' own metrics, which add up to the set's
+    per_head = clf["transfer"]["per_subject"]
+    assert sorted(per_head) == sorted(heads) and sum(h["n"] for h in per_head.values()) == 6
+    assert sum(h["n_positive"] for h in per_head.values()) == clf["transfer"]["n_positive"]
+    assert all(h["auroc"] is None or 0 <= h["auroc"] <= 1 for h in per_head.values())
+    assert "Per head (the default map" in "\n".join(report.classification_section([clf]))
     screen = demo.screen({"run": {"cpu": "cpu"}, "total_minutes": 1, "phases": [],
                           "headline": demo.headline(load_config(args=None, environ={"MIRAM_OUTPUT_PATH": out}), None)})
     assert f"AUROC {clf['transfer']['auroc']:.3f} without training on it" in screen
