@@ -177,18 +177,23 @@ def suffix(method):
     return method[len("miram_"):]
 
 
+def margin_key(method):
+    """The key of a MIRAM fill's margin over the best classical fill, in a set's results and in each head's:
+    "margin_db" (the plain fill), "margin_db_adapted", ..."""
+    return "margin_db" + method[len("miram"):]
+
+
 def subject_margins(per_image, rows_by_subject, best):
     """{subject: its slice count, each MIRAM fill's and `best`'s mean masked-patch PSNR and the margins
-    ("margin_db" of the plain fill, "margin_<suffix>_db" of the others)}: where a set of a few different heads
-    gains and where it loses (each head weighs by its slices in the set's mean)."""
+    (margin_key)}: where a set of a few different heads gains and where it loses (each head weighs by its
+    slices in the set's mean)."""
     methods = [m for m in per_image if m.startswith("miram")]
     out = {}
     for subject, rows in rows_by_subject.items():
         mean = lambda m: finite_mean([per_image[m]["fine"]["masked"]["psnr"][i] for i in rows])  # noqa: E731
         out[subject] = {"n_images": len(rows), **{m: mean(m) for m in methods}, best: mean(best)}
         for m in methods:
-            key = "margin_db" if m == "miram" else f"margin_{suffix(m)}_db"
-            out[subject][key] = out[subject][m] - out[subject][best]
+            out[subject][margin_key(m)] = out[subject][m] - out[subject][best]
     return out
 
 
@@ -202,7 +207,7 @@ def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=Fal
     """-> ({"miram", "baselines", "margin_db", "n_images", "per_image"} of one slice set, the fills of the
     slices numbered in show);
     by_subject: also "per_subject" (subject_margins), for a set of a few heads; adapt (steps, rate) and blend:
-    the other MIRAM fills (miram_methods), each with its summary under its name and "margin_db_<suffix>"."""
+    the other MIRAM fills (miram_methods), each with its summary under its name and its margin_key."""
     per_image, shown = evaluate(model, data.images, ratio, seed, device, baselines, show=show, adapt=adapt,
                                 blend=blend)
     summary = summarize(per_image)
@@ -213,18 +218,18 @@ def measure(model, data, ratio, seed, device, baselines, show=(), by_subject=Fal
               "per_image": {"names": data.names, **per_image}}
     if adapt[0]:
         result["adapt"] = {"steps": adapt[0], "lr": adapt[1]}
-    result["fill_names"] = {m: describe_fill(m, adapt[0]) for m in miram_methods(adapt[0], blend)}
-    for m in miram_methods(adapt[0], blend):
+    methods = miram_methods(adapt[0], blend)
+    result["fill_names"] = {m: describe_fill(m, adapt[0]) for m in methods}
+    for m in methods:
         result[m] = summary[m]
         gain = margin(summary, baselines, m)[1]
-        result["margin_db" if m == "miram" else f"margin_db_{suffix(m)}"] = {"vs": best, "masked_psnr": gain}
+        result[margin_key(m)] = {"vs": best, "masked_psnr": gain}
         if best:
             print(f"{result['fill_names'][m]} vs best baseline ({best}) on masked-patch PSNR: {gain:+.2f} dB")
     if by_subject and best:
         result["per_subject"] = subject_margins(per_image, data.rows_by_subject(), best)
         for subject, r in result["per_subject"].items():
-            others = ", ".join(f"{suffix(m).replace('_', ' ')} {r[f'margin_{suffix(m)}_db']:+.2f}"
-                               for m in miram_methods(adapt[0], blend)[1:])
+            others = ", ".join(f"{suffix(m).replace('_', ' ')} {r[margin_key(m)]:+.2f}" for m in methods[1:])
             print(f"  {subject}: {r['n_images']} slices, {r['margin_db']:+.2f} dB over {best}"
                   + (f" ({others})" if others else ""))
     return result, shown

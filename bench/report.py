@@ -75,15 +75,15 @@ def evaluation_section(m):
         lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
         best = part["margin_db"].get("vs")
         if best:
-            gains = [f"{names.get(k, k)}: **{part['margin_db' + k[5:]]['masked_psnr']:+.2f} dB**" for k in fills]
+            gains = [f"{names.get(k, k)}: **{part['margin_db' + k[len('miram'):]]['masked_psnr']:+.2f} dB**"
+                     for k in fills]
             lines += ["", f"Masked PSNR over the best classical fill ({best}): " + "; ".join(gains) + ".", ""]
         if part.get("per_subject"):
-            others = [k[len("miram_"):] for k in fills[1:]]
             lines += ["Per head (masked PSNR, mean over its slices; margins over " + best + "):", ""]
             lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"]
-                           + [o.replace("_", ", ") for o in others],
-                           [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}", f"{r['margin_db']:+.2f} dB"]
-                            + [f"{r[f'margin_{o}_db']:+.2f} dB" for o in others]
+                           + [k[len("miram_"):].replace("_", ", ") for k in fills[1:]],
+                           [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}"]
+                            + [f"{r['margin_db' + k[len('miram'):]]:+.2f} dB" for k in fills]
                             for s, r in part["per_subject"].items()]) + [""]
     return lines
 

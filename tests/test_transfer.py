@@ -48,7 +48,7 @@ def test_every_phase_reports_the_transfer_set_beside_validation(tmp_path, capsys
                 ours - part["baselines"][part[f"margin_db_{fill}"]["vs"]]["masked"]["psnr"])
             assert part[f"miram_{fill}"] != part["miram"]
         assert part["adapt"]["steps"] == 2
-    assert all(f"margin_{fill}_db" in h for h in heads.values() for fill in ("adapted", "seamless", "adapted_seamless"))
+    assert all(f"margin_db_{fill}" in h for h in heads.values() for fill in ("adapted", "seamless", "adapted_seamless"))
     section = "\n".join(report.evaluation_section(ev))
     assert "Per head" in section and "MIRAM adapted to each image (2 steps), blended in seamlessly" in section
     assert os.path.getsize(os.path.join(out, "miram_eval_transfer.png")) > 0  # a slice of each head
