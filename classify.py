@@ -317,16 +317,14 @@ def score(model, data, cfg, device, by_subject=False):
     def measured(shifted):
         probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True, shifted=shifted)
         m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
-        if by_subject:
-            hits = np.zeros(len(labels))
-            hits[pos] = localization(heats[DEFAULT_HEATMAP][pos], tumor[pos])[1]
-            m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
-        loc = {}
+        loc, hits = {}, np.zeros(len(labels))  # hits: the default map's pointing game per slice, 0 where no tumor
         for name, h in heats.items():
             if not pos.any():
                 loc[name] = {}
                 continue
             mass, hit = localization(h[pos], tumor[pos])
+            if name == DEFAULT_HEATMAP:
+                hits[pos] = hit
             share = tumor[pos].mean(axis=(1, 2))
             loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
                          "tumor_share_of_image": float(share.mean()),
@@ -334,6 +332,8 @@ def score(model, data, cfg, device, by_subject=False):
                          # a few slices with most of the mass inside lift the mean: the median is the typical slice
                          "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
         m.update(localization=loc, views=VIEWS[shifted])
+        if by_subject:
+            m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
         return m, probs, heats
 
     m, probs, heats = measured(cfg.CLS_SHIFT_AVERAGE)
