@@ -250,7 +250,7 @@ class Config:
     MAX_PIXELS: int = MAX_PIXELS  # values a file may decode to; checked from its header first
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
     # evaluate.py also fills each image with a copy of the MAE fine-tuned on its visible patches for this many
-    # steps (models.adapt_to_image; 0: off), at this rate: a scan unlike the training data teaches its own
+    # steps (models.adapt_to_images; 0: off), at this rate: a scan unlike the training data teaches its own
     # contrast first. Chosen on the transfer set, keeping the validation slabs' figure (docs/METHODS.md says
     # what else was tried).
     ADAPT_STEPS: int = 0
