@@ -40,7 +40,7 @@ def adapted_fills(model, x, noise, steps, lr=1e-3, seed=0):
     return models.reconstruct_adapted(model, x, noise, 0.75, steps, lr, [seed + i for i in range(len(x))])
 
 
-def test_adaptation_reads_only_the_visible_patches_of_its_image():
+def test_adaptation_reads_only_the_visible_patches_of_its_image(monkeypatch):
     m = tiny_model(img_size=64)
     x = torch.rand(2, 1, 64, 64)
     noise = models.mask_noise(2, m.encoder.num_patches, 3)
@@ -58,6 +58,8 @@ def test_adaptation_reads_only_the_visible_patches_of_its_image():
     alone = adapted_fills(m, x[1:], noise[1:], steps=3, seed=1)
     assert torch.allclose(alone[0], fine[1:], atol=1e-5)
     assert not torch.equal(adapted_fills(m, x[1:], noise[1:], steps=3, seed=7)[0], fine[1:])
+    monkeypatch.setattr(models, "ADAPT_PASS_BYTES", 1)  # one image a pass: a model too large for more
+    assert torch.allclose(adapted_fills(m, x, noise, steps=3)[0], fine, atol=1e-5)
     assert torch.allclose(adapted_fills(m, x, noise, steps=0)[0], plain[0], atol=1e-6)  # one image a batch
     # the steps under autocast (bf16): the same fill to bf16's precision
     in_bf16 = models.reconstruct_adapted(m, x, noise, 0.75, 3, 1e-3, [0, 1], amp=True)[0]
