@@ -87,8 +87,8 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
              blend=False, amp=False):
     """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks; the fills of
     the images numbered in `show`, to draw. adapt: (steps, rate) of test-time adaptation; with steps, also
-    "miram_adapted" (models.adapt_to_images; amp: its steps under autocast). blend: also every MIRAM fill blended in by seamless_fill
-    ("<method>_seamless")."""
+    "miram_adapted" (models.adapt_to_images; amp: its steps under autocast). blend: also every MIRAM fill
+    blended in by seamless_fill ("<method>_seamless")."""
     cfg = model.cfg
     p = cfg.patch_size
     noise = mask_noise(len(images), model.encoder.num_patches, seed)
