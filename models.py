@@ -342,18 +342,6 @@ def adapt_to_images(model: MIRAM, imgs: torch.Tensor, visible: torch.Tensor, ste
     return {name: w.detach() for name, w in copies.items()}
 
 
-def adapt_to_image(model: MIRAM, img: torch.Tensor, visible: torch.Tensor, steps: int, lr: float,
-                   generator: torch.Generator, amp: bool = False) -> MIRAM:
-    """A copy of model fine-tuned on one image's visible patches (adapt_to_images for one image): img
-    (1, C, H, W), visible (L,) bool."""
-    weights = adapt_to_images(model, img, visible[None], steps, lr, [generator], amp)
-    if weights is None:
-        return model
-    adapted = copy.deepcopy(model)
-    adapted.load_state_dict({name: w[0] for name, w in weights.items()}, strict=False)
-    return adapted.eval()
-
-
 @torch.no_grad()
 def reconstruct_adapted(model: MIRAM, imgs, noise, mask_ratio, steps: int, lr: float, seeds, amp: bool = False):
     """MIRAM.reconstruct with each image filled by its own copy of the model, adapted to that image's
@@ -361,17 +349,19 @@ def reconstruct_adapted(model: MIRAM, imgs, noise, mask_ratio, steps: int, lr: f
     image, so a fill does not depend on its batch."""
     _, mask, _ = model.encoder.random_masking(noise, mask_ratio)
     per_pass = max(1, ADAPT_PASS_BYTES // (16 * sum(w.numel() for w in model.parameters())))
-    adapted = copy.deepcopy(model).eval()
-    fills = []
+    adapted, fills = None, []  # one copy of the model, made when first needed, takes each image's weights
     for start in range(0, len(imgs), per_pass):
         part = slice(start, start + per_pass)
         weights = adapt_to_images(model, imgs[part], mask[part] == 0, steps, lr,
                                   [torch.Generator().manual_seed(s) for s in seeds[part]], amp)
         for i in range(len(imgs[part])):
+            net = model
             if weights is not None:
+                adapted = copy.deepcopy(model).eval() if adapted is None else adapted
                 adapted.load_state_dict({name: w[i] for name, w in weights.items()}, strict=False)
+                net = adapted
             one = slice(start + i, start + i + 1)
-            fills.append((adapted if weights is not None else model).reconstruct(imgs[one], noise[one], mask_ratio))
+            fills.append(net.reconstruct(imgs[one], noise[one], mask_ratio))
     return tuple(torch.cat(parts) for parts in zip(*fills))
 
 
