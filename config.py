@@ -61,6 +61,13 @@ ARTIFACTS = {
     "allocator": "allocator.json",                # bench/allocator.py --json (make bench): malloc policy, paired
 }
 
+
+def margin_key(method):
+    """The key of a MIRAM fill's margin over the best classical fill in eval_metrics.json, in a set's results
+    and in each head's: "miram" -> "margin_db", "miram_adapted_seamless" -> "margin_db_adapted_seamless"
+    (evaluate.py writes them; the demo summary and the report read them)."""
+    return "margin_db" + method[len("miram"):]
+
 # Model (ViT-S/16 encoder, light decoder).
 IMG_SIZE = 224
 PATCH_SIZE = 16

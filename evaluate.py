@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, add_config_args, describe, load_config, run_cli, run_info, save_json
+from config import MiramError, add_config_args, describe, load_config, margin_key, run_cli, run_info, save_json
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import pick_device, resolve_amp
 from losses import finite_mean, psnr, ssim
@@ -176,12 +176,6 @@ def margin(summary, baselines, method="miram"):
 def suffix(method):
     """"miram_adapted_seamless" -> "adapted_seamless": the part of a MIRAM fill's result keys that names it."""
     return method[len("miram_"):]
-
-
-def margin_key(method):
-    """The key of a MIRAM fill's margin over the best classical fill, in a set's results and in each head's:
-    "margin_db" (the plain fill), "margin_db_adapted", ..."""
-    return "margin_db" + method[len("miram"):]
 
 
 def subject_margins(per_image, rows_by_subject, best):

@@ -19,7 +19,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from config import ARTIFACTS  # noqa: E402
+from config import ARTIFACTS, margin_key  # noqa: E402
 
 
 def load_json(path):
@@ -75,7 +75,7 @@ def evaluation_section(m):
         lines += table(["method", "masked PSNR dB / SSIM", "composite PSNR dB / SSIM", "coarse masked PSNR / SSIM"], rows)
         best = part["margin_db"].get("vs")
         if best:
-            gains = [f"{names.get(k, k)}: **{part['margin_db' + k[len('miram'):]]['masked_psnr']:+.2f} dB**"
+            gains = [f"{names.get(k, k)}: **{part[margin_key(k)]['masked_psnr']:+.2f} dB**"
                      for k in fills]
             lines += ["", f"Masked PSNR over the best classical fill ({best}): " + "; ".join(gains) + ".", ""]
         if part.get("per_subject"):
@@ -83,7 +83,7 @@ def evaluation_section(m):
             lines += table(["head", "slices", "MIRAM dB", f"{best} dB", "margin"]
                            + [k[len("miram_"):].replace("_", ", ") for k in fills[1:]],
                            [[s, str(r["n_images"]), f"{r['miram']:.2f}", f"{r[best]:.2f}"]
-                            + [f"{r['margin_db' + k[len('miram'):]]:+.2f} dB" for k in fills]
+                            + [f"{r[margin_key(k)]:+.2f} dB" for k in fills]
                             for s, r in part["per_subject"].items()]) + [""]
     return lines
 
