@@ -40,7 +40,8 @@ def onnx_session(path, threads=None, device="cpu"):
     if threads:
         opts.intra_op_num_threads = threads
     # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next
-    # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on).
+    # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on; in export_deploy.py's
+    # benchmark, where many sessions share a process, the ORT rows too: the spec int8 classifier 11.5 -> 17.5 ms).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [p for p in PROVIDERS[device] if p in ort.get_available_providers()]
     try:
