@@ -36,13 +36,15 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(args.batch, cfg.IN_CHANS, cfg.IMG_SIZE, cfg.IMG_SIZE, generator=g)
     noise = torch.rand(args.batch, (cfg.IMG_SIZE // cfg.PATCH_SIZE) ** 2, generator=g)
+    def model_as_trained(amp):
+        torch.manual_seed(0)  # as train.py builds and steps it
+        return tune_for(MIRAM(cfg.model_config()), cpu, amp).train()
+
     steps, compile_s = {}, {}
     for name, amp in (("fp32", False), ("bf16", True)):
-        torch.manual_seed(0)  # as train.py builds and steps it
-        steps[name] = make_step(tune_for(MIRAM(cfg.model_config()), cpu, amp).train(), "miram", amp, True)
+        steps[name] = make_step(model_as_trained(amp), "miram", amp, True)
         if args.compile and (not amp or native_amp(cpu)):
-            torch.manual_seed(0)
-            compiled = make_step(torch.compile(tune_for(MIRAM(cfg.model_config()), cpu, amp).train()), "miram", amp, True)
+            compiled = make_step(torch.compile(model_as_trained(amp)), "miram", amp, True)
             t0 = time.perf_counter()
             compiled(imgs, noise)
             compile_s[name] = time.perf_counter() - t0
