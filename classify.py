@@ -4,6 +4,7 @@
     python classify.py --linear-probe     # frozen encoder: what pre-training alone learned
     python classify.py --from-scratch     # same network, no pre-training: the value of pre-training
     python classify.py --predict scan.tif # probability + heatmap for one image, from the best classifier
+    python classify.py --predict vol.nii.gz  # every slice of a volume: a CSV of probabilities, the top heatmap
 
 The label of an image: its mask has a non-zero pixel. The split is pre-training's (same subjects held out).
 Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json, classifier_log.jsonl,
@@ -20,7 +21,7 @@ import numpy as np
 
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
                     save_json)
-from imaging import model_input, read_slice, split_ext
+from imaging import model_input, read_scan, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
 matplotlib.use("Agg")
@@ -35,7 +36,8 @@ def get_args_parser():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--linear-probe", action="store_true", help="freeze the pre-trained encoder, train the head")
     mode.add_argument("--from-scratch", action="store_true", help="train the same network without pre-training")
-    mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier")
+    mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier; a volume "
+                      "or stack slice by slice (a CSV of every slice's probability, the highest one's heatmap)")
     p.add_argument("--checkpoint", default=None,
                    help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth); with --predict, the classifier")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -360,21 +362,30 @@ def report(model, val_set, cfg, device, variant, n_viz):
 # ---- entry points ------------------------------------------------------------------------------------
 
 def predict_one(args, cfg):
-    """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export."""
-    raw = read_slice(args.predict, cfg.MAX_PIXELS)
-    if float(raw.max()) == float(raw.min()):  # nothing to see: any probability would be noise
-        raise MiramError(f"{args.predict}: constant image (every pixel {raw.flat[0]:g}): nothing to classify")
+    """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export. A file
+    holding several slices (a NIfTI volume, cut along SLICE_AXIS as training reads it, or a TIFF stack) is
+    classified slice by slice: every slice's probability goes into a CSV table, the heatmap figure shows the
+    slice with the highest, and the file counts as a tumor when any slice does."""
+    scan = read_scan(args.predict, cfg.MAX_PIXELS, slice_axis=cfg.SLICE_AXIS)
+    # nothing to see on a constant slice: any probability would be noise (a volume's edges often are)
+    shown = [i for i, s in enumerate(scan.slices) if s.max() > s.min()]
+    if not shown:
+        raise MiramError(f"{args.predict}: constant image (every pixel {scan.slices.flat[0]:g}): nothing to classify"
+                         if len(scan.slices) == 1 else
+                         f"{args.predict}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
-        cfg.IMG_SIZE = runner.model_config["img_size"]
-        print(describe(cfg))
-        x = model_input(raw, cfg.IMG_SIZE)
+        cfg.IMG_SIZE, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
 
         def run(images):
             prob, maps = runner(images)
             return prob, {k: upsample_heatmaps(v, cfg.IMG_SIZE) for k, v in maps.items()}
-        prob, heats = (shift_averaged(run, x, runner.model_config["patch_size"]) if cfg.CLS_SHIFT_AVERAGE
-                       else run(x))
+
+        def classify_images(x, with_maps):
+            parts = [shift_averaged(run, x[s:s + 32], patch) if cfg.CLS_SHIFT_AVERAGE else run(x[s:s + 32])
+                     for s in range(0, len(x), 32)]
+            return np.concatenate([p for p, _ in parts]), ({k: np.concatenate([m[k] for _, m in parts])
+                                                           for k in parts[0][1]} if with_maps else None)
     else:
         import torch
 
@@ -383,23 +394,52 @@ def predict_one(args, cfg):
         device = pick_device(cfg.DEVICE)
         model, _ = build_from_checkpoint(args.checkpoint or cfg.artifact("classifier"), "classifier",
                                          map_location=device)
+        model = model.to(device)
         cfg.IMG_SIZE, cfg.AMP = model.cfg.img_size, False
-        print(describe(cfg))
-        x = model_input(raw, cfg.IMG_SIZE)
-        prob, heats = predict_all(model.to(device), torch.from_numpy(x), device, False, with_attention=True,
-                                  shifted=cfg.CLS_SHIFT_AVERAGE)
-    prob = float(prob[0])
-    out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(args.predict)[0]}.png"))
+
+        def classify_images(x, with_maps):
+            out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps,
+                              shifted=cfg.CLS_SHIFT_AVERAGE)
+            return out if with_maps else (out, None)
+    print(describe(cfg))
+    x = np.concatenate([model_input(scan.slices[i].astype(np.float32), cfg.IMG_SIZE) for i in shown])
+    # the maps (relevance needs a backward pass) only for the slice shown; a slice's result does not depend
+    # on the others in its batch
+    probs, heats = classify_images(x, with_maps=len(x) == 1)
+    best = int(np.argmax(probs))
+    if heats is None:
+        _, heats = classify_images(x[best:best + 1], with_maps=True)
+    prob = float(probs[best])
+    stem = split_ext(os.path.basename(args.predict))[0]
+    volume = len(scan.slices) > 1
+    where = f"_slice{shown[best]:03d}" if volume else ""
+    out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{stem}{where}.png"))
+    table = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_predict_{stem}.csv")) if volume else None
     try:
         os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
-        save_heatmap_figure(out, x[0, 0], {k: v[0] for k, v in heats.items()}, prob, None, os.path.basename(args.predict))
+        save_heatmap_figure(out, x[best, 0], {k: v[0] for k, v in heats.items()}, prob, None,
+                            os.path.basename(args.predict) + (f" slice {shown[best]}" if volume else ""))
     except OSError as e:
         raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
+    if table:
+        try:
+            with open(table, "x") as f:
+                f.write("slice,p_tumor\n" + "".join(f"{i},{p:.6f}\n" for i, p in zip(shown, probs)))
+        except OSError as e:
+            raise MiramError(f"{table}: cannot write the table ({e.strerror or e})") from None
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
-    print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} (threshold {cfg.CLS_THRESHOLD}, {args.backend}, "
-          f"{VIEWS[cfg.CLS_SHIFT_AVERAGE]})"
-          f"\nheatmap: {out}")
-    return {"probability": prob, "heatmap": out, "heatmaps": heats}
+    how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend}, {VIEWS[cfg.CLS_SHIFT_AVERAGE]})"
+    if volume:
+        skipped = len(scan.slices) - len(shown)
+        print(f"{args.predict}: {len(shown)} slices classified along axis {cfg.SLICE_AXIS}"
+              + (f" ({skipped} constant ones skipped)" if skipped else "")
+              + f"; {int((probs >= cfg.CLS_THRESHOLD).sum())} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
+              f"p(tumor) = {prob:.4f} on slice {shown[best]} -> {verdict} {how}\nper-slice probabilities: {table}"
+              f"\nheatmap of slice {shown[best]}: {out}")
+    else:
+        print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap: {out}")
+    return {"probability": prob, "heatmap": out, "heatmaps": heats, "slices": shown,
+            "probabilities": [float(p) for p in probs], "slice": shown[best], "table": table}
 
 
 def free_name(path):

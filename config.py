@@ -253,7 +253,7 @@ class Config:
     VAL_SUBJECTS: str = ""
     # regex on the file name stem; group 1 is the subject id. Default: drop a trailing "_<slice number>".
     SUBJECT_PATTERN: str = r"^(.+?)(?:_\d+)?$"
-    SLICE_AXIS: int = 2  # NIfTI volumes are cut into 2-D slices along this axis
+    SLICE_AXIS: int = 2  # NIfTI volumes, turned to RAS, are cut into 2-D slices along this axis (2: axial)
     MAX_PIXELS: int = MAX_PIXELS  # values a file may decode to; checked from its header first
     EVAL_SEED: int = 1234  # masks used for validation and evaluation, identical on every run
     # evaluate.py also fills each image with a copy of the MAE fine-tuned on its visible patches for this many

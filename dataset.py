@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from config import MAX_PIXELS, MiramError
-from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, normalize_intensity, read_slice,
-                     read_volume, split_ext, stored_dtype, to_grayscale, volume_shape)
+from imaging import (FORMATS, VOLUME_KINDS, DataError, VolumeView, fit_to_square, list_images, normalize_intensity,
+                     read_slice, read_volume, split_ext, stored_dtype, to_grayscale, volume_header)
 
 if TYPE_CHECKING:  # annotations only
     import torch
@@ -91,14 +91,14 @@ def find_volumes(root, subject_pattern, slice_axis):
     sources = []
     for vol, mask in _pair_by_stem(volumes, mask_dir, image_dir, VOLUME_KINDS):
         try:
-            shape = volume_shape(vol)
+            shape, affine = volume_header(vol)
         except Exception as e:  # nibabel raises several kinds for a bad header
             warnings.warn(f"skipping {vol}: cannot read its header ({type(e).__name__})", stacklevel=2)
             continue
         if len(shape) != 3:
             raise DataError(f"{vol}: a volume must be 3-D, got shape {shape}")
         sources += [Source(vol, mask, _stem(vol), f"{_stem(vol)}[{i}]", i, slice_axis)
-                    for i in range(shape[slice_axis])]
+                    for i in range(VolumeView(affine, slice_axis).count(shape))]
     return sources
 
 
@@ -162,18 +162,21 @@ class _VolumeCache:
     def __init__(self, max_pixels=MAX_PIXELS):
         self.volumes, self.max_pixels = {}, max_pixels
 
-    def slice(self, path, index, axis):
+    def slice(self, path, index, axis, like=None):
+        """Slice `index` of path as VolumeView cuts it; like: the image whose view a mask is cut with (a mask
+        is voxel for voxel its image's, whatever affine the tool that wrote it gave it)."""
         if path not in self.volumes:
             if len(self.volumes) >= 2:
                 self.volumes.pop(next(iter(self.volumes)))  # the oldest
-            self.volumes[path] = read_volume(path, self.max_pixels)
-        return to_grayscale(volume_slice(self.volumes[path], index, axis), f"{path}[{index}]")
-
-
-def volume_slice(vol, index, axis):
-    """vol's slice `index` along `axis`, as a view. np.take would first copy the whole volume whenever it is
-    not C-ordered, as NIfTI data usually is (measured: 25 ms a slice of the MNI template, 2 us this way)."""
-    return vol[(slice(None),) * axis + (index,)]
+            vol, affine = read_volume(path, self.max_pixels)
+            self.volumes[path] = (vol, VolumeView(affine, axis))
+        vol, view = self.volumes[path]
+        if like is not None:
+            image, view = self.volumes[like]
+            if vol.shape != image.shape:
+                raise DataError(f"{path}: mask volume is {'x'.join(map(str, vol.shape))} but its image is "
+                                f"{'x'.join(map(str, image.shape))}")
+        return to_grayscale(view.slice(vol, index), f"{path}[{index}]")
 
 
 def read_source(src: Source, cache: _VolumeCache):
@@ -183,7 +186,7 @@ def read_source(src: Source, cache: _VolumeCache):
         mask = read_slice(src.mask, cache.max_pixels) if src.mask else None
     else:
         img = cache.slice(src.image, src.index, src.axis)
-        mask = cache.slice(src.mask, src.index, src.axis) if src.mask else None
+        mask = cache.slice(src.mask, src.index, src.axis, like=src.image) if src.mask else None
     if mask is not None and mask.shape != img.shape:
         raise DataError(f"{src.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
                         f"{img.shape[0]}x{img.shape[1]}")
@@ -791,23 +794,24 @@ def build_demo_data(dest: str, seed: int = 0, step: int = 1, slab: int = 10, gap
     show nearly the same anatomy without one, so a classifier has to find the lesion, not the anatomy.
     """
     import nibabel as nib
-    vol = np.asarray(nib.load(template_path()).dataobj, dtype=np.float32)  # (x, y, z), 1 mm, [0, 255]
+    template = nib.load(template_path())
+    vol = np.asarray(template.dataobj, dtype=np.float32)  # 1 mm, [0, 255]
     rng = np.random.default_rng(seed)
 
     def slices():
         views = {"axial": 2, "coronal": 1, "sagittal": 0}
-        for view, axis in views.items():
-            positions = [i for i in range(0, vol.shape[axis], step)
-                         if (volume_slice(vol, i, axis) > 25).mean() > 0.15]
+        for name, axis in views.items():
+            view = VolumeView(template.affine, axis)  # cut as every phase cuts a user's volume
+            positions = [i for i in range(0, view.count(vol.shape), step) if (view.slice(vol, i) > 25).mean() > 0.15]
             for n, pos in enumerate(positions):
                 slab_id, within = divmod(n, slab + gap)
                 if within >= slab:
                     continue
-                sl = np.rot90(volume_slice(vol, pos, axis))  # superior / anterior up
+                sl = view.slice(vol, pos)
                 mask = np.zeros(sl.shape, np.uint8)
                 if (within + slab_id) % 2:
                     sl, mask = LESION_PAINTERS[lesions](sl, rng, **(painter_args or {}))
-                yield f"mni_{view}_slab{slab_id:02d}_{pos:03d}.tif", sl, mask
+                yield f"mni_{name}_slab{slab_id:02d}_{pos:03d}.tif", sl, mask
     return write_slice_set(dest, slices())
 
 
@@ -859,17 +863,17 @@ def packaged_file(package, relative, needed_by="the transfer set"):
 
 def transfer_slices(package, relative, kind):
     """-> (slices (n, rows, cols) float32 in [0, 255] (scaled by the 99.5th percentile), their pixel size in
-    mm). NIfTI volumes are turned to the template's RAS orientation and cut axially as the demo's slices are
-    (anterior up); the dipy slice is a bare array already upright."""
+    mm). NIfTI volumes are cut axially by VolumeView, as the demo's slices are (anterior up); the dipy slice
+    is a bare array already upright."""
     import nibabel as nib
     path = packaged_file(package, relative)
     if kind == "npy":
         slices, zooms = np.load(path).astype(np.float32)[None], (1.0, 1.0)
     else:
-        img = nib.as_closest_canonical(nib.squeeze_image(nib.load(path)))
-        vol = np.asarray(img.dataobj, dtype=np.float32)
-        slices = np.stack([np.rot90(vol[..., z]) for z in range(vol.shape[2])])
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:2])[::-1]  # (rows, cols) after the rotation
+        img = nib.squeeze_image(nib.load(path))
+        view = VolumeView(img.affine, 2)
+        slices = np.ascontiguousarray(view.slices(np.asarray(img.dataobj, dtype=np.float32)))
+        zooms = tuple(float(z) for z in view.in_plane(img.header.get_zooms()[:3]))
     top = np.percentile(slices[slices > 0], 99.5) if (slices > 0).any() else 1.0
     return np.clip(slices / top, 0, 1) * 255, zooms
 

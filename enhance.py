@@ -98,13 +98,16 @@ def check_folder_writable(folder):
         raise MiramError(f"{folder}: cannot write there ({probe} is not writable)")
 
 
-def process_file(restorer, inp, out, mode, mask_path, scale, overwrite, max_pixels=MAX_PIXELS):
-    scan = read_scan(inp, max_pixels)
+def process_file(restorer, inp, out, mode, mask_path, scale, overwrite, max_pixels=MAX_PIXELS, slice_axis=2):
+    """A volume is restored slice by slice along slice_axis, cut as training cuts volumes (VolumeView), and
+    written back in its own voxel order."""
+    scan = read_scan(inp, max_pixels, slice_axis)
     mask_scan = None
     if mode == "inpaint":
         if not mask_path:
             raise MiramError("--mode inpaint needs --mask (an image, non-zero = region to fill)")
-        mask_scan = read_scan(mask_path, max_pixels)
+        # a volume's mask is cut as the volume is, whatever affine it was saved with
+        mask_scan = read_scan(mask_path, max_pixels, slice_axis, view=scan.meta.get("view"))
         if mask_scan.slices.shape != scan.slices.shape:
             raise MiramError(f"{mask_path}: mask is {mask_scan.slices.shape} but {inp} is {scan.slices.shape}")
     outs = [out] + ([coarse_path(out)] if scale == "coarse" and mode == "reconstruct" else [])
@@ -185,7 +188,7 @@ def run_inputs(restorer, args, cfg):
         for f in tqdm(todo, desc="enhancing", unit="scan", file=sys.stdout, disable=not sys.stdout.isatty()):
             try:
                 written += process_file(restorer, f, outputs[f], args.mode, None, args.scale, args.overwrite,
-                                        cfg.MAX_PIXELS)
+                                        cfg.MAX_PIXELS, cfg.SLICE_AXIS)
             except MiramError as e:
                 print(f"skipped: {e}", file=sys.stderr)
                 failed += 1
@@ -194,7 +197,8 @@ def run_inputs(restorer, args, cfg):
             raise MiramError(f"{failed} of {len(todo)} scans in {inp} could not be restored (see above)")
         return written
     out = args.output or default_output(inp, cfg.OUTPUT_PATH)
-    written = process_file(restorer, inp, out, args.mode, args.mask, args.scale, args.overwrite, cfg.MAX_PIXELS)
+    written = process_file(restorer, inp, out, args.mode, args.mask, args.scale, args.overwrite, cfg.MAX_PIXELS,
+                           cfg.SLICE_AXIS)
     print(f"{args.mode}: {inp} -> " + ", ".join(written))
     return written
 

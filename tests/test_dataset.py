@@ -377,7 +377,7 @@ def test_volume_slice_is_np_take_without_copying_the_volume():
     vol = np.asfortranarray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))  # NIfTI data are F-ordered
     for axis in range(3):
         for index in range(vol.shape[axis]):
-            view = dataset.volume_slice(vol, index, axis)
+            view = imaging.volume_slice(vol, index, axis)
             assert np.array_equal(view, np.take(vol, index, axis=axis)) and np.shares_memory(view, vol)
 
 

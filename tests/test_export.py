@@ -12,10 +12,12 @@ import classify
 import enhance
 import export_deploy
 import hardware
+import imaging
 import models
 import onnx_export
 import runtime
 import train
+from config import run_cli
 from conftest import NO_TORCH, tiny_args, train_tiny_pipeline
 
 pytestmark = pytest.mark.slow
@@ -122,6 +124,43 @@ def test_onnx_backends_agree_with_torch(exported, tmp_path):
         enhance.main(tiny_args(data, out, "--input", scan, "--output", b, "--mode", mode, "--backend", "onnx", *extra))
         # uint8 output: equal up to a rounding step where fp32 differences straddle .5
         assert np.abs(tifffile.imread(a).astype(int) - tifffile.imread(b).astype(int)).max() <= 1
+
+
+def test_a_volume_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp_path, capsys):
+    import nibabel as nib
+    data, out, _ = exported
+    names = ["subj0_000.tif", "subj1_001.tif", "subj2_002.tif"]
+    slices = [tifffile.imread(os.path.join(data, "HR", n)) for n in names]
+    # stored so that its axial slices (SLICE_AXIS 2, as training cuts a volume) are the files'; an empty one
+    stack = imaging.VolumeView(np.eye(4)).stored(np.stack(slices[:2] + [np.zeros_like(slices[0])] + slices[2:]))
+    vol = str(tmp_path / "head.nii.gz")
+    nib.save(nib.Nifti1Image(stack, np.eye(4)), vol)
+    alone = [classify.main(tiny_args(data, out, "--predict", os.path.join(data, "HR", n)))["probability"] for n in names]
+    for backend in ([], ["--backend", "onnx"]):
+        r = classify.main(tiny_args(data, out, "--predict", vol, *backend))
+        assert r["slices"] == [0, 1, 3]  # the constant slice is skipped
+        assert np.abs(np.array(r["probabilities"]) - alone).max() < 1e-4
+        assert r["probability"] == max(r["probabilities"]) and r["slice"] == r["slices"][int(np.argmax(alone))]
+        rows = open(r["table"]).read().splitlines()
+        assert rows[0] == "slice,p_tumor" and [int(row.split(",")[0]) for row in rows[1:]] == [0, 1, 3]
+        assert os.path.isfile(r["heatmap"]) and f"_slice{r['slice']:03d}" in r["heatmap"]
+        assert r["heatmaps"]["evidence"].shape == (1, 64, 64)
+    assert "3 slices classified along axis 2 (1 constant ones skipped)" in capsys.readouterr().out
+    # cut along another axis, as SLICE_AXIS says: 80 slices of 72 x 10
+    thick = str(tmp_path / "thick.nii.gz")
+    nib.save(nib.Nifti1Image(np.repeat(slices[0][..., None], 10, axis=-1), np.eye(4)), thick)
+    assert len(classify.main(tiny_args(data, out, "--predict", thick, "--slice-axis", "1"))["probabilities"]) == 80
+    # a TIFF stack: its pages
+    stack_tif = str(tmp_path / "stack.tif")
+    tifffile.imwrite(stack_tif, np.stack(slices), photometric="minisblack")  # not planar RGB
+    assert np.abs(np.array(classify.main(tiny_args(data, out, "--predict", stack_tif))["probabilities"]) - alone).max() < 1e-4
+    blank = str(tmp_path / "blank.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), blank)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(classify.main, tiny_args(data, out, "--predict", blank))
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: {blank}: every one of its 3 slices is constant: nothing to classify"
 
 
 def test_onnx_path_runs_without_torch(exported, tmp_path):

@@ -91,3 +91,72 @@ def test_a_file_that_decodes_to_no_pixels_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(imaging.READERS, "tiff", lambda path, meta: np.zeros((0, 16, 16), np.uint8))
     with pytest.raises(DataError, match="empty.tif: holds no pixels"):
         imaging.read_scan(str(tmp_path / "empty.tif"))
+
+
+def stored_as(img, codes):
+    """The same head as img (the same voxel at each world position), stored in the axis order `codes`."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+    return img.as_reoriented(ornt_transform(axcodes2ornt(nib.aff2axcodes(img.affine)), axcodes2ornt(codes)))
+
+
+def test_a_volume_is_cut_the_same_whatever_voxel_order_it_was_stored_in(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = rng.integers(10, 1000, (20, 24, 16)).astype(np.int16)  # no symmetry: a turn or mirror shows
+    affine = np.diag([1.0, 1.2, 2.0, 1.0])
+    affine[:3, 3] = [-10, 5, 3]
+    ras = nib.Nifti1Image(vol, affine)
+    nib.save(ras, tmp_path / "ras.nii.gz")
+    for codes in ("LAS", "PSL", "IRP"):
+        other = stored_as(ras, codes)
+        assert nib.aff2axcodes(other.affine) == tuple(codes)
+        nib.save(other, tmp_path / f"{codes}.nii.gz")
+        for axis in range(3):
+            a = imaging.read_scan(str(tmp_path / "ras.nii.gz"), slice_axis=axis).slices
+            b = imaging.read_scan(str(tmp_path / f"{codes}.nii.gz"), slice_axis=axis).slices
+            assert np.array_equal(a, b), (codes, axis)
+    # an axial slice is turned anterior up, the subject's right on the right: RAS's [x, y] is row -y, column x
+    axial = imaging.read_scan(str(tmp_path / "ras.nii.gz")).slices
+    assert axial.shape == (16, 24, 20) and np.array_equal(axial[3], vol[:, ::-1, 3].T)
+    # training reads the slices predict and enhance read
+    data = dataset.load_slices(str(tmp_path), 64, r"^(.+?)(?:_\d+)?$", quiet=True)
+    by_name = dict(zip(data.names, data.images))
+    assert all(np.array_equal(by_name[f"ras[{i}]"], by_name[f"PSL[{i}]"]) for i in range(16))
+
+
+def test_results_go_back_in_the_stored_voxel_order(tmp_path):
+    vol = np.random.default_rng(1).integers(10, 1000, (20, 24, 16)).astype(np.int16)
+    psl = stored_as(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), "PSL")
+    nib.save(psl, tmp_path / "psl.nii.gz")
+    scan = imaging.read_scan(str(tmp_path / "psl.nii.gz"))
+    imaging.write_scan(scan, scan.slices, str(tmp_path / "back.nii.gz"))
+    back = nib.load(tmp_path / "back.nii.gz")
+    assert np.array_equal(back.get_fdata(), psl.get_fdata()) and np.allclose(back.affine, psl.affine)
+    # half resolution: the two stored axes in the axial plane (P and L) halve, the one cut along (S) stays
+    imaging.write_scan(scan, scan.slices[:, ::2, ::2], str(tmp_path / "coarse.nii.gz"), coarse=True)
+    coarse = nib.load(tmp_path / "coarse.nii.gz")
+    assert coarse.shape == (12, 16, 10) and np.allclose(coarse.header.get_zooms(), (2.0, 2.0, 2.0))
+    assert nib.aff2axcodes(coarse.affine) == ("P", "S", "L")
+
+
+def test_a_mask_is_cut_as_its_image_whatever_affine_it_was_saved_with(tmp_path):
+    vol = np.full((20, 24, 16), 100, np.int16)
+    vol[3:7, 15:20, 5:9] = 900  # a bright block, and the mask on it voxel for voxel
+    mask = (vol == 900).astype(np.uint8)
+    psl = stored_as(nib.Nifti1Image(vol, np.eye(4)), "PSL")
+    os.makedirs(tmp_path / "MASK")
+    nib.save(psl, tmp_path / "head.nii.gz")
+    mask_psl = stored_as(nib.Nifti1Image(mask, np.eye(4)), "PSL").get_fdata().astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask_psl, np.eye(4)), tmp_path / "MASK" / "head.nii.gz")  # a tool that lost the affine
+    data = dataset.load_slices(str(tmp_path), 32, r"^(.+?)(?:_\d+)?$", quiet=True)
+    assert data.labels.sum() == 4
+    for img, m in zip(data.images[data.labels == 1], data.masks[data.labels == 1]):
+        assert img[m].min() > img[~m].max()  # the mask lies on the block
+    # enhance.py --mode inpaint --mask: the same
+    scan = imaging.read_scan(str(tmp_path / "head.nii.gz"))
+    hole = imaging.read_scan(str(tmp_path / "MASK" / "head.nii.gz"), view=scan.meta["view"]).slices != 0
+    assert hole.sum() == 80 and scan.slices[hole].min() > scan.slices[~hole].max()
+    nib.save(nib.Nifti1Image(mask_psl[:, :, :-1], np.eye(4)), tmp_path / "MASK" / "head.nii.gz")
+    # every slice skipped, each saying why
+    with pytest.warns(UserWarning, match="mask volume is 24x16x19 but its image is 24x16x20"), \
+            pytest.raises(DataError, match="none of the 16 slices"):
+        dataset.load_slices(str(tmp_path), 32, r"^(.+?)(?:_\d+)?$", quiet=True)
