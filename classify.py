@@ -4,7 +4,7 @@
     python classify.py --linear-probe     # frozen encoder: what pre-training alone learned
     python classify.py --from-scratch     # same network, no pre-training: the value of pre-training
     python classify.py --predict scan.tif # probability + heatmap for one image, from the best classifier
-    python classify.py --predict vol.nii.gz  # every slice of a volume: a CSV of probabilities, the top heatmap
+    python classify.py --predict vol.nii.gz  # every slice of a volume (or folder): a CSV, the top slice's heatmap
 
 The label of an image: its mask has a non-zero pixel. The split is pre-training's (same subjects held out).
 Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json, classifier_log.jsonl,
@@ -15,13 +15,14 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 
 import matplotlib
 import numpy as np
 
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
                     save_json)
-from imaging import model_input, read_scan, split_ext
+from imaging import EXTENSIONS, VOLUME_KINDS, is_image, model_input, read_scan, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
 matplotlib.use("Agg")
@@ -36,8 +37,8 @@ def get_args_parser():
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--linear-probe", action="store_true", help="freeze the pre-trained encoder, train the head")
     mode.add_argument("--from-scratch", action="store_true", help="train the same network without pre-training")
-    mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier; a volume "
-                      "or stack slice by slice (a CSV of every slice's probability, the highest one's heatmap)")
+    mode.add_argument("--predict", metavar="IMAGE", help="classify one image with the best classifier; a volume, "
+                      "stack or folder slice by slice (a CSV of every slice's probability, the highest one's heatmap)")
     p.add_argument("--checkpoint", default=None,
                    help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth); with --predict, the classifier")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -361,18 +362,9 @@ def report(model, val_set, cfg, device, variant, n_viz):
 
 # ---- entry points ------------------------------------------------------------------------------------
 
-def predict_one(args, cfg):
-    """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export. A file
-    holding several slices (a NIfTI volume, cut along SLICE_AXIS as training reads it, or a TIFF stack) is
-    classified slice by slice: every slice's probability goes into a CSV table, the heatmap figure shows the
-    slice with the highest, and the file counts as a tumor when any slice does."""
-    scan = read_scan(args.predict, cfg.MAX_PIXELS, slice_axis=cfg.SLICE_AXIS)
-    # nothing to see on a constant slice: any probability would be noise (a volume's edges often are)
-    shown = [i for i, s in enumerate(scan.slices) if s.max() > s.min()]
-    if not shown:
-        raise MiramError(f"{args.predict}: constant image (every pixel {scan.slices.flat[0]:g}): nothing to classify"
-                         if len(scan.slices) == 1 else
-                         f"{args.predict}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
+def slice_classifier(args, cfg):
+    """-> classify(x (N,1,S,S), with_maps) -> (probabilities (N,), {name: (N,S,S) heatmaps} or None), from the
+    best classifier (torch) or its ONNX export; sets cfg.IMG_SIZE to the size it reads."""
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         cfg.IMG_SIZE, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
@@ -386,60 +378,106 @@ def predict_one(args, cfg):
                      for s in range(0, len(x), 32)]
             return np.concatenate([p for p, _ in parts]), ({k: np.concatenate([m[k] for _, m in parts])
                                                            for k in parts[0][1]} if with_maps else None)
-    else:
-        import torch
+        return classify_images
+    import torch
 
-        from checkpoint import build_from_checkpoint
-        from hardware import pick_device
-        device = pick_device(cfg.DEVICE)
-        model, _ = build_from_checkpoint(args.checkpoint or cfg.artifact("classifier"), "classifier",
-                                         map_location=device)
-        model = model.to(device)
-        cfg.IMG_SIZE, cfg.AMP = model.cfg.img_size, False
+    from checkpoint import build_from_checkpoint
+    from hardware import pick_device
+    device = pick_device(cfg.DEVICE)
+    model, _ = build_from_checkpoint(args.checkpoint or cfg.artifact("classifier"), "classifier", map_location=device)
+    model = model.to(device)
+    cfg.IMG_SIZE, cfg.AMP = model.cfg.img_size, False
 
-        def classify_images(x, with_maps):
-            out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps,
-                              shifted=cfg.CLS_SHIFT_AVERAGE)
-            return out if with_maps else (out, None)
+    def classify_images(x, with_maps):
+        out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps,
+                          shifted=cfg.CLS_SHIFT_AVERAGE)
+        return out if with_maps else (out, None)
+    return classify_images
+
+
+def predict_one(args, cfg):
+    """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export. A file
+    holding several slices (a NIfTI volume, cut along SLICE_AXIS as training reads it, or a TIFF stack) is
+    classified slice by slice, and a folder file by file (unreadable files skipped with a warning each):
+    every slice's probability goes into a CSV table, the heatmap figure shows the slice with the highest,
+    and a file counts as a tumor when any slice does."""
+    folder = os.path.isdir(args.predict)
+    files = [args.predict]
+    if folder:
+        files = [os.path.join(args.predict, f) for f in sorted(os.listdir(args.predict)) if is_image(f)]
+        if not files:
+            raise MiramError(f"{args.predict}: no {', '.join(EXTENSIONS)} files in this folder")
+    classify_images = slice_classifier(args, cfg)
     print(describe(cfg))
-    x = np.concatenate([model_input(scan.slices[i].astype(np.float32), cfg.IMG_SIZE) for i in shown])
-    # the maps (relevance needs a backward pass) only for the slice shown; a slice's result does not depend
-    # on the others in its batch
-    probs, heats = classify_images(x, with_maps=len(x) == 1)
-    best = int(np.argmax(probs))
+    rows, best, unreadable, constant, volumes = [], None, 0, 0, 0  # rows: (file, slice, probability)
+    for path in files:
+        try:
+            scan = read_scan(path, cfg.MAX_PIXELS, slice_axis=cfg.SLICE_AXIS)
+        except MiramError as e:
+            if not folder:
+                raise
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            unreadable += 1
+            continue
+        # nothing to see on a constant slice: any probability would be noise (a volume's edges often are)
+        shown = [i for i, sl in enumerate(scan.slices) if sl.max() > sl.min()]
+        constant += len(scan.slices) - len(shown)
+        if not shown:
+            if not folder:
+                raise MiramError(f"{path}: constant image (every pixel {scan.slices.flat[0]:g}): nothing to classify"
+                                 if len(scan.slices) == 1 else
+                                 f"{path}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
+            continue
+        x = np.concatenate([model_input(scan.slices[i].astype(np.float32), cfg.IMG_SIZE) for i in shown])
+        # the maps (relevance needs a backward pass) only for the slice shown; a slice's result does not
+        # depend on the others in its batch
+        probs, heats = classify_images(x, with_maps=len(files) == len(x) == 1)
+        rows += [(path, i, float(p)) for i, p in zip(shown, probs)]
+        volumes += scan.kind in VOLUME_KINDS
+        top = int(np.argmax(probs))
+        if best is None or probs[top] > best[0]:
+            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1], heats)
+    if not rows:
+        raise MiramError(f"{args.predict}: nothing to classify ({unreadable} unreadable files, "
+                         f"{constant} constant slices)")
+    prob, path, index, stack, x, heats = best
     if heats is None:
-        _, heats = classify_images(x[best:best + 1], with_maps=True)
-    prob = float(probs[best])
-    stem = split_ext(os.path.basename(args.predict))[0]
-    volume = len(scan.slices) > 1
-    where = f"_slice{shown[best]:03d}" if volume else ""
-    out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{stem}{where}.png"))
-    table = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_predict_{stem}.csv")) if volume else None
+        _, heats = classify_images(x, with_maps=True)
+    label = os.path.basename(path) + (f" slice {index}" if stack else "")
+    where = f"_slice{index:03d}" if stack else ""
+    out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(path)[0]}{where}.png"))
+    table = None
+    if len(rows) > 1:  # named after the file or folder given
+        given = split_ext(os.path.normpath(args.predict))[0]
+        table = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_predict_{given}.csv"))
     try:
         os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
-        save_heatmap_figure(out, x[best, 0], {k: v[0] for k, v in heats.items()}, prob, None,
-                            os.path.basename(args.predict) + (f" slice {shown[best]}" if volume else ""))
+        save_heatmap_figure(out, x[0, 0], {k: v[0] for k, v in heats.items()}, prob, None, label)
     except OSError as e:
         raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
     if table:
         try:
             with open(table, "x") as f:
-                f.write("slice,p_tumor\n" + "".join(f"{i},{p:.6f}\n" for i, p in zip(shown, probs)))
+                f.write("file,slice,p_tumor\n"
+                        + "".join(f"{os.path.basename(f_)},{i},{p:.6f}\n" for f_, i, p in rows))
         except OSError as e:
             raise MiramError(f"{table}: cannot write the table ({e.strerror or e})") from None
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend}, {VIEWS[cfg.CLS_SHIFT_AVERAGE]})"
-    if volume:
-        skipped = len(scan.slices) - len(shown)
-        print(f"{args.predict}: {len(shown)} slices classified along axis {cfg.SLICE_AXIS}"
-              + (f" ({skipped} constant ones skipped)" if skipped else "")
-              + f"; {int((probs >= cfg.CLS_THRESHOLD).sum())} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
-              f"p(tumor) = {prob:.4f} on slice {shown[best]} -> {verdict} {how}\nper-slice probabilities: {table}"
-              f"\nheatmap of slice {shown[best]}: {out}")
+    if table:
+        read = len({f_ for f_, _, _ in rows})
+        notes = ([f"volumes cut along axis {cfg.SLICE_AXIS}"] if volumes else []) + [
+            f"{n} {what} skipped" for n, what in ((unreadable, "unreadable files"), (constant, "constant slices")) if n]
+        print(f"{args.predict}: {len(rows)} slices of {read} file{'s' if read > 1 else ''} classified"
+              + (f" ({'; '.join(notes)})" if notes else "") + "; "
+              f"{sum(p >= cfg.CLS_THRESHOLD for _, _, p in rows)} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
+              f"p(tumor) = {prob:.4f} on {label} -> {verdict} {how}\nper-slice probabilities: {table}"
+              f"\nheatmap of {label}: {out}")
     else:
         print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap: {out}")
-    return {"probability": prob, "heatmap": out, "heatmaps": heats, "slices": shown,
-            "probabilities": [float(p) for p in probs], "slice": shown[best], "table": table}
+    return {"probability": prob, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
+            "files": [f_ for f_, _, _ in rows], "slices": [i for _, i, _ in rows],
+            "probabilities": [p for _, _, p in rows]}
 
 
 def free_name(path):

@@ -126,7 +126,7 @@ def test_onnx_backends_agree_with_torch(exported, tmp_path):
         assert np.abs(tifffile.imread(a).astype(int) - tifffile.imread(b).astype(int)).max() <= 1
 
 
-def test_a_volume_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp_path, capsys):
+def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp_path, capsys):
     import nibabel as nib
     data, out, _ = exported
     names = ["subj0_000.tif", "subj1_001.tif", "subj2_002.tif"]
@@ -135,17 +135,19 @@ def test_a_volume_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp
     stack = imaging.VolumeView(np.eye(4)).stored(np.stack(slices[:2] + [np.zeros_like(slices[0])] + slices[2:]))
     vol = str(tmp_path / "head.nii.gz")
     nib.save(nib.Nifti1Image(stack, np.eye(4)), vol)
-    alone = [classify.main(tiny_args(data, out, "--predict", os.path.join(data, "HR", n)))["probability"] for n in names]
+    alone = [classify.main(tiny_args(data, out, "--predict", os.path.join(data, "HR", n)))["probability"]
+             for n in names]
     for backend in ([], ["--backend", "onnx"]):
         r = classify.main(tiny_args(data, out, "--predict", vol, *backend))
         assert r["slices"] == [0, 1, 3]  # the constant slice is skipped
         assert np.abs(np.array(r["probabilities"]) - alone).max() < 1e-4
         assert r["probability"] == max(r["probabilities"]) and r["slice"] == r["slices"][int(np.argmax(alone))]
-        rows = open(r["table"]).read().splitlines()
-        assert rows[0] == "slice,p_tumor" and [int(row.split(",")[0]) for row in rows[1:]] == [0, 1, 3]
+        rows = [row.split(",") for row in open(r["table"]).read().splitlines()]
+        assert rows[0] == ["file", "slice", "p_tumor"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        assert {row[0] for row in rows[1:]} == {"head.nii.gz"}
         assert os.path.isfile(r["heatmap"]) and f"_slice{r['slice']:03d}" in r["heatmap"]
         assert r["heatmaps"]["evidence"].shape == (1, 64, 64)
-    assert "3 slices classified along axis 2 (1 constant ones skipped)" in capsys.readouterr().out
+    assert "3 slices of 1 file classified (volumes cut along axis 2; 1 constant slices skipped)" in capsys.readouterr().out
     # cut along another axis, as SLICE_AXIS says: 80 slices of 72 x 10
     thick = str(tmp_path / "thick.nii.gz")
     nib.save(nib.Nifti1Image(np.repeat(slices[0][..., None], 10, axis=-1), np.eye(4)), thick)
@@ -153,14 +155,33 @@ def test_a_volume_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp
     # a TIFF stack: its pages
     stack_tif = str(tmp_path / "stack.tif")
     tifffile.imwrite(stack_tif, np.stack(slices), photometric="minisblack")  # not planar RGB
-    assert np.abs(np.array(classify.main(tiny_args(data, out, "--predict", stack_tif))["probabilities"]) - alone).max() < 1e-4
+    got = classify.main(tiny_args(data, out, "--predict", stack_tif))["probabilities"]
+    assert np.abs(np.array(got) - alone).max() < 1e-4
+    # a folder: every file's slices, an unreadable file skipped with one warning
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for n in names[:2]:
+        tifffile.imwrite(folder / n, tifffile.imread(os.path.join(data, "HR", n)))
+    os.replace(vol, folder / "head.nii.gz")
+    (folder / "broken.tif").write_bytes(b"not a tiff")
+    with pytest.warns(UserWarning, match="skipping .*broken.tif"):
+        r = classify.main(tiny_args(data, out, "--predict", str(folder)))
+    assert [(os.path.basename(f), i) for f, i in zip(r["files"], r["slices"])] == [
+        ("head.nii.gz", 0), ("head.nii.gz", 1), ("head.nii.gz", 3), ("subj0_000.tif", 0), ("subj1_001.tif", 0)]
+    assert np.abs(np.array(r["probabilities"]) - (alone + alone[:2])).max() < 1e-4
+    assert os.path.basename(r["table"]).startswith("tumor_predict_scans")
+    assert "5 slices of 3 files classified (volumes cut along axis 2; 1 unreadable files skipped; 1 constant " \
+           "slices skipped)" in capsys.readouterr().out
     blank = str(tmp_path / "blank.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), blank)
-    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run_cli(classify.main, tiny_args(data, out, "--predict", blank))
     assert e.value.code == 1
     assert capsys.readouterr().err.strip() == f"error: {blank}: every one of its 3 slices is constant: nothing to classify"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        run_cli(classify.main, tiny_args(data, out, "--predict", str(tmp_path / "empty")))
+    assert "empty: no .tif, .tiff, .png, .nii, .nii.gz, .dcm files in this folder" in capsys.readouterr().err
 
 
 def test_onnx_path_runs_without_torch(exported, tmp_path):
