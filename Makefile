@@ -39,6 +39,7 @@ bench: $(STAMP)
 	mkdir -p outputs && $(PY) bench/train_throughput.py --json outputs/train_throughput.json
 	$(PY) bench/allocator.py --json outputs/allocator.json
 	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py --json outputs/inpaint_quality.json
+	MIRAM_PRESET=demo $(PY) bench/inpaint_quality.py --native --json outputs/inpaint_quality_native.json
 	MIRAM_PRESET=demo $(PY) bench/amp_step.py
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py

@@ -179,8 +179,10 @@ class _VolumeCache:
         return to_grayscale(view.slice(vol, index), f"{path}[{index}]")
 
 
-def read_source(src: Source, cache: _VolumeCache):
-    """-> (image (H, W) float32, mask (H, W) or None); DataError naming the file when it cannot."""
+def read_source(src: Source, cache: _VolumeCache = None):
+    """-> (image (H, W) float32, mask (H, W) or None); DataError naming the file when it cannot. cache:
+    where the slices of one volume are read in turn."""
+    cache = cache or _VolumeCache()
     if src.index is None:
         img = read_slice(src.image, cache.max_pixels)
         mask = read_slice(src.mask, cache.max_pixels) if src.mask else None

@@ -16,11 +16,13 @@ Modes:
                model, which sees every patch of the slice. Without it: the MAE's own prediction of the
                hidden patches, corrected by a smooth (biharmonic) field so it meets the known pixels at the
                region's edge (--no-blend keeps the raw prediction).
-  --scale coarse also writes the 112x112-scale reconstruction (half resolution) as <output>_coarse.
+  --scale coarse also writes the coarse-scale reconstruction, at half the slice's resolution, as
+               <output>_coarse.
 
-Reads .tif/.tiff (8/16-bit, float; a slice or a stack), .png, NIfTI (.nii/.nii.gz, every slice along the
-last axis; affine and header kept) and DICOM (.dcm; every other element kept). Images other than
-IMG_SIZE x IMG_SIZE are processed in overlapping tiles blended with a smooth window, so no seams.
+Reads .tif/.tiff (8/16-bit, float; a slice or a stack), .png, NIfTI (.nii/.nii.gz, cut along SLICE_AXIS
+as training cuts volumes, written back in the file's voxel order; affine and header kept) and DICOM (.dcm;
+every other element kept). The model sees each slice as training showed it slices (padded to a square and
+resized to IMG_SIZE), and its result is resized back onto the slice's own pixels.
 """
 import argparse
 import os
@@ -57,7 +59,7 @@ def get_args_parser():
                    help="inpaint with the MAE's prediction: keep it raw, without the boundary correction that "
                         "makes it meet the known pixels (README: measured worse)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
-    p.add_argument("--batch", type=int, default=8, help="tiles per forward pass")
+    p.add_argument("--batch", type=int, default=8, help="masking passes per forward pass")
     return add_config_args(p)
 
 

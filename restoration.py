@@ -1,6 +1,6 @@
 """Restoration on numpy arrays: the classical fills MIRAM is compared with, the synthetic damage it learns
-to repair, and the Restorer that runs a model (PyTorch or ONNX Runtime, through a callable) over the tiles
-of a slice of any size. No torch here: the deployed path uses it as it is.
+to repair, and the Restorer that runs a model (PyTorch or ONNX Runtime, through a callable) on a slice of
+any size. No torch here: the deployed path uses it as it is.
 """
 import concurrent.futures
 import os
@@ -10,9 +10,10 @@ from scipy import ndimage, sparse
 from scipy.interpolate import griddata
 from scipy.sparse.linalg import splu
 from skimage.restoration import inpaint_biharmonic
+from skimage.transform import resize
 
 from config import MiramError, visible_count
-from imaging import normalize_intensity
+from imaging import fit_to_square, normalize_intensity
 
 
 # ---- classical fills ---------------------------------------------------------------------------------
@@ -215,131 +216,96 @@ def window_noise(grid, len_keep, damaged=None):
     return noise
 
 
-def tile_starts(n, tile, stride):
-    if n <= tile:
-        return [0]
-    count = int(np.ceil((n - tile) / stride)) + 1
-    return sorted({int(round(s / 2)) * 2 for s in np.linspace(0, n - tile, count)})  # even: coarse grid aligns
-
-
-def blend_window(tile, ramp):
-    """Separable weights that fall towards the tile's edges (never to zero), for seamless blending."""
-    i = np.arange(tile)
-    w = np.clip(np.minimum(i + 1, tile - i) / ramp, 1e-3, 1.0)
-    return np.outer(w, w)
-
-
 class Restorer:
-    """Runs a MIRAM (torch or ONNX Runtime) over tiles of a [0, 1]-scaled slice."""
+    """Runs a MIRAM (torch or ONNX Runtime) on a [0, 1]-scaled slice of any size at the scale it learned
+    at: every slice in training is padded to a centred square and resized to IMG_SIZE
+    (imaging.fit_to_square), so the model sees the slice so, and its result is resized back onto the
+    slice's own pixels. (Tiles of IMG_SIZE pixels at the scan's own resolution showed the model parts of
+    a head magnified beyond anything it learned from: the demo's 233 x 197 slices came back as blurred
+    blocks.)"""
 
-    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, overlap=64, blend=True, correct=None):
+    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, blend=True, correct=None):
         # predict: the MAE, (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..);
         # None in a restorer that only inpaints with the fine-tuned model
         self.predict = predict
         self.correct = correct  # the inpainting model: (prefilled, weight (B,1,S,S) float32) -> restored
         self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
         self.grid = img_size // patch_size
-        overlap = min(overlap, img_size // 4)  # small test models: keep a positive stride
-        self.stride = img_size - overlap
-        self.window = blend_window(img_size, overlap / 2)
 
-    def _tiles(self, canvas):
-        H, W = canvas.shape
-        return [(y, x) for y in tile_starts(H, self.size, self.stride) for x in tile_starts(W, self.size, self.stride)]
+    def _down(self, img, order=1):
+        return fit_to_square(np.asarray(img, np.float64), self.size, order=order).astype(np.float64)
 
-    def _run(self, tiles, noise_rows, ratio):
-        """Every tile with every noise row: fine (T, G, S, S), coarse (T, G, S/2, S/2)."""
-        T, G = len(tiles), len(noise_rows)
-        imgs = np.repeat(np.stack(tiles)[:, None], G, axis=0).astype(np.float32)  # (T*G, 1, S, S)
-        noise = np.tile(noise_rows, (T, 1)).astype(np.float32)
+    def _up(self, small, shape):
+        """A model-scale (s, s) result -> the slice's (H, W) pixels (or half of them, for the coarse scale:
+        shape is then the coarse slice's), undoing fit_to_square's centred padding."""
+        H, W = shape
+        side = max(H, W)
+        square = small if small.shape[0] == side else resize(small, (side, side), order=1, mode="edge",
+                                                              anti_aliasing=False)
+        top, left = (side - H) // 2, (side - W) // 2
+        return square[top:top + H, left:left + W]
+
+    def _passes(self, img, noise):
+        """The model on img (S, S) with every noise row: fine (G, S, S), coarse (G, S/2, S/2)."""
+        imgs = np.repeat(img[None, None], len(noise), axis=0).astype(np.float32)
         fine, coarse = [], []
         for s in range(0, len(imgs), self.batch):
-            f, c = self.predict(imgs[s:s + self.batch], noise[s:s + self.batch], ratio)
+            f, c = self.predict(imgs[s:s + self.batch], noise[s:s + self.batch].astype(np.float32), self.ratio)
             fine.append(f[:, 0])
             coarse.append(c[:, 0])
-        fine, coarse = np.concatenate(fine), np.concatenate(coarse)
-        return fine.reshape(T, G, *fine.shape[1:]), coarse.reshape(T, G, *coarse.shape[1:])
-
-    def _pad(self, img):
-        H, W = img.shape
-        ch, cw = max(self.size, H + H % 2), max(self.size, W + W % 2)
-        canvas = np.zeros((ch, cw), np.float64)  # zero = background, as in training's padding
-        canvas[:H, :W] = img
-        return canvas
+        return np.concatenate(fine), np.concatenate(coarse)
 
     def reconstruct(self, img):
         """img (H, W) in [0, 1]-ish -> fine (H, W), coarse (ceil(H/2), ceil(W/2))."""
         H, W = img.shape
-        canvas = self._pad(img)
-        starts = self._tiles(canvas)
-        tiles = [canvas[y:y + self.size, x:x + self.size] for y, x in starts]
         len_keep = visible_count(self.grid ** 2, self.ratio)
         noise = window_noise(self.grid, len_keep)
-        fine, coarse = self._run(tiles, noise, self.ratio)  # (T, G, S, S)
+        fine, coarse = self._passes(self._down(img), noise)
         hidden = (noise >= len_keep).astype(np.float64)  # (G, L): 1 where the pass predicted the patch
-        out_f = self._blend(canvas.shape, starts, fine, hidden, self.p, 1)
-        out_c = self._blend((canvas.shape[0] // 2, canvas.shape[1] // 2), starts, coarse, hidden, self.p // 2, 2)
-        return out_f[:H, :W], out_c[:(H + 1) // 2, :(W + 1) // 2]
 
-    def _blend(self, shape, starts, preds, hidden, p, down):
-        g = self.grid
-        weights = hidden.reshape(-1, g, 1, g, 1).repeat(p, 2).repeat(p, 4).reshape(-1, g * p, g * p)  # (G,S,S)
-        per_tile = (preds * weights[None]).sum(1) / weights.sum(0)[None]  # mean over the passes that hid it
-        return self._stitch(shape, starts, per_tile, down)
-
-    def _stitch(self, shape, starts, per_tile, down=1):
-        """Tiles placed at starts (full-resolution coordinates), blended with the window."""
-        acc, wsum = np.zeros(shape), np.zeros(shape)
-        win = self.window[::down, ::down]
-        for (y, x), t in zip(starts, per_tile):
-            y, x = y // down, x // down
-            acc[y:y + t.shape[0], x:x + t.shape[1]] += t * win
-            wsum[y:y + t.shape[0], x:x + t.shape[1]] += win
-        return acc / np.maximum(wsum, 1e-12)
+        def mean_of_hiding_passes(preds, p):
+            g = self.grid
+            weights = hidden.reshape(-1, g, 1, g, 1).repeat(p, 2).repeat(p, 4).reshape(-1, g * p, g * p)
+            return (preds * weights).sum(0) / weights.sum(0)
+        # the coarse slice's size follows the fine one's, as the model's two scales do
+        half = ((H + 1) // 2, (W + 1) // 2)
+        return (self._up(mean_of_hiding_passes(fine, self.p), (H, W)),
+                self._up(mean_of_hiding_passes(coarse, self.p // 2), half))
 
     def inpaint(self, img, hole):
         """Fills hole (bool (H, W)) from all other pixels; pixels outside the hole are returned unchanged.
 
-        Per tile, patches touching the hole are always hidden; the passes of window_noise show every other
-        patch once, at the trained mask ratio, and the hole's prediction is the mean over the passes.
+        Patches touching the hole at the model's scale are always hidden; the passes of window_noise show
+        every other patch once, at the trained mask ratio, and the hole's prediction is the mean over the
+        passes.
         """
-        H, W = img.shape
         if not hole.any():
             return img.copy()
         if self.correct is not None:
             return self._corrected_fill(img, hole)
-        canvas, hole_c = self._pad(img), self._pad(hole.astype(np.float64)) > 0
-        shown = np.where(hole_c, 0.0, canvas)  # the damaged values are never shown to the model
-        starts = [(y, x) for y, x in self._tiles(canvas) if hole_c[y:y + self.size, x:x + self.size].any()]
+        # a pixel the hole touches at the model's scale is damaged there: never shown to the model
+        small_hole = self._down(hole.astype(np.float64)) > 1e-3
+        shown = np.where(small_hole, 0.0, self._down(np.where(hole, 0.0, img)))
         g, p = self.grid, self.p
-        len_keep = visible_count(g * g, self.ratio)
-        per_tile = []
-        for y, x in starts:
-            damaged = hole_c[y:y + self.size, x:x + self.size].reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
-            if damaged.all():
-                raise MiramError("the damaged region covers a whole tile: nothing to inpaint from")
-            fine, _ = self._run([shown[y:y + self.size, x:x + self.size]], window_noise(g, len_keep, damaged),
-                                self.ratio)
-            per_tile.append(fine[0].mean(0))  # mean over the passes
-        pred = self._stitch(canvas.shape, starts, per_tile)[:H, :W]
+        damaged = small_hole.reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
+        if damaged.all():
+            raise MiramError("the damaged region covers the whole slice: nothing to inpaint from")
+        fine, _ = self._passes(shown, window_noise(g, visible_count(g * g, self.ratio), damaged))
+        pred = self._up(fine.mean(0), img.shape)  # mean over the passes
         if self.blend:
             pred = pred + boundary_correction(img - pred, hole)
         return np.where(hole, pred, img)
 
     def _corrected_fill(self, img, hole):
-        """The hole's biharmonic fill plus the inpainting model's correction, tile by tile; the model
-        returns its input outside the hole, so only tiles that touch the hole run."""
-        H, W = img.shape
+        """The hole's biharmonic fill at the slice's own pixels plus the inpainting model's correction,
+        computed at the model's scale and resized back: the model returns its input outside the hole, so
+        the correction is zero there and ramps in from the hole's edge."""
         prefilled = biharmonic_fill(img, hole)
-        canvas, weight = self._pad(prefilled), self._pad(fill_weight(hole))
-        starts = [(y, x) for y, x in self._tiles(canvas) if weight[y:y + self.size, x:x + self.size].any()]
-        tiles = np.stack([canvas[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
-        weights = np.stack([weight[y:y + self.size, x:x + self.size] for y, x in starts]).astype(np.float32)
-        corrections = []
-        for s in range(0, len(starts), self.batch):
-            out = self.correct(tiles[s:s + self.batch, None], weights[s:s + self.batch, None])
-            corrections.extend(out[:, 0] - tiles[s:s + self.batch])
-        correction = self._stitch(canvas.shape, starts, corrections)[:H, :W]
+        small = self._down(prefilled)
+        small_hole = self._down(hole.astype(np.float64)) > 1e-3  # every damaged pixel, at the model's scale
+        weight = fill_weight(small_hole)[None, None].astype(np.float32)
+        out = self.correct(small[None, None].astype(np.float32), weight)
+        correction = self._up(out[0, 0] - small, img.shape)
         return np.where(hole, prefilled + correction, img)
 
 

@@ -1,6 +1,11 @@
 """Inpainting quality of `enhance.py --mode inpaint` against classical fills, on held-out slices.
 
     python bench/inpaint_quality.py [--checkpoint outputs/best_miram_mae.pth] [--max-images 50] [--seed 0]
+    python bench/inpaint_quality.py --native --json outputs/inpaint_quality_native.json
+
+--native damages and fills the slices at their own size, as `enhance.py` meets a scan (the demo's are
+233 x 197), each region's size scaled from the model's IMG_SIZE to the slice's; without it the slices
+are at IMG_SIZE, as the fine-tune's are.
 
 Synthetic damage on the validation split (subjects the model never trained on), and on every slice of the
 transfer set where TRANSFER_PATH names one (JSON: "validation", "transfer"): blocks, stripes and
@@ -23,7 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
 from config import load_config, run_info, save_json  # noqa: E402
-from dataset import load_split, load_transfer  # noqa: E402
+from dataset import discover, load_split, load_transfer, read_source, resolve_data_path  # noqa: E402
+from imaging import normalize_intensity  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
 from restoration import DAMAGE_SIZES, Restorer, classical_fill, synthetic_damage  # noqa: E402
@@ -34,6 +40,7 @@ def main(argv=None):
     p.add_argument("--inpaint-checkpoint", default=None, help="default OUTPUT_PATH/best_miram_inpaint.pth")
     p.add_argument("--max-images", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--native", action="store_true", help="the slices at their own size, not IMG_SIZE")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     cfg = load_config()
@@ -60,17 +67,32 @@ def main(argv=None):
     transfer, root = load_transfer(cfg, mc.img_size, quiet=True, trained_on=trained_on)
     if transfer is not None:
         sets["transfer"] = transfer
-    report = {"run": run_info()}
+    roots = {"validation": resolve_data_path(cfg, quiet=True), "transfer": root}
+    report = {"run": run_info(), "native": args.native}
     for name, data in sets.items():
-        images = data.images[:args.max_images, 0].double().numpy()
-        print(f"{name}: {len(images)} slices" + (f" of {root}" if name == "transfer" else ""))
-        report[name] = score_set(images, restorers, np.random.default_rng(args.seed))
+        if args.native:
+            images = native_slices(roots[name], data.names[:args.max_images], cfg)
+        else:
+            images = data.images[:args.max_images, 0].double().numpy()
+        print(f"{name}: {len(images)} slices" + (f" of {root}" if name == "transfer" else "")
+              + (" at their own size" if args.native else ""))
+        report[name] = score_set(images, restorers, np.random.default_rng(args.seed),
+                                 mc.img_size if args.native else None)
     if args.json:
         save_json(args.json, report)
 
 
-def score_set(images, restorers, rng):
-    """Every method on the same synthetic damage of images, per damage kind and size."""
+def native_slices(root, names, cfg):
+    """The named slices of root at their own size, scaled to [0, 1] as training scales them before it
+    resizes them."""
+    _, sources = discover(root, cfg.SUBJECT_PATTERN, cfg.SLICE_AXIS)
+    by_name = {src.name: src for src in sources}
+    return [normalize_intensity(read_source(by_name[n])[0])[0].astype(np.float64) for n in names]
+
+
+def score_set(images, restorers, rng, model_size=None):
+    """Every method on the same synthetic damage of images, per damage kind and size; model_size: the
+    images are at their own size, each region's size scaled by the slice's side over model_size."""
     methods = (*restorers, "biharmonic", "linear")
     scores = {}
     for kind, sizes in DAMAGE_SIZES.items():
@@ -78,7 +100,8 @@ def score_set(images, restorers, rng):
             acc = {m: {"mse": [], "ssim": []} for m in methods}
             for img in images:
                 brain = img > 0.1
-                hole = synthetic_damage(kind, size, brain, rng)
+                scaled = size if model_size is None else max(1, round(size * max(img.shape) / model_size))
+                hole = synthetic_damage(kind, scaled, brain, rng)
                 filled = {m: r.inpaint(img, hole) for m, r in restorers.items()}
                 filled["biharmonic"] = classical_fill(img, hole, "biharmonic")
                 filled["linear"] = classical_fill(img, hole, "linear")

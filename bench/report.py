@@ -4,10 +4,10 @@ always the one a run measured, with the command and CPU beside it.
     python bench/report.py [--outputs outputs] [--to docs/RESULTS.md]
 
 Reads train_log.jsonl, inpaint_log.jsonl, inpaint_metrics.json, eval_metrics.json, classification_metrics*.json,
-inpaint_quality.json (bench/inpaint_quality.py --json), compare.json and compare.md (bench/compare.py),
-lesion_limit.json and lesion_limit.md (bench/lesion_limit.py), transfer_folds.json and transfer_folds.md
-(bench/transfer_folds.py), deploy_benchmark.json and gpu_check.json (whichever exist) and prints what it could not
-find.
+inpaint_quality.json and inpaint_quality_native.json (bench/inpaint_quality.py), compare.json and compare.md
+(bench/compare.py), lesion_limit.json and lesion_limit.md (bench/lesion_limit.py), transfer_folds.json and
+transfer_folds.md (bench/transfer_folds.py), deploy_benchmark.json and gpu_check.json (whichever exist) and
+prints what it could not find.
 """
 import argparse
 import glob
@@ -269,8 +269,11 @@ def allocator_section(a):
 
 
 def inpainting_section(q):
-    lines = ["## Inpainting synthetic damage (`bench/inpaint_quality.py`)", "", f"- {provenance(q.get('run'))}",
-             "- PSNR dB / SSIM inside the damaged region, PSNR pooled over the images", ""]
+    where = (", the slices at their own size as `enhance.py` meets a scan (`--native`; each region's size scaled "
+             "from IMG_SIZE to the slice's)") if q.get("native") else ", the slices at IMG_SIZE as the fine-tune's"
+    title = "at the slices' own size" if q.get("native") else "synthetic damage"
+    lines = [f"## Inpainting {title} (`bench/inpaint_quality.py`)", "", f"- {provenance(q.get('run'))}",
+             f"- PSNR dB / SSIM inside the damaged region, PSNR pooled over the images{where}", ""]
     for name in ("validation", "transfer"):
         part = q.get(name)
         if not part:
@@ -459,9 +462,10 @@ def main(argv=None):
         lines += lesion_limit_section(folder, "The same benchmark with other classifier settings (its command below)")
     for folder in ([args.outputs] if os.path.isfile(path("transfer_folds")) else []) + args.fold_runs:
         lines += transfer_folds_section(folder)
-    quality = os.path.join(args.outputs, "inpaint_quality.json")
-    if os.path.isfile(quality):
-        lines += inpainting_section(load_json(quality))
+    for name in ("inpaint_quality", "inpaint_quality_native"):
+        quality = os.path.join(args.outputs, name + ".json")
+        if os.path.isfile(quality):
+            lines += inpainting_section(load_json(quality))
     if os.path.isfile(path("deploy_benchmark")):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:

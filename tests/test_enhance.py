@@ -18,21 +18,30 @@ from config import MiramError, run_cli
 from conftest import tiny_args
 
 
-def identity_restorer(size=64, patch=16):
-    """A 'model' that returns its input: a correct pipeline must then return the scan unchanged."""
+def identity_restorer(size=64, patch=16, seen=None):
+    """A 'model' that returns its input: a correct pipeline must then return the scan unchanged (at the
+    model's size; resized to it and back otherwise). seen: a list that gets every batch it is given."""
     def predict(imgs, noise, ratio):
+        if seen is not None:
+            seen.append(imgs.copy())
         t = torch.from_numpy(imgs)
         return imgs, F.avg_pool2d(t, 2).numpy()
-    return restoration.Restorer(predict, size, patch, 0.75, overlap=16)
+    return restoration.Restorer(predict, size, patch, 0.75)
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (100, 150), (37, 70), (130, 64)])
-def test_tiling_leaves_no_seams(shape):
-    rng = np.random.default_rng(0)
-    img = rng.random(shape)
-    fine, coarse = identity_restorer().reconstruct(img)
-    assert fine.shape == shape and np.allclose(fine, img, atol=1e-12)
-    assert coarse.shape == ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
+def test_the_model_sees_a_slice_as_training_does_and_the_result_comes_back_onto_its_pixels(shape):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = 0.5 + 0.3 * np.sin(xx / 9) * np.cos(yy / 11)  # smooth: resizing to 64 and back keeps it
+    seen = []
+    fine, coarse = identity_restorer(seen=seen).reconstruct(img)
+    # the whole slice padded to a centred square and resized to the model's size, as training reads it
+    assert np.allclose(seen[0][0, 0], imaging.fit_to_square(img, 64), atol=1e-6)
+    assert fine.shape == shape and coarse.shape == ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
+    # in place (a pixel's shift would be 0.03 off): away from the edges, where resizing mixes in the square's
+    # zero padding
+    assert np.abs(fine - img).max() < 1e-6 if shape == (64, 64) else np.abs(fine - img)[6:-6, 6:-6].max() < 0.015
+    assert np.abs(coarse - img[::2, ::2])[3:-3, 3:-3].max() < 0.05
 
 
 def test_window_masks_show_every_patch_once():
@@ -75,10 +84,10 @@ def make_scans(tmp_path):
 
 def test_every_format_round_trips_shape_dtype_and_range(tmp_path):
     files = make_scans(tmp_path)
-    r = identity_restorer()
     for name, dtype in files.items():
         src = str(tmp_path / name)
         out = str(tmp_path / ("out_" + name))
+        r = identity_restorer(max(imaging.read_scan(src).slices.shape[1:]))  # the scan's own size: exact
         enhance.process_file(r, src, out, "reconstruct", None, "fine", False)
         a, b = imaging.read_scan(src), imaging.read_scan(out)
         assert b.dtype == dtype and b.shape == a.shape, name
@@ -176,7 +185,7 @@ def test_missing_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (100, 150)])
-def test_corrected_fill_over_tiles_with_a_model_that_adds_nothing_is_the_biharmonic_fill(shape):
+def test_corrected_fill_with_a_model_that_adds_nothing_is_the_biharmonic_fill(shape):
     from restoration import biharmonic_fill
     rng = np.random.default_rng(1)
     img = rng.random(shape)
@@ -187,12 +196,11 @@ def test_corrected_fill_over_tiles_with_a_model_that_adds_nothing_is_the_biharmo
     def correct(prefilled, weight):
         calls.append(len(prefilled))
         return prefilled
-    restorer = restoration.Restorer(None, 64, 16, 0.75, overlap=16, correct=correct)
+    restorer = restoration.Restorer(None, 64, 16, 0.75, correct=correct)
     out = restorer.inpaint(img, hole)
     assert np.allclose(out, biharmonic_fill(img, hole), atol=1e-6)
     assert np.array_equal(out[~hole], img[~hole])
-    tiles = len(restoration.tile_starts(shape[0], 64, 48)) * len(restoration.tile_starts(shape[1], 64, 48))
-    assert 0 < sum(calls) <= tiles  # only the tiles that touch the hole run
+    assert calls == [1]  # the whole slice, once, at the model's size
 
 
 def test_inpaint_uses_the_fine_tuned_model_when_it_exists(tiny_ckpt, tiny_data, tmp_path, capsys):

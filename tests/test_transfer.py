@@ -99,3 +99,8 @@ def test_the_inpainting_benchmark_scores_both_sets(tmp_path, monkeypatch):
     assert q["validation"]["n_images"] == 2 and q["transfer"]["n_images"] == 2
     assert set(q["transfer"]["mean_psnr"]) == {"miram_mae", "biharmonic", "linear"}
     assert q["transfer"]["scores"] != q["validation"]["scores"]
+    # at the slices' own size (72 x 80 here, the model's 128 there): what enhance.py meets
+    inpaint_quality.main(["--max-images", "2", "--native", "--json", path])
+    native = json.load(open(path))
+    assert native["native"] and native["validation"]["n_images"] == 2 and native["transfer"]["n_images"] == 2
+    assert native["validation"]["scores"] != q["validation"]["scores"]
