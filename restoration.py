@@ -220,9 +220,8 @@ class Restorer:
     """Runs a MIRAM (torch or ONNX Runtime) on a [0, 1]-scaled slice of any size at the scale it learned
     at: every slice in training is padded to a centred square and resized to IMG_SIZE
     (imaging.fit_to_square), so the model sees the slice so, and its result is resized back onto the
-    slice's own pixels. (Tiles of IMG_SIZE pixels at the scan's own resolution showed the model parts of
-    a head magnified beyond anything it learned from: the demo's 233 x 197 slices came back as blurred
-    blocks.)"""
+    slice's own pixels. Tiles of IMG_SIZE pixels at the scan's own resolution would show it magnified parts
+    of heads, unlike anything it learned from (docs/METHODS.md)."""
 
     def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, blend=True, correct=None):
         # predict: the MAE, (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..);
@@ -232,8 +231,12 @@ class Restorer:
         self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
         self.grid = img_size // patch_size
 
-    def _down(self, img, order=1):
-        return fit_to_square(np.asarray(img, np.float64), self.size, order=order).astype(np.float64)
+    def _down(self, img):
+        return fit_to_square(np.asarray(img, np.float64), self.size).astype(np.float64)
+
+    def _model_hole(self, hole):
+        """Every model pixel a damaged pixel touches: at the model's scale nothing damaged counts as known."""
+        return self._down(hole.astype(np.float64)) > 1e-3
 
     def _up(self, small, shape):
         """A model-scale (s, s) result -> the slice's (H, W) pixels (or half of them, for the coarse scale:
@@ -283,8 +286,7 @@ class Restorer:
             return img.copy()
         if self.correct is not None:
             return self._corrected_fill(img, hole)
-        # a pixel the hole touches at the model's scale is damaged there: never shown to the model
-        small_hole = self._down(hole.astype(np.float64)) > 1e-3
+        small_hole = self._model_hole(hole)  # never shown to the model
         shown = np.where(small_hole, 0.0, self._down(np.where(hole, 0.0, img)))
         g, p = self.grid, self.p
         damaged = small_hole.reshape(g, p, g, p).any(axis=(1, 3)).reshape(-1)
@@ -302,8 +304,7 @@ class Restorer:
         the correction is zero there and ramps in from the hole's edge."""
         prefilled = biharmonic_fill(img, hole)
         small = self._down(prefilled)
-        small_hole = self._down(hole.astype(np.float64)) > 1e-3  # every damaged pixel, at the model's scale
-        weight = fill_weight(small_hole)[None, None].astype(np.float32)
+        weight = fill_weight(self._model_hole(hole))[None, None].astype(np.float32)
         out = self.correct(small[None, None].astype(np.float32), weight)
         correction = self._up(out[0, 0] - small, img.shape)
         return np.where(hole, prefilled + correction, img)
