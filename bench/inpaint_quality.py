@@ -7,6 +7,8 @@
 233 x 197), each region's size scaled from the model's IMG_SIZE to the slice's; without it the slices
 are at IMG_SIZE, as the fine-tune's are.
 
+Also the MAE's reconstruction of each whole slice (enhance.py's default mode), PSNR inside the head.
+
 Synthetic damage on the validation split (subjects the model never trained on), and on every slice of the
 transfer set where TRANSFER_PATH names one (JSON: "validation", "transfer"): blocks, stripes and
 irregular blobs, each small/medium/large, placed on the brain. Every method fills exactly the same region
@@ -78,6 +80,9 @@ def main(argv=None):
               + (" at their own size" if args.native else ""))
         report[name] = score_set(images, restorers, np.random.default_rng(args.seed),
                                  mc.img_size if args.native else None)
+        report[name]["reconstruct_psnr"] = reconstruct_psnr(images, restorers["miram_mae"])
+        print("reconstruct mode (enhance.py's default), PSNR inside the head: "
+              f"{report[name]['reconstruct_psnr']:.2f} dB")
     if args.json:
         save_json(args.json, report)
 
@@ -88,6 +93,16 @@ def native_slices(root, names, cfg):
     _, sources = discover(root, cfg.SUBJECT_PATTERN, cfg.SLICE_AXIS)
     by_name = {src.name: src for src in sources}
     return [normalize_intensity(read_source(by_name[n])[0])[0].astype(np.float64) for n in names]
+
+
+def reconstruct_psnr(images, restorer):
+    """PSNR of the MAE's reconstruction of each whole slice (enhance.py's default mode) against the slice,
+    inside the head (pixels over 0.1), pooled over the images."""
+    mse = []
+    for img in images:
+        head = img > 0.1
+        mse.append(np.mean((np.clip(restorer.reconstruct(img)[0], 0, 1)[head] - img[head]) ** 2))
+    return psnr_from_mse(np.mean(mse))
 
 
 def score_set(images, restorers, rng, model_size=None):

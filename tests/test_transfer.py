@@ -104,3 +104,4 @@ def test_the_inpainting_benchmark_scores_both_sets(tmp_path, monkeypatch):
     native = json.load(open(path))
     assert native["native"] and native["validation"]["n_images"] == 2 and native["transfer"]["n_images"] == 2
     assert native["validation"]["scores"] != q["validation"]["scores"]
+    assert 0 < native["validation"]["reconstruct_psnr"] < 60
