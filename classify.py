@@ -22,7 +22,7 @@ import numpy as np
 
 from config import (INTERRUPTED_TRAINING, MiramError, add_config_args, describe, load_config, run_cli, run_info,
                     save_json)
-from imaging import EXTENSIONS, VOLUME_KINDS, is_image, model_input, read_scan, split_ext
+from imaging import EXTENSIONS, VOLUME_KINDS, foreground_patches, is_image, model_input, read_scan, split_ext
 from runtime import OnnxClassifier, binary_metrics, localization, shift_averaged, upsample_heatmaps
 
 matplotlib.use("Agg")
@@ -363,8 +363,9 @@ def report(model, val_set, cfg, device, variant, n_viz):
 # ---- entry points ------------------------------------------------------------------------------------
 
 def slice_classifier(args, cfg):
-    """-> classify(x (N,1,S,S), with_maps) -> (probabilities (N,), {name: (N,S,S) heatmaps} or None), from the
-    best classifier (torch) or its ONNX export; sets cfg.IMG_SIZE to the size it reads."""
+    """-> (classify(x (N,1,S,S), with_maps) -> (probabilities (N,), {name: (N,S,S) heatmaps} or None), its
+    patch size, its foreground threshold), from the best classifier (torch) or its ONNX export; sets
+    cfg.IMG_SIZE to the size it reads."""
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         cfg.IMG_SIZE, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
@@ -378,7 +379,7 @@ def slice_classifier(args, cfg):
                      for s in range(0, len(x), 32)]
             return np.concatenate([p for p, _ in parts]), ({k: np.concatenate([m[k] for _, m in parts])
                                                            for k in parts[0][1]} if with_maps else None)
-        return classify_images
+        return classify_images, patch, runner.threshold
     import torch
 
     from checkpoint import build_from_checkpoint
@@ -392,7 +393,7 @@ def slice_classifier(args, cfg):
         out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps,
                           shifted=cfg.CLS_SHIFT_AVERAGE)
         return out if with_maps else (out, None)
-    return classify_images
+    return classify_images, model.cfg.patch_size, model.cfg.foreground_threshold
 
 
 def predict_one(args, cfg):
@@ -407,9 +408,10 @@ def predict_one(args, cfg):
         files = [os.path.join(args.predict, f) for f in sorted(os.listdir(args.predict)) if is_image(f)]
         if not files:
             raise MiramError(f"{args.predict}: no {', '.join(EXTENSIONS)} files in this folder")
-    classify_images = slice_classifier(args, cfg)
+    classify_images, patch, threshold = slice_classifier(args, cfg)
     print(describe(cfg))
-    rows, best, unreadable, constant, volumes = [], None, 0, 0, 0  # rows: (file, slice, probability)
+    # rows: (file, slice, probability, share of the slice's patches the classifier read)
+    rows, best, unreadable, constant, volumes = [], None, 0, 0, 0
     for path in files:
         try:
             scan = read_scan(path, cfg.MAX_PIXELS, slice_axis=cfg.SLICE_AXIS)
@@ -432,7 +434,9 @@ def predict_one(args, cfg):
         # the maps (relevance needs a backward pass) only for the slice shown; a slice's result does not
         # depend on the others in its batch
         probs, heats = classify_images(x, with_maps=len(files) == len(x) == 1)
-        rows += [(path, i, float(p)) for i, p in zip(shown, probs)]
+        # a volume's end slices hold little brain: the share read says how far a slice is from those trained on
+        shares = foreground_patches(x, patch, threshold)[1].sum(axis=1) / (cfg.IMG_SIZE // patch) ** 2
+        rows += [(path, i, float(p), float(f)) for i, p, f in zip(shown, probs, shares)]
         volumes += scan.kind in VOLUME_KINDS
         top = int(np.argmax(probs))
         if best is None or probs[top] > best[0]:
@@ -458,26 +462,26 @@ def predict_one(args, cfg):
     if table:
         try:
             with open(table, "x") as f:
-                f.write("file,slice,p_tumor\n"
-                        + "".join(f"{os.path.basename(f_)},{i},{p:.6f}\n" for f_, i, p in rows))
+                f.write("file,slice,p_tumor,foreground\n"
+                        + "".join(f"{os.path.basename(f_)},{i},{p:.6f},{share:.3f}\n" for f_, i, p, share in rows))
         except OSError as e:
             raise MiramError(f"{table}: cannot write the table ({e.strerror or e})") from None
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend}, {VIEWS[cfg.CLS_SHIFT_AVERAGE]})"
     if table:
-        read = len({f_ for f_, _, _ in rows})
+        read = len({row[0] for row in rows})
         notes = ([f"volumes cut along axis {cfg.SLICE_AXIS}"] if volumes else []) + [
             f"{n} {what} skipped" for n, what in ((unreadable, "unreadable files"), (constant, "constant slices")) if n]
         print(f"{args.predict}: {len(rows)} slices of {read} file{'s' if read > 1 else ''} classified"
               + (f" ({'; '.join(notes)})" if notes else "") + "; "
-              f"{sum(p >= cfg.CLS_THRESHOLD for _, _, p in rows)} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
+              f"{sum(row[2] >= cfg.CLS_THRESHOLD for row in rows)} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
               f"p(tumor) = {prob:.4f} on {label} -> {verdict} {how}\nper-slice probabilities: {table}"
               f"\nheatmap of {label}: {out}")
     else:
         print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap: {out}")
     return {"probability": prob, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
-            "files": [f_ for f_, _, _ in rows], "slices": [i for _, i, _ in rows],
-            "probabilities": [p for _, _, p in rows]}
+            "files": [row[0] for row in rows], "slices": [row[1] for row in rows],
+            "probabilities": [row[2] for row in rows], "foreground": [row[3] for row in rows]}
 
 
 def free_name(path):

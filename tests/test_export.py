@@ -143,7 +143,10 @@ def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exp
         assert np.abs(np.array(r["probabilities"]) - alone).max() < 1e-4
         assert r["probability"] == max(r["probabilities"]) and r["slice"] == r["slices"][int(np.argmax(alone))]
         rows = [row.split(",") for row in open(r["table"]).read().splitlines()]
-        assert rows[0] == ["file", "slice", "p_tumor"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        assert rows[0] == ["file", "slice", "p_tumor", "foreground"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        # the share of each slice's patches the classifier read: the head's part of the 64 x 64 slice
+        shares = [float(row[3]) for row in rows[1:]]
+        assert all(0.2 < f < 0.9 for f in shares) and np.allclose(r["foreground"], shares, atol=1e-3)
         assert {row[0] for row in rows[1:]} == {"head.nii.gz"}
         assert os.path.isfile(r["heatmap"]) and f"_slice{r['slice']:03d}" in r["heatmap"]
         assert r["heatmaps"]["evidence"].shape == (1, 64, 64)
