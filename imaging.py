@@ -80,17 +80,21 @@ class VolumeView:
         self.ornt = np.array([[0, 1], [1, 1], [2, 1]], float) if np.isnan(ornt).any() else ornt
         self.slice_axis = slice_axis
 
+    def stored_axis(self, ras_axis):
+        """The stored axis that runs along RAS axis ras_axis."""
+        return int(np.flatnonzero(self.ornt[:, 0] == ras_axis)[0])
+
     @property
     def cut_axis(self):
         """The stored axis the slices are cut along."""
-        return int(np.flatnonzero(self.ornt[:, 0] == self.slice_axis)[0])
+        return self.stored_axis(self.slice_axis)
 
     def count(self, stored_shape):
         return stored_shape[self.cut_axis]
 
     def in_plane(self, stored_values):
         """Per-axis values of the stored volume (voxel sizes) -> (rows, columns) of a slice."""
-        ras = [stored_values[int(np.flatnonzero(self.ornt[:, 0] == k)[0])] for k in range(3) if k != self.slice_axis]
+        ras = [stored_values[self.stored_axis(k)] for k in range(3) if k != self.slice_axis]
         return ras[1], ras[0]  # turned: the second RAS axis runs down the rows
 
     def _ras(self, vol):
