@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from config import TMP_PREFIX, MiramError, ModelConfig, temp_beside
+from config import MiramError, ModelConfig
 from models import MIRAM, InpaintingMIRAM, TumorClassifier
+from records import TMP_PREFIX, temp_beside
 
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}
 LOCK_NAME = ".miram.lock"

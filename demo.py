@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 
-from config import add_config_args, load_config, run_info, save_json, settings_flags
+from config import add_config_args, load_config, settings_env
+from records import run_info, save_json
+
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # a validation slice (a subject training never sees), with a synthetic tumor
@@ -166,12 +168,12 @@ def main(argv=None):
     if not args.preset and "MIRAM_PRESET" not in env:
         env["MIRAM_PRESET"] = "demo"
     cfg = load_config(args, environ=env)
-    flags = settings_flags(args)
+    env.update(settings_env(args))  # each phase reads the settings it needs
     done, predicted, start = [], None, time.time()
     for name, cmd in phases(args, cfg):
         print(f"\n=== {name}: python {' '.join(cmd)}", flush=True)
         t0 = time.time()
-        with subprocess.Popen([sys.executable, *cmd, *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        with subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
                               bufsize=1) as proc:
             for line in proc.stdout:  # shown as it comes; the prediction's probability is read from it
                 sys.stdout.write(line)

@@ -19,9 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from config import MiramError, run_info, temp_beside
+from config import MiramError
 from dataset import batches, refuse_other_split
 from hardware import amp_dtype, autocast, keep_freed_memory, pick_device
+from records import run_info, temp_beside
 
 
 # ---- seeds, schedule, optimizer ----------------------------------------------------------------------
@@ -76,8 +77,7 @@ def layer_decay(depth, decay):
 
 
 def make_optimizer(groups, lr, betas):
-    # fused=True: one kernel for the whole update instead of a dozen per tensor; measured ~10% of a
-    # bf16 training step on CPU (bench/train_throughput.py). Same update rule.
+    # fused=True: one kernel for the whole update instead of a dozen per tensor; the same update rule.
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
@@ -179,6 +179,7 @@ class Task:
     checkpoint = best = log = ""  # paths: resumable checkpoint, best model, JSON lines per epoch
     extra = {}                # fields every checkpoint carries (the split record, the variant)
     must_match = ()           # extra fields a resumed checkpoint must share
+    kernels = {}              # hardware.Kernels the phase chose, recorded in the log's run line
 
     def lr_scale(self, name):
         return 1.0
@@ -347,8 +348,8 @@ def fit(task, model, cfg, dist, device, resume=True, stop_after=None):
                         "step": step, "seconds": round(seconds, 2),
                         "images_per_s": round(task.n_train / seconds, 2),
                         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
-        if epoch == start:  # the first line each invocation logs says which command, on which CPU
-            history[-1]["run"] = run_info()
+        if epoch == start:  # the first line each invocation logs says which command, on which CPU, how
+            history[-1]["run"] = {**run_info(), "kernels": task.kernels}
         if dist.main:
             metrics = {"best": best, "monitor": task.monitor, **scalars(val)}
             extra = {"train_config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},

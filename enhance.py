@@ -30,8 +30,9 @@ import sys
 
 from tqdm import tqdm
 
-from config import MAX_PIXELS, MiramError, add_config_args, describe, load_config, run_cli
+from config import MAX_PIXELS, MiramError, add_config_args, describe, load_config
 from imaging import EXTENSIONS, is_image, kind_of, read_scan, split_ext, write_scan
+from records import run_cli
 from restoration import Restorer, enhance_slices
 from runtime import OnnxInpainter, OnnxMAE
 
@@ -57,10 +58,10 @@ def get_args_parser():
                    help="inpaint: use the pre-trained MAE's own prediction even when the inpainting model exists")
     p.add_argument("--no-blend", action="store_true",
                    help="inpaint with the MAE's prediction: keep it raw, without the boundary correction that "
-                        "makes it meet the known pixels (README: measured worse)")
+                        "makes it meet the known pixels")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing output file")
     p.add_argument("--batch", type=int, default=8, help="masking passes per forward pass")
-    return add_config_args(p)
+    return add_config_args(p, "enhance")
 
 
 # ---- one scan ----------------------------------------------------------------------------------------
@@ -160,8 +161,8 @@ def build_restorer(args, cfg):
             model, _ = build_from_checkpoint(args.checkpoint or cfg.artifact("mae"), "mae", map_location=device)
             model = model.to(device).eval()
             predict, mc = torch_predictor(model, device), model.cfg.to_dict()
-    cfg.IMG_SIZE, cfg.PATCH_SIZE, cfg.MASK_RATIO = mc["img_size"], mc["patch_size"], mc["mask_ratio"]
-    print(describe(cfg))
+    print(describe(cfg, script="enhance") + f"\nmodel: {mc['img_size']} px, patch {mc['patch_size']}, "
+          f"mask ratio {mc['mask_ratio']} (from the checkpoint)")
     return Restorer(predict, mc["img_size"], mc["patch_size"], mc["mask_ratio"], batch=args.batch,
                     blend=not args.no_blend, correct=correct)
 

@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adaptation import reconstruct_adapted
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, add_config_args, describe, load_config, margin_key, run_cli, run_info, save_json
+from config import MiramError, add_config_args, describe, load_config, margin_key
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
-from hardware import pick_device, resolve_amp
+from hardware import choose_precision, pick_device
 from losses import finite_mean, psnr, ssim
-from models import mask_noise, reconstruct_adapted, unpatchify
+from models import mask_noise, unpatchify
+from records import run_cli, run_info, save_json
 from restoration import CLASSICAL_FILLS, classical_fill, seamless_fill
 
 matplotlib.use("Agg")
@@ -47,7 +49,7 @@ def get_args_parser():
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated subset of " + ",".join(BASELINES))
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--n-samples", type=int, default=4, help="images shown in miram_eval_sample.png")
-    return add_config_args(p, skip=("MASK_RATIO",))
+    return add_config_args(p, "evaluate")
 
 
 # ---- metrics -----------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def evaluate(model, images, mask_ratio, seed, device, baselines=BASELINES, batch
              blend=False, amp=False):
     """Per-image metrics of MIRAM (both scales) and the baselines, all on the same seeded masks; the fills of
     the images numbered in `show`, to draw. adapt: (steps, rate) of test-time adaptation; with steps, also
-    "miram_adapted" (models.adapt_to_images; amp: its steps under autocast). blend: also every MIRAM fill
+    "miram_adapted" (adaptation.adapt_to_images; amp: its steps under autocast). blend: also every MIRAM fill
     blended in by seamless_fill ("<method>_seamless")."""
     cfg = model.cfg
     p = cfg.patch_size
@@ -307,8 +309,10 @@ def run(args, cfg):
     model, state = build_from_checkpoint(ckpt, "mae", map_location=device)
     model = model.to(device).eval()
     mcfg = model.cfg
-    cfg.IMG_SIZE = mcfg.img_size
-    print(describe(cfg))
+    # the adaptation's steps in bf16 where it is native and faster, as training
+    amp, amp_why = choose_precision(device, cfg.AMP and cfg.ADAPT_STEPS > 0, mcfg.embed_dim)
+    cfg = cfg.adopt(mcfg, AMP=amp)
+    print(describe(cfg, script="evaluate") + f"\nprecision of the adaptation: {'bf16' if amp else 'fp32'} ({amp_why})")
     if args.data:
         data = load_slices(args.data, mcfg.img_size, cfg.SUBJECT_PATTERN, slice_axis=cfg.SLICE_AXIS,
                            max_pixels=cfg.MAX_PIXELS)
@@ -321,17 +325,15 @@ def run(args, cfg):
     ratio = mcfg.mask_ratio if args.mask_ratio is None else args.mask_ratio
     if not 0 < ratio < 1:
         raise MiramError(f"--mask-ratio must be in (0, 1), got {ratio}")
-    print(f"evaluating {ckpt} (epoch {state.get('epoch')}) on {len(data)} images: {source}")
+    print(f"model: {mcfg.img_size} px, patch {mcfg.patch_size} ({ckpt}, epoch {state.get('epoch')})\n"
+          f"evaluating on {len(data)} images: {source}")
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
-    # the adaptation's steps in bf16 where it is native and faster (as training): its margins within 0.01 dB
-    # of fp32's on the demo's sets, 2.2 s against 2.7 per 16 images on two Zen 4 cores
-    fills = {"adapt": (cfg.ADAPT_STEPS, cfg.ADAPT_LR), "blend": cfg.SEAMLESS_FILL,
-             "amp": bool(cfg.ADAPT_STEPS) and resolve_amp(device, cfg.AMP, print, mcfg.embed_dim)}
+    fills = {"adapt": (cfg.ADAPT_STEPS, cfg.ADAPT_LR), "blend": cfg.SEAMLESS_FILL, "amp": amp}
     result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), **fills)
     result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
                   data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
-                  run=run_info())
+                  run={**run_info(), "adaptation_precision": {"bf16": amp, "why": amp_why}})
     transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
     if transfer is not None:
         print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")

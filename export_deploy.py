@@ -22,18 +22,20 @@ import argparse
 import dataclasses
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, ModelConfig, add_config_args, describe, load_config, run_cli, run_info, save_json
+from config import MiramError, ModelConfig, add_config_args, describe, load_config
 from dataset import load_split
 from hardware import native_amp, resolve_amp
 from losses import psnr
 from models import TumorClassifier, mask_noise, unpatchify
 from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_peer, gflop_per_image, graphs,
                          matmul_gflops, model_runners, peer_model, spec_models)
+from records import run_cli, run_info, save_json
 from restoration import damaged_set
 from imaging import foreground_patches
 from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, bench_group, benchmark_batches, binary_metrics,
@@ -87,7 +89,7 @@ def get_args_parser():
                    help="what make demo runs: time only the rows the deployment goals compare (the checkpoint's "
                         "models, the spec-size classifier, the peer), torch-bf16 only where it measures faster "
                         "than fp32 on this CPU; the full table is the default")
-    return add_config_args(p)
+    return add_config_args(p, "export_deploy")
 
 
 def main(argv=None):
@@ -104,70 +106,106 @@ def run(args, cfg):
     if args.warmup < 0:
         raise MiramError(f"--warmup: must be >= 0, got {args.warmup}")
     torch.set_num_threads(args.threads)
-    out_dir = cfg.OUTPUT_PATH
-    mae_path = cfg.artifact("mae")
-    mae, mae_state = build_from_checkpoint(mae_path, "mae")
-    trained_on = [(mae_path, mae_state)]  # the accuracy figures below must come from subjects none learned from
-
-    def load_if_present(path, kind):
-        if not os.path.isfile(path):
-            return None
-        model, state = build_from_checkpoint(path, kind)
-        trained_on.append((path, state))
-        return model.eval()
-
-    clf_path = cfg.artifact("classifier")
-    clf = load_if_present(clf_path, "classifier")
-    if clf is None:
-        print(f"no {clf_path}: exporting the restoration model only (run classify.py for the classifier)")
-    inpainter = load_if_present(cfg.artifact("inpaint"), "inpaint")
-    mc = mae.cfg
-    cfg.IMG_SIZE = mc.img_size
-    print(describe(cfg))
-    def validation(size):
-        _, v = load_split(dataclasses.replace(cfg, IMG_SIZE=size), quiet=True, trained_on=trained_on)
-        return v.subset(range(min(args.max_images, len(v))))
-    val = validation(mc.img_size)
-    images = val.images.numpy()
-    # a classifier may read another size than the MAE it was fine-tuned from (CLS_IMG_SIZE)
-    clf_val = val if clf is None or clf.cfg.img_size == mc.img_size else validation(clf.cfg.img_size)
-    clf_images = clf_val.images.numpy()
-    L = (mc.img_size // mc.patch_size) ** 2
-    noise = mask_noise(len(images), L, cfg.EVAL_SEED).numpy()
-    example = torch.from_numpy(images[:2])
-    paths = export_all(out_dir, "", clf, mae.eval(), example, torch.from_numpy(noise[:2]), inpainter,
-                       clf_example=torch.from_numpy(clf_images[:2]))
+    m = load_models(cfg)
+    cfg = cfg.adopt(m.mae.cfg)
+    print(describe(cfg, script="export_deploy"))
+    val, clf_val = validation_sets(cfg, m, args.max_images)
+    images, clf_images = val.images.numpy(), clf_val.images.numpy()
+    noise = mask_noise(len(images), m.mae.cfg.num_patches, cfg.EVAL_SEED).numpy()
+    paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
+                       m.inpainter, clf_example=torch.from_numpy(clf_images[:2]))
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
+    parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)
+    accuracy = int8_costs(m, paths, images, noise, clf_images, clf_val.labels.numpy(), args.threads)
+    with tempfile.TemporaryDirectory(dir=cfg.OUTPUT_PATH) as tmp:
+        targets = latency_targets(args, m, paths, accuracy, images, clf_images, tmp)
+        results, peak, bf16 = time_targets(args, targets)
+    report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
+              "matmul_gflops": peak, "peer": PEER,
+              "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
+              "files": {k: v for k, v in paths.items()},
+              "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results",
+              "run": run_info()}
+    if not bf16:
+        report["skipped"] = {"torch-bf16": BF16_SKIPPED if not native_amp(torch.device("cpu")) else BF16_SLOWER}
+    path = cfg.artifact("deploy_benchmark")
+    save_json(path, report)
+    print_table(report)
+    print(f"wrote {path}")
+    return report
 
-    # parity on real validation images
+
+# ---- the steps -----------------------------------------------------------------------------------------
+
+@dataclass
+class Models:
+    mae: torch.nn.Module
+    mae_state: dict
+    clf: torch.nn.Module = None
+    inpainter: torch.nn.Module = None
+    trained_on: list = field(default_factory=list)  # (path, state): the figures must come from other subjects
+
+
+def load_models(cfg):
+    """The best MAE, and the classifier and inpainting model where their phases have run."""
+    mae_path = cfg.artifact("mae")
+    mae, mae_state = build_from_checkpoint(mae_path, "mae")
+    m = Models(mae.eval(), mae_state, trained_on=[(mae_path, mae_state)])
+    for attr, name, kind in (("clf", "classifier", "classifier"), ("inpainter", "inpaint", "inpaint")):
+        path = cfg.artifact(name)
+        if os.path.isfile(path):
+            model, state = build_from_checkpoint(path, kind)
+            setattr(m, attr, model.eval())
+            m.trained_on.append((path, state))
+    if m.clf is None:
+        print(f"no {cfg.artifact('classifier')}: exporting the restoration model only (run classify.py for the "
+              "classifier)")
+    return m
+
+
+def validation_sets(cfg, m, max_images):
+    """The validation slices at the MAE's size, and at the classifier's (it may read another: CLS_IMG_SIZE)."""
+    def validation(size):
+        _, v = load_split(dataclasses.replace(cfg, IMG_SIZE=size), quiet=True, trained_on=m.trained_on)
+        return v.subset(range(min(max_images, len(v))))
+    val = validation(m.mae.cfg.img_size)
+    same = m.clf is None or m.clf.cfg.img_size == m.mae.cfg.img_size
+    return val, val if same else validation(m.clf.cfg.img_size)
+
+
+@torch.no_grad()
+def parity_on(m, paths, images, noise, clf_images, seed, threads):
+    """PyTorch against ONNX Runtime fp32 on real validation images; fails past runtime.PARITY."""
     parity = {}
-    with torch.no_grad():
-        if clf is not None:
-            x = torch.from_numpy(clf_images)
-            ref = classifier_outputs(clf, x, *clf.foreground(x))
-            prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], args.threads)(clf_images)
-            parity["classifier"] = {"probability": compare(ref[0], prob), "evidence": compare(ref[1], maps["evidence"]),
-                                    "last_block": compare(ref[2], maps["last_block"])}
-        ref = graphs()[1](mae)(torch.from_numpy(images), torch.from_numpy(noise))
-        fine, coarse, mask = OnnxMAE(paths["mae"]["ort-fp32"], args.threads).run(images, noise)
-        parity["mae"] = {"fine": compare(ref[0], fine), "coarse": compare(ref[1], coarse),
-                         "mask_equal": bool(np.array_equal(ref[2].numpy(), mask))}
-        if inpainter is not None:
-            prefilled, weight, _ = damaged_set(images[:16], 1, cfg.EVAL_SEED)
-            ref = inpainter(torch.from_numpy(prefilled), torch.from_numpy(weight))
-            got = OnnxInpainter(paths["inpaint"]["ort-fp32"], args.threads)(prefilled, weight)
-            parity["inpaint"] = {"restored": compare(ref, got)}
+    if m.clf is not None:
+        x = torch.from_numpy(clf_images)
+        ref = classifier_outputs(m.clf, x, *m.clf.foreground(x))
+        prob, maps = OnnxClassifier(paths["classifier"]["ort-fp32"], threads)(clf_images)
+        parity["classifier"] = {"probability": compare(ref[0], prob), "evidence": compare(ref[1], maps["evidence"]),
+                                "last_block": compare(ref[2], maps["last_block"])}
+    ref = graphs()[1](m.mae)(torch.from_numpy(images), torch.from_numpy(noise))
+    fine, coarse, mask = OnnxMAE(paths["mae"]["ort-fp32"], threads).run(images, noise)
+    parity["mae"] = {"fine": compare(ref[0], fine), "coarse": compare(ref[1], coarse),
+                     "mask_equal": bool(np.array_equal(ref[2].numpy(), mask))}
+    if m.inpainter is not None:
+        prefilled, weight, _ = damaged_set(images[:16], 1, seed)
+        ref = m.inpainter(torch.from_numpy(prefilled), torch.from_numpy(weight))
+        got = OnnxInpainter(paths["inpaint"]["ort-fp32"], threads)(prefilled, weight)
+        parity["inpaint"] = {"restored": compare(ref, got)}
     for group in parity.values():
         check_parity(group)
     print("parity PyTorch vs ONNX Runtime fp32 on", len(images), "validation images: " + "; ".join(
-        f"{m}/{k} max-abs {v['max_abs']:.1e} cos {v['cosine']:.6f}" for m, g in parity.items()
+        f"{name}/{k} max-abs {v['max_abs']:.1e} cos {v['cosine']:.6f}" for name, g in parity.items()
         for k, v in g.items() if isinstance(v, dict)) + f" (limits {PARITY})")
+    return parity
 
-    # accuracy of the int8 variants; drop those that cost too much
+
+def int8_costs(m, paths, images, noise, clf_images, clf_labels, threads):
+    """What each int8 variant costs on the validation split; a variant past its limit is deleted."""
     accuracy = {}
-    if clf is not None:
-        acc = classifier_accuracy(paths["classifier"], clf_images, clf_val.labels.numpy(), args.threads)
+    if m.clf is not None:
+        acc = classifier_accuracy(paths["classifier"], clf_images, clf_labels, threads)
         drop = acc["ort-fp32"]["auroc"] - acc["ort-int8"]["auroc"]
         change = np.abs(acc["ort-fp32"]["probs"] - acc["ort-int8"]["probs"])
         keep = not (drop > INT8_MAX_AUROC_DROP or change.mean() > INT8_MAX_MEAN_PROB_CHANGE)
@@ -175,7 +213,7 @@ def run(args, cfg):
                                   "auroc_drop": drop, "mean_abs_prob_diff": float(change.mean()),
                                   "max_abs_prob_diff": float(change.max()), "int8_kept": keep,
                                   "limit": INT8_MAX_AUROC_DROP, "limit_mean_prob_diff": INT8_MAX_MEAN_PROB_CHANGE}
-    ps = mae_psnr(paths["mae"], images, noise, mc.patch_size, args.threads)
+    ps = mae_psnr(paths["mae"], images, noise, m.mae.cfg.patch_size, threads)
     accuracy["mae"] = {"masked_psnr_fp32": ps["ort-fp32"], "masked_psnr_int8": ps["ort-int8"],
                        "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
                        "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
@@ -184,31 +222,40 @@ def run(args, cfg):
         if not a["int8_kept"]:
             os.remove(paths[kind].pop("ort-int8"))
         print(f"int8 {kind}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))
+    return accuracy
 
-    # latency: the checkpoint's models and, beside them, the spec-size models (untrained weights) and the peer
-    # (kind, size, torch model, onnx paths, images, foreground threshold)
+
+def latency_targets(args, m, paths, accuracy, images, clf_images, tmp):
+    """What is timed: the checkpoint's models and, beside them, the spec-size models (untrained weights) and
+    the peer, each (kind, size, torch model, onnx paths, images, foreground threshold)."""
     targets = [(kind, "checkpoint", model, paths.get(kind), x, None)
-               for kind, model, x in (("classifier", clf, clf_images), ("mae", mae, images)) if model is not None]
-    tmp = tempfile.TemporaryDirectory(dir=out_dir)
+               for kind, model, x in (("classifier", m.clf, clf_images), ("mae", m.mae, images)) if model is not None]
     spec = ModelConfig()
     spec_images = torch.nn.functional.interpolate(torch.from_numpy(images), size=spec.img_size, mode="bilinear")
     if not args.skip_spec:
         s_clf, s_mae = spec_models()
-        s_paths = export_all(tmp.name, "spec_", s_clf, None if args.short else s_mae, spec_images[:2],
+        s_paths = export_all(tmp, "spec_", s_clf, None if args.short else s_mae, spec_images[:2],
                              torch.rand(2, spec.num_patches))
         for kind in ("classifier", "mae"):  # the same rule as the checkpoint's: only kept variants
             if kind in accuracy and not accuracy[kind]["int8_kept"]:
                 s_paths[kind].pop("ort-int8")
-        # the same spec-size classifier made to encode every patch: what the foreground selection saves
-        s_all = TumorClassifier(dataclasses.replace(spec, foreground_threshold=-1.0)).eval()
-        s_all.load_state_dict(s_clf.state_dict())
         targets.append(("classifier", "spec", s_clf, s_paths["classifier"], spec_images.numpy(), None))
         if not args.short:
+            # the same spec-size classifier made to encode every patch: what the foreground selection saves
+            s_all = TumorClassifier(dataclasses.replace(spec, foreground_threshold=-1.0)).eval()
+            s_all.load_state_dict(s_clf.state_dict())
             targets += [("mae", "spec", s_mae, s_paths["mae"], spec_images.numpy(), None),
                         ("classifier", "spec-all-patches", s_all, s_paths["classifier"], spec_images.numpy(), -1.0)]
     if not args.skip_peer:
         peer = peer_model(spec)
-        targets.append(("peer", "spec", peer, export_peer(tmp.name, peer, spec_images[:2]), spec_images.numpy(), None))
+        targets.append(("peer", "spec", peer, export_peer(tmp, peer, spec_images[:2]), spec_images.numpy(), None))
+    return targets
+
+
+def time_targets(args, targets):
+    """Every target in PyTorch and ONNX Runtime at batch 1 and 16. -> (rows, the fp32 matrix-multiply rate each
+    row's share is of, whether torch-bf16 was timed)."""
+    spec = ModelConfig()
     # the full table times torch-bf16 wherever the CPU has it natively; the short one only where it is faster
     bf16 = native_amp(torch.device("cpu")) and (not args.short or resolve_amp(torch.device("cpu"), True, print, spec.embed_dim))
     peak = matmul_gflops(args.threads)
@@ -232,28 +279,19 @@ def run(args, cfg):
                 results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch,
                                 "patches_per_image": patches, "gflop_per_image": gflop,
                                 "share_of_matmul_peak": gflop * r["images_per_s"] / peak, **r})
-    tmp.cleanup()
-    report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": mae_state.get("epoch"),
-              "matmul_gflops": peak, "peer": PEER,
-              "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
-              "files": {k: v for k, v in paths.items()},
-              "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results",
-              "run": run_info()}
-    if not bf16:
-        report["skipped"] = {"torch-bf16": BF16_SKIPPED if not native_amp(torch.device("cpu")) else BF16_SLOWER}
-    path = cfg.artifact("deploy_benchmark")
-    save_json(path, report)
-    print(f"\nlatency, {args.threads} threads (ms; images/s from the median)")
+    return results, peak, bf16
+
+
+def print_table(report):
+    print(f"\nlatency, {report['threads']} threads (ms; images/s from the median)")
     print(f"{'model':10s} {'size':16s} {'patches':>7s} {'backend':11s} {'batch':>5s} {'p50':>8s} {'p90':>8s} "
           f"{'p99':>8s} {'img/s':>8s} {'GFLOP':>6s} {'peak':>5s}")
-    for r in results:
+    for r in report["results"]:
         print(f"{r['model']:10s} {r['size']:16s} {r['patches_per_image']:7.1f} {r['backend']:11s} {r['batch']:5d} "
               f"{r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['images_per_s']:8.1f} "
               f"{r['gflop_per_image']:6.2f} {r['share_of_matmul_peak']:5.0%}")
     if "skipped" in report:
         print(f"torch-bf16 not timed: {report['skipped']['torch-bf16']}")
-    print(f"wrote {path}")
-    return report
 
 
 if __name__ == "__main__":

@@ -4,13 +4,19 @@ import json
 import os
 import statistics
 import time
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from config import MiramError, cpu_name, save_json
+from config import MiramError
+from records import cpu_name, save_json
+
+
+# ---- device and precision ----------------------------------------------------------------------------
+
 
 
 # ---- device and precision ----------------------------------------------------------------------------
@@ -25,8 +31,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def native_amp(device: torch.device) -> bool:
     """Whether autocast runs on native low-precision hardware here: a CUDA GPU, or a CPU with AVX-512 BF16
-    or AMX. Other CPUs emulate bf16 matmuls: a demo-size training step measured 16-17x slower than fp32 on
-    an AVX2 CPU (AMD Zen 3; bench/amp_step.py)."""
+    or AMX. Other CPUs emulate bf16 matmuls, many times slower than fp32 (bench/amp_step.py measures it)."""
     if device.type != "cpu":
         return True
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
@@ -70,9 +75,7 @@ _kept = None  # keep_freed_memory's answer, once asked
 def keep_freed_memory() -> bool:
     """Has glibc's malloc keep the memory a training step frees for the next step, instead of handing it
     back to the system and faulting fresh zeroed pages in again: blocks up to 32 MB (the largest glibc
-    allows) come from the heap, which is never trimmed. On an Intel Xeon with AMX (bench/allocator.py, two
-    runs): spec-size steps 1.04-1.07x faster in fp32 and 1.12-1.13x in bf16, demo-size 1.06-1.07x, the peak
-    memory within 1%.
+    allows) come from the heap, which is never trimmed (bench/allocator.py measures what it is worth).
     -> whether it applied (glibc only)."""
     global _kept
     if _kept is None:
@@ -105,8 +108,8 @@ def onednn_linear(x, w, b):
 
 
 class _OneDNNLinearFn(torch.autograd.Function):
-    """y = x W^T + b with every product on oneDNN's fp32 GEMM, which runs about 2x faster than torch's
-    default fp32 matmul on the AMD Zen 5 CPU we measured (bench/train_throughput.py). The backward is written out because the
+    """y = x W^T + b with every product on oneDNN's fp32 GEMM, which on some CPUs runs much faster than torch's
+    default fp32 matmul and on others slower (choose_kernels times it). The backward is written out because the
     op has no autograd formula of its own."""
 
     @staticmethod
@@ -159,8 +162,8 @@ def use_fast_linear(model: nn.Module, enabled: bool = True) -> nn.Module:
 def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
     """timm's fused SDPA kernel, or its plain q@k -> softmax -> @v path.
 
-    Under bf16 autocast on CPU the plain path trains ~1.4x faster (SDPA's CPU flash backward is slow in
-    bf16 at these sequence lengths); in fp32 and on GPU the fused kernel wins. See bench/train_throughput.py.
+    Under bf16 autocast on CPU the plain path trains faster (SDPA's CPU flash backward is slow in bf16 at these
+    sequence lengths); in fp32 and on GPU the fused kernel wins (bench/train_throughput.py).
     """
     for m in model.modules():
         if hasattr(m, "fused_attn"):
@@ -177,7 +180,7 @@ KERNEL_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expandus
 def _paired_speedup(default, candidate, rounds=7):
     """Median over rounds of default's time over candidate's, each round timing both back to back after one
     untimed call of each: a transient stall (another process, a page fault) moves one round, not the
-    verdict. A best-of-rounds ratio once locked in a 3.1x 'speed-up' measured under load."""
+    verdict, where a best-of-rounds ratio can lock in a 'speed-up' that was only load."""
     default(), candidate()
     ratios = []
     for _ in range(rounds):
@@ -200,8 +203,7 @@ def _time_linear(dim, tokens):
 
 def boot_id() -> str:
     """This boot of the machine ("" where the system does not say). A virtual machine with the same CPU model
-    name can come back on other hardware: on one Intel Xeon model name, oneDNN's fp32 linear measured 1.70x
-    F.linear on one boot and 0.92-0.94x on a later one, so a kernel choice holds for one boot, not forever."""
+    name can come back on other hardware, so a kernel choice holds for one boot, not forever."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -245,23 +247,78 @@ def _time_bf16_block(dim):
 
 
 def bf16_is_faster(dim: int):
-    """Whether bf16 autocast trains faster than fp32 on this CPU: AVX-512 BF16 without AMX measured 1.38x
-    slower per demo training step on an Intel Xeon (bench/amp_step.py), so having bf16 is not enough."""
+    """Whether bf16 autocast trains faster than fp32 on this CPU: having bf16 is not enough, on some CPUs with
+    AVX-512 BF16 but without AMX a training step is slower in it. -> (faster by MEASURED_MARGIN, speed-up)."""
     return _measured(f"bf16 block {dim}", lambda: _time_bf16_block(dim))
 
 
-def onednn_is_faster(dim: int, tokens: int = 1024) -> bool:
+def onednn_speedup(dim: int, tokens: int = 1024):
     """Whether oneDNN's fp32 GEMM beats F.linear on this CPU for a training step's linear layers (forward and
-    backward of a (tokens, dim) x (dim, 4 dim) product, the MLP's), measured rather than assumed: about 2x
-    faster on AMD Zen 5, about 15% slower on AMD Zen 3, a tie on an Intel Xeon with AVX-512 (see _measured)."""
-    if not ONEDNN_LINEAR:
-        return False
-    return _measured(f"onednn linear {dim}", lambda: _time_linear(dim, tokens))[0]
+    backward of a (tokens, dim) x (dim, 4 dim) product, the MLP's), measured rather than assumed: which is
+    faster differs between CPUs. -> (faster by MEASURED_MARGIN, speed-up)."""
+    return _measured(f"onednn linear {dim}", lambda: _time_linear(dim, tokens))
 
 
-def tune_for(model: nn.Module, device: torch.device, amp: bool) -> nn.Module:
-    """The fastest kernels for training on `device`, measured where they differ by CPU; the maths and the
-    weights are unchanged."""
+@dataclass
+class Kernels:
+    """What a run computes with, and the measurement or setting that chose each: printed at start and stored
+    in the run's JSON ("kernels")."""
+    device: str
+    precision: str   # "bf16" (autocast) or "fp32"
+    matmul: str      # the linear layers' fp32 kernel: "onednn" or "default" (F.linear, PyTorch's BLAS)
+    attention: str   # "fused" (SDPA) or "plain" (q @ k -> softmax -> @ v)
+    why: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (f"kernels: {self.device}, {self.precision}, matmul {self.matmul}, attention {self.attention} ("
+                + "; ".join(f"{k}: {v}" for k, v in self.why.items()) + ")")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def choose_precision(device: torch.device, amp: bool, width: int, say=print):
+    """-> (bf16 autocast or not, why): resolve_amp's answer with the reason or measurement behind it."""
+    if not amp:
+        why = "AMP off"
+    elif device.type != "cpu":
+        why = "autocast on the GPU"
+    elif not native_amp(device):
+        why = "no native bf16 on this CPU (AVX-512 BF16 or AMX): emulated bf16 is many times slower"
+    else:
+        why = f"a bf16 block measured {bf16_is_faster(width)[1]:.2f}x fp32 (needs {MEASURED_MARGIN}x)"
+    return resolve_amp(device, amp, say, width), why
+
+
+def choose_kernels(device: torch.device, amp: bool, width: int, matmul: str = "auto", say=print) -> Kernels:
+    """The precision and kernels a run at this model width uses: bf16 only where native and measured faster
+    (resolve_amp); oneDNN's fp32 linear where MATMUL asks for it or, with "auto", where it measured
+    MEASURED_MARGIN faster than F.linear on this CPU; the plain attention path under bf16 autocast on a CPU
+    (SDPA's CPU backward is slow in bf16), fused SDPA elsewhere."""
     cpu = device.type == "cpu"
-    use_fast_linear(model, cpu and not amp and onednn_is_faster(model.cfg.embed_dim))
-    return use_fused_attention(model, not (cpu and amp))
+    amp, why = choose_precision(device, amp, width, say)
+    why = {"precision": why}
+    if not cpu or amp:
+        kind, why["matmul"] = "default", "not an fp32 CPU run"
+    elif matmul != "auto":
+        kind, why["matmul"] = matmul, f"MATMUL={matmul}"
+        if matmul == "onednn" and not ONEDNN_LINEAR:
+            raise MiramError("MATMUL=onednn asked for, but this PyTorch build has no oneDNN linear")
+    elif not ONEDNN_LINEAR:
+        kind, why["matmul"] = "default", "this PyTorch build has no oneDNN linear"
+    else:
+        faster, speedup = onednn_speedup(width)
+        kind = "onednn" if faster else "default"
+        why["matmul"] = f"oneDNN measured {speedup:.2f}x F.linear (needs {MEASURED_MARGIN}x)"
+    return Kernels(str(device), "bf16" if amp else "fp32", kind, "plain" if cpu and amp else "fused", why)
+
+
+def apply_kernels(model: nn.Module, kernels: Kernels) -> nn.Module:
+    """Switches a model's linear layers and attention to the chosen kernels; the maths and weights stay."""
+    use_fast_linear(model, kernels.matmul == "onednn")
+    return use_fused_attention(model, kernels.attention == "fused")
+
+
+def tune_for(model: nn.Module, device: torch.device, amp: bool, matmul: str = "auto") -> nn.Module:
+    """apply_kernels with the kernels chosen for this model on `device` (for benchmarks and tests)."""
+    return apply_kernels(model, choose_kernels(device, amp, model.cfg.embed_dim, matmul, say=lambda *a: None))

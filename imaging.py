@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from config import MAX_PIXELS, MiramError, temp_beside
+from config import MAX_PIXELS, MiramError
+from records import temp_beside
+
 
 
 class DataError(MiramError):
@@ -61,7 +63,7 @@ def list_images(folder, kinds=tuple(FORMATS)):
 
 def volume_slice(vol, index, axis):
     """vol's slice `index` along `axis`, as a view. np.take would first copy the whole volume whenever it is
-    not C-ordered, as NIfTI data usually is (measured: 25 ms a slice of the MNI template, 2 us this way)."""
+    not C-ordered, as NIfTI data usually is."""
     return vol[(slice(None),) * axis + (index,)]
 
 

@@ -19,8 +19,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxscript import opset18 as op
 from torch.utils.flop_counter import FlopCounterMode
 
-from config import ARTIFACTS, MiramError, ModelConfig, load_config
-from dataset import load_split
+from config import ARTIFACTS, MiramError, ModelConfig
 from hardware import ONEDNN_LINEAR, autocast, native_amp, onednn_linear, use_fused_attention
 from models import MIRAM, TumorClassifier, evidence_map, last_block_map, padding_bias, unpatchify
 from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
@@ -130,17 +129,6 @@ def spec_models():
     return TumorClassifier(spec).eval(), MIRAM(spec).eval()
 
 
-def spec_bench_setup(threads):
-    """What the benches under bench/ start from: torch at `threads` threads, the untrained spec-size
-    classifier, and the demo (or configured) training and validation slices at its image size."""
-    torch.set_num_threads(threads)
-    clf, _ = spec_models()
-    cfg = load_config()
-    cfg.IMG_SIZE = clf.cfg.img_size
-    train, val = load_split(cfg, quiet=True)
-    return clf, train, val
-
-
 def export_onnx(module, example, names, outputs, path, model_config, kind, raw_path=None, token_inputs=(),
                 fused=True):
     """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
@@ -186,13 +174,12 @@ def export_onnx(module, example, names, outputs, path, model_config, kind, raw_p
 
 
 def quantize_int8(src, dst):
-    """ONNX Runtime dynamic int8: per-channel QInt8 weights (QUInt8 measured slower on this CPU kind),
+    """ONNX Runtime dynamic int8: per-channel QInt8 weights (QUInt8 ran slower),
     activations quantized at run time, after ORT's recommended shape-inference pre-processing.
 
     Weights use 7 bits (reduce_range): CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply u8
-    activations by s8 weights with VPMADDUBSW, whose pairwise int16 sums saturate with full-range weights.
-    Measured on an AVX2 CPU (AMD Zen 3), demo classifier: 8-bit weights changed probabilities by 0.12 on
-    average (at most 0.30) and masked PSNR by -0.34 dB; 7-bit by 0.004 (0.022) and -0.03 dB, no slower."""
+    activations by s8 weights with VPMADDUBSW, whose pairwise int16 sums saturate with full-range weights
+    (docs/METHODS.md has what 8-bit weights cost there)."""
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
         prepared = os.path.join(tmp, "prep.onnx")
         quant_pre_process(src, prepared, skip_symbolic_shape=True)
@@ -274,8 +261,8 @@ def gflop_per_image(kind, model, inputs):
 
 def matmul_gflops(threads, size=2048, reps=5, dtype=torch.float32):
     """The matrix-multiply rate of this machine at `threads` threads, the yardstick every row's share is
-    measured against: in fp32 the faster of torch's default matmul and oneDNN's (on an AMD Zen 5 the default
-    ran at half oneDNN's rate), best of reps; dtype=torch.bfloat16: torch's bf16 matmul (oneDNN's on a CPU)."""
+    measured against: in fp32 the faster of torch's default matmul and oneDNN's (which is faster differs by
+    CPU), best of reps; dtype=torch.bfloat16: torch's bf16 matmul (oneDNN's on a CPU)."""
     torch.set_num_threads(threads)
     a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
     fp32 = dtype == torch.float32

@@ -39,9 +39,8 @@ def onnx_session(path, threads=None, device="cpu"):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
-    # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next
-    # (measured: PyTorch timed right after an ORT call ran ~2x slower with spinning on; in export_deploy.py's
-    # benchmark, where many sessions share a process, the ORT rows too: the spec int8 classifier 11.5 -> 17.5 ms).
+    # No busy-waiting between calls: spinning threads would steal the cores from whatever runs next (PyTorch,
+    # or the other sessions of a process holding several models; docs/METHODS.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [p for p in PROVIDERS[device] if p in ort.get_available_providers()]
     try:
@@ -119,46 +118,16 @@ class OnnxInpainter(OnnxModel):
 
 # ---- what the outputs mean ---------------------------------------------------------------------------
 
+# The classifier's own map (the patches' weights in its pooled logit): the default in the figures, --predict and
+# the exported graph; the others are read from attention.
+DEFAULT_HEATMAP = "evidence"
+
+
 def upsample_heatmaps(maps, size):
     """(B, g, g) maps -> (B, size, size), bilinear, non-negative, each summing to 1."""
     out = np.stack([resize(np.asarray(m, np.float64), (size, size), order=1, mode="edge", anti_aliasing=False)
                     for m in maps]).clip(min=0)
     return out / np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
-
-
-def translate(images, dy, dx):
-    """(..., H, W) moved dy pixels down and dx right (negative: up, left); the uncovered border is zero."""
-    images = np.asarray(images)
-    H, W = images.shape[-2:]
-    out = np.zeros_like(images)
-    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
-        images[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
-    return out
-
-
-def half_patch_views(patch):
-    """Offsets (dy, dx) in pixels of shift_averaged's views: the image as it is and moved half a patch down,
-    right and both. A lesion on a patch corner is split over four patches in one view and whole inside one
-    patch in another."""
-    h = patch // 2
-    return [(0, 0), (h, 0), (0, h), (h, h)]
-
-
-def shift_averaged(run, images, patch):
-    """run(images (B,1,S,S)) -> (probabilities (B,), {name: (B,S,S) pixel heatmaps}); -> the same over
-    half_patch_views, averaged: the probabilities, and each view's heatmap moved back onto the input (so the
-    map has half-patch resolution), renormalised to sum 1."""
-    probs, maps = [], {}
-    for dy, dx in half_patch_views(patch):
-        p, views = run(translate(images, dy, dx))
-        probs.append(np.asarray(p, np.float64))
-        for name, heat in views.items():
-            maps.setdefault(name, []).append(translate(np.asarray(heat, np.float64), -dy, -dx))
-    out = {}
-    for name, views in maps.items():
-        heat = np.mean(views, axis=0)
-        out[name] = heat / np.maximum(heat.sum(axis=(-2, -1), keepdims=True), 1e-12)
-    return np.mean(probs, axis=0).astype(np.float32), out
 
 
 def localization(heat, tumor):
@@ -214,8 +183,8 @@ def percentiles(times, batch):
 def bench_group(runners, batch, iters, warmup, block=5):
     """Times each runner on the same inputs, in turns of `block` back-to-back calls so machine drift hits
     all alike. Each turn starts with one untimed call: PyTorch's OpenMP workers busy-wait a while after
-    its calls, and a call right after them shared the cores (measured: ORT fp32 right after PyTorch
-    ~1-2 ms slower of ~15). Timed calls are then steady back-to-back calls of one backend, as served."""
+    its calls, and a call right after them would share the cores. Timed calls are then steady back-to-back
+    calls of one backend, as served."""
     for _ in range(warmup):
         for run in runners.values():
             run()

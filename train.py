@@ -12,6 +12,7 @@ Data-parallel: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, Gloo on
 process; the learning rate scales with the global batch. Rank 0 alone writes logs, checkpoints and plots.
 """
 import argparse
+import dataclasses
 import math
 import os
 import time
@@ -20,13 +21,14 @@ import matplotlib
 import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
-from config import add_config_args, describe, load_config, run_cli, run_info, save_json
-from dataset import (anatomy_variants, load_split, load_transfer, local_images, resolve_data_path, split_record,
-                     variant_index)
+from config import add_config_args, describe, load_config
+from augment import anatomy_variants, local_images, variant_index
+from dataset import load_split, load_transfer, resolve_data_path, split_record
 from engine import Distributed, Task, fit
-from hardware import autocast, resolve_amp, tune_for
+from hardware import apply_kernels, autocast, choose_kernels
 from losses import ssim
 from models import MIRAM, InpaintingMIRAM, mask_noise
+from records import run_cli, run_info, save_json
 from restoration import damaged_set
 
 matplotlib.use("Agg")
@@ -43,7 +45,7 @@ def get_args_parser():
     parser.add_argument("--stop-after", type=int, default=None, metavar="E",
                         help="stop after E epochs of this invocation (the schedule still spans all epochs); "
                              "run again to continue")
-    return add_config_args(parser)
+    return add_config_args(parser, "train")
 
 
 # ---- pre-training ------------------------------------------------------------------------------------
@@ -117,8 +119,9 @@ def plot_losses(history, path, lambda_coarse):
 
 def pretrain(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
-    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say, cfg.EMBED_DIM)
-    dist.say(describe(cfg, dist.world))
+    kernels = choose_kernels(device, cfg.AMP, cfg.EMBED_DIM, cfg.MATMUL, dist.say)
+    cfg = dataclasses.replace(cfg, AMP=kernels.precision == "bf16")
+    dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
     if dist.main:
         resolve_data_path(cfg)  # builds the demo set once, before the other processes read it
@@ -127,11 +130,12 @@ def pretrain(args, cfg, dist):
     dist.say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
              f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
              f"{dist.world} process(es)")
-    model = tune_for(MIRAM(cfg.model_config()).to(device), device, cfg.AMP)
+    model = apply_kernels(MIRAM(cfg.model_config()).to(device), kernels)
     mc = model.cfg
     dist.say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
              f"{mc.num_patches} patches, {mc.num_visible} visible")
     task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
+    task.kernels = kernels.to_dict()
     if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
         task.train_images = task.train_images.pin_memory()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
@@ -219,9 +223,9 @@ def finetune_inpainting(args, cfg, dist):
     mae_state = load_checkpoint(mae_path, kind="mae")
     model_cfg = model_config_from(mae_state, mae_path)
     check_weights_fit(mae_state, "mae", model_cfg, mae_path)
-    cfg.AMP = resolve_amp(device, cfg.AMP, dist.say, model_cfg.embed_dim)
-    cfg.IMG_SIZE = model_cfg.img_size
-    dist.say(describe(cfg, dist.world))
+    kernels = choose_kernels(device, cfg.AMP, model_cfg.embed_dim, cfg.MATMUL, dist.say)
+    cfg = cfg.adopt(model_cfg, AMP=kernels.precision == "bf16")
+    dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=[(mae_path, mae_state)])
     t0 = time.time()
@@ -231,13 +235,15 @@ def finetune_inpainting(args, cfg, dist):
              f"validation, biharmonic pre-fill in {time.time() - t0:.0f}s")
     model = InpaintingMIRAM(model_cfg)
     model.mae.load_state_dict(mae_state["model"])
-    model = tune_for(model.to(device), device, cfg.AMP)
+    model = apply_kernels(model.to(device), kernels)
     task = InpaintingFinetune(cfg, train_data, val_data, device, split_record(cfg, train_set, mae_state))
+    task.kernels = kernels.to_dict()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     written = [task.best, task.checkpoint, task.log]
     if dist.main:
         best, best_state = build_from_checkpoint(task.best, "inpaint", map_location=device)
-        metrics = {"validation": hole_scores(best.to(device), val_data, device, cfg.AMP), "run": run_info()}
+        metrics = {"validation": hole_scores(best.to(device), val_data, device, cfg.AMP),
+                   "run": {**run_info(), "kernels": task.kernels}}
         transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
         if transfer is not None:
             damaged = tuple(map(torch.from_numpy, damaged_set(transfer.images.numpy(), 2, cfg.EVAL_SEED)))

@@ -22,9 +22,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ModelConfig, load_config, run_info, save_json  # noqa: E402
+from config import ModelConfig, load_config  # noqa: E402
 from hardware import keep_freed_memory, resolve_amp, tune_for  # noqa: E402
 from models import MIRAM  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 from train_throughput import make_step  # noqa: E402  (bench/ is this script's folder)
 
 POLICIES = ("system", "kept")

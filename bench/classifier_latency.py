@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnx_export as ox  # noqa: E402
 import runtime  # noqa: E402
-from dataset import foreground_patches  # noqa: E402
+from common import spec_bench_setup  # noqa: E402
+from imaging import foreground_patches  # noqa: E402
 
 
 def main(argv=None):
@@ -28,7 +29,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=50, help="timed calls per backend and round (50: every demo validation slice)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    clf, _, val = ox.spec_bench_setup(args.threads)
+    clf, _, val = spec_bench_setup(args.threads)
     spec = clf.cfg
     images = val.images.numpy()
     grid = spec.img_size // spec.patch_size

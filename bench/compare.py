@@ -22,7 +22,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from config import add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
+from config import add_config_args, load_config, settings_flags  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 
 VARIANT_FLAGS = {"finetune": [], "linear_probe": ["--linear-probe"], "from_scratch": ["--from-scratch"]}
 FIGURES = (("auroc", "AUROC", 3), ("pointing_game", "pointing game", 2), ("median_mass", "median mass / share", 1))
@@ -35,7 +36,7 @@ def get_args_parser():
                    help="shares of the labelled training subjects (CLS_LABEL_FRACTION)")
     p.add_argument("--variants", nargs="+", choices=tuple(VARIANT_FLAGS), default=list(VARIANT_FLAGS))
     p.add_argument("--checkpoint", default=None, help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth)")
-    return add_config_args(p)
+    return add_config_args(p, "classify")
 
 
 def run_dir(cfg, variant, fraction, seed):
@@ -79,7 +80,7 @@ def settings_tag(cfg):
 
 
 def view_figures(view, heatmap):
-    """FIGURES of one view in a classification_metrics.json (its top level, or its "other_views")."""
+    """FIGURES of one set in a classification_metrics.json (its top level, or its "transfer")."""
     loc = view["localization"][heatmap]
     return {"auroc": view["auroc"], "pointing_game": loc["pointing_game"],
             "median_mass": loc["mass_inside_over_share_median"]}

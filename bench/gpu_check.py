@@ -276,7 +276,7 @@ def main(argv=None):
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print(f"\n{name}, {time.time() - start:.0f}s\n" + format_table(rows))
     if args.json:
-        from config import save_json
+        from records import save_json
         save_json(args.json, {"gpu": name, "count": torch.cuda.device_count(), "dtype": dtype_name, "rows": rows,
                               "seconds": time.time() - start})
     return 1 if any(r["status"] == "FAIL" for r in rows) else 0

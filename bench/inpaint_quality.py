@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
-from config import load_config, run_info, save_json  # noqa: E402
+from config import load_config  # noqa: E402
 from dataset import discover, load_split, load_transfer, read_source, resolve_data_path  # noqa: E402
 from imaging import normalize_intensity  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 from restoration import DAMAGE_SIZES, Restorer, classical_fill, synthetic_damage  # noqa: E402
 
 def main(argv=None):
@@ -63,7 +64,7 @@ def main(argv=None):
     else:
         print(f"no {fill_path} (train.py --inpaint): MIRAM with the MAE's own prediction only")
     restorers["miram_mae"] = Restorer(predict, mc.img_size, mc.patch_size, mc.mask_ratio)
-    cfg.IMG_SIZE = mc.img_size
+    cfg = cfg.adopt(mc)
     _, val = load_split(cfg, quiet=True, trained_on=trained_on)
     sets = {"validation": val}
     transfer, root = load_transfer(cfg, mc.img_size, quiet=True, trained_on=trained_on)

@@ -12,8 +12,7 @@ set's slabs, split and lesion sites; only the painter's ranges change. Each cell
 kept once finished (the benchmark resumes; <settings> hashes the classifier settings it ran with). Beside
 each cell, a classical peer on the same validation slices: a blob detector (Laplacian of Gaussian); with --cnn-peer SIZE, a second one: a small convolutional network trained
 from scratch with every pixel's label (the masks) at SIZE pixels, which tells whether these few labels teach
-any learner the lesions at that resolution. The last column reads each checkpoint the other way classify.py
-reports (half-patch shifts averaged, or a single pass). Where a transfer set is configured (TRANSFER_PATH; the
+any learner the lesions at that resolution. Where a transfer set is configured (TRANSFER_PATH; the
 demo preset's real heads carry the subtle family at radius 3-7 and 70-85%), each checkpoint is also scored there,
 never trained there: what a classifier taught on the template's lesions finds on other brains. Writes
 OUTPUT_PATH/lesion_limit.json and lesion_limit.md.
@@ -25,7 +24,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from compare import FIGURES, classify_once, figures_of, mean_sd, settings_tag, view_figures  # noqa: E402  (bench/ is this script's folder)
-from config import add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
+from config import add_config_args, load_config, settings_flags  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 
 
 def span(text):
@@ -51,7 +51,7 @@ def get_args_parser():
                    help="also train the convolutional peer at SIZE pixels (0: not; ~6 s an epoch at 128, ~20 at 224 "
                         "on a 2-core CPU)")
     p.add_argument("--cnn-epochs", type=int, default=30, help="the convolutional peer's epochs")
-    return add_config_args(p)
+    return add_config_args(p, "classify")
 
 
 def cell_name(radius, darkness):
@@ -60,7 +60,7 @@ def cell_name(radius, darkness):
 
 def lesion_set(cfg, radius, darkness):
     """The demo slabs with subtle lesions of these ranges (built once) -> its Brain_MRI folder."""
-    from dataset import build_demo_data
+    from makedata import build_demo_data
     root = os.path.join(cfg.OUTPUT_PATH, "lesion_limit", "data", cell_name(radius, darkness), "Brain_MRI")
     if not os.path.isdir(os.path.join(root, "HR")):
         build_demo_data(root, lesions="subtle", painter_args={"radius": radius, "darkness": darkness})
@@ -112,7 +112,8 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
     import torch.nn.functional as F
     from sklearn.metrics import roc_auc_score
 
-    from dataset import apply_augment, augment_params, load_split
+    from augment import apply_augment, augment_params
+    from dataset import load_split
     from models import ConvEvidence, pool_evidence
     train, val = load_split(dataclasses.replace(cfg, DATASET_PATH=data, IMG_SIZE=size), quiet=True)
     train, val = train.labelled(), val.labelled()
@@ -148,30 +149,6 @@ def cnn_peer(cfg, data, size, epochs, seed=0):
         return {"size": size, "epochs": epochs, "train_auroc": auroc(train), "val_auroc": auroc(val)}
 
 
-def other_view_figures(m):
-    """The figures of the view classification_metrics.json keeps under "other_views" (a single pass where
-    CLS_SHIFT_AVERAGE averages half-patch shifts, and the other way round): the same checkpoint, read
-    another way. On lesions a few pixels wide the map's peak moves with the patch grid."""
-    other = m["other_views"]
-    return {"other_view": other["views"],
-            **{"other_" + key: value for key, value in view_figures(other, m["default_heatmap"]).items()}}
-
-
-OTHER_FIGURES = tuple(("other_" + key, digits) for key, _, digits in FIGURES)
-# CLS_PSEUDO_LABELS: how good the teacher was, and its labels where the masks tell
-SELF_TRAINING_FIGURES = (("teacher_auroc", 3), ("student_auroc", 3), ("pseudo_labels_right", 2))
-
-
-def self_training_figures(m):
-    st = m.get("self_training")
-    if not st:
-        return {}
-    student = st.get("student", {}).get("auroc")
-    return {"teacher_auroc": st["teacher"]["auroc"], "student_auroc": float("nan") if student is None else student,
-            "pseudo_labels_right": st.get("correct", float("nan")),
-            "pseudo_labelled": st["n_labelled"], "student_kept": st.get("kept", "student") == "student"}
-
-
 TRANSFER_FIGURES = (("transfer_auroc", 3), ("transfer_pointing_game", 2))
 
 
@@ -186,32 +163,21 @@ def transfer_figures(m):
 
 def markdown(rows):
     cnn = any("cnn_peer" in r for r in rows)
-    taught = any("teacher_auroc" in r for r in rows)
     transfer = any("transfer_auroc" in r for r in rows)
-    views = sorted({r["other_view"] for r in rows if "other_view" in r})
 
     def figure(r, key, digits):
         return f"{r[key]['mean']:.{digits}f}" + (f" ± {r[key]['sd']:.{digits}f}" if r["seeds"] > 1 else "")
     out = ["| core radius (px) | darkness | seeds | AUROC | pointing game | median mass / share | optimizer steps "
            "| blob detector: slice AUROC (lesion patch AUROC) |" + (" CNN with pixel labels: val (train) AUROC |" if cnn else "")
-           + (f" {' or '.join(views)}: AUROC / pointing game / median mass |" if views else "")
-           + (" self-training: teacher / student AUROC / pseudo-labels right (slices), student kept |" if taught else "")
            + (" transfer set, untrained there: AUROC / pointing game |" if transfer else ""),
-           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if views else "")
-           + ("---|" if taught else "") + ("---|" if transfer else "")]
+           "|---|---|---|---|---|---|---|---|" + ("---|" if cnn else "") + ("---|" if transfer else "")]
     for r in rows:
         cells = [figure(r, k, d) for k, _, d in FIGURES]
-        other = ""
-        if views:
-            other = " " + " / ".join(figure(r, k, d) for k, d in OTHER_FIGURES) + " |" if "other_view" in r else " – |"
         out.append(f"| {r['radius'][0]:g}-{r['radius'][1]:g} | {r['darkness'][0]:g}-{r['darkness'][1]:g} | "
                    f"{r['seeds']} | " + " | ".join(cells) + f" | {r['optimizer_steps']} | "
                    f"{r['blob_detector']['slice_auroc']:.3f} ({r['blob_detector']['patch_auroc']:.3f}) |"
                    + (f" {r['cnn_peer']['val_auroc']:.3f} ({r['cnn_peer']['train_auroc']:.3f}) at {r['cnn_peer']['size']} px, "
-                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "") + other
-                   + ((" " + " / ".join(figure(r, k, d) for k, d in SELF_TRAINING_FIGURES)
-                       + f" ({r['pseudo_labelled']}), {r['students_kept']} of {r['seeds']} |"
-                       if "teacher_auroc" in r else " – |") if taught else "")
+                      f"{r['cnn_peer']['epochs']} epochs |" if "cnn_peer" in r else " – |" if cnn else "")
                    + ((" " + " / ".join(figure(r, k, d) for k, d in TRANSFER_FIGURES) + " |"
                        if "transfer_auroc" in r else " – |") if transfer else ""))
     return "\n".join(out) + "\n"
@@ -237,23 +203,17 @@ def main(argv=None):
                 flags = ["--checkpoint", checkpoint, *settings_flags(args), "--dataset-path", data,
                          "--seed", str(seed)]
                 metrics = classify_once(cfg, out, flags, f"{cell_name(radius, darkness)} seed {seed}")
-                figures.append({**figures_of(metrics), **other_view_figures(metrics), **self_training_figures(metrics),
-                                **transfer_figures(metrics)})
+                figures.append({**figures_of(metrics), **transfer_figures(metrics)})
                 runs.append({"radius": radius, "darkness": darkness, "seed": seed, **figures[-1]})
             row = {"radius": radius, "darkness": darkness, "seeds": len(figures),
                    "optimizer_steps": figures[0]["optimizer_steps"], "train_slices": figures[0]["train_slices"],
                    "blob_detector": blob_detector(cfg, data)}
             if args.cnn_peer:
                 row["cnn_peer"] = cnn_peer(cfg, data, args.cnn_peer, args.cnn_epochs)
-            for key in (*(k for k, _, _ in FIGURES), *(k for k, _ in OTHER_FIGURES)):
+            for key, _, _ in FIGURES:
                 row[key] = mean_sd([f[key] for f in figures])
-            row["other_view"] = figures[0]["other_view"]
             if all("transfer_auroc" in f for f in figures):
                 row.update({k: mean_sd([f[k] for f in figures]) for k, _ in TRANSFER_FIGURES})
-            if "teacher_auroc" in figures[0]:
-                row.update({k: mean_sd([f[k] for f in figures]) for k, _ in SELF_TRAINING_FIGURES},
-                           pseudo_labelled=figures[0]["pseudo_labelled"],
-                           students_kept=sum(f["student_kept"] for f in figures))
             rows.append(row)
     table = markdown(rows)
     save_json(cfg.artifact("lesion_limit"), {"runs": runs, "summary": rows, "checkpoint": checkpoint,

@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import onnx_export as ox  # noqa: E402
 import runtime  # noqa: E402
-from dataset import foreground_patches  # noqa: E402
+from common import spec_bench_setup  # noqa: E402
+from imaging import foreground_patches  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +34,7 @@ def main(argv=None):
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    clf, train, val = ox.spec_bench_setup(args.threads)
+    clf, train, val = spec_bench_setup(args.threads)
     spec = clf.cfg
     calib = train.images[:args.calibration].numpy()
     x = val.images[:1].numpy()

@@ -110,16 +110,6 @@ def classification_section(results):
              f"{loc['mass_inside_over_share']:.1f}x", f"{loc['mass_inside_over_share_median']:.1f}x",
              f"{loc['pointing_game']:.2f}"] for r in results for name, loc in r["localization"].items() if loc]
     lines += table(["variant", "map", "mass / share (mean)", "(median)", "pointing game"], rows)
-    views = [(r, v) for r in results for v in (r, r.get("other_views")) if v and "views" in v]
-    if views:
-        lines += ["", "Each slice in one pass, and averaged over its copies moved by half a patch down, right and both "
-                      "(`CLS_SHIFT_AVERAGE`; the first row of each variant is the setting the run used):", ""]
-        lines += table(["variant", "views", "AUROC", "sensitivity", "specificity", "pointing game (default map)",
-                        "median mass / share"],
-                       [[r["variant"], v["views"], f"{v['auroc']:.3f}", f"{v['sensitivity']:.3f}", f"{v['specificity']:.3f}",
-                         f"{v['localization'][r['default_heatmap']]['pointing_game']:.2f}",
-                         f"{v['localization'][r['default_heatmap']]['mass_inside_over_share_median']:.1f}x"]
-                        for r, v in views])
     transfer = [r for r in results if r.get("transfer")]
     if transfer:
         lines += ["", "The same classifiers on the transfer set, without training on it:", ""]
@@ -172,11 +162,11 @@ def settings_section(runs, note, title="Classifier settings compared"):
         settings = settings_of(r["run"]["command"])
         if "training_precision" in r:  # bf16 where the CPU runs it faster: not in the command
             settings += f" ({r['training_precision']} training)"
-        # a run measured with and without the half-patch shifts: both; and on the transfer set, where it has one
-        for v, where in ((r, ""), (r.get("other_views"), ""), (r.get("transfer"), ", transfer set")):
+        # and on the transfer set, where it has one
+        for v, where in ((r, ""), (r.get("transfer"), ", transfer set")):
             if v:
                 at = v["localization"][heatmap]
-                groups.setdefault(settings + (f", {v['views']}" if "views" in v else "") + where, []).append(
+                groups.setdefault(settings + where, []).append(
                     (v["auroc"], at["pointing_game"], at["mass_inside_over_share_median"]))
     lines += table(["command", "AUROC", "pointing game (default map)", "median mass / share", "steps"]
                    + (["transfer set, untrained there: AUROC / pointing game"] if transfer else []), rows)

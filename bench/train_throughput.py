@@ -20,12 +20,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import ModelConfig, run_info, save_json  # noqa: E402
+from config import ModelConfig  # noqa: E402
 from engine import make_optimizer, param_groups  # noqa: E402
 from hardware import (ONEDNN_LINEAR, keep_freed_memory, native_amp, tune_for, use_fast_linear,  # noqa: E402
                       use_fused_attention)
 from models import MIRAM  # noqa: E402
 from onnx_export import matmul_gflops  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 
 SPEC = ModelConfig()
 CPU = torch.device("cpu")
@@ -129,7 +130,8 @@ def loader_throughput(batch, reps=20):
     """Images/s of the data path: decoding + normalising + resizing files once (the in-memory cache), and
     assembling + augmenting a batch every step (what each training step pays)."""
     from config import load_config
-    from dataset import apply_augment, augment_params, load_slices, resolve_data_path
+    from augment import apply_augment, augment_params
+    from dataset import load_slices, resolve_data_path
     cfg = load_config(environ={})
     root = resolve_data_path(cfg, quiet=True)
     t0 = time.perf_counter()

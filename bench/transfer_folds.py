@@ -18,7 +18,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from compare import FIGURES, classify_once, figures_of, mean_sd, settings_tag  # noqa: E402  (bench/ is this script's folder)
-from config import BUILTIN_TRANSFER_PATH, add_config_args, load_config, run_info, save_json, settings_flags  # noqa: E402
+from config import BUILTIN_TRANSFER_PATH, add_config_args, load_config, settings_flags  # noqa: E402
+from records import run_info, save_json  # noqa: E402
 
 
 def get_args_parser():
@@ -26,7 +27,7 @@ def get_args_parser():
     p.add_argument("--data", default=None, help=f"a labelled set of a few subjects (default: {BUILTIN_TRANSFER_PATH})")
     p.add_argument("--seeds", type=int, default=1, help="training seeds per fold (1..N)")
     p.add_argument("--checkpoint", default=None, help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth)")
-    return add_config_args(p)
+    return add_config_args(p, "classify")
 
 
 def held_out_heads(data):
@@ -56,7 +57,8 @@ def markdown(rows, summary):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
-    from dataset import build_transfer_data, load_slices
+    from dataset import load_slices
+    from makedata import build_transfer_data
     data_path = os.path.abspath(args.data or BUILTIN_TRANSFER_PATH)
     if args.data is None and not os.path.isdir(os.path.join(data_path, "HR")):
         print(f"building the transfer set in {data_path}", flush=True)

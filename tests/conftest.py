@@ -58,6 +58,11 @@ def tiny_args(data, out, *extra):
     return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]
 
 
+def enhance_args(out, *extra):
+    """enhance.py reads no data set: the tiny preset and the output folder its models are in."""
+    return ["--preset", "tiny", "--output-path", out, *extra]
+
+
 def pretrain_tiny(base):
     """Tiny data in base/data and a pre-trained MAE in base/o -> (data, out)."""
     import train

@@ -11,6 +11,7 @@ import engine
 import models
 import runtime
 import train
+import tumor
 from checkpoint import build_from_checkpoint
 from config import MiramError, load_config
 from conftest import tiny_args
@@ -66,8 +67,7 @@ def test_relevance_on_a_known_stack():
     assert torch.allclose(models.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
 
 
-@pytest.mark.parametrize("shifted", [False, True])
-def test_heatmaps_of_a_slice_do_not_depend_on_its_batch(shifted):
+def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
     from config import ModelConfig
     from models import TumorClassifier
     torch.manual_seed(0)
@@ -75,19 +75,16 @@ def test_heatmaps_of_a_slice_do_not_depend_on_its_batch(shifted):
     x = torch.rand(3, 1, 32, 32)
     x[1, :, :16] = 0  # half blank: padded beside the others
     cpu = torch.device("cpu")
-    probs, heats = classify.predict_all(m, x, cpu, False, with_attention=True, shifted=shifted)
+    probs, heats = tumor.predict_all(m, x, cpu, False, with_attention=True)
     assert set(heats) == {"evidence", "last_block", "rollout", "relevance"}
-    assert np.allclose(classify.predict_all(m, x, cpu, False, shifted=shifted), probs, atol=1e-6)
-    if shifted:  # the views differ, so their average is not the single pass
-        assert np.abs(probs - classify.predict_all(m, x, cpu, False)).max() > 1e-4
+    assert np.allclose(tumor.predict_all(m, x, cpu, False), probs, atol=1e-6)
     for i in range(3):
-        p, h = classify.predict_all(m, x[i:i + 1], cpu, False, with_attention=True, shifted=shifted)
+        p, h = tumor.predict_all(m, x[i:i + 1], cpu, False, with_attention=True)
         assert abs(p[0] - probs[i]) < 1e-5
         for k in heats:
             assert np.abs(h[k][0] - heats[k][i]).max() < 1e-6, k
             assert heats[k][i].min() >= 0 and heats[k][i].sum() == pytest.approx(1.0)
-    if not shifted:
-        assert heats["relevance"][1, :8].sum() == 0  # blank patches were not encoded (bilinear spreads the edge)
+    assert heats["relevance"][1, :8].sum() == 0  # blank patches were not encoded (bilinear spreads the edge)
     assert all(p.grad is None for p in m.parameters())  # the maps' backward pass leaves no gradients behind
 
 
@@ -100,31 +97,6 @@ def test_localization_measures():
     assert mass[0] == pytest.approx(0.75) and hit[0] == 1.0
     up = runtime.upsample_heatmaps(np.arange(4.0).reshape(1, 2, 2), 8)
     assert up.shape == (1, 8, 8) and up.sum() == pytest.approx(1.0) and up[0, -1, -1] == up.max()
-
-
-def test_translate_moves_and_zero_fills():
-    x = np.arange(1.0, 1 + 2 * 5 * 6).reshape(2, 5, 6)
-    y = runtime.translate(x, 2, -3)
-    assert np.array_equal(y[:, 2:, :3], x[:, :3, 3:])
-    assert (y[:, :2] == 0).all() and (y[:, :, 3:] == 0).all()
-    assert np.array_equal(runtime.translate(y, -2, 3)[:, :3, 3:], x[:, :3, 3:])  # back, less the lost border
-
-
-def test_shift_averaged_maps_land_back_on_the_input():
-    """A model whose map is its input moved with it: every view's map, moved back, is the input's own, so
-    the average is too; the probability is the views' mean."""
-    img = np.zeros((2, 1, 32, 32), np.float32)
-    img[0, 0, 10:14, 12:20], img[1, 0, 16:18, 8:11] = 1.0, 0.5
-    seen = []
-
-    def run(x):
-        seen.append(x.copy())
-        return x.mean(axis=(1, 2, 3)) + len(seen), {"m": x[:, 0] / x[:, 0].sum(axis=(1, 2), keepdims=True)}
-    probs, maps = runtime.shift_averaged(run, img, 8)
-    assert [tuple(np.argwhere(v[0, 0])[0] - np.argwhere(img[0, 0])[0]) for v in seen] == runtime.half_patch_views(8)
-    expect = img[:, 0] / img[:, 0].sum(axis=(1, 2), keepdims=True)
-    assert np.abs(maps["m"] - expect).max() < 1e-7
-    assert np.allclose(probs, img.mean(axis=(1, 2, 3)) + 2.5)  # views 1..4 added 1..4
 
 
 def test_layer_decay_gives_the_encoder_less():
@@ -153,10 +125,9 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
     assert saved["sensitivity"] == tp / (tp + fn) and saved["n_positive"] == tp + fn and saved["n"] == tn + fp + fn + tp
     assert set(saved["localization"]) == {"evidence", "last_block", "rollout", "relevance"}
     assert saved["default_heatmap"] == "evidence"
-    # the other views (half-patch shifts averaged) are measured beside the configured single pass
-    assert saved["views"] == "single pass" and saved["other_views"]["views"] == "half-patch shifts averaged"
-    assert set(saved["other_views"]["localization"]) == set(saved["localization"])
-    assert saved["other_views"]["n"] == saved["n"]
+    # the run says which kernels and precision it trained with, and why
+    kernels = saved["run"]["kernels"]
+    assert kernels["precision"] == "fp32" and kernels["matmul"] in ("default", "onednn") and kernels["why"]["matmul"]
     for loc in saved["localization"].values():  # a share of the positive slices: hits / positives
         assert loc["pointing_game"] * saved["n_positive"] == pytest.approx(round(loc["pointing_game"] * saved["n_positive"]))
     # the engine ran every epoch with ceil(training slices / batch) optimizer steps each
@@ -186,21 +157,21 @@ def test_patch_labels_come_from_the_mask_of_each_encoded_patch():
     masks[..., 8:16, 16:24] = 1  # patch (1, 2) of a 4 x 4 grid: index 6
     keep = torch.tensor([[6, 0, 1]])
     agree = torch.tensor([[4.0, -4.0, -4.0]])
-    assert classify.patch_supervision(agree, masks, keep, None, 8) < 0.05
-    assert classify.patch_supervision(-agree, masks, keep, None, 8) > 3.0
+    assert tumor.patch_supervision(agree, masks, keep, None, 8) < 0.05
+    assert tumor.patch_supervision(-agree, masks, keep, None, 8) > 3.0
     # padding (valid False) is not a patch: its score does not count
     valid = torch.tensor([[True, True, False]])
-    assert classify.patch_supervision(torch.tensor([[4.0, -4.0, 9.0]]), masks, keep, valid, 8) < 0.05
+    assert tumor.patch_supervision(torch.tensor([[4.0, -4.0, 9.0]]), masks, keep, valid, 8) < 0.05
 
 
 def test_a_lesion_smaller_than_the_share_still_marks_the_patch_holding_most_of_it():
     masks = torch.zeros(1, 1, 32, 32)
     masks[..., 5:10, 2:4] = 1  # 10 pixels: 6 in patch 0 (9% of it), 4 in patch 4 below
     keep = torch.tensor([[0, 4, 1]])
-    assert classify.patch_supervision(torch.tensor([[4.0, -4.0, -4.0]]), masks, keep, None, 8) < 0.05
-    assert classify.patch_supervision(torch.tensor([[-4.0, 4.0, -4.0]]), masks, keep, None, 8) > 3.0
+    assert tumor.patch_supervision(torch.tensor([[4.0, -4.0, -4.0]]), masks, keep, None, 8) < 0.05
+    assert tumor.patch_supervision(torch.tensor([[-4.0, 4.0, -4.0]]), masks, keep, None, 8) > 3.0
     # a tumor-free slice has no tumor patch at all
-    assert classify.patch_supervision(torch.full((1, 3), -4.0), masks * 0, keep, None, 8) < 0.05
+    assert tumor.patch_supervision(torch.full((1, 3), -4.0), masks * 0, keep, None, 8) < 0.05
 
 
 def test_a_patch_holding_more_tumor_has_the_higher_label():
@@ -210,17 +181,17 @@ def test_a_patch_holding_more_tumor_has_the_higher_label():
     keep = torch.tensor([[0, 1, 2]])
 
     def loss(*scores):
-        return classify.patch_supervision(torch.tensor([scores]), masks, keep, None, 8).item()
+        return tumor.patch_supervision(torch.tensor([scores]), masks, keep, None, 8).item()
     assert loss(6.0, 0.0, -6.0) < min(loss(6.0, 6.0, -6.0), loss(6.0, -6.0, -6.0))
 
 
 def test_a_mask_moves_with_its_augmented_image():
-    import dataset
+    import augment
     images = torch.zeros(4, 1, 32, 32)
     images[:, :, 4:14, 18:28] = 1.0
     masks = images > 0.5
     g = torch.Generator().manual_seed(3)
-    x, m = dataset.local_images(images, torch.arange(4), torch.ones(4, dtype=torch.bool), g, torch.device("cpu"),
+    x, m = augment.local_images(images, torch.arange(4), torch.ones(4, dtype=torch.bool), g, torch.device("cpu"),
                                 True, masks)
     assert m.dtype == x.dtype and not torch.equal(m, masks.float())  # moved
     assert torch.equal(x > 0, m > 0)  # moved alike (the gamma changes intensity, never zero to non-zero)
@@ -248,7 +219,7 @@ def test_the_default_map_points_at_the_only_difference():
         logits, scores, keep, valid = m(x, with_evidence=True)
         labels = (lesion.flatten(1).amax(1) > 0).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + \
-            classify.patch_supervision(scores, lesion, keep, valid, 8)
+            tumor.patch_supervision(scores, lesion, keep, valid, 8)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -267,129 +238,11 @@ def test_the_default_map_points_at_the_only_difference():
 
 def test_the_balanced_log_loss_weighs_both_classes_alike_and_rewards_calibration():
     labels = np.array([1, 0, 0, 0])
-    confident = classify.balanced_log_loss([0.9, 0.1, 0.1, 0.1], labels)
+    confident = tumor.balanced_log_loss([0.9, 0.1, 0.1, 0.1], labels)
     assert confident == pytest.approx(-np.log(0.9))
-    assert classify.balanced_log_loss([0.4, 0.1, 0.1, 0.1], labels) > confident  # right side, less sure
+    assert tumor.balanced_log_loss([0.4, 0.1, 0.1, 0.1], labels) > confident  # right side, less sure
     # the lone tumor counts as much as the three tumor-free slices
-    assert classify.balanced_log_loss([0.1, 0.1, 0.1, 0.1], labels) == pytest.approx((-np.log(0.1) - np.log(0.9)) / 2)
-
-
-def _head(size=64, level=0.6, lesion=None):
-    """A square of uniform 'brain' on black, optionally with a dark disc (centre, radius, share of level)."""
-    img = torch.zeros(1, 1, size, size)
-    img[..., 8:size - 8, 8:size - 8] = level
-    mask = torch.zeros(1, 1, size, size, dtype=torch.bool)
-    if lesion is not None:
-        (cy, cx), r, share = lesion
-        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        mask[0, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        img[mask] = level * share
-    return img, mask
-
-
-def _paste_into_healthy_slices(n, scale, contrast, seed=0):
-    """A head with one lesion (70% of its tissue) and a lesion-free head, the batch n copies of the second,
-    pasted -> (lesion, healthy, paste(), its result, the indices pasted onto the lesion-free head)."""
-    import dataset
-    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
-    healthy, clear = _head(level=0.4)
-    paster = dataset.LesionPaster(0.99, torch.cat([source, healthy]), torch.cat([lesion, clear]), scale=scale,
-                                  contrast=contrast)
-    batch = torch.cat([healthy] * n)
-
-    def paste():
-        return paster(batch, torch.zeros_like(batch), n, slice(0, n), torch.Generator().manual_seed(seed))
-    imgs, masks, pasted = out = paste()
-    assert imgs.min() >= 0 and imgs.max() <= 1
-    onto_healthy = [i for i in range(n) if pasted[i] and imgs[i][~lesion[0] & (masks[i] < 0.5)].max() < 0.5]
-    return lesion, healthy, paste, out, onto_healthy
-
-
-def test_a_pasted_lesion_keeps_its_contrast_on_the_tissue_it_lands_on():
-    # without size and contrast variation: the lesion as it was found
-    lesion, healthy, paste, (imgs, masks, pasted), onto_healthy = _paste_into_healthy_slices(16, 1, 1)
-    onto_source = [i for i in range(16) if i not in onto_healthy]
-    assert pasted.all() and onto_healthy and onto_source
-    for i in onto_healthy:
-        assert int((masks[i] > 0.5).sum()) == int(lesion.sum())  # moved whole (turned or flipped, same area)
-        assert imgs[i][masks[i] > 0.5].mean() == pytest.approx(0.4 * 0.7, abs=0.03)  # 70% of where it landed
-        assert (imgs[i][(masks[i] < 0.5) & (healthy[0] > 0)] - 0.4).abs().max() < 0.15  # the rest as it was
-        assert (imgs[i][healthy[0] == 0] == 0).all()  # never outside the head
-    for i in onto_source:  # the slice's own lesion stays in its mask beside the pasted one
-        assert (masks[i][lesion[0]] > 0.5).all() and (masks[i] > 0.5).sum() > lesion.sum()
-    again = paste()
-    assert torch.equal(again[0], imgs) and torch.equal(again[1], masks)  # reproducible from the generator
-
-
-def test_pasted_lesions_vary_in_size_and_contrast_within_their_ranges():
-    lesion, _, _, (imgs, masks, _), onto_healthy = _paste_into_healthy_slices(64, 1.5, 1.5)
-    assert len(onto_healthy) > 10
-    areas = np.array([int((masks[i] > 0.5).sum()) for i in onto_healthy]) / int(lesion.sum())
-    darkness = np.array([float(imgs[i][masks[i] > 0.5].mean()) / 0.4 for i in onto_healthy])  # 0.7 as found
-    # areas within 1/1.5^2 .. 1.5^2 of the lesion's (a pixel's rounding aside), both ways
-    assert areas.min() < 0.8 and areas.max() > 1.25 and 0.35 < areas.min() and areas.max() < 2.6
-    # the lesion's 30% deficit scaled by 1/1.5 .. 1.5: core darkness between 0.55 and 0.8, both ways
-    assert darkness.min() < 0.66 and darkness.max() > 0.74 and 0.5 < darkness.min() and darkness.max() < 0.85
-
-
-def test_pasting_replaces_a_share_of_the_batch_and_leaves_the_rest():
-    import dataset
-    source, lesion = _head(level=0.6, lesion=((30, 30), 4, 0.7))
-    batch = torch.cat([_head(level=0.5)[0]] * 64)
-    paster = dataset.LesionPaster(0.25, source, lesion)
-    imgs, masks, pasted = paster(batch, torch.zeros_like(batch), 64, slice(0, 64), torch.Generator().manual_seed(1))
-    assert 6 <= int(pasted.sum()) <= 26  # about a quarter
-    assert torch.equal(imgs[~pasted], batch[~pasted]) and (masks[~pasted] == 0).all()
-    assert (masks[pasted].flatten(1).sum(1) > 0).all()
-    # a process's share of the global batch draws as the whole batch does
-    part = paster(batch[16:32], torch.zeros_like(batch[16:32]), 64, slice(16, 32), torch.Generator().manual_seed(1))
-    assert torch.equal(part[0], imgs[16:32]) and torch.equal(part[2], pasted[16:32])
-    with pytest.raises(MiramError, match="no lesion"):
-        dataset.LesionPaster(0.5, batch[:2], torch.zeros_like(batch[:2], dtype=torch.bool))
-
-
-@pytest.mark.parametrize("setting", [("--cls-lesion-paste", "0.5"), ("--cls-anatomy-variants", "2")])
-def test_pasted_lesions_and_anatomy_variants_change_the_batches_not_the_schedule(tiny_data, tmp_path, setting):
-    out = str(tmp_path / "o")
-    train.main(tiny_args(tiny_data, out))
-    plain = classify.main(tiny_args(tiny_data, out, "--n-viz", "0"))
-    other = classify.main(tiny_args(tiny_data, str(tmp_path / "p"), "--n-viz", "0", *setting,
-                                    "--checkpoint", os.path.join(out, "best_miram_mae.pth")))
-    assert other["optimizer_steps"] == plain["optimizer_steps"]  # the same schedule (an epoch keeps its steps)
-    assert [h["train_loss"] for h in other["history"]] != [h["train_loss"] for h in plain["history"]]
-
-
-def test_classifier_variants_carry_their_masks_and_a_lesion_cut_out_of_view_unlabels_it():
-    from dataset import SliceSet
-    n, size = 6, 64
-    images = torch.zeros(n, 1, size, size)
-    images[:, :, 8:56, 8:56] = 0.6
-    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
-    masks[:3, :, 28:36, 28:36] = True
-    images[masks] = 0.2
-    labels = masks.flatten(1).any(1).float()
-    has_mask = torch.tensor([True, True, False, True, True, True])  # slice 2: a pseudo-labelled tumor slice
-    data = SliceSet(images, masks, labels, has_mask, [f"s{i}" for i in range(n)], ["a"] * n)
-    cfg = load_config(None, {"MIRAM_CLS_ANATOMY_VARIANTS": "8", "MIRAM_SEED": "3"})
-    bank, bank_labels, bank_masks = classify.anatomy_bank(cfg, data)
-    assert bank.shape == (9 * n, 1, size, size) and bank_masks.shape == bank.shape and bank_masks.dtype == torch.bool
-    assert torch.equal(bank[:n], images) and torch.equal(bank_labels[:n], labels)
-    variant_labels = bank_labels[n:].view(8, n)
-    outlined = variant_labels[:, [0, 1]]
-    assert (outlined == bank_masks[n:].view(8, n, -1)[:, [0, 1]].any(-1).float()).all()  # the label is the mask's
-    assert (outlined == 0).any() and (outlined == 1).any()  # some crops cut the lesion out, most keep it
-    assert (variant_labels[:, 2] == 1).all()  # no outline known: the slice's own label
-    assert (variant_labels[:, 3:] == 0).all()
-    # a lesion stays where its mask says: darker than the brain around it in the variant's own contrast
-    for k in range(8):
-        for i in (0, 1):
-            img, m = bank[(k + 1) * n + i, 0], bank_masks[(k + 1) * n + i, 0]
-            if m.any():
-                assert (img[m].mean() - img[~m][img[~m] > 0.05].median()).abs() > 0.1
-    again, _, _ = classify.anatomy_bank(cfg, data)
-    assert torch.equal(again, bank)  # drawn from SEED
-    off, off_labels, off_masks = classify.anatomy_bank(load_config(None, {}), data)
-    assert off is images and off_labels is labels and off_masks is masks
+    assert tumor.balanced_log_loss([0.1, 0.1, 0.1, 0.1], labels) == pytest.approx((-np.log(0.1) - np.log(0.9)) / 2)
 
 
 def test_a_validation_split_of_one_class_is_refused_naming_its_subjects(tmp_path):
@@ -399,78 +252,3 @@ def test_a_validation_split_of_one_class_is_refused_naming_its_subjects(tmp_path
     train.main(tiny_args(data, out, "--val-subjects", "subj1"))
     with pytest.raises(MiramError, match=r"1 labelled slices \(subj1\) are all tumor-free: AUROC needs both"):
         classify.main(tiny_args(data, out, "--val-subjects", "subj1"))
-
-
-def test_a_slice_without_a_known_outline_gets_no_patch_labels():
-    masks = torch.zeros(2, 1, 32, 32)
-    masks[0, :, 8:16, 16:24] = 1  # slice 0: patch 6; slice 1 (a pseudo-labelled tumor slice): outline unknown
-    keep = torch.tensor([[6, 0, 1], [6, 0, 1]])
-    scores = torch.tensor([[4.0, -4.0, -4.0], [9.0, 9.0, 9.0]], requires_grad=True)
-    outlined = torch.tensor([True, False])
-    loss = classify.patch_supervision(scores, masks, keep, None, 8, outlined=outlined)
-    assert loss < 0.05  # slice 1's scores, all wrong for an empty mask, do not count
-    loss.backward()
-    assert scores.grad[1].abs().sum() == 0 and scores.grad[0].abs().sum() > 0
-
-
-def test_pseudo_labels_are_the_teachers_surest_in_the_labelled_ratio():
-    from dataset import SliceSet
-    n = 10
-    truth = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 1], dtype=torch.float32)
-    masks = torch.zeros(n, 1, 8, 8, dtype=torch.bool)
-    masks[truth > 0, :, 2:4, 2:4] = True
-    has_mask = torch.tensor([True] * 9 + [False])  # the last slice has no mask file: its truth is unknown
-    pool = SliceSet(torch.rand(n, 1, 8, 8), masks, truth, has_mask, [f"s{i}" for i in range(n)], ["a"] * n)
-    probs = np.array([0.9, 0.8, 0.2, 0.6, 0.1, 0.3, 0.7, 0.05, 0.4, 0.95])
-    picked, record = classify.pseudo_labelled(pool, probs, 0.6, tumor_ratio=1 / 3)
-    # 6 slices, 2 of them tumor: the two likeliest (s9, s0) and the four least likely (s7, s4, s2, s5)
-    assert sorted(zip(picked.names, picked.labels.tolist())) == [
-        ("s0", 1.0), ("s2", 0.0), ("s4", 0.0), ("s5", 0.0), ("s7", 0.0), ("s9", 1.0)]
-    assert not picked.masks.any()  # no outline is known from a pseudo-label
-    assert picked.has_mask.tolist() == (picked.labels == 0).tolist()  # a tumor-free slice's empty mask is right
-    # scored against the masks where they exist: s2 is a tumor slice labelled tumor-free; s9 has no mask
-    assert record["n_with_masks"] == 5 and record["correct"] == pytest.approx(4 / 5)
-    assert record["tumor_correct"] == 1.0 and (record["n_labelled"], record["n_tumor"]) == (6, 2)
-
-
-def test_self_training_runs_a_teacher_then_a_student_and_resumes(tiny_data, tmp_path):
-    out = str(tmp_path / "o")
-    train.main(tiny_args(tiny_data, out))
-    flags = ("--n-viz", "0", "--cls-label-fraction", "0.5", "--cls-pseudo-labels", "1")
-    # interrupted after the teacher's first epoch, then run again: the teacher finishes, the student trains
-    assert classify.main(tiny_args(tiny_data, out, *flags, "--stop-after", "1")) == {}
-    assert os.path.isfile(os.path.join(out, "classifier_checkpoint_teacher.pth"))
-    assert not os.path.isfile(os.path.join(out, "best_tumor_classifier.pth"))
-    m = classify.main(tiny_args(tiny_data, out, *flags))
-    st = m["self_training"]
-    labelled = m["n_train_slices"]
-    assert st["n_labelled"] == st["pool"] > 0 and st["n_with_masks"] == st["pool"]  # every tiny slice has a mask
-    teacher = engine.read_history(os.path.join(out, "classifier_log_teacher.jsonl"))
-    assert len(teacher) == 2 and st["teacher"]["optimizer_steps"] == teacher[-1]["step"]
-    per_epoch = [engine.steps_in_epoch(n, 4, 1) for n in (labelled, labelled + st["n_labelled"])]
-    assert len(m["history"]) == max(1, round(2 * per_epoch[0] / per_epoch[1]))  # the teacher's steps, more slices
-    assert m["optimizer_steps"] == teacher[-1]["step"] + m["history"][-1]["step"]
-    # the classifier is whichever of teacher and student has the lower validation loss, both kept
-    losses = {who: st[who]["loss"] for who in ("teacher", "student")}
-    assert st["kept"] == min(losses, key=losses.get)
-    assert st["student"]["auroc"] == min(m["history"], key=lambda h: h["val_loss"])["val_auroc"]
-    with open(os.path.join(out, "best_tumor_classifier.pth"), "rb") as f, open(st[st["kept"]]["checkpoint"], "rb") as g:
-        assert f.read() == g.read()
-    assert os.path.isfile(os.path.join(out, "best_tumor_classifier_student.pth"))
-    # a classifier trained another way is not resumed as this one
-    with pytest.raises(MiramError, match="pseudo_labels"):
-        classify.main(tiny_args(tiny_data, out, "--n-viz", "0", "--cls-label-fraction", "0.5"))
-
-
-@pytest.mark.parametrize("teacher_loss, kept", [(0.4, "teacher"), (0.6, "student")])
-def test_the_lower_validation_loss_of_teacher_and_student_is_the_classifier(tmp_path, teacher_loss, kept):
-    files = {who: tmp_path / f"{who}.pth" for who in ("teacher", "student")}
-    for who, path in files.items():
-        path.write_bytes(who.encode())
-    record = {"teacher": {"checkpoint": str(files["teacher"]), "loss": teacher_loss},
-              "student": {"checkpoint": str(files["student"]), "loss": 0.5}}
-    final = tmp_path / "best_tumor_classifier.pth"
-    final.write_bytes(b"an earlier run's")
-    assert classify.keep_the_better(record, str(final)) == str(final)
-    assert record["kept"] == kept and final.read_bytes() == kept.encode()
-    assert files["teacher"].read_bytes() == b"teacher" and files["student"].read_bytes() == b"student"

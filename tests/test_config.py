@@ -37,7 +37,9 @@ def test_preset_then_env():
     ({"MIRAM_PRESET": "huge"}, "MIRAM_PRESET"),
     ({"MIRAM_CLS_LABEL_FRACTION": "0"}, "CLS_LABEL_FRACTION"),
     ({"MIRAM_CLS_PATCH_WEIGHT": "-1"}, "CLS_PATCH_WEIGHT"),
-    ({"MIRAM_CLS_PSEUDO_LABELS": "1.5"}, "CLS_PSEUDO_LABELS"),
+    ({"MIRAM_MATMUL": "fast"}, "MATMUL"),
+    # each setting within its bounds, together a model of billions of parameters
+    ({"MIRAM_EMBED_DIM": "4096", "MIRAM_DEPTH": "64", "MIRAM_NUM_HEADS": "64", "MIRAM_MLP_RATIO": "16"}, "G parameters"),
 ])
 def test_bad_values_are_refused_naming_the_setting(env, name):
     with pytest.raises(ConfigError, match=name):
@@ -50,9 +52,48 @@ def test_linear_lr_scaling():
 
 
 def test_cpu_name_tells_cpus_of_one_model_name_apart():
-    from config import cpu_name
+    from records import cpu_name
     zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n\n"
     zen5 = zen3.replace(": 25", ": 26").replace("avx2 fma", "avx2 fma avx512f avx512_bf16")
     assert cpu_name(zen3) == "AMD EPYC (family 25 model 1, AVX2)"
     assert cpu_name(zen5) == "AMD EPYC (family 26 model 1, AVX-512 BF16)"
     assert cpu_name("model name\t: Some CPU\n") == "Some CPU"
+
+
+def test_the_configuration_is_frozen_once_resolved():
+    import dataclasses
+    c = load_config(environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.IMG_SIZE = 128
+    # a checkpoint's architecture is adopted into a new configuration, before anything runs
+    other = config.ModelConfig(img_size=64, embed_dim=32, depth=2, num_heads=2)
+    adopted = c.adopt(other, AMP=True)
+    assert (adopted.IMG_SIZE, adopted.EMBED_DIM, adopted.DEPTH, adopted.AMP) == (64, 32, 2, True)
+    assert adopted.model_config() == other and c.IMG_SIZE == 224
+
+
+def test_the_parameter_count_the_settings_imply_is_the_models():
+    from models import MIRAM
+    for m in (config.ModelConfig(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32,
+                                 decoder_depth=1, decoder_num_heads=2), load_config(environ={"MIRAM_PRESET": "demo"}).model_config()):
+        real = sum(p.numel() for p in MIRAM(m).parameters())
+        assert config.parameter_count(m) == real
+
+
+def test_every_setting_has_a_meaning_and_readers():
+    assert len(config.SETTINGS) > 40
+    for name, f in config.SETTINGS.items():
+        assert len(f.metadata["help"]) > 10, name
+        assert f.metadata["read_by"] and set(f.metadata["read_by"]) <= set(config.SCRIPTS), name
+
+
+def test_help_prints_the_meaning_of_each_setting_a_script_reads(capsys):
+    import classify
+    import enhance
+    with pytest.raises(SystemExit):
+        enhance.get_args_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--slice-axis" in text and "cut along this axis" in text
+    assert "--cls-lr" not in text and "--n-epochs" not in text  # settings enhance.py does not read
+    flags = {a.dest for a in classify.get_args_parser()._actions}
+    assert {"CLS_LR", "LAYER_DECAY", "SEED"} <= flags and not flags & {"N_EPOCHS", "INPAINT_LR", "ADAPT_STEPS"}

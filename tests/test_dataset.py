@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import numpy as np
@@ -5,7 +6,9 @@ import pytest
 import tifffile
 import torch
 
+import augment
 import dataset
+import makedata
 import imaging
 import restoration
 from dataset import DataError
@@ -93,17 +96,17 @@ def test_empty_or_missing_folder_says_dataset_empty(tmp_path):
 
 def test_augment_is_seeded_and_in_range():
     x = torch.rand(4, 1, 32, 32)
-    a = dataset.augment(x, torch.Generator().manual_seed(3))
-    b = dataset.augment(x, torch.Generator().manual_seed(3))
+    a = augment.augment(x, torch.Generator().manual_seed(3))
+    b = augment.augment(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
-    assert not torch.equal(a, dataset.augment(x, torch.Generator().manual_seed(4)))
+    assert not torch.equal(a, augment.augment(x, torch.Generator().manual_seed(4)))
 
 
 def test_wider_framing_shrinks_and_moves_that_share_of_the_heads_only():
-    plain = dataset.augment_params(2000, torch.Generator().manual_seed(5))
-    none = dataset.augment_params(2000, torch.Generator().manual_seed(5), wider=0.0)
+    plain = augment.augment_params(2000, torch.Generator().manual_seed(5))
+    none = augment.augment_params(2000, torch.Generator().manual_seed(5), wider=0.0)
     assert all(torch.equal(plain[k], none[k]) for k in plain)  # wider=0: the draws as they were
-    half = dataset.augment_params(2000, torch.Generator().manual_seed(5), wider=0.5)
+    half = augment.augment_params(2000, torch.Generator().manual_seed(5), wider=0.5)
     assert all(torch.equal(plain[k], half[k]) for k in ("angle", "flip", "gamma"))
     wide = half["scale"] != plain["scale"]
     assert 0.45 < wide.float().mean() < 0.55
@@ -115,7 +118,7 @@ def test_wider_framing_shrinks_and_moves_that_share_of_the_heads_only():
 @pytest.mark.slow
 def test_demo_builder_from_the_nilearn_template(tmp_path):
     dest = str(tmp_path / "demo" / "Brain_MRI")
-    n = dataset.build_demo_data(dest, step=12, slab=2, gap=1)
+    n = makedata.build_demo_data(dest, step=12, slab=2, gap=1)
     hr = sorted(os.listdir(os.path.join(dest, "HR")))
     assert n == len(hr) > 10 and hr == sorted(os.listdir(os.path.join(dest, "MASK")))
     assert {h.split("_")[1] for h in hr} == {"axial", "coronal", "sagittal"}
@@ -228,22 +231,22 @@ def split_config(data):
 def test_split_follows_split_seed_not_seed(tiny_data):
     cfg = split_config(tiny_data)
     first = dataset.load_split(cfg, quiet=True)[1].subjects
-    cfg.SEED = 7  # another training seed: the same held-out subjects
+    cfg = dataclasses.replace(cfg, SEED=7)  # another training seed: the same held-out subjects
     assert dataset.load_split(cfg, quiet=True)[1].subjects == first
-    cfg.SPLIT_SEED = 1  # 4 subjects, 1 held out: seed 1 holds out another one
+    cfg = dataclasses.replace(cfg, SPLIT_SEED=1)  # 4 subjects, 1 held out: seed 1 holds out another one
     assert dataset.load_split(cfg, quiet=True)[1].subjects != first
 
 
 def test_named_validation_subjects_are_held_out_and_a_wrong_name_is_refused(tiny_data):
     cfg = split_config(tiny_data)
-    cfg.VAL_SUBJECTS = "subj2, subj0"
+    cfg = dataclasses.replace(cfg, VAL_SUBJECTS="subj2, subj0")
     train, val = dataset.load_split(cfg, quiet=True)
     assert set(val.subjects) == {"subj0", "subj2"} and set(train.subjects) == {"subj1", "subj3"}
     assert dataset.split_record(cfg, train)["split"]["VAL_SUBJECTS"] == "subj2, subj0"
-    cfg.VAL_SUBJECTS = "subj9"
+    cfg = dataclasses.replace(cfg, VAL_SUBJECTS="subj9")
     with pytest.raises(dataset.DataError, match=r"data: VAL_SUBJECTS names 'subj9', not a subject"):
         dataset.load_split(cfg, quiet=True)
-    cfg.VAL_SUBJECTS = "subj0,subj1,subj2,subj3"
+    cfg = dataclasses.replace(cfg, VAL_SUBJECTS="subj0,subj1,subj2,subj3")
     with pytest.raises(dataset.DataError, match="every subject"):
         dataset.load_split(cfg, quiet=True)
 
@@ -258,7 +261,7 @@ def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
     # a child checkpoint inherits what its parent learned from, even subjects outside its own training split
     child = dataset.split_record(cfg, val, state)
     assert set(child["train_subjects"]) == {"subj0", "subj1", "subj2", "subj3"}
-    cfg.SPLIT_SEED = 1
+    cfg = dataclasses.replace(cfg, SPLIT_SEED=1)
     with pytest.raises(DataError, match=r"mae\.pth was trained on 1 of the 1 validation subjects .*SPLIT_SEED=0"):
         dataset.load_split(cfg, quiet=True, trained_on=[("mae.pth", state)])
 
@@ -269,7 +272,7 @@ def test_resuming_under_another_split_is_refused(tiny_data):
     saved = dataset.split_record(cfg, train)
     dataset.refuse_other_split(saved, dataset.split_record(cfg, train), "checkpoint.pth")  # same split
     dataset.refuse_other_split({}, dataset.split_record(cfg, train), "checkpoint.pth")  # no record: nothing to check
-    cfg.SPLIT_SEED = 1
+    cfg = dataclasses.replace(cfg, SPLIT_SEED=1)
     moved = dataset.split_record(cfg, dataset.load_split(cfg, quiet=True)[0])
     with pytest.raises(DataError, match=r"checkpoint\.pth: cannot resume under this split: .* 1 subject"):
         dataset.refuse_other_split(saved, moved, "checkpoint.pth")
@@ -279,21 +282,21 @@ def test_the_subtle_lesion_family_is_small_dark_faint_and_inside_the_brain():
     yy, xx = np.mgrid[:160, :160]
     head = np.where(np.hypot(yy - 80, xx - 80) < 60, 120.0, 0.0)  # a flat 'brain'
     for seed in range(5):
-        out, mask = dataset.paint_subtle_lesion(head, np.random.default_rng(seed))
+        out, mask = makedata.paint_subtle_lesion(head, np.random.default_rng(seed))
         lesion = mask > 0
         assert 20 < lesion.sum() < 400  # small: a few patches at most
         assert (head[lesion] > 0).all()  # inside the brain
         assert 0.65 * 120 < out[lesion].min() < 0.9 * 120  # dark, low contrast
         assert out[lesion].max() < 1.15 * 120  # the rim only faintly brighter
         assert np.array_equal(out[~lesion & (np.hypot(yy - 80, xx - 80) > 59)], head[~lesion & (np.hypot(yy - 80, xx - 80) > 59)])
-    again = dataset.paint_subtle_lesion(head, np.random.default_rng(0))
-    assert np.array_equal(again[0], dataset.paint_subtle_lesion(head, np.random.default_rng(0))[0])
+    again = makedata.paint_subtle_lesion(head, np.random.default_rng(0))
+    assert np.array_equal(again[0], makedata.paint_subtle_lesion(head, np.random.default_rng(0))[0])
 
 
 def test_the_subtle_painters_ranges_set_the_lesions_size_and_contrast():
     yy, xx = np.mgrid[:160, :160]
     head = np.where(np.hypot(yy - 80, xx - 80) < 60, 120.0, 0.0)
-    paint = dataset.paint_subtle_lesion
+    paint = makedata.paint_subtle_lesion
     assert np.array_equal(paint(head, np.random.default_rng(3))[0],
                           paint(head, np.random.default_rng(3), radius=(3, 7), darkness=(0.70, 0.85))[0])  # defaults
     small, small_mask = paint(head, np.random.default_rng(3), radius=(3, 3), darkness=(0.5, 0.5))
@@ -319,18 +322,18 @@ def test_fewer_labels_keep_subjects_whole():
 def test_transfer_set_builds_from_packaged_heads_reproducibly_with_heads_kept_whole(tmp_path):
     import tifffile
     first, again = str(tmp_path / "t"), str(tmp_path / "u")
-    n = dataset.build_transfer_data(first, per_subject=2)
-    assert n == dataset.build_transfer_data(again, per_subject=2)
+    n = makedata.build_transfer_data(first, per_subject=2)
+    assert n == makedata.build_transfer_data(again, per_subject=2)
     names = sorted(os.listdir(os.path.join(first, "HR")))
-    assert n == len(names) == 2 * len(dataset.TRANSFER_SOURCES) - 1  # the dipy T1 is a single slice
+    assert n == len(names) == 2 * len(makedata.TRANSFER_SOURCES) - 1  # the dipy T1 is a single slice
     assert names == sorted(os.listdir(os.path.join(first, "MASK")))
     for name in names:  # the same seed draws the same lesions
         for kind in ("HR", "MASK"):
             assert np.array_equal(tifffile.imread(os.path.join(first, kind, name)),
                                   tifffile.imread(os.path.join(again, kind, name)))
     s = dataset.load_slices(first, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
-    assert sorted(set(s.subjects)) == sorted(f"{src[0]}_{src[3]}" for src in dataset.TRANSFER_SOURCES)
-    assert int(s.labels.sum()) == len(dataset.TRANSFER_SOURCES) - 1  # the second slice of each head
+    assert sorted(set(s.subjects)) == sorted(f"{src[0]}_{src[3]}" for src in makedata.TRANSFER_SOURCES)
+    assert int(s.labels.sum()) == len(makedata.TRANSFER_SOURCES) - 1  # the second slice of each head
     assert s.images.min() >= 0 and s.images.max() <= 1
     assert not os.path.exists(first + ".partial")
 
@@ -341,7 +344,7 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
     for i in range(6):
         masks[i, :, 10 + 5 * i:30 + 5 * i, 20:44] = True
     images = masks.float() * 0.9
-    out_images, out_masks = dataset.anatomy_variants(images, 3, seed=4, masks=masks.float())
+    out_images, out_masks = augment.anatomy_variants(images, 3, seed=4, masks=masks.float())
     assert len(out_images) == len(out_masks) == 4 * 6 and torch.equal(out_images[:6], images)  # slices, then variants
     assert out_images.min() >= 0 and out_images.max() <= 1 and out_masks.max() <= 1
     assert type(out_images) is torch.Tensor and type(out_masks) is torch.Tensor
@@ -360,17 +363,17 @@ def test_anatomy_variants_stay_in_range_keep_masks_aligned_and_follow_the_seed()
         assert (centre((img > 0.1).float()) - centre(m)).norm() < 1.0
         moved += not torch.equal(m > 0.5, masks[0] > 0.5)
     assert moved and cropped
-    again = dataset.anatomy_variants(images, 3, seed=4, masks=masks.float())
+    again = augment.anatomy_variants(images, 3, seed=4, masks=masks.float())
     assert torch.equal(again[0], out_images) and torch.equal(again[1], out_masks)
-    assert not torch.equal(dataset.anatomy_variants(images, 3, seed=5)[0], out_images)
+    assert not torch.equal(augment.anatomy_variants(images, 3, seed=5)[0], out_images)
     # training that reads no mask draws the same images without deforming masks
-    alone, no_masks = dataset.anatomy_variants(images, 3, seed=4)
+    alone, no_masks = augment.anatomy_variants(images, 3, seed=4)
     assert torch.equal(alone, out_images) and no_masks is None
-    assert dataset.anatomy_variants(images, 0, seed=4)[0] is images  # none asked: the slices as they are
+    assert augment.anatomy_variants(images, 0, seed=4)[0] is images  # none asked: the slices as they are
     g = torch.Generator().manual_seed(0)
-    picked = dataset.variant_index(torch.arange(6), 6, 3, g)
+    picked = augment.variant_index(torch.arange(6), 6, 3, g)
     assert torch.equal(picked % 6, torch.arange(6)) and picked.max() < 24
-    assert torch.equal(dataset.variant_index(torch.arange(6), 6, 0, g), torch.arange(6))
+    assert torch.equal(augment.variant_index(torch.arange(6), 6, 0, g), torch.arange(6))
 
 
 def test_volume_slice_is_np_take_without_copying_the_volume():
@@ -386,15 +389,15 @@ def test_anatomy_variants_cache_returns_the_same_draws_and_is_redrawn_for_other_
     images = torch.zeros(3, 1, 32, 32)
     images[:, :, 8:24, 8:24] = 0.8
     cache = str(tmp_path / "anatomy_variants.pt")
-    drawn, _ = dataset.anatomy_variants(images, 2, seed=1, cache=cache)
-    assert os.path.isfile(cache) and torch.equal(drawn, dataset.anatomy_variants(images, 2, seed=1)[0])
+    drawn, _ = augment.anatomy_variants(images, 2, seed=1, cache=cache)
+    assert os.path.isfile(cache) and torch.equal(drawn, augment.anatomy_variants(images, 2, seed=1)[0])
     calls = []
-    real = dataset.anatomy_transform
-    monkeypatch.setattr(dataset, "anatomy_transform", lambda size: calls.append(1) or real(size))
-    assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn) and not calls  # read back
-    other, _ = dataset.anatomy_variants(images, 2, seed=2, cache=cache)
+    real = augment.anatomy_transform
+    monkeypatch.setattr(augment, "anatomy_transform", lambda size: calls.append(1) or real(size))
+    assert torch.equal(augment.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn) and not calls  # read back
+    other, _ = augment.anatomy_variants(images, 2, seed=2, cache=cache)
     assert calls and not torch.equal(other, drawn)  # another seed: drawn again, and the cache replaced
-    assert torch.equal(dataset.anatomy_variants(images * 0.5, 2, seed=2, cache=cache)[0][:3], images * 0.5)
+    assert torch.equal(augment.anatomy_variants(images * 0.5, 2, seed=2, cache=cache)[0][:3], images * 0.5)
     with open(cache, "wb") as f:
         f.write(b"not a tensor file")
-    assert torch.equal(dataset.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn)  # a damaged cache: redrawn
+    assert torch.equal(augment.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn)  # a damaged cache: redrawn

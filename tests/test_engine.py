@@ -1,3 +1,4 @@
+import dataclasses
 """The one training loop: every setting means the same thing in each of the three trainings."""
 import json
 import math
@@ -10,7 +11,7 @@ import classify
 import engine
 import train
 from config import MiramError, ModelConfig, load_config
-from conftest import tiny_args
+from conftest import enhance_args, tiny_args
 from dataset import load_split
 from models import MIRAM
 
@@ -22,11 +23,10 @@ def logged_steps(path):
 
 def test_accum_steps_counts_the_same_in_all_three_trainings(tiny_data, tmp_path):
     out = str(tmp_path / "o")
-    common = tiny_args(tiny_data, out, "--accum-steps", "2", "--n-epochs", "2", "--inpaint-epochs", "1",
-                       "--cls-epochs", "1")
-    train.main(common)
-    train.main(common + ["--inpaint"])
-    classify.main(common + ["--n-viz", "0"])
+    common = tiny_args(tiny_data, out, "--accum-steps", "2")
+    train.main(common + ["--n-epochs", "2", "--inpaint-epochs", "1"])
+    train.main(common + ["--n-epochs", "2", "--inpaint-epochs", "1", "--inpaint"])
+    classify.main(common + ["--cls-epochs", "1", "--n-viz", "0"])
     cfg = load_config(environ={"MIRAM_PRESET": "tiny", "MIRAM_DATA_PATH": tiny_data})
     n_train = len(load_split(cfg, quiet=True)[0])
     per_epoch = {"train_log.jsonl": n_train, "inpaint_log.jsonl": n_train * cfg.INPAINT_COPIES,
@@ -81,23 +81,31 @@ def test_non_finite_loss_stops_naming_the_phase_and_its_learning_rate(tmp_path):
     assert not os.path.exists(tmp_path / "c.pth")  # nothing half-trained is saved
 
 
-def test_scripts_print_the_settings_they_run_with_not_the_ones_asked_for(tiny_data, tmp_path, capsys):
+def test_scripts_print_the_settings_they_run_with_not_the_ones_asked_for(tiny_data, tmp_path, capsys, monkeypatch):
     import enhance
     import evaluate
     out = str(tmp_path / "o")
     train.main(tiny_args(tiny_data, out))  # a 64-pixel model
     scan = os.path.join(tiny_data, "HR", "subj0_000.tif")
     capsys.readouterr()
-    calls = [(evaluate.main, ["--n-samples", "1"]), (enhance.main, ["--input", scan, "--output", str(tmp_path / "r.tif")]),
-             (classify.main, ["--n-viz", "0", "--cls-epochs", "1"]), (classify.main, ["--predict", scan])]
-    for main, extra in calls:
-        main(tiny_args(tiny_data, out, "--img-size", "96", *extra))  # the checkpoint's 64 wins
+    for extra in (["--n-viz", "0", "--cls-epochs", "1"], ["--predict", scan]):
+        classify.main(tiny_args(tiny_data, out, "--img-size", "96", *extra))  # the checkpoint's 64 wins
         printed = capsys.readouterr().out
-        assert "IMG_SIZE=64" in printed and "IMG_SIZE=96" not in printed, main.__module__
+        assert "IMG_SIZE=64" in printed and "IMG_SIZE=96" not in printed, extra
+    # scripts that take the architecture from a checkpoint offer no flag for it, and print the model's
+    monkeypatch.setenv("MIRAM_IMG_SIZE", "96")
+    with pytest.raises(SystemExit):
+        evaluate.main(tiny_args(tiny_data, out, "--img-size", "96"))
+    capsys.readouterr()
+    evaluate.main(tiny_args(tiny_data, out, "--n-samples", "1"))
+    enhance.main(enhance_args(out, "--input", scan, "--output", str(tmp_path / "r.tif")))
+    printed = capsys.readouterr().out
+    assert "IMG_SIZE=96" not in printed and printed.count("model: 64 px") == 2
 
 
 def test_inpainting_damages_the_slices_and_their_anatomy_variants_in_turn():
-    from dataset import SliceSet, anatomy_variants
+    from augment import anatomy_variants
+    from dataset import SliceSet
     n = 3
     images = torch.rand(n, 1, 32, 32) * 0.8
     data = SliceSet(images, torch.zeros(n, 1, 32, 32, dtype=torch.bool), torch.zeros(n), torch.zeros(n, dtype=torch.bool),
@@ -105,7 +113,7 @@ def test_inpainting_damages_the_slices_and_their_anatomy_variants_in_turn():
     cfg = load_config([], {"MIRAM_PRESET": "tiny", "MIRAM_INPAINT_COPIES": "4", "MIRAM_ANATOMY_VARIANTS": "0"})
     plain, copies = train.damage_sources(data, cfg)
     assert copies == 4 and torch.equal(torch.from_numpy(plain), images)
-    cfg.ANATOMY_VARIANTS = 2
+    cfg = dataclasses.replace(cfg, ANATOMY_VARIANTS=2)
     sources, copies = train.damage_sources(data, cfg)
     bank, _ = anatomy_variants(images, 2, cfg.SEED)
     assert copies == 1 and len(sources) == n * 4  # the same count of damaged regions

@@ -14,8 +14,9 @@ import enhance
 import imaging
 import restoration
 import train
-from config import MiramError, run_cli
-from conftest import tiny_args
+from config import MiramError
+from conftest import enhance_args, tiny_args
+from records import run_cli
 
 
 def identity_restorer(size=64, patch=16, seen=None):
@@ -144,12 +145,12 @@ def test_modes_end_to_end_with_a_tiny_checkpoint(tiny_ckpt, tiny_data, tmp_path)
     scan = os.path.join(tiny_data, "HR", "subj1_000.tif")
     img = tifffile.imread(scan)
     out = str(tmp_path / "rec.tif")
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, "--input", scan, "--output", out, "--scale", "coarse"))
+    enhance.main(enhance_args(tiny_ckpt, "--input", scan, "--output", out, "--scale", "coarse"))
     rec = tifffile.imread(out)
     assert rec.shape == img.shape and rec.dtype == img.dtype
     assert tifffile.imread(str(tmp_path / "rec_coarse.tif")).shape == (36, 40)
     # deterministic: no random masks
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, "--input", scan, "--output", str(tmp_path / "rec2.tif")))
+    enhance.main(enhance_args(tiny_ckpt, "--input", scan, "--output", str(tmp_path / "rec2.tif")))
     assert np.array_equal(rec, tifffile.imread(str(tmp_path / "rec2.tif")))
     # inpaint: an irregular region across patch borders; nothing outside it changes
     hole = np.zeros(img.shape, np.uint8)
@@ -158,7 +159,7 @@ def test_modes_end_to_end_with_a_tiny_checkpoint(tiny_ckpt, tiny_data, tmp_path)
     hole[50:53, 5:70] = 1
     tifffile.imwrite(tmp_path / "hole.tif", hole)
     out = str(tmp_path / "inp.tif")
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, "--input", scan, "--output", out, "--mode", "inpaint",
+    enhance.main(enhance_args(tiny_ckpt, "--input", scan, "--output", out, "--mode", "inpaint",
                            "--mask", str(tmp_path / "hole.tif")))
     inp = tifffile.imread(out)
     assert np.array_equal(inp[hole == 0], img[hole == 0])
@@ -167,12 +168,12 @@ def test_modes_end_to_end_with_a_tiny_checkpoint(tiny_ckpt, tiny_data, tmp_path)
 
 def test_folder_and_interactive(tiny_ckpt, tiny_data, tmp_path, capsys):
     out_dir = str(tmp_path / "restored")
-    written = enhance.main(tiny_args(tiny_data, tiny_ckpt, "--input", os.path.join(tiny_data, "HR"),
+    written = enhance.main(enhance_args(tiny_ckpt, "--input", os.path.join(tiny_data, "HR"),
                                      "--output", out_dir))
     assert len(written) == 12 and len(os.listdir(out_dir)) == 12
     scan = os.path.join(tiny_data, "HR", "subj2_001.tif")
     stdin = io.StringIO(f"{scan}\n/no/such/file.tif\nq\n")
-    written = enhance.main(tiny_args(tiny_data, tiny_ckpt), stdin=stdin)
+    written = enhance.main(enhance_args(tiny_ckpt), stdin=stdin)
     text = capsys.readouterr().out
     assert len(written) == 1 and os.path.isfile(written[0])
     assert "no such file" in text and "bye" in text
@@ -210,10 +211,10 @@ def test_inpaint_uses_the_fine_tuned_model_when_it_exists(tiny_ckpt, tiny_data, 
     hole[20:44, 25:50] = 1
     tifffile.imwrite(tmp_path / "hole.tif", hole)
     common = ["--input", scan, "--mode", "inpaint", "--mask", str(tmp_path / "hole.tif")]
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "mae.tif")))
+    enhance.main(enhance_args(tiny_ckpt, *common, "--output", str(tmp_path / "mae.tif")))
     assert "best_miram_inpaint.pth not found" in capsys.readouterr().out
     train.main(tiny_args(tiny_data, tiny_ckpt, "--inpaint"))
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "ft.tif")))
+    enhance.main(enhance_args(tiny_ckpt, *common, "--output", str(tmp_path / "ft.tif")))
     assert "not found" not in capsys.readouterr().out
     mae, ft = tifffile.imread(tmp_path / "mae.tif"), tifffile.imread(tmp_path / "ft.tif")
     assert np.array_equal(ft[hole == 0], img[hole == 0]) and not np.array_equal(ft, mae)
@@ -221,11 +222,11 @@ def test_inpaint_uses_the_fine_tuned_model_when_it_exists(tiny_ckpt, tiny_data, 
     alone = tmp_path / "inpaint_only"
     alone.mkdir()
     shutil.copy(os.path.join(tiny_ckpt, "best_miram_inpaint.pth"), alone)
-    enhance.main(tiny_args(tiny_data, str(alone), *common, "--output", str(tmp_path / "alone.tif")))
+    enhance.main(enhance_args(str(alone), *common, "--output", str(tmp_path / "alone.tif")))
     assert np.array_equal(tifffile.imread(tmp_path / "alone.tif"), ft)
     # --mae-fill asks for the MAE's own prediction back
-    enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "back.tif"), "--mae-fill"))
+    enhance.main(enhance_args(tiny_ckpt, *common, "--output", str(tmp_path / "back.tif"), "--mae-fill"))
     assert np.array_equal(tifffile.imread(tmp_path / "back.tif"), mae)
     with pytest.raises(MiramError, match="Model not found"):
-        enhance.main(tiny_args(tiny_data, tiny_ckpt, *common, "--output", str(tmp_path / "x.tif"),
+        enhance.main(enhance_args(tiny_ckpt, *common, "--output", str(tmp_path / "x.tif"),
                                "--inpaint-checkpoint", str(tmp_path / "none.pth")))

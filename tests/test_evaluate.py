@@ -9,9 +9,9 @@ import torch
 import evaluate
 import restoration
 import train
-from config import run_cli
 from conftest import tiny_args
 from models import mask_noise
+from records import run_cli
 
 
 def test_masked_region_is_exactly_the_masked_patches():

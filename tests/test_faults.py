@@ -19,8 +19,8 @@ import dataset
 import imaging
 import models
 import train
-from config import run_cli
-from conftest import tiny_args, train_tiny_pipeline
+from conftest import enhance_args, tiny_args, train_tiny_pipeline
+from records import run_cli
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,8 +186,7 @@ def test_every_script_gives_one_line_for_a_bad_file(trained, tmp_path, kind, cap
     bad = str(bad_files(tmp_path / "in")[kind])
     calls = {
         "classify --predict": (classify.main, tiny_args(data, out, "--predict", bad)),
-        "enhance": (__import__("enhance").main, tiny_args(data, out, "--input", bad, "--output",
-                                                          str(tmp_path / "r.tif"))),
+        "enhance": (__import__("enhance").main, enhance_args(out, "--input", bad, "--output", str(tmp_path / "r.tif"))),
     }
     if kind != "stack":  # enhance restores stacks slice by slice: a stack is valid input there
         calls["evaluate --data (only bad files)"] = (evaluate.main, tiny_args(data, out, "--data", str(tmp_path / "in")))

@@ -21,9 +21,10 @@ import classify
 import enhance
 import export_deploy
 import imaging
-from config import ConfigError, ModelConfig, load_config, run_cli
-from conftest import tiny_args, train_tiny_pipeline, write_tiny_dataset
+from config import ConfigError, ModelConfig, load_config
+from conftest import enhance_args, tiny_args, train_tiny_pipeline, write_tiny_dataset
 from models import MIRAM
+from records import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,7 @@ def test_a_compressed_bomb_is_refused_from_its_header_by_every_reader(trained, t
     assert os.path.getsize(bomb) < 2_000_000
     with pytest.raises(imaging.DataError, match="20480 x 20480 = 419 million values, over the MAX_PIXELS budget"):
         imaging.read_scan(bomb)
-    for main, argv in ((enhance.main, tiny_args(data, out, "--input", bomb, "--output", str(tmp_path / "r.tif"))),
+    for main, argv in ((enhance.main, enhance_args(out, "--input", bomb, "--output", str(tmp_path / "r.tif"))),
                        (classify.main, tiny_args(data, out, "--predict", bomb))):
         assert "bomb.tif" in one_line_error(capsys, main, argv)
     assert not os.path.exists(tmp_path / "r.tif")
@@ -176,7 +177,7 @@ def test_export_flags_are_checked_before_work(trained, capsys, flag):
 
 def test_enhance_batch_zero(trained, capsys):
     data, out = trained
-    assert "--batch" in one_line_error(capsys, enhance.main, tiny_args(data, out, "--input", "x.tif", "--batch", "0"))
+    assert "--batch" in one_line_error(capsys, enhance.main, enhance_args(out, "--input", "x.tif", "--batch", "0"))
 
 
 # ---- outputs: where they can go, their mode, nothing replaced -----------------------------------------
@@ -185,10 +186,10 @@ def test_unwritable_places_are_refused_before_any_compute(trained, tmp_path, cap
     data, out = trained
     scan = os.path.join(data, "HR", "subj0_000.tif")
     (tmp_path / "afile").write_text("x")
-    line = one_line_error(capsys, enhance.main, tiny_args(data, out, "--input", scan, "--output",
+    line = one_line_error(capsys, enhance.main, enhance_args(out, "--input", scan, "--output",
                                                           str(tmp_path / "afile" / "sub" / "r.tif")))
     assert "afile is a file" in line
-    line = one_line_error(capsys, enhance.main, tiny_args(data, out, "--input", os.path.join(data, "HR"), "--output",
+    line = one_line_error(capsys, enhance.main, enhance_args(out, "--input", os.path.join(data, "HR"), "--output",
                                                           str(tmp_path / "afile")))
     assert "is a file; a folder --input needs a folder --output" in line
     line = one_line_error(capsys, classify.main, tiny_args(data, str(tmp_path / "afile" / "o"), "--predict", scan,
@@ -200,7 +201,7 @@ def test_whole_image_damage_mask_is_one_line(trained, tmp_path, capsys):
     data, out = trained
     scan = os.path.join(data, "HR", "subj0_000.tif")
     tifffile.imwrite(tmp_path / "all.tif", np.ones((72, 80), np.uint8))
-    line = one_line_error(capsys, enhance.main, tiny_args(data, out, "--input", scan, "--mode", "inpaint", "--mask",
+    line = one_line_error(capsys, enhance.main, enhance_args(out, "--input", scan, "--mode", "inpaint", "--mask",
                                                           str(tmp_path / "all.tif"), "--output", str(tmp_path / "r.tif")))
     assert "whole" in line and not os.path.exists(tmp_path / "r.tif")
 
@@ -211,9 +212,9 @@ def test_overwrite_keeps_the_umask_mode_and_predict_keeps_earlier_heatmaps(train
     target = str(tmp_path / "r.tif")
     old = os.umask(0o002)
     try:
-        enhance.main(tiny_args(data, out, "--input", scan, "--output", target))
+        enhance.main(enhance_args(out, "--input", scan, "--output", target))
         assert os.stat(target).st_mode & 0o777 == 0o664
-        enhance.main(tiny_args(data, out, "--input", scan, "--output", target, "--overwrite"))
+        enhance.main(enhance_args(out, "--input", scan, "--output", target, "--overwrite"))
         assert os.stat(target).st_mode & 0o777 == 0o664
     finally:
         os.umask(old)
@@ -231,16 +232,16 @@ def test_a_blank_image_is_not_classified(trained, tmp_path, capsys):
 def test_folder_rerun_skips_what_is_done_and_interactive_failure_exits_1(trained, tmp_path, capsys):
     data, out = trained
     dest = str(tmp_path / "restored")
-    enhance.main(tiny_args(data, out, "--input", os.path.join(data, "HR"), "--output", dest))
+    enhance.main(enhance_args(out, "--input", os.path.join(data, "HR"), "--output", dest))
     first = sorted(os.listdir(dest))
     os.remove(os.path.join(dest, first[0]))  # as if interrupted before the last scan
     capsys.readouterr()
-    written = enhance.main(tiny_args(data, out, "--input", os.path.join(data, "HR"), "--output", dest))
+    written = enhance.main(enhance_args(out, "--input", os.path.join(data, "HR"), "--output", dest))
     assert written == [os.path.join(dest, first[0])] and sorted(os.listdir(dest)) == first
     assert f"{len(first) - 1} of {len(first)} scans already restored" in capsys.readouterr().out
     import io
     with pytest.raises(SystemExit) as e:
-        run_cli(lambda argv: enhance.main(tiny_args(data, out), stdin=io.StringIO("nope.tif\nmissing.tif\n\n")))
+        run_cli(lambda argv: enhance.main(enhance_args(out), stdin=io.StringIO("nope.tif\nmissing.tif\n\n")))
     assert e.value.code == 1
 
 
@@ -258,7 +259,7 @@ def test_ctrl_c_in_a_folder_run_keeps_every_finished_scan(trained, tmp_path):
     enhance.enhance_slices = interrupt_on_third
     try:
         with pytest.raises(KeyboardInterrupt):
-            enhance.main(tiny_args(data, out, "--input", os.path.join(data, "HR"), "--output", str(tmp_path / "r")))
+            enhance.main(enhance_args(out, "--input", os.path.join(data, "HR"), "--output", str(tmp_path / "r")))
     finally:
         enhance.enhance_slices = real
     assert sorted(os.listdir(tmp_path / "r")) == files[:2]  # the two finished, whole; no temporary left

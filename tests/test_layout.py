@@ -11,8 +11,10 @@ from conftest import NO_TORCH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = {"train", "evaluate", "classify", "enhance", "export_deploy"}
-LIBRARIES = {"config", "imaging", "losses", "dataset", "models", "checkpoint", "hardware", "engine", "runtime",
-             "restoration", "onnx_export"}
+LIBRARIES = {"config", "records", "imaging", "losses", "dataset", "augment", "makedata", "models", "adaptation",
+             "checkpoint", "hardware", "engine", "runtime", "restoration", "onnx_export", "tumor"}
+LINE_LIMIT = 520     # no module longer than a sitting's reading
+README_LIMIT = 200
 
 
 def imported_modules(path):
@@ -61,3 +63,39 @@ def test_artifact_names_are_typed_once():
     for name in config.ARTIFACTS.values():
         homes = [f for f in os.listdir(ROOT) if f.endswith(".py") and f'"{name}"' in open(os.path.join(ROOT, f)).read()]
         assert homes == ["config.py"], (name, homes)
+
+
+@pytest.mark.parametrize("name", sorted(PHASES | LIBRARIES | {"demo"}))
+def test_no_module_is_longer_than_a_sitting(name):
+    with open(os.path.join(ROOT, name + ".py")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= LINE_LIMIT, f"{name}.py: {len(lines)} lines"
+    assert lines[0].startswith('"""') and len(lines[0]) > 10, f"{name}.py: its first line says its concern"
+
+
+def test_the_readme_stays_a_guide():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert len(f.read().splitlines()) <= README_LIMIT
+
+
+def reachable_sources(script):
+    """The source of a script and of every project module it imports, directly or through others."""
+    seen, todo = set(), [script]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += imported_modules(os.path.join(ROOT, name + ".py"))
+    return "".join(open(os.path.join(ROOT, n + ".py")).read() for n in seen - {"config"})  # config names them all
+
+
+@pytest.mark.parametrize("script", sorted(PHASES))
+def test_every_setting_a_script_offers_is_read_by_it(script):
+    """A flag is offered only where its setting is read: by the script or a module it imports (cfg.NAME)."""
+    import config
+    source = reachable_sources(script)
+    for name in config.offered(script):
+        if name in config.ARCHITECTURE and ".model_config()" in source:
+            continue  # read together, as the model they describe
+        assert f".{name}" in source or f'"{name}"' in source, f"{script}.py offers --{name} but never reads it"

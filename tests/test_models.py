@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import hardware
+import adaptation
 import models
 from config import MiramError, ModelConfig
 from losses import masked_mse
@@ -38,7 +39,7 @@ def test_shapes_and_exactly_49_visible():
 
 
 def adapted_fills(model, x, noise, steps, lr=1e-3, seed=0):
-    return models.reconstruct_adapted(model, x, noise, 0.75, steps, lr, [seed + i for i in range(len(x))])
+    return adaptation.reconstruct_adapted(model, x, noise, 0.75, steps, lr, [seed + i for i in range(len(x))])
 
 
 def test_adaptation_reads_only_the_visible_patches_of_its_image(monkeypatch):
@@ -59,11 +60,11 @@ def test_adaptation_reads_only_the_visible_patches_of_its_image(monkeypatch):
     alone = adapted_fills(m, x[1:], noise[1:], steps=3, seed=1)
     assert torch.allclose(alone[0], fine[1:], atol=1e-5)
     assert not torch.equal(adapted_fills(m, x[1:], noise[1:], steps=3, seed=7)[0], fine[1:])
-    monkeypatch.setattr(models, "ADAPT_PASS_BYTES", 1)  # one image a pass: a model too large for more
+    monkeypatch.setattr(adaptation, "ADAPT_PASS_BYTES", 1)  # one image a pass: a model too large for more
     assert torch.allclose(adapted_fills(m, x, noise, steps=3)[0], fine, atol=1e-5)
     assert torch.allclose(adapted_fills(m, x, noise, steps=0)[0], plain[0], atol=1e-6)  # one image a batch
     # the steps under autocast (bf16): the same fill to bf16's precision
-    in_bf16 = models.reconstruct_adapted(m, x, noise, 0.75, 3, 1e-3, [0, 1], amp=True)[0]
+    in_bf16 = adaptation.reconstruct_adapted(m, x, noise, 0.75, 3, 1e-3, [0, 1], amp=True)[0]
     assert torch.allclose(in_bf16, fine, atol=0.05) and not torch.equal(in_bf16, fine)
 
 
@@ -84,7 +85,7 @@ def test_adaptation_lowers_the_loss_on_the_image_it_adapts_to():
 
     with torch.no_grad():
         start = loss_on_visible(m)
-        weights = models.adapt_to_images(m, x, visible[None], 20, 1e-3, [torch.Generator().manual_seed(0)])
+        weights = adaptation.adapt_to_images(m, x, visible[None], 20, 1e-3, [torch.Generator().manual_seed(0)])
         adapted = copy.deepcopy(m)
         adapted.load_state_dict({name: w[0] for name, w in weights.items()}, strict=False)
         assert loss_on_visible(adapted) < 0.5 * start

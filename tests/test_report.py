@@ -37,19 +37,6 @@ def test_runs_scored_on_a_transfer_set_are_summarised_there_too():
 
 
 
-def test_seeds_measured_in_both_views_are_summarised_per_view():
-    runs = []
-    for s, single, shifted in ((1, 0.90, 0.96), (2, 0.94, 0.98)):
-        r = run(f"MIRAM_SEED={s} python classify.py", single, 0.8, 5.0)
-        r["views"] = "single pass"
-        r["other_views"] = {**run("", shifted, 0.9, 6.0), "views": "half-patch shifts averaged"}
-        runs.append(r)
-    text = "\n".join(report.settings_section(runs, "note"))
-    summary = text.split("differ only by")[-1]
-    assert "single pass` | 2 | 0.920 ± 0.028" in summary
-    assert "half-patch shifts averaged` | 2 | 0.970 ± 0.014 | 0.90 ± 0.00 | 6.0 ± 0.0 |" in summary
-
-
 def test_the_comparison_table_and_plot_are_reported_as_compare_wrote_them(tmp_path):
     import json
     out, docs = tmp_path / "o", tmp_path / "docs"

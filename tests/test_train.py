@@ -37,7 +37,7 @@ def test_resume_with_other_config_is_refused(tiny_data, tmp_path):
 
 def test_missing_data_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        from config import run_cli
+        from records import run_cli
         run_cli(train.main, tiny_args(str(tmp_path / "none"), str(tmp_path / "o")))
     assert e.value.code == 1
     err = capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""The tumor classifier's training task, losses, metrics and heatmaps; classify.py runs them.
+
+A slice's label: its mask has a non-zero pixel. The classifier (models.TumorClassifier) is the pre-trained
+encoder with a patch-evidence head: each encoded patch gets a score, the slice's logit pools them, and the
+patches' weights in that pool are the default heatmap, scored against the true outline (pointing game, mass
+inside the tumor).
+"""
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augment import local_images
+from config import MiramError
+from engine import Task, layer_decay
+from hardware import autocast
+from models import TumorClassifier, cls_maps
+from runtime import DEFAULT_HEATMAP, binary_metrics, localization, upsample_heatmaps
+
+VARIANTS = ("finetune", "linear_probe", "from_scratch")
+
+
+def suffix_of(variant):
+    """What a variant's artifacts carry after their name: best_tumor_classifier_linear_probe.pth."""
+    return "" if variant == "finetune" else "_" + variant
+
+
+# ---- the model -----------------------------------------------------------------------------------------
+
+def build_classifier(cfg, variant, mae_path=None, mae_state=None):
+    """-> the classifier of a variant: the pre-trained encoder of mae_state (finetune, linear_probe) or the
+    same architecture from random weights (from_scratch). It reads CLS_IMG_SIZE pixels (0: the encoder's
+    own size); read at another size, the encoder's positions keep the range it was pre-trained on."""
+    from checkpoint import model_config_from
+    if variant == "from_scratch":
+        return TumorClassifier(dataclasses.replace(cfg.model_config(), img_size=cfg.CLS_IMG_SIZE or cfg.IMG_SIZE,
+                                                   conv_evidence=cfg.CLS_CONV_EVIDENCE))
+    mae_cfg = model_config_from(mae_state, mae_path)
+    size = cfg.CLS_IMG_SIZE or mae_cfg.img_size
+    if size % mae_cfg.patch_size:
+        raise MiramError(f"CLS_IMG_SIZE {size} is not a multiple of {mae_path}'s patch size {mae_cfg.patch_size}")
+    pos_grid = mae_cfg.pos_grid
+    if size != mae_cfg.img_size:
+        pos_grid = pos_grid or mae_cfg.img_size // mae_cfg.patch_size
+    model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD, img_size=size,
+                                                pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE))
+    encoder_state = {k[len("encoder."):]: v for k, v in mae_state["model"].items() if k.startswith("encoder.")}
+    model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
+    return model
+
+
+# ---- inference with heatmaps ---------------------------------------------------------------------------
+
+def predict_all(model, images, device, amp, batch=32, with_attention=False):
+    """-> probabilities (N,) numpy, and with_attention: {"evidence"|"last_block"|"rollout"|"relevance":
+    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch)."""
+    model.eval()
+    probs, maps = [], {}
+    for s in range(0, len(images), batch):
+        x = images[s:s + batch].to(device)
+        with torch.set_grad_enabled(with_attention), autocast(device, amp):
+            if with_attention:
+                logits, atts, keep, valid, scores = model.forward_with_attention(x, "all")
+                # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
+                grads = torch.autograd.grad(logits.float().sum(), atts)
+                with torch.no_grad():
+                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads, scores.detach()).items():
+                        maps.setdefault(k, []).append(v.float().cpu().numpy())
+            else:
+                logits = model(x)
+        probs.append(torch.sigmoid(logits.detach().float()).cpu().numpy())
+    probs = np.concatenate(probs)
+    if not with_attention:
+        return probs
+    size = images.shape[-1]
+    return probs, {k: upsample_heatmaps(np.concatenate(v), size) for k, v in maps.items()}
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+def balanced_log_loss(probs, labels):
+    """The mean log loss of each class, averaged over the two classes (as the training loss weights them)."""
+    probs = np.clip(np.asarray(probs, float), 1e-7, 1 - 1e-7)
+    labels = np.asarray(labels).astype(bool)
+    per_class = [-np.log(p).mean() for p in (probs[labels], 1 - probs[~labels]) if len(p)]
+    return float(np.mean(per_class))
+
+
+def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):
+    """Binary cross-entropy of each encoded patch's score against its own soft label: its tumor share over
+    full_share, capped at 1 (a patch half tumor or more is all tumor), 0 under min_share, and 1 for the
+    slice's largest share (a lesion smaller than min_share of a patch, or split between patches, still
+    marks the patch that holds most of it); tumor and tumor-free weighted equally (a tumor covers a few
+    patches of a slice). The soft label ranks a patch by how much tumor it holds, so the map's peak lands on
+    the tumor rather than on a patch that grazes it (docs/METHODS.md).
+    scores (B, K), masks (B, 1, S, S) float, keep/valid as the model encoded them."""
+    share = torch.gather(F.avg_pool2d(masks, patch).flatten(1), 1, keep)  # (B, K): tumor share of each patch
+    largest = share.amax(1, keepdim=True)
+    is_largest = ((share >= largest) & (largest > 0)).float()
+    target = torch.where(share >= min_share, (share / full_share).clamp(max=1.0), torch.zeros_like(share))
+    target = torch.maximum(target, is_largest)
+    real = torch.ones_like(target) if valid is None else valid.to(target.dtype)
+    bce = F.binary_cross_entropy_with_logits(scores, target, reduction="none")
+    loss = 0.0
+    for weight in (target * real, (1 - target) * real):
+        if weight.sum() > 0:
+            loss = loss + 0.5 * (bce * weight).sum() / weight.sum()
+    return loss if torch.is_tensor(loss) else scores.sum() * 0
+
+
+class Classification(Task):
+    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE on the slice label, the patch
+    labels from the masks beside it (CLS_PATCH_WEIGHT), layer-wise learning-rate decay."""
+    kind = "classifier"
+    lr_setting = "CLS_LR"
+    seed_offset = 1
+    # the best checkpoint has the lowest class-balanced validation log loss, a proper score: the highest
+    # AUROC picks an early epoch where it ties near 1 by chance, its probabilities not yet calibrated
+    monitor, maximize, shown = "loss", False, ("auroc", "accuracy")
+    must_match = ("variant", "label_fraction")
+
+    def __init__(self, cfg, model, train_set, val_set, device, variant, extra):
+        n_pos = float(train_set.labels.sum())
+        n_neg = len(train_set) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
+                             "classification needs both (check the MASK/ folder)")
+        self.cfg, self.train_set, self.val_set, self.device = cfg, train_set, val_set, device
+        self.name, self.variant = variant, variant
+        self.pos_weight = torch.tensor(n_neg / n_pos, device=device)
+        self.decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
+        self.patch = model.cfg.patch_size
+        self.masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
+        self.epochs, self.warmup_epochs, self.lr = cfg.CLS_EPOCHS, cfg.CLS_WARMUP_EPOCHS, cfg.CLS_LR
+        self.weight_decay, self.n_train, self.extra = cfg.CLS_WEIGHT_DECAY, len(train_set), extra
+        suffix = suffix_of(variant)
+        self.checkpoint = cfg.artifact("classifier_checkpoint", suffix)
+        self.best, self.log = cfg.artifact("classifier", suffix), cfg.artifact("classifier_log", suffix)
+
+    def lr_scale(self, name):
+        if self.variant == "linear_probe" and name.startswith("encoder."):
+            return None  # frozen
+        return self.decay(name)
+
+    def train_mode(self, model):
+        model.train()
+        if self.variant == "linear_probe":
+            model.encoder.eval()  # frozen: no dropout or statistics change in the encoder
+
+    def batch(self, gidx, mine, gen):
+        labels = self.train_set.labels[gidx[mine]].to(self.device)
+        x = local_images(self.train_set.images, gidx, mine, gen, self.device, self.cfg.AUGMENT, self.masks)
+        x, masks = x if self.masks is not None else (x, None)
+        return x, masks, labels
+
+    def forward(self, net, batch):
+        return net(batch[0], with_evidence=True)
+
+    def loss(self, out, batch):
+        logits, scores, keep, valid = out
+        image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=self.pos_weight)
+        if batch[1] is None:
+            return image_loss, {"loss": image_loss.item()}
+        patch_loss = patch_supervision(scores, batch[1], keep, valid, self.patch)
+        loss = image_loss + self.cfg.CLS_PATCH_WEIGHT * patch_loss
+        return loss, {"loss": loss.item(), "image_loss": image_loss.item(), "patch_loss": patch_loss.item()}
+
+    def validate(self, model):
+        probs, labels = predict_all(model, self.val_set.images, self.device, self.cfg.AMP), self.val_set.labels.numpy()
+        return {**binary_metrics(probs, labels, self.cfg.CLS_THRESHOLD), "loss": balanced_log_loss(probs, labels)}
+
+
+# ---- scoring -------------------------------------------------------------------------------------------
+
+def subject_metrics(probs, labels, hits, rows_by_subject, threshold):
+    """{subject: binary metrics over its slices (AUROC None where it has one class), the default heatmap's
+    pointing game over its tumor slices (None without one)}: which heads of a few a classifier fails on."""
+    out = {}
+    for subject, rows in rows_by_subject.items():
+        m = binary_metrics(probs[rows], labels[rows], threshold)
+        tumor_hits = hits[rows][labels[rows] > 0]
+        out[subject] = {k: None if m[k] != m[k] else m[k]  # NaN (one class) -> null in the JSON
+                        for k in ("auroc", "accuracy", "sensitivity", "specificity", "n", "n_positive")}
+        out[subject]["pointing_game"] = float(tumor_hits.mean()) if len(tumor_hits) else None
+    return out
+
+
+def score(model, data, cfg, device, by_subject=False):
+    """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
+    heatmaps, tumor masks). by_subject: also "per_subject" (subject_metrics), for a set of a few heads."""
+    labels = data.labels.numpy()
+    pos = labels > 0
+    tumor = data.masks[:, 0].numpy() & pos[:, None, None]
+    probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True)
+    m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
+    loc, hits = {}, np.zeros(len(labels))  # hits: the default map's pointing game per slice, 0 where no tumor
+    for name, h in heats.items():
+        if not pos.any():
+            loc[name] = {}
+            continue
+        mass, hit = localization(h[pos], tumor[pos])
+        if name == DEFAULT_HEATMAP:
+            hits[pos] = hit
+        share = tumor[pos].mean(axis=(1, 2))
+        loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
+                     "tumor_share_of_image": float(share.mean()),
+                     "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
+                     # a few slices with most of the mass inside lift the mean: the median is the typical slice
+                     "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
+    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)))
+    if by_subject:
+        m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
+    return m, probs, heats, tumor
