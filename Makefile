@@ -18,12 +18,16 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) demo.py
 
+# One process per core, each on one thread (torch's threads would otherwise crowd the cores); a test file
+# stays in one process, so its shared fixtures are built once.
+TEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(TEST) tests
 
 # the edit-test loop: everything but the slow end-to-end runs
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(TEST) -m "not slow" tests
 
 # docs/RESULTS.md from the JSON artifacts in outputs/ (after `make demo`, `make compare`)
 results: $(STAMP)

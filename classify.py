@@ -17,16 +17,13 @@ import os
 import sys
 import warnings
 
-import matplotlib
 import numpy as np
 
 from config import MiramError, add_config_args, describe, load_config
 from imaging import EXTENSIONS, VOLUME_KINDS, foreground_patches, is_image, model_input, read_scan, split_ext
-from records import INTERRUPTED_TRAINING, run_cli, run_info, save_json
+from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
 from runtime import DEFAULT_HEATMAP, OnnxClassifier, upsample_heatmaps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 # torch, and the modules built on it, are imported in the functions that train or run the PyTorch model:
 # `--predict --backend onnx` runs on onnxruntime and numpy alone.
@@ -54,6 +51,7 @@ def get_args_parser():
 
 
 def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
+    plt = pyplot()
     panels = [("image", None)] + [(HEATMAP_TITLES[k], heats[k]) for k in HEATMAP_TITLES if k in heats]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, h) in zip(axes, panels):

@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,11 +28,9 @@ from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import choose_precision, pick_device
 from losses import finite_mean, psnr, ssim
 from models import mask_noise, unpatchify
-from records import run_cli, run_info, save_json
+from records import pyplot, run_cli, run_info, save_json
 from restoration import CLASSICAL_FILLS, classical_fill, seamless_fill
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 BASELINES = tuple(CLASSICAL_FILLS)
 SWEEP = (0.25, 0.5, 0.75, 0.9)
@@ -237,6 +234,7 @@ def save_figure(shown, path, title):
     """A row per slice: the original, its masked input, the plain fill, its composite, each other MIRAM fill
     measured (adapted, blended in: composites with their masked-patch figures), the coarse scale, and the
     error of the last fill's composite."""
+    plt = pyplot()
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
     methods = list(shown[0]["fills"])
     columns = 5 + len(methods)
@@ -276,6 +274,7 @@ def one_slice_per_subject(rows_by_subject, limit):
 
 
 def save_sweep(sweep, path):
+    plt = pyplot()
     ratios = sorted(float(r) for r in sweep)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for m in sweep[str(ratios[0])]:

@@ -71,6 +71,14 @@ def run_info() -> dict:
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only backend, imported when a figure is drawn (it is slow to import)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 

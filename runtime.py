@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 from skimage.transform import resize
-from sklearn.metrics import roc_auc_score
 
 from config import MiramError, ModelConfig
 from imaging import foreground_patches
@@ -139,6 +138,20 @@ def localization(heat, tumor):
     return mass, hit
 
 
+def auroc(scores, labels):
+    """Area under the ROC curve: the chance that a positive scores above a negative, a tie counting half
+    (the Mann-Whitney U over both counts); NaN without both classes."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, a tie group sharing its mean rank
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def binary_metrics(probs, labels, threshold):
     """AUROC, accuracy, sensitivity, specificity, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
     probs, labels = np.asarray(probs, float), np.asarray(labels).astype(int)
@@ -150,8 +163,7 @@ def binary_metrics(probs, labels, threshold):
 
     def ratio(a, b):
         return a / b if b else float("nan")
-    auroc = float(roc_auc_score(labels, probs)) if len(set(labels.tolist())) == 2 else float("nan")
-    return {"auroc": auroc, "accuracy": ratio(tp + tn, len(labels)), "sensitivity": ratio(tp, tp + fn),
+    return {"auroc": auroc(probs, labels), "accuracy": ratio(tp + tn, len(labels)), "sensitivity": ratio(tp, tp + fn),
             "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn), "threshold": threshold,
             "confusion_matrix": [[tn, fp], [fn, tp]], "n": len(labels), "n_positive": int(labels.sum())}
 

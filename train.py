@@ -17,7 +17,6 @@ import math
 import os
 import time
 
-import matplotlib
 import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
@@ -28,11 +27,9 @@ from engine import Distributed, Task, fit
 from hardware import apply_kernels, autocast, choose_kernels
 from losses import ssim
 from models import MIRAM, InpaintingMIRAM, mask_noise
-from records import run_cli, run_info, save_json
+from records import pyplot, run_cli, run_info, save_json
 from restoration import damaged_set
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 
 def get_args_parser():
@@ -100,6 +97,7 @@ class Pretraining(Task):
 
 
 def plot_losses(history, path, lambda_coarse):
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")

@@ -37,6 +37,16 @@ def test_binary_metrics_against_sklearn():
     assert m["f1"] == pytest.approx(f1_score(labels, probs >= 0.5)) and m["accuracy"] == pytest.approx(4 / 7)
 
 
+def test_auroc_is_sklearns_with_ties_and_nan_with_one_class():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 30)
+        scores = np.round(rng.random(30), 1)  # many ties
+        if 0 < labels.sum() < 30:
+            assert runtime.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(runtime.auroc([0.2, 0.4], [1, 1]))
+
+
 def test_rollout_on_a_known_stack():
     eye = torch.eye(3)[None, None]  # attention to self only: rollout is the identity
     assert torch.allclose(models.attention_rollout([eye, eye]), torch.eye(3)[None])

@@ -28,6 +28,7 @@ def test_demo_runs_every_phase_and_summarizes_them(tmp_path, capsys):
     assert f"AUROC {metrics['auroc']:.3f}" in screen and "deployment" in screen
 
 
+@pytest.mark.slow
 def test_a_failing_phase_stops_the_demo_with_its_exit_status(tmp_path):
     # no data folder: pre-training fails, nothing after it runs
     code = demo.main(tiny_args(str(tmp_path / "none"), str(tmp_path / "o")))

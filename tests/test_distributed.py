@@ -23,6 +23,18 @@ def run(args):
     return r
 
 
+def train_here(args):
+    """train.py's main in this process, on one thread as the torchrun processes run (a process of its own would
+    only add its start-up time)."""
+    import train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_two_process_gloo_matches_single_process(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"), n_subjects=5, per_subject=4)  # 16 train / 4 val
     common = ["--preset", "tiny", "--dataset-path", data, "--n-epochs", "2", "--val-fraction", "0.2"]
@@ -31,7 +43,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
              *common, "--batch-size", "2", "--output-path", ddp_out])
     assert "2 processes hold identical weights" in r.stdout
     assert "effective_batch=4" in r.stdout and r.stdout.count("config:") == 1  # rank 0 alone speaks
-    run([sys.executable, "train.py", *common, "--batch-size", "4", "--output-path", single_out])
+    train_here([*common, "--batch-size", "4", "--output-path", single_out])
     a = torch.load(os.path.join(ddp_out, "checkpoint.pth"), weights_only=True)
     b = torch.load(os.path.join(single_out, "checkpoint.pth"), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["world_size"] == 2
@@ -47,7 +59,7 @@ def test_inpainting_fine_tune_two_process_gloo_matches_single_process(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"), n_subjects=5, per_subject=4)  # 16 train / 4 val
     common = ["--preset", "tiny", "--dataset-path", data, "--n-epochs", "1", "--val-fraction", "0.2"]
     mae_out = str(tmp_path / "mae")
-    run([sys.executable, "train.py", *common, "--batch-size", "4", "--output-path", mae_out])
+    train_here([*common, "--batch-size", "4", "--output-path", mae_out])
     ddp_out, single_out = str(tmp_path / "ddp"), str(tmp_path / "single")
     for out in (ddp_out, single_out):
         os.makedirs(out)
@@ -55,7 +67,7 @@ def test_inpainting_fine_tune_two_process_gloo_matches_single_process(tmp_path):
     r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
              "--inpaint", *common, "--batch-size", "2", "--output-path", ddp_out])
     assert "2 processes hold identical weights" in r.stdout and r.stdout.count("config:") == 1
-    run([sys.executable, "train.py", "--inpaint", *common, "--batch-size", "4", "--output-path", single_out])
+    train_here(["--inpaint", *common, "--batch-size", "4", "--output-path", single_out])
     a = torch.load(os.path.join(ddp_out, "inpaint_checkpoint.pth"), weights_only=True)
     b = torch.load(os.path.join(single_out, "inpaint_checkpoint.pth"), weights_only=True)
     assert a["epoch"] == b["epoch"] and a["world_size"] == 2

@@ -62,6 +62,7 @@ def test_each_cell_paints_its_own_set_and_a_repeat_runs_nothing(tmp_path, capsys
     assert "seed 1:" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_blob_detector_finds_dark_lesions_and_not_faint_ones(tmp_path):
     import makedata
     from config import load_config
@@ -77,6 +78,7 @@ def test_the_blob_detector_finds_dark_lesions_and_not_faint_ones(tmp_path):
     assert faint["slice_auroc"] < dark["slice_auroc"] - 0.1 and dark["slice_auroc"] < dark["patch_auroc"]
 
 
+@pytest.mark.slow
 def test_the_convolutional_peer_learns_dark_lesions_from_pixel_labels(tmp_path):
     import makedata
     from config import load_config

@@ -354,6 +354,7 @@ print(kept, grown - resident())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_freed_memory_is_kept_for_the_next_step():
     """Under keep_freed_memory a freed 20 MB block stays with the process (glibc's default hands blocks this
     size back to the system, and the next step faults fresh pages in)."""
