@@ -93,11 +93,12 @@ def output_lock(folder, enabled=True, say=print):
                 os.link(tmp, path)
                 break
             except FileExistsError:
-                try:
-                    with open(path) as f:
-                        holder = json.load(f)
-                except (OSError, ValueError):
-                    holder = {}
+                holder = _lock_holder(path)
+                if holder is None and not os.path.exists(path):  # released meanwhile: try again
+                    continue
+                if holder is None:  # locks are written whole: this one was damaged or written by something else
+                    raise MiramError(f"{folder}: its lock file {path} is not one a run wrote; if no run is using "
+                                     "this folder, delete it") from None
                 if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                     say(f"note: {folder}: taking over the lock of pid {holder['pid']} ({holder.get('command', '?')}), "
                         "which is no longer running")
@@ -112,12 +113,21 @@ def output_lock(folder, enabled=True, say=print):
     try:
         yield
     finally:
-        try:
-            with open(path) as f:
-                if json.load(f).get("pid") == me["pid"]:
-                    os.remove(path)
-        except (OSError, ValueError):
-            pass
+        if (_lock_holder(path) or {}).get("pid") == me["pid"]:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def _lock_holder(path):
+    """The run a lock file names ({"pid", "host", "command", "since"}), or None where it names none."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 def remove_stale_temporaries(folder):
@@ -205,6 +215,14 @@ def check_weights_fit(state, kind, cfg, path):
     extra = sorted(set(weights) - set(skeleton))
     if extra:
         raise MiramError(f"{path}: its weights hold {len(extra)} tensor(s) its model does not have (e.g. {extra[0]})")
+    for name, t in weights.items():
+        # a tensor whose storage is smaller than its values (an expanded view) stands for memory never saved
+        if t.numel() and t.untyped_storage().nbytes() < t.numel() * t.element_size():
+            raise MiramError(f"{path}: its tensor {name} is a view of {t.untyped_storage().nbytes()} bytes standing "
+                             f"for {t.numel() * t.element_size()}: not a checkpoint a run wrote")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MiramError(f"{path}: its weights hold NaN or infinite values ({name}): a diverged or damaged run's; "
+                             "use an earlier checkpoint or train again")
 
 
 def build_from_checkpoint(path, kind="mae", map_location="cpu"):

@@ -19,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from config import MiramError, add_config_args, describe, load_config
-from imaging import EXTENSIONS, VOLUME_KINDS, foreground_patches, is_image, model_input, read_scan, split_ext
+from config import MiramError, add_config_args, at_least, describe, load_config
+from imaging import EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, split_ext
 from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
 from runtime import DEFAULT_HEATMAP, OnnxClassifier, upsample_heatmaps
 
@@ -43,9 +43,9 @@ def get_args_parser():
                    help="pre-trained MAE (default OUTPUT_PATH/best_miram_mae.pth); with --predict, the classifier")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="with --predict: onnx runs OUTPUT_PATH/miram_model_optimized.onnx with onnxruntime only")
-    p.add_argument("--n-viz", type=int, default=3, help="heatmap figures per group (TP, FP, FN)")
+    p.add_argument("--n-viz", type=at_least(0), default=3, help="heatmap figures per group (TP, FP, FN)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a classifier checkpoint exists")
-    p.add_argument("--stop-after", type=int, default=None, metavar="E",
+    p.add_argument("--stop-after", type=at_least(1), default=None, metavar="E",
                    help="stop after E epochs of this invocation; run again to continue")
     return add_config_args(p, "classify")
 
@@ -161,6 +161,10 @@ def print_report(variant, metrics):
     print(f"[{variant}] validation: AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}  "
           f"sensitivity {metrics['sensitivity']:.3f}  specificity {metrics['specificity']:.3f}  F1 {metrics['f1']:.3f}"
           f"  (threshold {metrics['threshold']})\n  confusion [[TN FP] [FN TP]] = {cm}")
+    op = metrics["operating_point"]
+    if op["threshold"] == op["threshold"]:
+        print(f"  operating point ({op['rule']}): threshold {op['threshold']:.3f}, sensitivity "
+              f"{op['sensitivity']:.3f}, specificity {op['specificity']:.3f}")
     for name, loc in metrics["localization"].items():
         if loc:
             print(f"  heatmap {name}: {loc['mass_inside']:.3f} of the mass inside the tumor "
@@ -220,7 +224,7 @@ def predict(args, cfg):
     folder = os.path.isdir(args.predict)
     files = [args.predict]
     if folder:
-        files = [os.path.join(args.predict, f) for f in sorted(os.listdir(args.predict)) if is_image(f)]
+        files = list_images(args.predict)
         if not files:
             raise MiramError(f"{args.predict}: no {', '.join(EXTENSIONS)} files in this folder")
     classify_images, size, patch, threshold = slice_classifier(args, cfg)

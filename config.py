@@ -51,7 +51,7 @@ ARTIFACTS = {
     "train_throughput": "train_throughput.json",  # bench/train_throughput.py --json (make bench)
     "allocator": "allocator.json",                # bench/allocator.py --json (make bench): malloc policy, paired
 }
-# the packaged real heads of `dataset.py --build-transfer` (TRANSFER_PATH=builtin), built on first use
+# the packaged real heads of `makedata.py --transfer` (TRANSFER_PATH=builtin), built on first use
 BUILTIN_TRANSFER_PATH = os.path.join("data", "transfer", "Brain_MRI")
 
 
@@ -139,6 +139,8 @@ class Config:
     DEVICE: str = setting("auto", "auto, cpu, cuda or cuda:N", ("train", "evaluate", "classify", "enhance"))
     SEED: int = setting(0, "the training seed (weights, batches, augmentation)", TRAINING)
     # ---- data
+    LAYOUT: str = setting("auto", "how DATASET_PATH is laid out: auto (the one layout that fits; a folder that "
+                          "fits several is refused), spec (HR/ + MASK/ or flat), nifti or kaggle_lgg", DATA)
     VAL_FRACTION: float = setting(0.2, "share of the subjects held out for validation", DATA)
     SPLIT_SEED: int = setting(0, "the subject split's seed, apart from SEED: training seeds vary while "
                               "validation stays held out", DATA)
@@ -213,6 +215,9 @@ class Config:
 
     def validate(self):
         self.model_config()  # architecture checks
+        for name in ("OUTPUT_PATH", "DEMO_DATA_PATH"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"bad setting {name}: empty; name a folder (default {SETTINGS[name].default!r})")
         for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY", "INPAINT_EPOCHS",
                      "INPAINT_COPIES", "MAX_PIXELS"):
             if getattr(self, name) < 1:
@@ -399,6 +404,19 @@ def _coerce(name, kind, raw):
 
 def flag_name(name):
     return "--" + name.lower().replace("_", "-")
+
+
+def at_least(minimum):
+    """An argparse type: an integer, refused below minimum ("--n-viz -3" is a mistake, not a request)."""
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return integer
 
 
 def offered(script=None):

@@ -1,8 +1,9 @@
 """Reading data: layouts of slices on disk, the subject-grouped split, and the slices loaded for training.
 
-Layouts (LAYOUTS, tried in order): <DATASET_PATH>/HR/ images with MASK/ of the same names (the spec's), or a
-flat folder of images; NIfTI volumes; the Kaggle LGG folders. Every image format of imaging.py is read.
-Everything is decoded once into memory: 4,000 slices at 224x224 are 800 MB as float32.
+Layouts (LAYOUTS): <DATASET_PATH>/HR/ images with MASK/ of the same names (the spec's), or a flat folder of
+images; NIfTI volumes; the Kaggle LGG folders. Every image format of imaging.py is read. Everything is decoded
+once into memory (4,000 slices at 224x224 are 800 MB as float32). torch is imported by the functions that need
+it, so that `dataset.py --inspect` stays light.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from config import MAX_PIXELS
-from imaging import (FORMATS, VOLUME_KINDS, DataError, VolumeView, fit_to_square, list_images, normalize_intensity,
-                     read_slice, read_volume, split_ext, stored_dtype, to_grayscale, volume_header)
+from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, list_names,
+                     normalize_intensity, read_slice, read_volume, split_ext, stored_dtype, to_grayscale, volume_header)
+from volumes import VolumeView
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
-# torch is imported inside the functions that need it, so that `dataset.py --inspect` and the demo builder
-# stay light.
 SLICE_KINDS = ("tiff", "png", "dicom")  # one slice per file; VOLUME_KINDS hold many
 
 
@@ -102,10 +102,19 @@ def find_volumes(root, subject_pattern, slice_axis):
 
 
 def find_kaggle_lgg(root, subject_pattern, slice_axis):
-    """<root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif; subject = folder."""
+    """<root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif; subject = folder. A subfolder
+    that cannot be read (a disk's lost+found) is no patient: skipped with a warning."""
     kaggle = os.path.join(root, "kaggle_3m") if os.path.isdir(os.path.join(root, "kaggle_3m")) else root
-    patients = sorted(d for d in os.listdir(kaggle) if os.path.isdir(os.path.join(kaggle, d)) and d not in ("HR", "MASK"))
-    if not (patients and any(f.endswith("_mask.tif") for d in patients for f in os.listdir(os.path.join(kaggle, d)))):
+    patients, names = [], {}
+    for d in sorted(list_names(kaggle)):
+        if d in ("HR", "MASK") or not os.path.isdir(os.path.join(kaggle, d)):
+            continue
+        try:
+            names[d] = os.listdir(os.path.join(kaggle, d))
+            patients.append(d)
+        except OSError as e:
+            warnings.warn(f"skipping {os.path.join(kaggle, d)}: cannot list it ({e.strerror})", stacklevel=2)
+    if not (patients and any(f.endswith("_mask.tif") for d in patients for f in names[d])):
         return None
     sources = []
     for d in patients:
@@ -126,32 +135,41 @@ def find_slices(root, subject_pattern, slice_axis):
     image_dir = _image_dir(root)
     images = list_images(image_dir, SLICE_KINDS)
     if not images:
-        raise DataError(f"Dataset empty: no {'/'.join(ext for k in SLICE_KINDS for ext in FORMATS[k])} images "
-                        f"in {image_dir} (check DATASET_PATH; images belong in HR/)")
+        return None
     pairs = _pair_by_stem(images, os.path.join(root, "MASK"), image_dir, SLICE_KINDS)
     return [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
 
 
-# Tried in order: the first that recognizes the folder (returns sources, not None) reads it. A new layout
-# is one function here.
+# Every layout is tried; a folder is read in the one that recognizes it, and a folder that more than one
+# recognizes is refused until LAYOUT names one (a stray file must not decide what is trained on). A new
+# layout is one function here.
 LAYOUTS = {"nifti": find_volumes, "kaggle_lgg": find_kaggle_lgg, "spec": find_slices}
 
 
-def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2):
-    """(layout, [Source]) of a data folder."""
+def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2, layout: str = "auto"):
+    """(layout, [Source]) of a data folder, in the layout named or the one layout that recognizes it."""
     if not os.path.exists(root):
-        raise DataError(f"Dataset empty: {root} does not exist (set DATASET_PATH or MIRAM_DATA_PATH)")
+        raise DataError(f"Dataset empty: {root} does not exist (check DATASET_PATH or MIRAM_DATA_PATH)")
     if not os.path.isdir(root):
-        raise DataError(f"{root}: is a file; DATASET_PATH must be a folder of images (HR/ and MASK/)")
-    for layout, find in LAYOUTS.items():
-        sources = find(root, subject_pattern, slice_axis)
-        if sources is not None:
-            return layout, sources
-
-
-def find_pairs(root: str):
-    """[(image_path, mask_path or None)] of a data folder."""
-    return [(s.image, s.mask) for s in discover(root)[1]]
+        raise DataError(f"{root}: is a file, not a folder of images (HR/ and MASK/)")
+    if layout != "auto" and layout not in LAYOUTS:
+        raise DataError(f"LAYOUT {layout!r}: unknown (known: auto, {', '.join(LAYOUTS)})")
+    found = {}
+    for name, find in LAYOUTS.items():
+        if layout in ("auto", name):
+            sources = find(root, subject_pattern, slice_axis)
+            if sources:
+                found[name] = sources
+    if len(found) > 1:
+        raise DataError(f"{root}: holds more than one layout (" + ", ".join(
+            f"{name}: {len(sources)} slices" for name, sources in found.items())
+            + "); name the one to read with LAYOUT (--layout)")
+    if not found:
+        kinds = "/".join(ext for k in SLICE_KINDS + VOLUME_KINDS for ext in FORMATS[k])
+        raise DataError(f"Dataset empty: no {kinds} images in {_image_dir(root)}"
+                        + (f" in the {layout} layout" if layout != "auto" else "")
+                        + " (check DATASET_PATH; images belong in HR/)")
+    return next(iter(found.items()))
 
 
 class _VolumeCache:
@@ -272,10 +290,10 @@ class SliceSet:
 
 
 def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2,
-                max_pixels: int = MAX_PIXELS) -> SliceSet:
+                max_pixels: int = MAX_PIXELS, layout: str = "auto") -> SliceSet:
     """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each."""
     import torch
-    layout, sources = discover(root, subject_pattern, slice_axis)
+    layout, sources = discover(root, subject_pattern, slice_axis, layout)
     images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
     skipped = empty = 0
     cache = _VolumeCache(max_pixels)
@@ -351,7 +369,7 @@ def load_transfer(cfg, size, quiet=False, trained_on=()):
         if not quiet:
             print(f"note: the transfer set {root} is the data this run learns from: not reported as a transfer set")
         return None, ""
-    data = load_slices(root, size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS)
+    data = load_slices(root, size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS)  # its own layout
     for path, state in trained_on:
         refuse_trained_subjects(data.subjects, state, path)
     return data, root
@@ -361,8 +379,12 @@ def load_split(cfg, quiet=False, trained_on=()):
     """(train, val) SliceSets of the configured data, split by subject with cfg.SPLIT_SEED. trained_on:
     (path, checkpoint state) pairs the caller builds on; a validation subject any of them was trained on is
     refused (another SPLIT_SEED, VAL_FRACTION, SUBJECT_PATTERN or data set would leak it into validation)."""
+    if cfg.TRANSFER_PATH not in ("", "builtin") and not os.path.isdir(cfg.TRANSFER_PATH):
+        # checked with the data, before any training: a run must not fail on it at its end
+        raise DataError(f"TRANSFER_PATH {cfg.TRANSFER_PATH}: no such folder (a folder of images, 'builtin', or "
+                        "empty for none)")
     root = resolve_data_path(cfg, quiet)
-    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS)
+    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS, cfg.LAYOUT)
     try:
         train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED, named_subjects(cfg))
     except DataError as e:
@@ -420,19 +442,10 @@ def refuse_trained_subjects(val_subjects, state, path):
                         f"trained with ({recorded_split(state)}) and the same data")
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator = None, drop_last: bool = False):
-    """Index batches over n items, shuffled when a generator is given."""
-    import torch
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
-
-
-def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):
+def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="auto"):
     """What a folder holds, as load_slices would see it: a dict, and a report printed by main()."""
     from collections import Counter
-    layout, sources = discover(root, subject_pattern, slice_axis)
+    layout, sources = discover(root, subject_pattern, slice_axis, layout)
     cache = _VolumeCache()
     sizes, dtypes, unreadable = Counter(), Counter(), []
     labelled = tumor = empty = 0
@@ -463,43 +476,31 @@ def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Inspect a data folder, or build the demo data set.")
-    parser.add_argument("--inspect", metavar="PATH", help="report layout, slices, subjects, tumor share, sizes, "
-                                                          "dtypes and unreadable files of a data folder")
-    parser.add_argument("--build-demo", metavar="DIR", help="write the demo set (HR/ and MASK/) into DIR")
-    parser.add_argument("--build-transfer", metavar="DIR",
-                        help="write the transfer set (real heads from installed packages, subtle lesions) into DIR")
-    parser.add_argument("--lesions", choices=("subtle", "tumor"), default=None,
-                        help="the lesion family (subtle: small, dark, low-contrast, faint rim); default: tumor "
-                             "for --build-demo, subtle for --build-transfer")
+    parser = argparse.ArgumentParser(description="What a data folder holds, as training would read it "
+                                     "(the demo and transfer sets are built by makedata.py).")
+    parser.add_argument("--inspect", metavar="PATH", required=True, help="report layout, slices, subjects, tumor "
+                        "share, sizes, dtypes and the files training would refuse, of a data folder")
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI: the axis to slice along")
+    parser.add_argument("--layout", default=None, help="read the folder in this layout "
+                        f"({', '.join(LAYOUTS)}; default LAYOUT, auto)")
     args = parser.parse_args(argv)
-    if args.build_demo or args.build_transfer:
-        from makedata import build_demo_data, build_transfer_data
-        dest = args.build_demo or args.build_transfer
-        n = (build_demo_data(dest, lesions=args.lesions or "tumor") if args.build_demo
-             else build_transfer_data(dest, lesions=args.lesions or "subtle"))
-        print(f"wrote {n} slices to {dest}/HR and their masks to {dest}/MASK")
-    elif args.inspect:
-        from config import load_config
-        cfg = load_config()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            r = inspect(args.inspect, cfg.SUBJECT_PATTERN, args.slice_axis)
-        share = f"{r['tumor_share']:.1%}" if r["tumor_share"] is not None else "n/a (no masks)"
-        print(f"{args.inspect}: {r['layout']} layout\n"
-              f"  slices     {r['slices']}" + (f" ({r['empty_slices_skipped']} empty slices skipped)"
-                                               if r["empty_slices_skipped"] else "") + "\n"
-              f"  subjects   {r['subjects']}\n"
-              f"  labelled   {r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}\n"
-              f"  sizes      " + ", ".join(f"{k} x{v}" for k, v in r["sizes"].items()) + "\n"
-              "  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
-              f"  unreadable {len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))
-        for w in caught:
-            print(f"  note: {w.message}")
-        return r
-    else:
-        parser.print_help()
+    from config import load_config
+    cfg = load_config()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = inspect(args.inspect, cfg.SUBJECT_PATTERN, args.slice_axis, args.layout or cfg.LAYOUT)
+    share = f"{r['tumor_share']:.1%}" if r["tumor_share"] is not None else "n/a (no masks)"
+    print(f"{args.inspect}: {r['layout']} layout\n"
+          f"  slices     {r['slices']}" + (f" ({r['empty_slices_skipped']} empty slices skipped)"
+                                           if r["empty_slices_skipped"] else "") + "\n"
+          f"  subjects   {r['subjects']}\n"
+          f"  labelled   {r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}\n"
+          f"  sizes      " + ", ".join(f"{k} x{v}" for k, v in r["sizes"].items()) + "\n"
+          "  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
+          f"  unreadable {len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))
+    for w in caught:
+        print(f"  note: {w.message}")
+    return r
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ export_deploy.py in turn (MIRAM_PRESET=demo unless a preset is given), stops at 
 ends with each phase's wall time and the headline figures, also written to OUTPUT_PATH/demo_summary.json.
 """
 import argparse
+import datetime
 import json
 import os
 import re
@@ -33,6 +34,10 @@ def get_args_parser():
     return add_config_args(p)
 
 
+# the training log of each phase that trains: the seconds its epochs took, out of the phase's
+TRAINING_LOGS = {"pre-training": "train_log", "inpainting fine-tune": "inpaint_log", "classification": "classifier_log"}
+
+
 def phases(args, cfg):
     restored = os.path.join(cfg.OUTPUT_PATH, "restored_demo" + os.path.splitext(args.slice)[1])
     return [("pre-training", ["train.py"]), ("inpainting fine-tune", ["train.py", "--inpaint"]),
@@ -42,6 +47,14 @@ def phases(args, cfg):
                              "--overwrite"]),
             ("deployment", ["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec", "--skip-peer"] if args.skip_spec else [])
              + ([] if args.full_benchmark else ["--short"]))]
+
+
+def epochs_since(history, start):
+    """The epochs of a training log that an invocation started after `start` (a time.time()) ran: a resumed
+    run's log also holds the epochs of earlier ones, whose time was spent then."""
+    since = datetime.datetime.fromtimestamp(start).replace(microsecond=0)
+    first = [i for i, h in enumerate(history) if "run" in h and datetime.datetime.fromisoformat(h["run"]["date"]) >= since]
+    return history[first[0]:] if first else []
 
 
 def load(cfg, name):
@@ -98,6 +111,9 @@ def headline(cfg, predicted, truth=None):
         out["demo_slice_probability"] = predicted
         if truth is not None:  # the slice's own label, so the summary says whether the prediction was right
             out["demo_slice_has_tumor"], out["demo_slice_threshold"] = truth, cfg.CLS_THRESHOLD
+            chosen = (clf or {}).get("operating_point", {}).get("threshold")
+            if chosen is not None and chosen == chosen:  # the validation split's operating threshold
+                out["demo_slice_validation_threshold"] = chosen
     dep = load(cfg, "deploy_benchmark")
     if dep:
         spec = [r for r in dep["results"] if r["model"] == "classifier" and r["size"] == "spec" and r["batch"] == 1]
@@ -124,7 +140,9 @@ def other_margins(figures):
 
 def screen(summary):
     lines = [f"MIRAM demo on {summary['run']['cpu']}: {summary['total_minutes']:.1f} min"]
-    lines += [f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min" for p in summary["phases"]]
+    lines += [f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min" + (
+        f"  ({p['epochs']} epochs {p['epoch_seconds'] / 60:.1f} min, the rest {(p['seconds'] - p['epoch_seconds']) / 60:.1f}:"
+        " start-up, data, validation of the best, figures)" if "epoch_seconds" in p else "") for p in summary["phases"]]
     h = summary["headline"]
     if "masked_psnr_db" in h:
         lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
@@ -150,10 +168,14 @@ def screen(summary):
     if "demo_slice_probability" in h:
         verdict = ""
         if "demo_slice_has_tumor" in h:
-            said = h["demo_slice_probability"] >= h["demo_slice_threshold"]
-            right = said == h["demo_slice_has_tumor"]
+            def call(threshold, name):
+                right = (h["demo_slice_probability"] >= threshold) == h["demo_slice_has_tumor"]
+                return f"{'right' if right else 'wrong'} at {name} {threshold:.3g}"
+            calls = [call(h["demo_slice_threshold"], "the threshold")]
+            if "demo_slice_validation_threshold" in h:
+                calls.append(call(h["demo_slice_validation_threshold"], "the validation split's"))
             verdict = (f" ({'a tumor' if h['demo_slice_has_tumor'] else 'no tumor'} in its mask: "
-                       f"{'right' if right else 'wrong'} at the {h['demo_slice_threshold']:g} threshold)")
+                       + ", ".join(calls) + ")")
         lines.append(f"  demo slice: p(tumor) = {h['demo_slice_probability']:.3f}{verdict}")
     if "spec_classifier_batch1" in h:
         s = h["spec_classifier_batch1"]
@@ -181,6 +203,9 @@ def main(argv=None):
                 if found and "--predict" in cmd:
                     predicted = float(found.group(1))
         done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": round(time.time() - t0, 1)})
+        if name in TRAINING_LOGS and not proc.returncode:
+            ran = epochs_since(load(cfg, TRAINING_LOGS[name]) or [], t0)
+            done[-1].update(epochs=len(ran), epoch_seconds=round(sum(h["seconds"] for h in ran), 1))
         if proc.returncode:
             print(f"demo stopped: {name} failed (exit {proc.returncode})", file=sys.stderr)
             return proc.returncode

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from config import MiramError
-from dataset import batches, refuse_other_split
+from dataset import refuse_other_split
 from hardware import amp_dtype, autocast, keep_freed_memory, pick_device
 from records import run_info, temp_beside
 
@@ -33,6 +33,15 @@ def epoch_seed(seed, epoch):
 
 def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator = None, drop_last: bool = False):
+    """Index batches over n items, shuffled when a generator is given."""
+    import torch
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
 
 
 def lr_at(step, total_steps, warmup_steps, base_lr, min_lr):

@@ -31,7 +31,7 @@ import sys
 from tqdm import tqdm
 
 from config import MAX_PIXELS, MiramError, add_config_args, describe, load_config
-from imaging import EXTENSIONS, is_image, kind_of, read_scan, split_ext, write_scan
+from imaging import EXTENSIONS, kind_of, list_images, read_scan, split_ext, write_scan
 from records import run_cli
 from restoration import Restorer, enhance_slices
 from runtime import OnnxInpainter, OnnxMAE
@@ -76,10 +76,22 @@ def coarse_path(path):
     return os.path.join(os.path.dirname(path), stem + "_coarse" + ext)
 
 
+def replaces_input(inp, out, overwrite, what=""):
+    """Refuses an output that is the input. --overwrite allows it only where the user named the input itself:
+    an output that reaches the input through a link or another spelling of its path is refused all the same."""
+    if os.path.realpath(out) != os.path.realpath(inp):
+        return
+    if not overwrite:
+        raise MiramError(f"{out}: is the input {what + ' ' if what else ''}itself; choose another --output (or "
+                         "--overwrite)")
+    if os.path.abspath(out) != os.path.abspath(inp):
+        raise MiramError(f"{out}: resolves to the input {what + ' ' if what else ''}{inp} (through a link); refused even with "
+                         "--overwrite: to replace the inputs, give the input's own path as --output")
+
+
 def check_writable(inp, out, overwrite):
     """Everything that would stop the output being written, checked before any compute is spent."""
-    if os.path.abspath(out) == os.path.abspath(inp) and not overwrite:
-        raise MiramError(f"{out}: is the input itself; choose another --output (or --overwrite)")
+    replaces_input(inp, out, overwrite)
     if os.path.isdir(out):
         raise MiramError(f"{out}: is a folder; --output names a file for a single --input")
     if os.path.exists(out) and not overwrite:
@@ -172,12 +184,11 @@ def run_inputs(restorer, args, cfg):
     if os.path.isdir(inp):
         if args.mask:
             raise MiramError("--mask works with a single --input file")
-        files = sorted(os.path.join(inp, f) for f in os.listdir(inp) if is_image(f))
+        files = list_images(inp)
         if not files:
             raise MiramError(f"{inp}: no {', '.join(EXTENSIONS)} files in this folder")
         out_dir = args.output or os.path.join(cfg.OUTPUT_PATH, "enhanced")
-        if os.path.abspath(out_dir) == os.path.abspath(inp) and not args.overwrite:
-            raise MiramError(f"{out_dir}: is the input folder; choose another --output")
+        replaces_input(inp, out_dir, args.overwrite, "folder")
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise MiramError(f"{out_dir}: is a file; a folder --input needs a folder --output")
         check_folder_writable(out_dir)
@@ -231,6 +242,8 @@ def main(argv=None, stdin=None):
     cfg = load_config(args)
     if args.batch < 1:
         raise MiramError(f"--batch: must be >= 1, got {args.batch}")
+    if args.input is not None and args.output is not None:  # before any model is loaded
+        replaces_input(args.input, args.output, args.overwrite, "folder" if os.path.isdir(args.input) else "")
     restorer = build_restorer(args, cfg)
     if args.input is None:
         return interactive(restorer, args, cfg, stdin)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from adaptation import reconstruct_adapted
 from checkpoint import build_from_checkpoint, output_lock
-from config import MiramError, add_config_args, describe, load_config, margin_key
+from config import MiramError, add_config_args, at_least, describe, load_config, margin_key
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import choose_precision, pick_device
 from losses import finite_mean, psnr, ssim
@@ -44,8 +44,8 @@ def get_args_parser():
                    help="mask ratio to evaluate (default: the checkpoint's own MASK_RATIO)")
     p.add_argument("--sweep", action="store_true", help=f"also evaluate mask ratios {SWEEP} and plot them")
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated subset of " + ",".join(BASELINES))
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--n-samples", type=int, default=4, help="images shown in miram_eval_sample.png")
+    p.add_argument("--max-images", type=at_least(1), default=None, help="evaluate the first N images only")
+    p.add_argument("--n-samples", type=at_least(0), default=4, help="images shown in miram_eval_sample.png")
     return add_config_args(p, "evaluate")
 
 

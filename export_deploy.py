@@ -30,11 +30,11 @@ import torch
 from checkpoint import build_from_checkpoint, output_lock
 from config import MiramError, ModelConfig, add_config_args, describe, load_config
 from dataset import load_split
-from hardware import native_amp, resolve_amp
+from hardware import matmul_gflops, native_amp, resolve_amp
 from losses import psnr
 from models import TumorClassifier, mask_noise, unpatchify
 from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_peer, gflop_per_image, graphs,
-                         matmul_gflops, model_runners, peer_model, spec_models)
+                         model_runners, peer_model, spec_models)
 from records import run_cli, run_info, save_json
 from restoration import damaged_set
 from imaging import foreground_patches

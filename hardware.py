@@ -171,6 +171,44 @@ def use_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
     return model
 
 
+def matmul_gflops(threads, size=2048, reps=5, dtype=torch.float32):
+    """The matrix-multiply rate of this machine at `threads` threads, the yardstick every row's share is
+    measured against: in fp32 the faster of torch's default matmul and oneDNN's (which is faster differs by
+    CPU), best of reps; dtype=torch.bfloat16: torch's bf16 matmul (oneDNN's on a CPU)."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+    fp32 = dtype == torch.float32
+    products = [lambda: a @ b] + ([lambda: onednn_linear(a, b, None)] if ONEDNN_LINEAR and fp32 else [])
+    best = float("inf")
+    for product in products:
+        product()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best / 1e9
+
+
+def training_gflop_per_image(model, amp_device, batch=2):
+    """GFLOP of one training step (forward and backward) per image of this MAE, counted by PyTorch on the plain
+    attention path (the flop counter does not see the fused CPU kernel); the model's weights and gradients
+    are left as they were."""
+    from torch.utils.flop_counter import FlopCounterMode
+    fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+    use_fused_attention(model, False)
+    size, chans = model.cfg.img_size, model.cfg.in_chans
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = model(torch.zeros(batch, chans, size, size, device=amp_device),
+                        torch.rand(batch, model.cfg.num_patches, generator=torch.Generator().manual_seed(0)).to(amp_device))
+            out.loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        for m, was in fused.items():
+            m.fused_attn = was
+    return counter.get_total_flops() / batch / 1e9
+
+
 # A faster path is chosen only when clearly faster: near a tie, timing noise must not flip the choice
 # between runs of one machine.
 MEASURED_MARGIN = 1.15

@@ -18,6 +18,7 @@ import numpy as np
 
 from config import MAX_PIXELS, MiramError
 from records import temp_beside
+from volumes import VolumeView
 
 
 
@@ -55,66 +56,19 @@ def is_image(name, kinds=tuple(FORMATS)):
         low.endswith(ext) for k in kinds for ext in FORMATS[k])
 
 
+def list_names(folder):
+    """The entries of a folder; one clear error where it cannot be read (permissions, a vanished disk)."""
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list this folder ({e.strerror or type(e).__name__})") from None
+
+
 def list_images(folder, kinds=tuple(FORMATS)):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_image(f, kinds))
-
-
-# ---- volumes: one view of a NIfTI volume for every phase ---------------------------------------------
-
-def volume_slice(vol, index, axis):
-    """vol's slice `index` along `axis`, as a view. np.take would first copy the whole volume whenever it is
-    not C-ordered, as NIfTI data usually is."""
-    return vol[(slice(None),) * axis + (index,)]
-
-
-class VolumeView:
-    """The slices every phase reads from a NIfTI volume, whatever voxel order the scanner stored: the volume
-    turned to the closest RAS orientation (from its affine), cut along slice_axis (0 sagittal, 1 coronal,
-    2 axial) and each slice turned so that superior (anterior, in an axial slice) is up and the subject's
-    right is on the right, as the demo's slices of the MNI template are. Without it a volume stored LAS or
-    sagittal-first reaches the models turned or mirrored against what they learned from. `stored` puts
-    results back in the file's own voxel order. Every operation is a view: no copy of the volume."""
-
-    def __init__(self, affine, slice_axis=2):
-        from nibabel.orientations import io_orientation
-        ornt = io_orientation(np.asarray(affine, np.float64))
-        # an affine without clear axis directions (singular, or NaN from a broken header): as stored
-        self.ornt = np.array([[0, 1], [1, 1], [2, 1]], float) if np.isnan(ornt).any() else ornt
-        self.slice_axis = slice_axis
-
-    def stored_axis(self, ras_axis):
-        """The stored axis that runs along RAS axis ras_axis."""
-        return int(np.flatnonzero(self.ornt[:, 0] == ras_axis)[0])
-
-    @property
-    def cut_axis(self):
-        """The stored axis the slices are cut along."""
-        return self.stored_axis(self.slice_axis)
-
-    def count(self, stored_shape):
-        return stored_shape[self.cut_axis]
-
-    def in_plane(self, stored_values):
-        """Per-axis values of the stored volume (voxel sizes) -> (rows, columns) of a slice."""
-        ras = [stored_values[self.stored_axis(k)] for k in range(3) if k != self.slice_axis]
-        return ras[1], ras[0]  # turned: the second RAS axis runs down the rows
-
-    def _ras(self, vol):
-        from nibabel.orientations import apply_orientation
-        return apply_orientation(vol, self.ornt)
-
-    def slice(self, vol, index):
-        return np.rot90(volume_slice(self._ras(vol), index, self.slice_axis))
-
-    def slices(self, vol):
-        """(S, H, W)"""
-        return np.rot90(np.moveaxis(self._ras(vol), self.slice_axis, 0), axes=(1, 2))
-
-    def stored(self, slices):
-        """(S, H, W) slices (of any in-plane size) -> the stored voxel order."""
-        from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
-        ras = np.moveaxis(np.rot90(np.asarray(slices), k=-1, axes=(1, 2)), 0, self.slice_axis)
-        return apply_orientation(ras, ornt_transform(axcodes2ornt("RAS"), self.ornt))
+    """The image files of a folder: regular files with an image extension (not a folder, pipe or device
+    that happens to be named like one)."""
+    return sorted(p for p in (os.path.join(folder, f) for f in list_names(folder) if is_image(f, kinds))
+                  if os.path.isfile(p))
 
 
 # ---- reading -----------------------------------------------------------------------------------------
@@ -135,14 +89,32 @@ class Scan:
 def _tiff_shape(path):
     import tifffile
     with tifffile.TiffFile(path) as tif:
+        if len(tif.series) > 1:  # pages of different sizes: reading the first would drop the others unsaid
+            raise DataError(f"{path}: holds {len(tif.series)} images of different sizes ("
+                            + ", ".join("x".join(map(str, s.shape)) for s in tif.series[:4])
+                            + "); save each as a file of its own")
         return tuple(tif.series[0].shape)
 
 
+# PNG colour types -> the values a pixel decodes to (a palette one expands to RGB or RGBA: counted as RGBA)
+PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
+
+
 def _png_shape(path):
-    from PIL import Image
-    Image.MAX_IMAGE_PIXELS = None  # MAX_PIXELS, checked here before any decoding, replaces Pillow's own limit
-    with Image.open(path) as im:  # reads the header only
-        return (im.height, im.width, len(im.getbands()))
+    """(rows, columns, values a pixel) from the PNG's IHDR chunk, read here before Pillow opens the file (whose
+    own bomb guard stays as it is)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: not a PNG file (no PNG signature and IHDR header)")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    if colour not in PNG_CHANNELS:
+        raise DataError(f"{path}: a PNG of unknown colour type {colour}")
+    if depth == 16 and colour in (2, 6):  # Pillow decodes 16-bit colour to 8 bits
+        raise DataError(f"{path}: a 16-bit colour PNG, which can only be read at 8 bits here; save it as a "
+                        "16-bit grey PNG or a TIFF to keep its precision")
+    return (height, width, PNG_CHANNELS[colour])
 
 
 def _nifti_shape(path):
@@ -159,11 +131,31 @@ def _dicom_shape(path):
 HEADERS = {"tiff": _tiff_shape, "png": _png_shape, "nifti": _nifti_shape, "dicom": _dicom_shape}
 
 
+# A slice this much longer than wide is no image a model reads: padded to a square it would be mostly padding.
+MAX_ASPECT = 20
+
+
+def slice_plane(kind, shape):
+    """(rows, columns) of one 2-D slice of a file of this kind and stored shape (a volume: its two largest
+    axes, the plane any cut lies within)."""
+    dims = [int(d) for d in shape] or [1]
+    if kind == "nifti":
+        return tuple(sorted(dims[:3], reverse=True)[:2]) if len(dims) >= 2 else (dims[0], 1)
+    if kind == "dicom" and len(dims) >= 3:
+        return dims[1], dims[2]
+    if len(dims) >= 3 and dims[-1] in (3, 4) or kind == "png" and len(dims) == 3:
+        dims = dims[:-1]  # colour channels
+    return (dims[-2], dims[-1]) if len(dims) >= 2 else (dims[0], 1)
+
+
 def check_size(path, kind, max_pixels):
     """Refuses, from the header alone, a file that would decode to more than max_pixels values (a
-    decompression bomb: a 1 MB file can hold a 30000 x 30000 image)."""
+    decompression bomb: a 1 MB file can hold a 30000 x 30000 image), whose slices padded to a square (as
+    every phase reads them) would, or whose slices are too long and thin to be images."""
     try:
         shape = HEADERS[kind](path)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: cannot read the {kind} header ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -171,6 +163,14 @@ def check_size(path, kind, max_pixels):
     if values > max_pixels:
         raise DataError(f"{path}: {' x '.join(map(str, shape))} = {values / 1e6:.0f} million values, over the "
                         f"MAX_PIXELS budget of {max_pixels / 1e6:.0f} million; raise MAX_PIXELS to read it")
+    rows, cols = slice_plane(kind, shape)
+    side = max(rows, cols)
+    if kind != "nifti" and side > MAX_ASPECT * max(1, min(rows, cols)):
+        raise DataError(f"{path}: slices of {rows} x {cols} pixels (1:{side // max(1, min(rows, cols))}) are too long "
+                        f"and thin to be images (at most 1:{MAX_ASPECT})")
+    if side * side > max_pixels:
+        raise DataError(f"{path}: a {rows} x {cols} slice padded to a {side} x {side} square is {side * side / 1e6:.0f} "
+                        f"million values, over the MAX_PIXELS budget of {max_pixels / 1e6:.0f} million")
     return shape
 
 
@@ -354,11 +354,21 @@ def to_stored_layout(scan: Scan, slices):
         arr = scan.meta["view"].stored(slices)
     else:
         arr = slices
+    alpha = scan.meta.get("alpha")
     if scan.channels:
         arr = np.repeat(arr[..., None], scan.channels, axis=-1)
-        if scan.channels == 4 and arr.shape[:2] == scan.meta["alpha"].shape:
-            arr[..., 3] = scan.meta["alpha"]  # keep the original transparency
+        if scan.channels == 4:
+            arr[..., 3] = alpha_at(alpha, arr.shape[:2])  # keep the original transparency
+    elif alpha is not None:  # grey + alpha
+        arr = np.stack([arr, alpha_at(alpha, arr.shape)], axis=-1)
     return _cast(arr, scan.dtype)
+
+
+def alpha_at(alpha, shape):
+    """A file's alpha channel at a result's size: as stored, or every other pixel for a half-resolution one."""
+    if alpha.shape != tuple(shape):
+        alpha = alpha[::2, ::2][:shape[0], :shape[1]]
+    return alpha
 
 
 def _write_tiff(scan, arr, path, coarse):

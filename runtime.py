@@ -48,6 +48,10 @@ def onnx_session(path, threads=None, device="cpu"):
         raise MiramError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
 
 
+# the inputs each exported graph takes (onnx_export.GRAPHS writes them)
+GRAPH_INPUTS = {"classifier": ("images", "keep", "valid"), "mae": ("images", "noise"), "inpaint": ("prefilled", "weight")}
+
+
 class OnnxModel:
     kind = None  # the graph this class runs
 
@@ -63,8 +67,23 @@ class OnnxModel:
             self.model_config = ModelConfig(**json.loads(meta[META_KEY])).to_dict()
         except (ValueError, TypeError, MiramError) as e:
             raise MiramError(f"{path}: its stored model settings are refused ({e})") from None
+        self._check_graph(path)
         self.path = path
         self.providers = self.session.get_providers()
+
+    def _check_graph(self, path):
+        """The metadata against the graph itself: the inputs its kind takes, images of its stored size."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        want = GRAPH_INPUTS.get(self.kind, ())
+        if want and set(inputs) != set(want):
+            raise MiramError(f"{path}: its metadata says {self.kind}, but its inputs ({', '.join(inputs)}) are not "
+                             f"a {self.kind}'s ({', '.join(want)})")
+        size = self.model_config["img_size"]
+        for name, shape in inputs.items():
+            spatial = [d for d in shape[-2:] if isinstance(d, int)] if name in ("images", "prefilled") else []
+            if spatial and any(d != size for d in spatial):
+                raise MiramError(f"{path}: its metadata says {size}-pixel images, its graph takes "
+                                 f"{' x '.join(map(str, shape[-2:]))}")
 
     def _kind_from_inputs(self):
         # exports made before the kind was stored: their inputs say which graph they are

@@ -20,11 +20,11 @@ import time
 import torch
 
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
-from config import add_config_args, describe, load_config
+from config import add_config_args, at_least, describe, load_config
 from augment import anatomy_variants, local_images, variant_index
 from dataset import load_split, load_transfer, resolve_data_path, split_record
 from engine import Distributed, Task, fit
-from hardware import apply_kernels, autocast, choose_kernels
+from hardware import apply_kernels, autocast, choose_kernels, matmul_gflops, training_gflop_per_image
 from losses import ssim
 from models import MIRAM, InpaintingMIRAM, mask_noise
 from records import pyplot, run_cli, run_info, save_json
@@ -39,7 +39,7 @@ def get_args_parser():
     parser.add_argument("--inpaint", action="store_true",
                         help="fine-tune the pre-trained MAE (best_miram_mae.pth) to inpaint damaged regions "
                              "instead of pre-training (INPAINT_EPOCHS, INPAINT_LR, INPAINT_COPIES)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="E",
+    parser.add_argument("--stop-after", type=at_least(1), default=None, metavar="E",
                         help="stop after E epochs of this invocation (the schedule still spans all epochs); "
                              "run again to continue")
     return add_config_args(parser, "train")
@@ -134,14 +134,29 @@ def pretrain(args, cfg, dist):
              f"{mc.num_patches} patches, {mc.num_visible} visible")
     task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
     task.kernels = kernels.to_dict()
+    if device.type == "cpu":  # how near the machine's matrix-multiply rate a step runs: measured, then logged
+        dtype = torch.bfloat16 if cfg.AMP else torch.float32
+        task.kernels.update(matmul_gflops=round(matmul_gflops(torch.get_num_threads(), 1024, 3, dtype), 1),
+                            step_gflop_per_image=round(training_gflop_per_image(model, device), 4))
     if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
         task.train_images = task.train_images.pin_memory()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     if result["history"] and dist.main:
         plot_losses(result["history"], cfg.artifact("loss_curve"), cfg.LAMBDA_COARSE)
+        if "matmul_gflops" in task.kernels:
+            dist.say(matmul_share(task.kernels, result["history"], dist.world, kernels.precision))
     dist.say(f"done: best validation loss {result['best']:.4f}\n  " + "\n  ".join(
         [task.best, task.checkpoint, task.log, cfg.artifact("loss_curve")]))
     return result
+
+
+def matmul_share(record, history, world, precision):
+    """The line saying how near the matrix-multiply rate measured at start the median epoch ran."""
+    rate = sorted(h["images_per_s"] for h in history)[len(history) // 2] * world
+    share = record["step_gflop_per_image"] * rate / record["matmul_gflops"]
+    return (f"a step: {record['step_gflop_per_image']:.2f} GFLOP an image, {rate:.1f} images/s on the median epoch "
+            f"(its validation included): {share:.0%} of the {record['matmul_gflops']:.0f} GFLOP/s {precision} matrix "
+            "multiply measured at start")
 
 
 # ---- the inpainting fine-tune ------------------------------------------------------------------------

@@ -173,6 +173,22 @@ class Classification(Task):
 
 # ---- scoring -------------------------------------------------------------------------------------------
 
+OPERATING_RULE = "Youden's J (sensitivity + specificity - 1) at its largest on the validation split"
+
+
+def operating_threshold(probs, labels):
+    """The threshold OPERATING_RULE picks: among the probabilities as cut-offs (p >= t is a tumor), the one with
+    the largest sensitivity + specificity; of a tie, the one nearest 0.5. NaN without both classes."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return float("nan")
+    cuts = np.unique(probs)
+    called = probs[None, :] >= cuts[:, None]  # (cut-offs, slices)
+    j = called[:, labels].mean(1) + (~called[:, ~labels]).mean(1) - 1
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
+
+
 def subject_metrics(probs, labels, hits, rows_by_subject, threshold):
     """{subject: binary metrics over its slices (AUROC None where it has one class), the default heatmap's
     pointing game over its tumor slices (None without one)}: which heads of a few a classifier fails on."""
@@ -208,7 +224,13 @@ def score(model, data, cfg, device, by_subject=False):
                      "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
                      # a few slices with most of the mass inside lift the mean: the median is the typical slice
                      "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
-    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)))
+    chosen = operating_threshold(probs, labels)
+    operating = {"rule": OPERATING_RULE, "threshold": chosen}
+    if chosen == chosen:  # not NaN
+        at = binary_metrics(probs, labels, chosen)
+        operating.update({k: at[k] for k in ("sensitivity", "specificity", "accuracy")})
+    m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)),
+             operating_point=operating)
     if by_subject:
         m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
     return m, probs, heats, tumor

@@ -22,10 +22,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import ModelConfig  # noqa: E402
 from engine import make_optimizer, param_groups  # noqa: E402
-from hardware import (ONEDNN_LINEAR, keep_freed_memory, native_amp, tune_for, use_fast_linear,  # noqa: E402
-                      use_fused_attention)
+from hardware import (ONEDNN_LINEAR, keep_freed_memory, matmul_gflops, native_amp, training_gflop_per_image,  # noqa: E402
+                      tune_for, use_fast_linear)
 from models import MIRAM  # noqa: E402
-from onnx_export import matmul_gflops  # noqa: E402
 from records import run_info, save_json  # noqa: E402
 
 SPEC = ModelConfig()
@@ -76,19 +75,6 @@ def candidates():
     if not native_amp(CPU):  # emulated bf16: many times slower, and train.py would not use it here
         out = {k: v for k, v in out.items() if "bf16" not in k}
     return out
-
-
-def step_gflop_per_image(batch=2):
-    """GFLOP of one training step (forward and backward) per image at the spec's sizes, counted on the plain
-    attention path, as onnx_export.gflop_per_image counts (the flop counter does not see the fused CPU
-    kernel's)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    torch.manual_seed(0)
-    model = use_fused_attention(MIRAM(SPEC), False).train()
-    imgs = torch.rand(batch, SPEC.in_chans, SPEC.img_size, SPEC.img_size)
-    with FlopCounterMode(display=False) as counter:
-        model(imgs, torch.rand(batch, SPEC.num_patches)).loss.backward()
-    return counter.get_total_flops() / batch / 1e9
 
 
 def time_steps(cands, imgs, noise, steps, warmup):
@@ -164,7 +150,7 @@ def main(argv=None):
           f"{'yes' if native_amp(CPU) else 'no: bf16 candidates left out (bench/amp_step.py shows why)'}")
     res = throughput(args.steps, args.warmup, args.batch)
     ref = res["hf-fp32"]["median_img_s"]
-    gflop, peak = step_gflop_per_image(), matmul_gflops(args.threads)
+    gflop, peak = training_gflop_per_image(MIRAM(SPEC).train(), CPU), matmul_gflops(args.threads)
     bf16_peak = matmul_gflops(args.threads, dtype=torch.bfloat16) if native_amp(CPU) else None
     print(f"a training step: {gflop:.1f} GFLOP per image; matrix multiply here: fp32 {peak:.0f} GFLOP/s"
           + (f", bf16 {bf16_peak:.0f} GFLOP/s" if bf16_peak else ""))

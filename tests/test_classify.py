@@ -47,6 +47,16 @@ def test_auroc_is_sklearns_with_ties_and_nan_with_one_class():
     assert np.isnan(runtime.auroc([0.2, 0.4], [1, 1]))
 
 
+def test_the_operating_threshold_is_youdens_on_a_known_set():
+    # cut at 0.3: 3 of 3 tumors, 3 of 4 tumor-free right (J 0.75); at 0.6 (J 0.67) and 0.1 (J 0.25) less
+    probs = np.array([0.9, 0.6, 0.3, 0.4, 0.2, 0.1, 0.05])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    assert tumor.operating_threshold(probs, labels) == 0.3
+    # a tie in J: the cut-off nearest 0.5
+    assert tumor.operating_threshold([0.9, 0.2, 0.8, 0.1], [1, 0, 1, 0]) == 0.8
+    assert np.isnan(tumor.operating_threshold([0.9, 0.2], [1, 1]))
+
+
 def test_rollout_on_a_known_stack():
     eye = torch.eye(3)[None, None]  # attention to self only: rollout is the identity
     assert torch.allclose(models.attention_rollout([eye, eye]), torch.eye(3)[None])
@@ -135,6 +145,9 @@ def test_classify_end_to_end_variants_and_predict(tiny_data, tmp_path, capsys):
     assert saved["sensitivity"] == tp / (tp + fn) and saved["n_positive"] == tp + fn and saved["n"] == tn + fp + fn + tp
     assert set(saved["localization"]) == {"evidence", "last_block", "rollout", "relevance"}
     assert saved["default_heatmap"] == "evidence"
+    op = saved["operating_point"]  # chosen on validation: at least as good as 0.5 by its own rule
+    assert op["rule"] == tumor.OPERATING_RULE and 0 <= op["threshold"] <= 1
+    assert op["sensitivity"] + op["specificity"] >= saved["sensitivity"] + saved["specificity"] - 1e-9
     # the run says which kernels and precision it trained with, and why
     kernels = saved["run"]["kernels"]
     assert kernels["precision"] == "fp32" and kernels["matmul"] in ("default", "onednn") and kernels["why"]["matmul"]

@@ -10,6 +10,7 @@ import augment
 import dataset
 import makedata
 import imaging
+import volumes
 import restoration
 from dataset import DataError
 
@@ -88,10 +89,10 @@ def test_mask_size_mismatch_is_skipped(tiny_data):
 
 def test_empty_or_missing_folder_says_dataset_empty(tmp_path):
     with pytest.raises(DataError, match="Dataset empty.*nowhere"):
-        dataset.find_pairs(str(tmp_path / "nowhere"))
+        dataset.discover(str(tmp_path / "nowhere"))
     os.makedirs(tmp_path / "d" / "HR")
     with pytest.raises(DataError, match="Dataset empty"):
-        dataset.find_pairs(str(tmp_path / "d"))
+        dataset.discover(str(tmp_path / "d"))
 
 
 def test_augment_is_seeded_and_in_range():
@@ -380,7 +381,7 @@ def test_volume_slice_is_np_take_without_copying_the_volume():
     vol = np.asfortranarray(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))  # NIfTI data are F-ordered
     for axis in range(3):
         for index in range(vol.shape[axis]):
-            view = imaging.volume_slice(vol, index, axis)
+            view = volumes.volume_slice(vol, index, axis)
             assert np.array_equal(view, np.take(vol, index, axis=axis)) and np.shares_memory(view, vol)
 
 

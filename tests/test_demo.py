@@ -24,8 +24,22 @@ def test_demo_runs_every_phase_and_summarizes_them(tmp_path, capsys):
     assert 0 < h["demo_slice_probability"] < 1 and os.path.isfile(os.path.join(out, "restored_demo.tif"))
     assert h["demo_slice_has_tumor"] is True  # subj1_001 has a blob in its mask
     assert sum(p["seconds"] for p in summary["phases"]) <= summary["total_minutes"] * 60 + 1
+    trained = {p["phase"]: p for p in summary["phases"] if "epochs" in p}
+    assert set(trained) == {"pre-training", "inpainting fine-tune", "classification"}
+    assert all(p["epochs"] >= 1 and 0 <= p["epoch_seconds"] <= p["seconds"] for p in trained.values())
     screen = capsys.readouterr().out.split("MIRAM demo on ")[-1]
     assert f"AUROC {metrics['auroc']:.3f}" in screen and "deployment" in screen
+
+
+def test_only_the_epochs_this_invocation_ran_count_as_its_phase_time():
+    import datetime
+    import time
+    now = time.time()
+    stamp = lambda t: datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")  # noqa: E731
+    history = [{"epoch": 1, "seconds": 5.0, "run": {"date": stamp(now - 3600)}}, {"epoch": 2, "seconds": 5.0},
+               {"epoch": 3, "seconds": 2.0, "run": {"date": stamp(now + 1)}}, {"epoch": 4, "seconds": 2.0}]
+    assert [h["epoch"] for h in demo.epochs_since(history, now)] == [3, 4]  # resumed after epoch 2
+    assert demo.epochs_since(history[:2], now) == []  # nothing to do this time: no epoch ran
 
 
 @pytest.mark.slow
@@ -52,11 +66,15 @@ def test_the_summary_says_whether_the_demo_slice_was_called_right(tmp_path):
     assert [demo.slice_has_tumor(str(tmp_path / "HR" / n)) for n in ("a.tif", "b.tif", "c.tif", "e.png")] == \
         [True, False, None, True]
 
-    def line(probability, has_tumor):
+    def line(probability, has_tumor, validation=None):
         h = {"demo_slice_probability": probability}
         if has_tumor is not None:
             h.update(demo_slice_has_tumor=has_tumor, demo_slice_threshold=0.5)
+        if validation is not None:
+            h["demo_slice_validation_threshold"] = validation
         summary = {"run": {"cpu": "x"}, "total_minutes": 1.0, "phases": [], "headline": h}
         return next(s for s in demo.screen(summary).splitlines() if "demo slice" in s)
     assert "a tumor in its mask: wrong" in line(0.114, True) and "a tumor in its mask: right" in line(0.9, True)
     assert "no tumor in its mask: right" in line(0.2, False) and "in its mask" not in line(0.2, None)
+    # the validation split's operating threshold beside the fixed one: the call is judged at both
+    assert "wrong at the threshold 0.5, right at the validation split's 0.1" in line(0.114, True, 0.1)

@@ -105,7 +105,8 @@ def test_the_io_table_reads_or_refuses_any_header(tmp_path_factory, shape, chann
         scan = imaging.read_scan(path, max_pixels=budget)
     except imaging.DataError as e:  # refused: one line naming the file, for a reason that holds
         assert "x.tif" in str(e) and "\n" not in str(e)
-        assert values > budget or min(shape[-2:]) < 8 or "expected" in str(e) or "too small" in str(e) or "cannot read" in str(e)
+        assert values > budget or min(shape[-2:]) < 8 or any(
+            reason in str(e) for reason in ("expected", "too small", "cannot read", "square", "too long and thin"))
         return
     assert values <= budget and scan.slices.ndim == 3 and min(scan.slices.shape[1:]) >= 8
 

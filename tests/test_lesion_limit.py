@@ -43,7 +43,11 @@ def test_the_transfer_figures_are_the_default_maps_where_the_run_had_a_transfer_
 
 
 @pytest.mark.slow
-def test_each_cell_paints_its_own_set_and_a_repeat_runs_nothing(tmp_path, capsys):
+def test_each_cell_paints_its_own_set_and_a_repeat_runs_nothing(tmp_path, capsys, monkeypatch):
+    import makedata
+    build = makedata.build_demo_data
+    # every third slice of the slabs: a third of each cell's set to train on, the same painter
+    monkeypatch.setattr(makedata, "build_demo_data", lambda *a, **k: build(*a, step=3, **k))
     data, out = pretrain_tiny(str(tmp_path))
     args = tiny_args(data, out, "--radii", "3-4", "12-14", "--darkness", "0.4-0.5")
     rows = lesion_limit.main(args)
@@ -84,7 +88,8 @@ def test_the_convolutional_peer_learns_dark_lesions_from_pixel_labels(tmp_path):
     from config import load_config
     cfg = load_config(argparse.Namespace(preset="tiny"), environ={})
     data = str(tmp_path / "dark")
-    makedata.build_demo_data(data, lesions="subtle", painter_args={"radius": (12, 14), "darkness": (0.05, 0.1)})
+    # every other slice of the slabs: half the set, the same lesion family
+    makedata.build_demo_data(data, step=2, lesions="subtle", painter_args={"radius": (12, 14), "darkness": (0.05, 0.1)})
     found = lesion_limit.cnn_peer(cfg, data, size=64, epochs=6)
     assert found["size"] == 64 and found["epochs"] == 6
     assert found["train_auroc"] > 0.8 and found["val_auroc"] > 0.8

@@ -455,3 +455,18 @@ def test_under_bf16_autocast_the_blocks_read_bf16_tokens_and_the_loss_stays_clos
     n = len(model.encoder.blocks) + len(model.decoder_blocks)
     assert seen == [torch.float32] * n + [torch.bfloat16] * n  # fp32 outside autocast: nothing changes there
     assert abs(float(low) - float(full)) < 0.03 * float(full)
+
+
+def test_the_training_flops_counted_are_the_models_and_leave_it_as_it_was():
+    m = tiny_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fused = [x.fused_attn for x in m.modules() if hasattr(x, "fused_attn")]
+    gflop = hardware.training_gflop_per_image(m, torch.device("cpu"))
+    # the encoder's matrix products alone, forward and backward (3x), are a floor the count must exceed
+    c = m.cfg
+    visible, dim = c.num_visible + 1, c.embed_dim
+    floor = 3 * 2 * c.depth * visible * (4 * dim * dim + 2 * dim * int(dim * c.mlp_ratio)) / 1e9
+    assert floor < gflop < 20 * floor
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+    assert [x.fused_attn for x in m.modules() if hasattr(x, "fused_attn")] == fused
