@@ -182,10 +182,9 @@ def main(argv=None):
           f"per step: {loader['batch_images_per_s'] / best:.0f}x the fastest training rate above")
     if args.curve_steps:
         plain = loss_curve(args.curve_steps, args.batch, fast=False, amp=False)
-        curves = {"train.py fp32": loss_curve(args.curve_steps, args.batch, fast=True, amp=False),
-                  "train.py bf16": loss_curve(args.curve_steps, args.batch, fast=True, amp=True)}
-        if not native_amp(CPU):
-            curves.pop("train.py bf16")
+        curves = {"train.py fp32": loss_curve(args.curve_steps, args.batch, fast=True, amp=False)}
+        if native_amp(CPU):  # emulated bf16 is many times slower, and train.py would not use it
+            curves["train.py bf16"] = loss_curve(args.curve_steps, args.batch, fast=True, amp=True)
         out["loss_curve"] = {"plain_fp32": plain}
         for name, c in curves.items():
             rel = max(abs(a - b) / abs(b) for a, b in zip(c, plain))
