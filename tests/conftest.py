@@ -54,6 +54,14 @@ NO_TORCH = ("import sys\n"
             "sys.meta_path.insert(0, NoTorch())\n")
 
 
+def tiny_mae():
+    """The smallest MIRAM: for checkpoint tests that need real weights, not training."""
+    from config import ModelConfig
+    from models import MIRAM
+    return MIRAM(ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                             decoder_depth=1, decoder_num_heads=2))
+
+
 def tiny_args(data, out, *extra):
     return ["--preset", "tiny", "--dataset-path", data, "--output-path", out, *extra]
 
@@ -78,3 +86,4 @@ def train_tiny_pipeline(base):
     data, out = pretrain_tiny(base)
     classify.main(tiny_args(data, out, "--n-viz", "0"))
     return data, out
+

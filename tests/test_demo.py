@@ -1,34 +1,11 @@
-"""demo.py: every phase as its own command, then one screen and demo_summary.json."""
-import json
+"""demo.py: every phase as its own command, then one screen and demo_summary.json (its run on tiny data is
+test_export.py's fixture)."""
 import os
 
 import pytest
 
 import demo
-from conftest import tiny_args, write_tiny_dataset
-
-
-@pytest.mark.slow
-def test_demo_runs_every_phase_and_summarizes_them(tmp_path, capsys):
-    data = write_tiny_dataset(str(tmp_path / "data"))
-    out = str(tmp_path / "o")
-    scan = os.path.join(data, "HR", "subj1_001.tif")
-    assert demo.main(tiny_args(data, out, "--slice", scan, "--export-iters", "2", "--skip-spec")) == 0
-    summary = json.load(open(os.path.join(out, "demo_summary.json")))
-    assert [p["phase"] for p in summary["phases"]] == ["pre-training", "inpainting fine-tune", "evaluation",
-                                                       "classification", "one prediction", "restoration", "deployment"]
-    metrics = json.load(open(os.path.join(out, "classification_metrics.json")))
-    evaluation = json.load(open(os.path.join(out, "eval_metrics.json")))
-    h = summary["headline"]
-    assert h["auroc"] == metrics["auroc"] and h["margin_over_best_classical_db"] == evaluation["margin_db"]["masked_psnr"]
-    assert 0 < h["demo_slice_probability"] < 1 and os.path.isfile(os.path.join(out, "restored_demo.tif"))
-    assert h["demo_slice_has_tumor"] is True  # subj1_001 has a blob in its mask
-    assert sum(p["seconds"] for p in summary["phases"]) <= summary["total_minutes"] * 60 + 1
-    trained = {p["phase"]: p for p in summary["phases"] if "epochs" in p}
-    assert set(trained) == {"pre-training", "inpainting fine-tune", "classification"}
-    assert all(p["epochs"] >= 1 and 0 <= p["epoch_seconds"] <= p["seconds"] for p in trained.values())
-    screen = capsys.readouterr().out.split("MIRAM demo on ")[-1]
-    assert f"AUROC {metrics['auroc']:.3f}" in screen and "deployment" in screen
+from conftest import tiny_args
 
 
 def test_only_the_epochs_this_invocation_ran_count_as_its_phase_time():

@@ -16,9 +16,8 @@ import imaging
 import models
 import onnx_export
 import runtime
-import train
 from config import ModelConfig
-from conftest import NO_TORCH, enhance_args, tiny_args, train_tiny_pipeline
+from conftest import NO_TORCH, enhance_args, tiny_args, write_tiny_dataset
 from records import run_cli
 
 pytestmark = pytest.mark.slow
@@ -29,13 +28,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    data, out = train_tiny_pipeline(str(tmp_path_factory.mktemp("export")))
-    train.main(tiny_args(data, out, "--inpaint"))
-    # --short, as the demo runs it: the peer timed as deployed (ONNX Runtime), the checkpoint's models in both
-    # (the peer, timed at the spec's size, has a test of its own below)
-    report = export_deploy.main(tiny_args(data, out, "--iters", "3", "--warmup", "1", "--skip-spec", "--skip-peer",
-                                          "--short"))
-    return data, out, report
+    """`python demo.py` on tiny data: every phase as its own command, export_deploy.py --short included (the peer,
+    timed at the spec's size, has a test of its own below); the export tests read what it wrote."""
+    import demo
+    base = tmp_path_factory.mktemp("export")
+    data = write_tiny_dataset(str(base / "data"))
+    out = str(base / "o")
+    scan = os.path.join(data, "HR", "subj1_001.tif")
+    assert demo.main(tiny_args(data, out, "--slice", scan, "--export-iters", "3", "--skip-spec")) == 0
+    return data, out, json.load(open(os.path.join(out, "deploy_benchmark.json")))
+
+
+def test_demo_runs_every_phase_and_summarizes_them(exported, capsys):
+    data, out, _ = exported
+    summary = json.load(open(os.path.join(out, "demo_summary.json")))
+    assert [p["phase"] for p in summary["phases"]] == ["pre-training", "inpainting fine-tune", "evaluation",
+                                                       "classification", "one prediction", "restoration", "deployment"]
+    metrics = json.load(open(os.path.join(out, "classification_metrics.json")))
+    evaluation = json.load(open(os.path.join(out, "eval_metrics.json")))
+    h = summary["headline"]
+    assert h["auroc"] == metrics["auroc"] and h["margin_over_best_classical_db"] == evaluation["margin_db"]["masked_psnr"]
+    assert 0 < h["demo_slice_probability"] < 1 and os.path.isfile(os.path.join(out, "restored_demo.tif"))
+    assert h["demo_slice_has_tumor"] is True  # subj1_001 has a blob in its mask
+    assert sum(p["seconds"] for p in summary["phases"]) <= summary["total_minutes"] * 60 + 1
+    trained = {p["phase"]: p for p in summary["phases"] if "epochs" in p}
+    assert set(trained) == {"pre-training", "inpainting fine-tune", "classification"}
+    assert all(p["epochs"] >= 1 and 0 <= p["epoch_seconds"] <= p["seconds"] for p in trained.values())
 
 
 def test_export_writes_checked_graphs_parity_and_benchmark(exported):

@@ -23,8 +23,7 @@ import export_deploy
 import imaging
 import train
 from config import ConfigError, ModelConfig, load_config
-from conftest import enhance_args, tiny_args, train_tiny_pipeline, write_tiny_dataset
-from models import MIRAM
+from conftest import enhance_args, tiny_args, tiny_mae, train_tiny_pipeline, write_tiny_dataset
 from records import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,11 +111,6 @@ def test_the_io_table_reads_or_refuses_any_header(tmp_path_factory, shape, chann
 
 
 # ---- checkpoints: stored settings bounded and checked before anything is allocated --------------------
-
-def tiny_mae():
-    return MIRAM(ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
-                             decoder_depth=1, decoder_num_heads=2))
-
 
 def test_a_checkpoint_asking_for_a_huge_model_is_refused(tmp_path):
     path = str(tmp_path / "crafted.pth")

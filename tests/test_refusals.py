@@ -16,9 +16,8 @@ import dataset
 import enhance
 import evaluate
 import imaging
-from config import ConfigError, MiramError, load_config
-from conftest import enhance_args, tiny_args, write_tiny_dataset
-from models import MIRAM, ModelConfig
+from config import ConfigError, MiramError, ModelConfig, load_config
+from conftest import enhance_args, tiny_args, tiny_mae, write_tiny_dataset
 from records import run_cli
 
 
@@ -180,11 +179,6 @@ def test_pillows_own_bomb_guard_is_left_as_it_is(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
     imaging.read_scan(path)
     assert Image.MAX_IMAGE_PIXELS == guard and guard is not None
-
-
-def tiny_mae():
-    return MIRAM(ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
-                             decoder_depth=1, decoder_num_heads=2))
 
 
 def test_a_checkpoint_of_expanded_views_or_non_finite_weights_is_refused(tmp_path):
