@@ -75,7 +75,8 @@ def finetune(args, cfg, dist):
     import torch
 
     from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from
-    from dataset import load_split, load_transfer, split_record
+    from dataset import load_split, load_transfer
+    from splits import split_record
     from engine import fit
     from hardware import apply_kernels, choose_kernels
     from tumor import Classification, build_classifier, score, suffix_of
@@ -97,17 +98,24 @@ def finetune(args, cfg, dist):
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
     extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
              **split_record(cfg, train_set, *(parent for _, parent in parents))}
-    # only slices with a mask file carry a label; the others were for pre-training
+    # only slices with a mask file or a class folder carry a label; the others were for pre-training
     train_set = train_set.labelled().subject_fraction(cfg.CLS_LABEL_FRACTION, cfg.SPLIT_SEED)
     val_set = val_set.labelled()
     if len(train_set) == 0 or len(val_set) == 0:
-        raise MiramError("classification needs masks (MASK/ folder, same file names as HR/) on both sides of the "
-                         f"split; found {len(train_set)} training and {len(val_set)} validation slices with masks")
+        raise MiramError("classification needs labels on both sides of the split (masks in MASK/ with the file names "
+                         f"of HR/, or class folders); found {len(train_set)} training and {len(val_set)} validation "
+                         "labelled slices")
+    if len(train_set.classes) > 2:
+        raise MiramError(f"{len(train_set.classes)} class folders ({', '.join(train_set.classes)}): the classifier "
+                         "learns two classes, a tumor-free one and a tumor one; keep two folders")
+    extra["classes"] = list(train_set.classes) or ["no tumor", "tumor"]
     n_val_tumor = int(val_set.labels.sum())
     if n_val_tumor in (0, len(val_set)):
         raise MiramError(f"the validation split's {len(val_set)} labelled slices ({', '.join(sorted(set(val_set.subjects)))}"
                          f") are all {'tumor-free' if n_val_tumor == 0 else 'tumor'}: AUROC needs both; name validation "
                          "subjects with both in VAL_SUBJECTS, or draw another split (SPLIT_SEED)")
+    if train_set.classes:
+        dist.say(f"classes from the folders: {train_set.classes[0]!r} tumor-free (0), {train_set.classes[1]!r} tumor (1)")
     dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
              f"{len(set(train_set.subjects))} subjects) / "
              f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")

@@ -140,7 +140,8 @@ class Config:
     SEED: int = setting(0, "the training seed (weights, batches, augmentation)", TRAINING)
     # ---- data
     LAYOUT: str = setting("auto", "how DATASET_PATH is laid out: auto (the one layout that fits; a folder that "
-                          "fits several is refused), spec (HR/ + MASK/ or flat), nifti or kaggle_lgg", DATA)
+                          "fits several is refused), spec (HR/ + MASK/ or flat), nifti, kaggle_lgg or classes "
+                          "(<root>/<class>/ images)", DATA)
     VAL_FRACTION: float = setting(0.2, "share of the subjects held out for validation", DATA)
     SPLIT_SEED: int = setting(0, "the subject split's seed, apart from SEED: training seeds vary while "
                               "validation stays held out", DATA)
@@ -148,6 +149,10 @@ class Config:
                                 DATA)
     SUBJECT_PATTERN: str = setting(r"^(.+?)(?:_\d+)?$", "regex on a file's stem; group 1 is the subject id "
                                    "(default: the name without a trailing _<number>)", DATA)
+    DUPLICATE_CORRELATION: float = setting(0.98, "near-identical images (32 x 32 thumbnails correlating at or above "
+                                           "this, a left-right flip included) are one subject, kept on one side of "
+                                           "the split, where file names give no subjects (class folders, or one "
+                                           "file a subject); 0: never", DATA)
     SLICE_AXIS: int = setting(2, "NIfTI volumes, turned to RAS, are cut along this axis (0 sagittal, 1 coronal, "
                               "2 axial)", SCRIPTS)
     MAX_PIXELS: int = setting(2 ** 26, "values a file may decode to, checked from its header before decoding",

@@ -1,7 +1,8 @@
-"""Reading data: layouts of slices on disk, the subject-grouped split, and the slices loaded for training.
+"""Reading data: layouts of slices on disk, and the slices loaded for training, split as splits.py says.
 
 Layouts (LAYOUTS): <DATASET_PATH>/HR/ images with MASK/ of the same names (the spec's), or a flat folder of
-images; NIfTI volumes; the Kaggle LGG folders. Every image format of imaging.py is read. Everything is decoded
+images; NIfTI volumes; the Kaggle LGG folders; class folders (<root>/<class>/ images, as most public 2-D tumor
+sets are: the folder is the label). Every image format of imaging.py is read. Everything is decoded
 once into memory (4,000 slices at 224x224 are 800 MB as float32). torch is imported by the functions that need
 it, so that `dataset.py --inspect` stays light.
 """
@@ -20,12 +21,14 @@ import numpy as np
 from config import MAX_PIXELS
 from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, list_names,
                      normalize_intensity, read_slice, read_volume, split_ext, stored_dtype, to_grayscale, volume_header)
+from splits import (duplicate_groups, merge_duplicates, named_subjects, refuse_trained_subjects, split_by_subject,
+                    thumbnail)
 from volumes import VolumeView
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
-SLICE_KINDS = ("tiff", "png", "dicom")  # one slice per file; VOLUME_KINDS hold many
+SLICE_KINDS = ("tiff", "png", "jpeg", "dicom")  # one slice per file; VOLUME_KINDS hold many
 
 
 # ---- layouts: where the slices, their masks and their subjects are ----------------------------------
@@ -39,6 +42,7 @@ class Source:
     name: str = ""
     index: int = None
     axis: int = 2
+    label: str = None  # the class folder's name, in the class-folder layout
 
 
 def _stem(path):
@@ -140,10 +144,46 @@ def find_slices(root, subject_pattern, slice_axis):
     return [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
 
 
+# A class folder named like these holds the images without a tumor: class 0 of a binary set.
+NEGATIVE_CLASS = re.compile(r"^(no|none|normal|healthy|negative|control|no[_ -]?tumou?r|notumou?r)$", re.IGNORECASE)
+NOT_CLASSES = {"hr", "mask", "masks"}
+
+
+def class_order(names):
+    """Class folder names in label order: the tumor-free class first (NEGATIVE_CLASS), the others by name."""
+    return sorted(names, key=lambda n: (not NEGATIVE_CLASS.match(n), n))
+
+
+def find_classes(root, subject_pattern, slice_axis):
+    """<root>/<class>/ single-slice images, two or more class folders and no images beside them; the label is
+    the folder, the subject the file name matched by SUBJECT_PATTERN. A folder holding masks (*_mask files, or
+    named MASK) is another layout's, not a class; an unreadable subfolder is skipped with a warning."""
+    if list_images(root, SLICE_KINDS + VOLUME_KINDS):
+        return None
+    classes = {}
+    for d in sorted(list_names(root)):
+        folder = os.path.join(root, d)
+        if d.startswith(".") or d.lower() in NOT_CLASSES or not os.path.isdir(folder):
+            continue
+        try:
+            images = list_images(folder, SLICE_KINDS)
+        except DataError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            continue
+        if any(_stem(p).lower().endswith("_mask") for p in images):
+            return None
+        if images:
+            classes[d] = images
+    if len(classes) < 2:
+        return None
+    return [Source(p, None, subject_of(p, subject_pattern), f"{name}/{os.path.basename(p)}", label=name)
+            for name in class_order(classes) for p in classes[name]]
+
+
 # Every layout is tried; a folder is read in the one that recognizes it, and a folder that more than one
 # recognizes is refused until LAYOUT names one (a stray file must not decide what is trained on). A new
 # layout is one function here.
-LAYOUTS = {"nifti": find_volumes, "kaggle_lgg": find_kaggle_lgg, "spec": find_slices}
+LAYOUTS = {"nifti": find_volumes, "kaggle_lgg": find_kaggle_lgg, "spec": find_slices, "classes": find_classes}
 
 
 def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2, layout: str = "auto"):
@@ -218,28 +258,6 @@ def subject_of(path: str, pattern: str) -> str:
     return m.group(1) if m and m.group(1) else stem
 
 
-def split_by_subject(subjects, val_fraction: float, seed: int, val_subjects=()):
-    """Indices (train, val): whole subjects go to one side. At least one subject on each side when possible.
-    val_subjects: the validation subjects named (each must be one of subjects) instead of drawn."""
-    unique = sorted(set(subjects))
-    if val_subjects:
-        unknown = sorted(set(val_subjects) - set(unique))
-        if unknown:
-            raise DataError(f"VAL_SUBJECTS names {unknown[0]!r}, not a subject of this data set "
-                            f"({len(unique)} subjects, e.g. {unique[0]!r})")
-        if set(val_subjects) >= set(unique):
-            raise DataError("VAL_SUBJECTS names every subject of this data set: none would be left to train on")
-    else:
-        rng = np.random.default_rng(seed)
-        order = [unique[i] for i in rng.permutation(len(unique))]
-        n_val = min(max(1, round(len(unique) * val_fraction)), len(unique) - 1) if len(unique) > 1 else 0
-        val_subjects = order[:n_val]
-    val_subjects = set(val_subjects)
-    train = [i for i, s in enumerate(subjects) if s not in val_subjects]
-    val = [i for i, s in enumerate(subjects) if s in val_subjects]
-    return train, val
-
-
 # ---- the in-memory slice set -------------------------------------------------------------------------
 
 @dataclass
@@ -250,6 +268,12 @@ class SliceSet:
     has_mask: torch.Tensor  # (N,) bool
     names: list
     subjects: list
+    has_label: torch.Tensor = None  # (N,) bool: a mask file or a class folder says what the slice is
+    classes: tuple = ()  # class-folder names in label order (labels index them); () where masks give the labels
+
+    def __post_init__(self):
+        if self.has_label is None:
+            self.has_label = self.has_mask.clone()
 
     def __len__(self):
         return len(self.names)
@@ -259,14 +283,17 @@ class SliceSet:
         idx = list(idx)
         t = torch.as_tensor(idx, dtype=torch.long)
         return SliceSet(self.images[t], self.masks[t], self.labels[t], self.has_mask[t],
-                        [self.names[i] for i in idx], [self.subjects[i] for i in idx])
+                        [self.names[i] for i in idx], [self.subjects[i] for i in idx], self.has_label[t], self.classes)
 
     def joined(self, other):
         """This set's slices, then other's."""
         import torch
+        if self.classes != other.classes:
+            raise DataError(f"cannot join sets of different classes ({self.classes} and {other.classes})")
         return SliceSet(*(torch.cat([a, b]) for a, b in ((self.images, other.images), (self.masks, other.masks),
                                                          (self.labels, other.labels), (self.has_mask, other.has_mask))),
-                        self.names + other.names, self.subjects + other.subjects)
+                        self.names + other.names, self.subjects + other.subjects,
+                        torch.cat([self.has_label, other.has_label]), self.classes)
 
     def rows_by_subject(self):
         """{subject: the numbers of its slices}, subjects in the order they first appear."""
@@ -276,8 +303,8 @@ class SliceSet:
         return rows
 
     def labelled(self):
-        """The slices with a mask file: only they carry a label."""
-        return self.subset(i for i in range(len(self)) if self.has_mask[i])
+        """The slices with a mask file or a class folder: only they carry a label."""
+        return self.subset(i for i in range(len(self)) if self.has_label[i])
 
     def subject_fraction(self, fraction, seed):
         """The slices of a share of the subjects (at least one), drawn by seed: fewer labels, subjects whole."""
@@ -290,11 +317,14 @@ class SliceSet:
 
 
 def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2,
-                max_pixels: int = MAX_PIXELS, layout: str = "auto") -> SliceSet:
-    """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each."""
+                max_pixels: int = MAX_PIXELS, layout: str = "auto", duplicates: float = 0.0) -> SliceSet:
+    """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each.
+    duplicates: near-identical images (thumbnails correlating at or above it) become one subject (splits.py)
+    where the files name no subjects (class folders, or every file a subject of its own); 0: never."""
     import torch
     layout, sources = discover(root, subject_pattern, slice_axis, layout)
-    images, masks, labels, has_mask, names, subjects = [], [], [], [], [], []
+    classes = class_order({src.label for src in sources if src.label is not None})
+    images, masks, labels, has_mask, has_label, names, subjects, thumbnails = [], [], [], [], [], [], [], []
     skipped = empty = 0
     cache = _VolumeCache(max_pixels)
     iterator = sources
@@ -319,21 +349,30 @@ def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_a
             continue
         norm, _ = normalize_intensity(img)
         images.append(fit_to_square(norm, size))
+        if duplicates > 0:
+            thumbnails.append(thumbnail(img))
         if mask is not None:
             masks.append(fit_to_square((mask != 0).astype(np.float32), size, order=0) > 0.5)
             labels.append(float((mask != 0).any()))
         else:
             masks.append(np.zeros((size, size), dtype=bool))
-            labels.append(0.0)
+            labels.append(float(classes.index(src.label)) if src.label is not None else 0.0)
         has_mask.append(mask is not None)
+        has_label.append(mask is not None or src.label is not None)
         names.append(src.name)
         subjects.append(src.subject)
     if not images:
         raise DataError(f"Dataset empty: none of the {len(sources)} slices in {root} ({layout} layout) could be read")
     if skipped and not quiet:
         print(f"warning: skipped {skipped} of {len(sources)} files that could not be read (see warnings above)")
+    if duplicates > 0 and len(images) > 1 and (layout == "classes" or len(set(subjects)) == len(subjects)):
+        subjects, copies, groups = merge_duplicates(subjects, duplicate_groups(np.stack(thumbnails), duplicates))
+        if copies and not quiet:
+            print(f"near-identical images: {copies} of {len(images)} in {groups} groups (thumbnails correlating at "
+                  f">= {duplicates:g}, flips included); each group is kept on one side of the split")
     return SliceSet(torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(masks))[:, None],
-                    torch.tensor(labels), torch.tensor(has_mask), names, subjects)
+                    torch.tensor(labels), torch.tensor(has_mask), names, subjects, torch.tensor(has_label),
+                    tuple(classes))
 
 
 def resolve_data_path(cfg, quiet=False) -> str:
@@ -369,7 +408,8 @@ def load_transfer(cfg, size, quiet=False, trained_on=()):
         if not quiet:
             print(f"note: the transfer set {root} is the data this run learns from: not reported as a transfer set")
         return None, ""
-    data = load_slices(root, size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS)  # its own layout
+    data = load_slices(root, size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS,  # its own layout
+                       duplicates=cfg.DUPLICATE_CORRELATION)
     for path, state in trained_on:
         refuse_trained_subjects(data.subjects, state, path)
     return data, root
@@ -384,7 +424,8 @@ def load_split(cfg, quiet=False, trained_on=()):
         raise DataError(f"TRANSFER_PATH {cfg.TRANSFER_PATH}: no such folder (a folder of images, 'builtin', or "
                         "empty for none)")
     root = resolve_data_path(cfg, quiet)
-    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS, cfg.LAYOUT)
+    data = load_slices(root, cfg.IMG_SIZE, cfg.SUBJECT_PATTERN, quiet, cfg.SLICE_AXIS, cfg.MAX_PIXELS, cfg.LAYOUT,
+                       cfg.DUPLICATE_CORRELATION)
     try:
         train_idx, val_idx = split_by_subject(data.subjects, cfg.VAL_FRACTION, cfg.SPLIT_SEED, named_subjects(cfg))
     except DataError as e:
@@ -399,47 +440,6 @@ def load_split(cfg, quiet=False, trained_on=()):
         for path, state in trained_on:
             refuse_trained_subjects([data.subjects[i] for i in val_idx], state, path)
     return data.subset(train_idx), data.subset(val_idx) if val_idx else data.subset(train_idx)
-
-
-def split_record(cfg, train_set, *parents):
-    """Checkpoint fields naming every subject a model learned from: its own training split's and those of
-    the checkpoints it started from (parents), so that later scripts can check validation is held out."""
-    subjects = set(train_set.subjects)
-    for parent in parents:
-        subjects.update(parent.get("train_subjects", ()))
-    return {"train_subjects": sorted(subjects),
-            "split": {"SPLIT_SEED": cfg.SPLIT_SEED, "VAL_FRACTION": cfg.VAL_FRACTION,
-                      "SUBJECT_PATTERN": cfg.SUBJECT_PATTERN,
-                      **({"VAL_SUBJECTS": cfg.VAL_SUBJECTS} if cfg.VAL_SUBJECTS else {})}}
-
-
-def named_subjects(cfg):
-    """VAL_SUBJECTS as a list (empty: the split is drawn)."""
-    return [s.strip() for s in cfg.VAL_SUBJECTS.split(",") if s.strip()]
-
-
-def recorded_split(state):
-    """The split settings a checkpoint was trained under, for the messages below."""
-    return ", ".join(f"{k}={v!r}" for k, v in state.get("split", {}).items()) or "not recorded"
-
-
-def refuse_other_split(state, record, path):
-    """A resumed run keeps the subjects its checkpoint trained on as training subjects: under another split
-    they could be validating it now (record: this run's split_record)."""
-    dropped = sorted(set(state.get("train_subjects", ())) - set(record["train_subjects"]))
-    if dropped:
-        raise DataError(f"{path}: cannot resume under this split: the checkpoint trained on {len(dropped)} "
-                        f"subject(s) that this split does not train on (e.g. {dropped[0]}); use the checkpoint's "
-                        f"split ({recorded_split(state)}) and data, or --no-resume to start over")
-
-
-def refuse_trained_subjects(val_subjects, state, path):
-    # Checkpoints from before the record was kept carry no "train_subjects": nothing to check against.
-    leaked = sorted(set(val_subjects) & set(state.get("train_subjects", ())))
-    if leaked:
-        raise DataError(f"{path} was trained on {len(leaked)} of the {len(set(val_subjects))} validation subjects "
-                        f"(e.g. {leaked[0]}), so its validation figures would be inflated: use the split it was "
-                        f"trained with ({recorded_split(state)}) and the same data")
 
 
 def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="auto"):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from config import MiramError
-from dataset import refuse_other_split
+from splits import refuse_other_split
 from hardware import amp_dtype, autocast, keep_freed_memory, pick_device
 from records import run_info, temp_beside
 

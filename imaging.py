@@ -3,6 +3,7 @@
     kind          extensions       read as                                 written back with
     tiff          .tif .tiff       8/16-bit, float, RGB(A); a page stack   tifffile
     png           .png             grey, grey+alpha, RGB(A), palette       Pillow
+    jpeg          .jpg .jpeg       grey, RGB, CMYK (as RGB)                Pillow, quality 95 (lossy, as the file)
     nifti         .nii .nii.gz     a volume, turned to RAS, cut along      nibabel, affine, header and voxel
                                    SLICE_AXIS (VolumeView)                 order kept
     dicom         .dcm             a slice (or a multi-frame stack)        pydicom, a new UID, marked DERIVED
@@ -17,17 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config import MAX_PIXELS, MiramError
+from headers import DataError, check_size
 from records import temp_beside
 from volumes import VolumeView
 
 
 
-class DataError(MiramError):
-    pass
-
-
 # kind -> extensions; ".nii.gz" before ".nii" is not needed: matching is on the whole suffix
-FORMATS = {"tiff": (".tif", ".tiff"), "png": (".png",), "nifti": (".nii", ".nii.gz"), "dicom": (".dcm",)}
+FORMATS = {"tiff": (".tif", ".tiff"), "png": (".png",), "jpeg": (".jpg", ".jpeg"), "nifti": (".nii", ".nii.gz"),
+           "dicom": (".dcm",)}
 EXTENSIONS = tuple(ext for exts in FORMATS.values() for ext in exts)
 VOLUME_KINDS = ("nifti",)  # files holding many slices of one subject, cut along SLICE_AXIS (VolumeView)
 
@@ -48,6 +47,20 @@ def kind_of(path):
         if ext in exts:
             return kind
     raise DataError(f"{path}: unsupported format {ext or '(no extension)'!r} (expected one of {', '.join(EXTENSIONS)})")
+
+
+SIGNATURES = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}
+
+
+def content_kind(path):
+    """The kind a file's extension says, or, for a PNG named .jpg or a JPEG named .png (public sets hold
+    both), the kind its first bytes say."""
+    kind = kind_of(path)
+    if kind in SIGNATURES:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        return next((k for k, sig in SIGNATURES.items() if head.startswith(sig)), kind)
+    return kind
 
 
 def is_image(name, kinds=tuple(FORMATS)):
@@ -84,96 +97,6 @@ class Scan:
     meta: dict = field(default_factory=dict)
 
 
-# ---- the header: shape before pixels -----------------------------------------------------------------
-
-def _tiff_shape(path):
-    import tifffile
-    with tifffile.TiffFile(path) as tif:
-        if len(tif.series) > 1:  # pages of different sizes: reading the first would drop the others unsaid
-            raise DataError(f"{path}: holds {len(tif.series)} images of different sizes ("
-                            + ", ".join("x".join(map(str, s.shape)) for s in tif.series[:4])
-                            + "); save each as a file of its own")
-        return tuple(tif.series[0].shape)
-
-
-# PNG colour types -> the values a pixel decodes to (a palette one expands to RGB or RGBA: counted as RGBA)
-PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
-
-
-def _png_shape(path):
-    """(rows, columns, values a pixel) from the PNG's IHDR chunk, read here before Pillow opens the file (whose
-    own bomb guard stays as it is)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise DataError(f"{path}: not a PNG file (no PNG signature and IHDR header)")
-    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    depth, colour = head[24], head[25]
-    if colour not in PNG_CHANNELS:
-        raise DataError(f"{path}: a PNG of unknown colour type {colour}")
-    if depth == 16 and colour in (2, 6):  # Pillow decodes 16-bit colour to 8 bits
-        raise DataError(f"{path}: a 16-bit colour PNG, which can only be read at 8 bits here; save it as a "
-                        "16-bit grey PNG or a TIFF to keep its precision")
-    return (height, width, PNG_CHANNELS[colour])
-
-
-def _nifti_shape(path):
-    import nibabel as nib
-    return tuple(nib.load(path).shape)
-
-
-def _dicom_shape(path):
-    import pydicom
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return (int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
-
-
-HEADERS = {"tiff": _tiff_shape, "png": _png_shape, "nifti": _nifti_shape, "dicom": _dicom_shape}
-
-
-# A slice this much longer than wide is no image a model reads: padded to a square it would be mostly padding.
-MAX_ASPECT = 20
-
-
-def slice_plane(kind, shape):
-    """(rows, columns) of one 2-D slice of a file of this kind and stored shape (a volume: its two largest
-    axes, the plane any cut lies within)."""
-    dims = [int(d) for d in shape] or [1]
-    if kind == "nifti":
-        return tuple(sorted(dims[:3], reverse=True)[:2]) if len(dims) >= 2 else (dims[0], 1)
-    if kind == "dicom" and len(dims) >= 3:
-        return dims[1], dims[2]
-    if len(dims) >= 3 and dims[-1] in (3, 4) or kind == "png" and len(dims) == 3:
-        dims = dims[:-1]  # colour channels
-    return (dims[-2], dims[-1]) if len(dims) >= 2 else (dims[0], 1)
-
-
-def check_size(path, kind, max_pixels):
-    """Refuses, from the header alone, a file that would decode to more than max_pixels values (a
-    decompression bomb: a 1 MB file can hold a 30000 x 30000 image), whose slices padded to a square (as
-    every phase reads them) would, or whose slices are too long and thin to be images."""
-    try:
-        shape = HEADERS[kind](path)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{path}: cannot read the {kind} header ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    values = int(np.prod(shape, dtype=np.float64))
-    if values > max_pixels:
-        raise DataError(f"{path}: {' x '.join(map(str, shape))} = {values / 1e6:.0f} million values, over the "
-                        f"MAX_PIXELS budget of {max_pixels / 1e6:.0f} million; raise MAX_PIXELS to read it")
-    rows, cols = slice_plane(kind, shape)
-    side = max(rows, cols)
-    if kind != "nifti" and side > MAX_ASPECT * max(1, min(rows, cols)):
-        raise DataError(f"{path}: slices of {rows} x {cols} pixels (1:{side // max(1, min(rows, cols))}) are too long "
-                        f"and thin to be images (at most 1:{MAX_ASPECT})")
-    if side * side > max_pixels:
-        raise DataError(f"{path}: a {rows} x {cols} slice padded to a {side} x {side} square is {side * side / 1e6:.0f} "
-                        f"million values, over the MAX_PIXELS budget of {max_pixels / 1e6:.0f} million")
-    return shape
-
-
 def _read_tiff(path, meta):
     """Colour samples (if any) last, using the file's own axes: a 3-page stack and a planar RGB image have
     the same shape, only the TIFF tags tell them apart."""
@@ -200,6 +123,14 @@ def _read_png(path, meta):
     return arr
 
 
+def _read_jpeg(path, meta):
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.mode not in ("L", "RGB"):  # CMYK, YCCK: as the RGB they display as
+            im = im.convert("RGB")
+        return np.asarray(im)
+
+
 def _alpha_note(path):
     warnings.warn(f"{path}: its alpha channel is not read (transparency is not intensity); a restored file keeps it",
                   stacklevel=4)
@@ -219,7 +150,7 @@ def _read_dicom(path, meta):
     return ds.pixel_array
 
 
-READERS = {"tiff": _read_tiff, "png": _read_png, "nifti": _read_nifti, "dicom": _read_dicom}
+READERS = {"tiff": _read_tiff, "png": _read_png, "jpeg": _read_jpeg, "nifti": _read_nifti, "dicom": _read_dicom}
 
 
 def read_scan(path, max_pixels=MAX_PIXELS, slice_axis=2, view=None) -> Scan:
@@ -232,7 +163,7 @@ def read_scan(path, max_pixels=MAX_PIXELS, slice_axis=2, view=None) -> Scan:
         raise DataError(f"{path}: is a folder, not an image file")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
-    kind = kind_of(path)
+    kind = content_kind(path)
     check_size(path, kind, max_pixels)
     meta = {}
     try:
@@ -245,7 +176,7 @@ def read_scan(path, max_pixels=MAX_PIXELS, slice_axis=2, view=None) -> Scan:
     if arr.size == 0:  # a header can promise a series whose pages hold nothing
         raise DataError(f"{path}: holds no pixels (decoded shape {arr.shape})")
     channels = 0
-    if kind in ("tiff", "png") and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+    if kind in ("tiff", "png", "jpeg") and arr.ndim == 3 and arr.shape[-1] in (3, 4):
         channels = arr.shape[-1]
         if channels == 4:
             meta["alpha"] = arr[..., 3].copy()
@@ -295,15 +226,15 @@ def volume_header(path):
 def stored_dtype(path):
     """The pixel type a file stores, read from its header only ("unreadable" when it cannot be)."""
     try:
-        kind = kind_of(path)
+        kind = content_kind(path)
         if kind == "tiff":
             import tifffile
             with tifffile.TiffFile(path) as t:
                 return str(t.series[0].dtype)
-        if kind == "png":
+        if kind in ("png", "jpeg"):
             from PIL import Image
             with Image.open(path) as im:
-                return f"png:{im.mode}"
+                return f"{kind}:{im.mode}"
         if kind == "nifti":
             import nibabel as nib
             return str(nib.load(path).get_data_dtype())
@@ -381,6 +312,11 @@ def _write_png(scan, arr, path, coarse):
     Image.fromarray(arr).save(path, format="PNG")
 
 
+def _write_jpeg(scan, arr, path, coarse):
+    from PIL import Image
+    Image.fromarray(arr).save(path, format="JPEG", quality=95)
+
+
 def _write_nifti(scan, arr, path, coarse):
     import nibabel as nib
     src = scan.meta["image"]
@@ -415,7 +351,7 @@ def _write_dicom(scan, arr, path, coarse):
     ds.save_as(path)
 
 
-WRITERS = {"tiff": _write_tiff, "png": _write_png, "nifti": _write_nifti, "dicom": _write_dicom}
+WRITERS = {"tiff": _write_tiff, "png": _write_png, "jpeg": _write_jpeg, "nifti": _write_nifti, "dicom": _write_dicom}
 
 
 def write_scan(scan: Scan, slices, path, coarse=False):

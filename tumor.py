@@ -131,7 +131,8 @@ class Classification(Task):
         self.pos_weight = torch.tensor(n_neg / n_pos, device=device)
         self.decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
         self.patch = model.cfg.patch_size
-        self.masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 else None
+        # patch labels where every slice has its outline (class folders give a slice's label, not where)
+        self.masks = train_set.masks if cfg.CLS_PATCH_WEIGHT > 0 and bool(train_set.has_mask.all()) else None
         self.epochs, self.warmup_epochs, self.lr = cfg.CLS_EPOCHS, cfg.CLS_WARMUP_EPOCHS, cfg.CLS_LR
         self.weight_decay, self.n_train, self.extra = cfg.CLS_WEIGHT_DECAY, len(train_set), extra
         suffix = suffix_of(variant)
@@ -189,13 +190,13 @@ def operating_threshold(probs, labels):
     return float(cuts[best[np.argmin(np.abs(cuts[best] - 0.5))]])
 
 
-def subject_metrics(probs, labels, hits, rows_by_subject, threshold):
+def subject_metrics(probs, labels, hits, outlined, rows_by_subject, threshold):
     """{subject: binary metrics over its slices (AUROC None where it has one class), the default heatmap's
-    pointing game over its tumor slices (None without one)}: which heads of a few a classifier fails on."""
+    pointing game over its outlined tumor slices (None without one)}: which heads of a few a classifier fails on."""
     out = {}
     for subject, rows in rows_by_subject.items():
         m = binary_metrics(probs[rows], labels[rows], threshold)
-        tumor_hits = hits[rows][labels[rows] > 0]
+        tumor_hits = hits[rows][outlined[rows]]
         out[subject] = {k: None if m[k] != m[k] else m[k]  # NaN (one class) -> null in the JSON
                         for k in ("auroc", "accuracy", "sensitivity", "specificity", "n", "n_positive")}
         out[subject]["pointing_game"] = float(tumor_hits.mean()) if len(tumor_hits) else None
@@ -206,19 +207,19 @@ def score(model, data, cfg, device, by_subject=False):
     """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
     heatmaps, tumor masks). by_subject: also "per_subject" (subject_metrics), for a set of a few heads."""
     labels = data.labels.numpy()
-    pos = labels > 0
-    tumor = data.masks[:, 0].numpy() & pos[:, None, None]
+    outlined = (labels > 0) & data.has_mask.numpy()  # tumor slices whose outline is known: the maps are scored there
+    tumor = data.masks[:, 0].numpy() & outlined[:, None, None]
     probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True)
     m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
     loc, hits = {}, np.zeros(len(labels))  # hits: the default map's pointing game per slice, 0 where no tumor
     for name, h in heats.items():
-        if not pos.any():
+        if not outlined.any():
             loc[name] = {}
             continue
-        mass, hit = localization(h[pos], tumor[pos])
+        mass, hit = localization(h[outlined], tumor[outlined])
         if name == DEFAULT_HEATMAP:
-            hits[pos] = hit
-        share = tumor[pos].mean(axis=(1, 2))
+            hits[outlined] = hit
+        share = tumor[outlined].mean(axis=(1, 2))
         loc[name] = {"mass_inside": float(mass.mean()), "pointing_game": float(hit.mean()),
                      "tumor_share_of_image": float(share.mean()),
                      "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
@@ -232,5 +233,5 @@ def score(model, data, cfg, device, by_subject=False):
     m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)),
              operating_point=operating)
     if by_subject:
-        m["per_subject"] = subject_metrics(probs, labels, hits, data.rows_by_subject(), cfg.CLS_THRESHOLD)
+        m["per_subject"] = subject_metrics(probs, labels, hits, outlined, data.rows_by_subject(), cfg.CLS_THRESHOLD)
     return m, probs, heats, tumor

@@ -87,3 +87,23 @@ def train_tiny_pipeline(base):
     classify.main(tiny_args(data, out, "--n-viz", "0"))
     return data, out
 
+
+
+def write_class_folders(root, classes=("no", "yes"), per_class=6, shape=(72, 80), seed=0):
+    """<root>/<class>/ JPEG and PNG "heads", each of its own texture (no two near-identical); the last class's
+    carry a bright blob."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for c, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            cy, cx = shape[0] / 2 + rng.normal(0, 3), shape[1] / 2 + rng.normal(0, 3)
+            head = (((yy - cy) / (shape[0] * 0.4)) ** 2 + ((xx - cx) / (shape[1] * 0.35)) ** 2) < 1
+            img = head * (120 + 50 * np.sin(xx / rng.uniform(2, 6) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(2, 6)))
+            if c == len(classes) - 1:
+                img[(yy - cy - 5) ** 2 + (xx - cx + 4) ** 2 < 36] = 240
+            ext = ".jpg" if i % 2 else ".png"
+            Image.fromarray(np.clip(img + rng.normal(0, 3, shape), 0, 255).astype(np.uint8)).convert("RGB").save(
+                os.path.join(root, name, f"{name}{i}{ext}"))
+    return root

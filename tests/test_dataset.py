@@ -9,6 +9,7 @@ import torch
 import augment
 import dataset
 import makedata
+import splits
 import imaging
 import volumes
 import restoration
@@ -65,7 +66,7 @@ def test_fit_to_square_keeps_aspect_ratio():
 def test_split_never_shares_a_subject(tiny_data):
     data = dataset.load_slices(tiny_data, 64, r"^(.+?)(?:_\d+)?$", quiet=True)
     assert set(data.subjects) == {"subj0", "subj1", "subj2", "subj3"}
-    train, val = dataset.split_by_subject(data.subjects, 0.25, seed=0)
+    train, val = splits.split_by_subject(data.subjects, 0.25, seed=0)
     assert set(data.subjects[i] for i in train).isdisjoint(data.subjects[i] for i in val)
     assert len(train) + len(val) == len(data) and len(val) == 3
     assert data.labels.tolist() == [1.0, 0.0] * 6  # every other slice has a tumor
@@ -243,7 +244,7 @@ def test_named_validation_subjects_are_held_out_and_a_wrong_name_is_refused(tiny
     cfg = dataclasses.replace(cfg, VAL_SUBJECTS="subj2, subj0")
     train, val = dataset.load_split(cfg, quiet=True)
     assert set(val.subjects) == {"subj0", "subj2"} and set(train.subjects) == {"subj1", "subj3"}
-    assert dataset.split_record(cfg, train)["split"]["VAL_SUBJECTS"] == "subj2, subj0"
+    assert splits.split_record(cfg, train)["split"]["VAL_SUBJECTS"] == "subj2, subj0"
     cfg = dataclasses.replace(cfg, VAL_SUBJECTS="subj9")
     with pytest.raises(dataset.DataError, match=r"data: VAL_SUBJECTS names 'subj9', not a subject"):
         dataset.load_split(cfg, quiet=True)
@@ -255,12 +256,12 @@ def test_named_validation_subjects_are_held_out_and_a_wrong_name_is_refused(tiny
 def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
     cfg = split_config(tiny_data)
     train, val = dataset.load_split(cfg, quiet=True)
-    state = dataset.split_record(cfg, train)
+    state = splits.split_record(cfg, train)
     assert set(state["train_subjects"]) == set(train.subjects) and state["split"]["SPLIT_SEED"] == 0
     dataset.load_split(cfg, quiet=True, trained_on=[("mae.pth", state)])  # its own split: accepted
     dataset.load_split(cfg, quiet=True, trained_on=[("old.pth", {})])  # no record (older checkpoint): accepted
     # a child checkpoint inherits what its parent learned from, even subjects outside its own training split
-    child = dataset.split_record(cfg, val, state)
+    child = splits.split_record(cfg, val, state)
     assert set(child["train_subjects"]) == {"subj0", "subj1", "subj2", "subj3"}
     cfg = dataclasses.replace(cfg, SPLIT_SEED=1)
     with pytest.raises(DataError, match=r"mae\.pth was trained on 1 of the 1 validation subjects .*SPLIT_SEED=0"):
@@ -270,13 +271,13 @@ def test_validation_on_subjects_a_checkpoint_trained_on_is_refused(tiny_data):
 def test_resuming_under_another_split_is_refused(tiny_data):
     cfg = split_config(tiny_data)
     train = dataset.load_split(cfg, quiet=True)[0]
-    saved = dataset.split_record(cfg, train)
-    dataset.refuse_other_split(saved, dataset.split_record(cfg, train), "checkpoint.pth")  # same split
-    dataset.refuse_other_split({}, dataset.split_record(cfg, train), "checkpoint.pth")  # no record: nothing to check
+    saved = splits.split_record(cfg, train)
+    splits.refuse_other_split(saved, splits.split_record(cfg, train), "checkpoint.pth")  # same split
+    splits.refuse_other_split({}, splits.split_record(cfg, train), "checkpoint.pth")  # no record: nothing to check
     cfg = dataclasses.replace(cfg, SPLIT_SEED=1)
-    moved = dataset.split_record(cfg, dataset.load_split(cfg, quiet=True)[0])
+    moved = splits.split_record(cfg, dataset.load_split(cfg, quiet=True)[0])
     with pytest.raises(DataError, match=r"checkpoint\.pth: cannot resume under this split: .* 1 subject"):
-        dataset.refuse_other_split(saved, moved, "checkpoint.pth")
+        splits.refuse_other_split(saved, moved, "checkpoint.pth")
 
 
 def test_the_subtle_lesion_family_is_small_dark_faint_and_inside_the_brain():

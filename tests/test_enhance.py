@@ -127,11 +127,11 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "bad.tif").write_bytes(b"not a tiff at all")
-    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8")
+    (tmp_path / "x.bmp").write_bytes(b"BM")
     with pytest.raises(MiramError, match="bad.tif: cannot read"):
         imaging.read_scan(str(tmp_path / "bad.tif"))
     with pytest.raises(MiramError, match="unsupported format"):
-        imaging.read_scan(str(tmp_path / "x.jpg"))
+        imaging.read_scan(str(tmp_path / "x.bmp"))
 
 
 @pytest.fixture

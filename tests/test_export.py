@@ -200,7 +200,7 @@ def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exp
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         run_cli(classify.main, tiny_args(data, out, "--predict", str(tmp_path / "empty")))
-    assert "empty: no .tif, .tiff, .png, .nii, .nii.gz, .dcm files in this folder" in capsys.readouterr().err
+    assert "empty: no .tif, .tiff, .png, .jpg, .jpeg, .nii, .nii.gz, .dcm files in this folder" in capsys.readouterr().err
 
 
 def test_onnx_path_runs_without_torch(exported, tmp_path):

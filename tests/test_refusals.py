@@ -173,6 +173,64 @@ def test_a_long_thin_or_square_padded_slice_over_the_budget_is_refused_from_its_
     assert imaging.read_scan(wide, max_pixels=160_000).slices.shape == (1, 100, 400)
 
 
+def dicom_with_jpeg_frame(path, frame_side):
+    """An 8-bit DICOM whose header says 64 x 64 and whose one JPEG frame says frame_side x frame_side (its
+    start-of-frame patched: the decoder would allocate what it says)."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, "JPEG")
+    jpeg = bytearray(buffer.getvalue())
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = frame_side.to_bytes(2, "big") * 2
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([bytes(jpeg)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def test_a_dicom_frame_larger_than_its_header_is_refused_before_decoding(tmp_path):
+    assert imaging.read_scan(dicom_with_jpeg_frame(tmp_path / "ok.dcm", 64)).slices.shape == (1, 64, 64)
+    with pytest.raises(imaging.DataError, match="bomb.dcm: frame 0 is compressed at 30000 x 30000 pixels but the "
+                       "header says 64 x 64; not decoded"):
+        imaging.read_scan(dicom_with_jpeg_frame(tmp_path / "bomb.dcm", 30000))
+
+
+def test_refusing_a_file_allocates_far_less_than_the_budget(tmp_path):
+    """Peak memory of reading each refused file, in a forked child, over a child that reads nothing: under 2x
+    the budget's bytes (a small budget, so the refused files would allocate 100x to 1000x it if decoded)."""
+    from test_hostile import compressed_bomb, png_header_only
+    budget = 2 ** 20  # values; 8 MB as the float64 slices read_scan returns
+    refused = [dicom_with_jpeg_frame(tmp_path / "bomb.dcm", 30000), png_header_only(tmp_path / "thin.png", 200000, 8),
+               png_header_only(tmp_path / "big.png", 20000, 20000),
+               compressed_bomb(tmp_path / "bomb.tif", side=8192, tile=1024)]
+
+    def peak_kib(path):
+        pid = os.fork()
+        if pid == 0:  # the child: read (or not), then leave without running the parent's cleanup
+            try:
+                if path:
+                    imaging.read_scan(path, max_pixels=budget)
+            except imaging.DataError:
+                pass
+            os._exit(0)
+        return os.wait4(pid, 0)[2].ru_maxrss
+
+    baseline = peak_kib(None)
+    for path in refused:
+        with pytest.raises(imaging.DataError):
+            imaging.read_scan(path, max_pixels=budget)
+        assert (peak_kib(path) - baseline) * 1024 < 2 * budget * 8, path
+
+
 def test_pillows_own_bomb_guard_is_left_as_it_is(tmp_path):
     guard = Image.MAX_IMAGE_PIXELS
     path = str(tmp_path / "x.png")
