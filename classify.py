@@ -20,9 +20,10 @@ import warnings
 import numpy as np
 
 from config import MiramError, add_config_args, at_least, describe, load_config
-from imaging import EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, split_ext
+from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, source_pixel,
+                     split_ext, stored_voxel)
 from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
-from runtime import DEFAULT_HEATMAP, OnnxClassifier, upsample_heatmaps
+from runtime import DEFAULT_HEATMAP, OnnxClassifier, trained_range, upsample_heatmaps
 
 
 # torch, and the modules built on it, are imported in the functions that train or run the PyTorch model:
@@ -109,6 +110,7 @@ def finetune(args, cfg, dist):
         raise MiramError(f"{len(train_set.classes)} class folders ({', '.join(train_set.classes)}): the classifier "
                          "learns two classes, a tumor-free one and a tumor one; keep two folders")
     extra["classes"] = list(train_set.classes) or ["no tumor", "tumor"]
+    extra["trained_foreground"] = foreground_range(train_set.images.numpy(), model.cfg)
     n_val_tumor = int(val_set.labels.sum())
     if n_val_tumor in (0, len(val_set)):
         raise MiramError(f"the validation split's {len(val_set)} labelled slices ({', '.join(sorted(set(val_set.subjects)))}"
@@ -148,6 +150,18 @@ def finetune(args, cfg, dist):
     print_report(variant, metrics)
     print("wrote\n  " + "\n  ".join([task.best, json_path, *figures]))
     return metrics
+
+
+def foreground_range(images, mcfg, tail=0.01):
+    """[low, high]: the share of the patches the classifier reads (foreground) on the slices it learns from, the
+    1st and 99th percentiles. --predict marks slices outside it (a vertex, a slab of neck, another body part)."""
+    shares = foreground_share(images, mcfg.patch_size, mcfg.foreground_threshold)
+    return [float(np.quantile(shares, tail)), float(np.quantile(shares, 1 - tail))]
+
+
+def foreground_share(images, patch, threshold):
+    """(N, 1, S, S) -> the share of each image's patches above the foreground threshold."""
+    return foreground_patches(images, patch, threshold)[1].sum(axis=1) / (images.shape[-1] // patch) ** 2
 
 
 def write_figures(cfg, data, probs, heats, tumor, suffix, n_viz):
@@ -195,8 +209,8 @@ def print_report(variant, metrics):
 
 def slice_classifier(args, cfg):
     """-> (classify(x (N,1,S,S), with_maps) -> (probabilities (N,), {name: (N,S,S) heatmaps} or None), the
-    size it reads, its patch size, its foreground threshold), from the best classifier (torch) or its ONNX
-    export."""
+    size it reads, its patch size, its foreground threshold, the foreground range of its training slices or
+    None where not recorded), from the best classifier (torch) or its ONNX export."""
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         size, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
@@ -207,38 +221,41 @@ def slice_classifier(args, cfg):
             if not with_maps:
                 return probs, None
             return probs, {k: upsample_heatmaps(np.concatenate([m[k] for _, m in parts]), size) for k in parts[0][1]}
-        return classify_images, size, patch, runner.threshold
+        return classify_images, size, patch, runner.threshold, runner.trained_foreground
     import torch
 
     from checkpoint import build_from_checkpoint
     from hardware import pick_device
     from tumor import predict_all
     device = pick_device(cfg.DEVICE)
-    model, _ = build_from_checkpoint(args.checkpoint or cfg.artifact("classifier"), "classifier", map_location=device)
+    path = args.checkpoint or cfg.artifact("classifier")
+    model, state = build_from_checkpoint(path, "classifier", map_location=device)
     model = model.to(device)
+    trained = trained_range(state["trained_foreground"], path) if state.get("trained_foreground") else None
 
     def classify_images(x, with_maps):
         out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps)
         return out if with_maps else (out, None)
-    return classify_images, model.cfg.img_size, model.cfg.patch_size, model.cfg.foreground_threshold
+    return classify_images, model.cfg.img_size, model.cfg.patch_size, model.cfg.foreground_threshold, trained
 
 
 def predict(args, cfg):
     """Probability and heatmaps for one image, from the best classifier (torch) or its ONNX export. A file
-    holding several slices (a NIfTI volume, cut along SLICE_AXIS as training reads it, or a TIFF stack) is
+    holding several slices (a volume, cut along SLICE_AXIS as training reads it, or a TIFF stack) is
     classified slice by slice, and a folder file by file (unreadable files skipped with a warning each):
-    every slice's probability goes into a CSV table, the heatmap figure shows the slice with the highest,
-    and a file counts as a tumor when any slice does."""
+    every slice's probability, the share of its patches read and where its default heatmap peaks (in the
+    file's own pixels or voxels) go into a CSV table, and the heatmap figure shows the slice with the highest
+    probability. A slice whose share lies outside that of the slices the classifier learned from (a vertex, a
+    slab of neck) is marked and does not decide; a file is a tumor when a slice that decides is."""
     folder = os.path.isdir(args.predict)
     files = [args.predict]
     if folder:
         files = list_images(args.predict)
         if not files:
             raise MiramError(f"{args.predict}: no {', '.join(EXTENSIONS)} files in this folder")
-    classify_images, size, patch, threshold = slice_classifier(args, cfg)
+    classify_images, size, patch, threshold, trained = slice_classifier(args, cfg)
     cfg = dataclasses.replace(cfg, IMG_SIZE=size)
     print(describe(cfg, script="classify"))
-    # rows: (file, slice, probability, share of the slice's patches the classifier read)
     rows, best, unreadable, constant, volumes = [], None, 0, 0, 0
     for path in files:
         try:
@@ -259,22 +276,29 @@ def predict(args, cfg):
                                  f"{path}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
             continue
         x = np.concatenate([model_input(scan.slices[i].astype(np.float32), size) for i in shown])
-        # the maps (relevance needs a backward pass) only for the slice shown; a slice's result does not
-        # depend on the others in its batch
-        probs, heats = classify_images(x, with_maps=len(files) == len(x) == 1)
-        # a volume's end slices hold little brain: the share read says how far a slice is from those trained on
-        shares = foreground_patches(x, patch, threshold)[1].sum(axis=1) / (size // patch) ** 2
-        rows += [(path, i, float(p), float(f)) for i, p, f in zip(shown, probs, shares)]
-        volumes += scan.kind in VOLUME_KINDS
-        top = int(np.argmax(probs))
+        probs, heats = classify_images(x, with_maps=True)
+        shares = foreground_share(x, patch, threshold)
+        volume = scan.kind in VOLUME_KINDS
+        volumes += volume
+        file_rows = []
+        for k, (i, p, share) in enumerate(zip(shown, probs, shares)):
+            peak = np.unravel_index(int(np.argmax(heats[DEFAULT_HEATMAP][k])), (size, size))
+            row, col = source_pixel(*peak, scan.slices.shape[1:], size)
+            file_rows.append({"file": os.path.basename(path), "slice": i, "p_tumor": float(p), "foreground": float(share),
+                              "decides": trained is None or trained[0] <= share <= trained[1],
+                              **(dict(zip(("peak_i", "peak_j", "peak_k"), stored_voxel(scan, i, row, col))) if volume
+                                 else {"peak_row": row, "peak_col": col})})
+        rows += file_rows
+        # a file none of whose slices lies in the training range is still called, on all of them
+        deciding = [k for k, r in enumerate(file_rows) if r["decides"]] or range(len(file_rows))
+        top = max(deciding, key=lambda k: probs[k])
         if best is None or probs[top] > best[0]:
-            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1], heats)
+            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1],
+                    {n: h[top:top + 1] for n, h in heats.items()})
     if not rows:
         raise MiramError(f"{args.predict}: nothing to classify ({unreadable} unreadable files, "
                          f"{constant} constant slices)")
     prob, path, index, stack, x, heats = best
-    if heats is None:
-        _, heats = classify_images(x, with_maps=True)
     label = os.path.basename(path) + (f" slice {index}" if stack else "")
     where = f"_slice{index:03d}" if stack else ""
     out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(path)[0]}{where}.png"))
@@ -288,28 +312,48 @@ def predict(args, cfg):
     except OSError as e:
         raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
     if table:
-        try:
-            with open(table, "x") as f:
-                f.write("file,slice,p_tumor,foreground\n"
-                        + "".join(f"{os.path.basename(f_)},{i},{p:.6f},{share:.3f}\n" for f_, i, p, share in rows))
-        except OSError as e:
-            raise MiramError(f"{table}: cannot write the table ({e.strerror or e})") from None
+        write_table(table, rows)
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend})"
+    peak = next(r for r in rows if r["file"] == os.path.basename(path) and r["slice"] == index)
+    at = ", ".join(f"{k[5:]} {peak[k]}" for k in PEAK_COLUMNS if k in peak)
     if table:
-        read = len({row[0] for row in rows})
+        read = len({row["file"] for row in rows})
+        apart = sum(not row["decides"] for row in rows)
         notes = ([f"volumes cut along axis {cfg.SLICE_AXIS}"] if volumes else []) + [
             f"{n} {what} skipped" for n, what in ((unreadable, "unreadable files"), (constant, "constant slices")) if n]
         print(f"{args.predict}: {len(rows)} slices of {read} file{'s' if read > 1 else ''} classified"
               + (f" ({'; '.join(notes)})" if notes else "") + "; "
-              f"{sum(row[2] >= cfg.CLS_THRESHOLD for row in rows)} at p(tumor) >= {cfg.CLS_THRESHOLD}; highest "
-              f"p(tumor) = {prob:.4f} on {label} -> {verdict} {how}\nper-slice probabilities: {table}"
-              f"\nheatmap of {label}: {out}")
+              f"{sum(row['p_tumor'] >= cfg.CLS_THRESHOLD for row in rows)} at p(tumor) >= {cfg.CLS_THRESHOLD}"
+              + (f"; {apart} outside the foreground range of the training slices "
+                 f"({trained[0]:.2f}-{trained[1]:.2f}), marked and not deciding" if apart else "")
+              + f"; highest deciding p(tumor) = {prob:.4f} on {label} -> {verdict} {how}\n"
+              f"per-slice probabilities: {table}\nheatmap of {label} (peak at {at}): {out}")
     else:
-        print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap: {out}")
+        print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap (peak at {at}): {out}")
     return {"probability": prob, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
-            "files": [row[0] for row in rows], "slices": [row[1] for row in rows],
-            "probabilities": [row[2] for row in rows], "foreground": [row[3] for row in rows]}
+            "files": [os.path.join(os.path.dirname(path), r["file"]) for r in rows], "rows": rows,
+            "slices": [r["slice"] for r in rows], "probabilities": [r["p_tumor"] for r in rows],
+            "foreground": [r["foreground"] for r in rows]}
+
+
+PEAK_COLUMNS = ("peak_row", "peak_col", "peak_i", "peak_j", "peak_k")
+TABLE_COLUMNS = ("file", "slice", "p_tumor", "foreground", "decides") + PEAK_COLUMNS
+
+
+def write_table(path, rows):
+    """The per-slice CSV: a column blank where it does not apply (voxel peaks for 2-D files, pixel peaks for
+    volumes)."""
+    def cell(row, key):
+        value = row.get(key, "")
+        return f"{value:.6f}" if key == "p_tumor" else f"{value:.3f}" if key == "foreground" else (
+            str(int(value)) if isinstance(value, bool) else str(value))
+    try:
+        with open(path, "x") as f:
+            f.write(",".join(TABLE_COLUMNS) + "\n" + "".join(",".join(cell(r, k) for k in TABLE_COLUMNS) + "\n"
+                                                           for r in rows))
+    except OSError as e:
+        raise MiramError(f"{path}: cannot write the table ({e.strerror or e})") from None
 
 
 def free_name(path):

@@ -1,216 +1,30 @@
-"""Reading data: layouts of slices on disk, and the slices loaded for training, split as splits.py says.
+"""Reading data: the slices a layout finds (layouts.py), decoded into memory, split as splits.py says, and
+`python dataset.py --inspect PATH`, what a folder holds as training would read it.
 
-Layouts (LAYOUTS): <DATASET_PATH>/HR/ images with MASK/ of the same names (the spec's), or a flat folder of
-images; NIfTI volumes; the Kaggle LGG folders; class folders (<root>/<class>/ images, as most public 2-D tumor
-sets are: the folder is the label). Every image format of imaging.py is read. Everything is decoded
-once into memory (4,000 slices at 224x224 are 800 MB as float32). torch is imported by the functions that need
-it, so that `dataset.py --inspect` stays light.
+Every image format of imaging.py is read. Everything is decoded once into memory (4,000 slices at 224x224 are
+800 MB as float32). torch is imported by the functions that need it, so that `--inspect` stays light.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from config import MAX_PIXELS
-from imaging import (FORMATS, VOLUME_KINDS, DataError, fit_to_square, list_images, list_names,
-                     normalize_intensity, read_slice, read_volume, split_ext, stored_dtype, to_grayscale, volume_header)
+from imaging import DataError, fit_to_square, normalize_intensity, read_slice, read_volume, stored_dtype, to_grayscale
+from layouts import LAYOUTS, Source, class_order, discover
 from splits import (duplicate_groups, merge_duplicates, named_subjects, refuse_trained_subjects, split_by_subject,
                     thumbnail)
 from volumes import VolumeView
 
 if TYPE_CHECKING:  # annotations only
     import torch
-
-SLICE_KINDS = ("tiff", "png", "jpeg", "dicom")  # one slice per file; VOLUME_KINDS hold many
-
-
-# ---- layouts: where the slices, their masks and their subjects are ----------------------------------
-
-@dataclass
-class Source:
-    """One 2-D slice to read: a file, or slice `index` (along `axis`) of a volume."""
-    image: str
-    mask: str = None
-    subject: str = ""
-    name: str = ""
-    index: int = None
-    axis: int = 2
-    label: str = None  # the class folder's name, in the class-folder layout
-
-
-def _stem(path):
-    return split_ext(path)[0]
-
-
-def _pair_by_stem(images, mask_dir, image_dir, kinds):
-    """Masks of the same names in mask_dir; warns about masks without image and images without mask."""
-    masks = {_stem(p): p for p in list_images(mask_dir, kinds)} if mask_dir and os.path.isdir(mask_dir) else {}
-    pairs = [(p, masks.get(_stem(p))) for p in images]
-    if masks:
-        orphans = sorted(set(masks) - {_stem(p) for p in images})
-        unlabeled = sum(m is None for _, m in pairs)
-        if orphans:
-            warnings.warn(f"{len(orphans)} mask(s) in {mask_dir} have no image in {image_dir} and are ignored "
-                          f"(first: {orphans[0]})", stacklevel=3)
-        if unlabeled:
-            warnings.warn(f"{unlabeled} image(s) in {image_dir} have no mask in {mask_dir}: used for pre-training, "
-                          "left out of classification", stacklevel=3)
-    return pairs
-
-
-def mask_of(image_path, kinds=SLICE_KINDS):
-    """The mask the spec layout pairs with one slice, as find_slices pairs them: the file of the same stem in
-    MASK/ beside its HR/ folder; None when there is none."""
-    mask_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(image_path))), "MASK")
-    if not os.path.isdir(mask_dir):
-        return None
-    return next((p for p in list_images(mask_dir, kinds) if _stem(p) == _stem(image_path)), None)
-
-
-def _image_dir(root):
-    return os.path.join(root, "HR") if os.path.isdir(os.path.join(root, "HR")) else root
-
-
-def find_volumes(root, subject_pattern, slice_axis):
-    """NIfTI volumes in <root>[/HR], masks of the same names in MASK/ or masks/ (optional); every slice along
-    slice_axis (empty slices are skipped when read); subject = volume."""
-    image_dir = _image_dir(root)
-    volumes = list_images(image_dir, VOLUME_KINDS)
-    if not volumes:
-        return None
-    singles = list_images(image_dir, SLICE_KINDS)
-    if singles:  # two kinds of subject in one folder: which one the user meant is theirs to say
-        raise DataError(f"{image_dir}: holds both volumes ({len(volumes)}, e.g. {os.path.basename(volumes[0])}) and "
-                        f"single-slice images ({len(singles)}, e.g. {os.path.basename(singles[0])}); put them "
-                        "in separate folders")
-    mask_dir = next((d for d in (os.path.join(root, "MASK"), os.path.join(root, "masks")) if os.path.isdir(d)), None)
-    sources = []
-    for vol, mask in _pair_by_stem(volumes, mask_dir, image_dir, VOLUME_KINDS):
-        try:
-            shape, affine = volume_header(vol)
-        except Exception as e:  # nibabel raises several kinds for a bad header
-            warnings.warn(f"skipping {vol}: cannot read its header ({type(e).__name__})", stacklevel=2)
-            continue
-        if len(shape) != 3:
-            raise DataError(f"{vol}: a volume must be 3-D, got shape {shape}")
-        sources += [Source(vol, mask, _stem(vol), f"{_stem(vol)}[{i}]", i, slice_axis)
-                    for i in range(VolumeView(affine, slice_axis).count(shape))]
-    return sources
-
-
-def find_kaggle_lgg(root, subject_pattern, slice_axis):
-    """<root>[/kaggle_3m]/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif; subject = folder. A subfolder
-    that cannot be read (a disk's lost+found) is no patient: skipped with a warning."""
-    kaggle = os.path.join(root, "kaggle_3m") if os.path.isdir(os.path.join(root, "kaggle_3m")) else root
-    patients, names = [], {}
-    for d in sorted(list_names(kaggle)):
-        if d in ("HR", "MASK") or not os.path.isdir(os.path.join(kaggle, d)):
-            continue
-        try:
-            names[d] = os.listdir(os.path.join(kaggle, d))
-            patients.append(d)
-        except OSError as e:
-            warnings.warn(f"skipping {os.path.join(kaggle, d)}: cannot list it ({e.strerror})", stacklevel=2)
-    if not (patients and any(f.endswith("_mask.tif") for d in patients for f in names[d])):
-        return None
-    sources = []
-    for d in patients:
-        folder = os.path.join(kaggle, d)
-        for p in list_images(folder, SLICE_KINDS):
-            if _stem(p).endswith("_mask"):
-                continue
-            mask = os.path.join(folder, _stem(p) + "_mask" + split_ext(p)[1])
-            sources.append(Source(p, mask if os.path.isfile(mask) else None, d, os.path.basename(p)))
-    if not sources:
-        raise DataError(f"Dataset empty: no images in the patient folders of {kaggle}")
-    return sources
-
-
-def find_slices(root, subject_pattern, slice_axis):
-    """The spec's <root>/HR/ slices with MASK/ of the same names, or a flat folder of slices; the subject is
-    the file name matched by SUBJECT_PATTERN."""
-    image_dir = _image_dir(root)
-    images = list_images(image_dir, SLICE_KINDS)
-    if not images:
-        return None
-    pairs = _pair_by_stem(images, os.path.join(root, "MASK"), image_dir, SLICE_KINDS)
-    return [Source(p, m, subject_of(p, subject_pattern), os.path.basename(p)) for p, m in pairs]
-
-
-# A class folder named like these holds the images without a tumor: class 0 of a binary set.
-NEGATIVE_CLASS = re.compile(r"^(no|none|normal|healthy|negative|control|no[_ -]?tumou?r|notumou?r)$", re.IGNORECASE)
-NOT_CLASSES = {"hr", "mask", "masks"}
-
-
-def class_order(names):
-    """Class folder names in label order: the tumor-free class first (NEGATIVE_CLASS), the others by name."""
-    return sorted(names, key=lambda n: (not NEGATIVE_CLASS.match(n), n))
-
-
-def find_classes(root, subject_pattern, slice_axis):
-    """<root>/<class>/ single-slice images, two or more class folders and no images beside them; the label is
-    the folder, the subject the file name matched by SUBJECT_PATTERN. A folder holding masks (*_mask files, or
-    named MASK) is another layout's, not a class; an unreadable subfolder is skipped with a warning."""
-    if list_images(root, SLICE_KINDS + VOLUME_KINDS):
-        return None
-    classes = {}
-    for d in sorted(list_names(root)):
-        folder = os.path.join(root, d)
-        if d.startswith(".") or d.lower() in NOT_CLASSES or not os.path.isdir(folder):
-            continue
-        try:
-            images = list_images(folder, SLICE_KINDS)
-        except DataError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
-            continue
-        if any(_stem(p).lower().endswith("_mask") for p in images):
-            return None
-        if images:
-            classes[d] = images
-    if len(classes) < 2:
-        return None
-    return [Source(p, None, subject_of(p, subject_pattern), f"{name}/{os.path.basename(p)}", label=name)
-            for name in class_order(classes) for p in classes[name]]
-
-
-# Every layout is tried; a folder is read in the one that recognizes it, and a folder that more than one
-# recognizes is refused until LAYOUT names one (a stray file must not decide what is trained on). A new
-# layout is one function here.
-LAYOUTS = {"nifti": find_volumes, "kaggle_lgg": find_kaggle_lgg, "spec": find_slices, "classes": find_classes}
-
-
-def discover(root: str, subject_pattern: str = r"^(.+?)(?:_\d+)?$", slice_axis: int = 2, layout: str = "auto"):
-    """(layout, [Source]) of a data folder, in the layout named or the one layout that recognizes it."""
-    if not os.path.exists(root):
-        raise DataError(f"Dataset empty: {root} does not exist (check DATASET_PATH or MIRAM_DATA_PATH)")
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: is a file, not a folder of images (HR/ and MASK/)")
-    if layout != "auto" and layout not in LAYOUTS:
-        raise DataError(f"LAYOUT {layout!r}: unknown (known: auto, {', '.join(LAYOUTS)})")
-    found = {}
-    for name, find in LAYOUTS.items():
-        if layout in ("auto", name):
-            sources = find(root, subject_pattern, slice_axis)
-            if sources:
-                found[name] = sources
-    if len(found) > 1:
-        raise DataError(f"{root}: holds more than one layout (" + ", ".join(
-            f"{name}: {len(sources)} slices" for name, sources in found.items())
-            + "); name the one to read with LAYOUT (--layout)")
-    if not found:
-        kinds = "/".join(ext for k in SLICE_KINDS + VOLUME_KINDS for ext in FORMATS[k])
-        raise DataError(f"Dataset empty: no {kinds} images in {_image_dir(root)}"
-                        + (f" in the {layout} layout" if layout != "auto" else "")
-                        + " (check DATASET_PATH; images belong in HR/)")
-    return next(iter(found.items()))
-
 
 class _VolumeCache:
     """Keeps the last two volumes read (an image and its mask), so the slices of a volume decode each file
@@ -250,12 +64,6 @@ def read_source(src: Source, cache: _VolumeCache = None):
         raise DataError(f"{src.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
                         f"{img.shape[0]}x{img.shape[1]}")
     return img, mask
-
-
-def subject_of(path: str, pattern: str) -> str:
-    stem = _stem(path)
-    m = re.match(pattern, stem)
-    return m.group(1) if m and m.group(1) else stem
 
 
 # ---- the in-memory slice set -------------------------------------------------------------------------
@@ -442,14 +250,13 @@ def load_split(cfg, quiet=False, trained_on=()):
     return data.subset(train_idx), data.subset(val_idx) if val_idx else data.subset(train_idx)
 
 
-def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="auto"):
+def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="auto", duplicates=0.98):
     """What a folder holds, as load_slices would see it: a dict, and a report printed by main()."""
-    from collections import Counter
     layout, sources = discover(root, subject_pattern, slice_axis, layout)
     cache = _VolumeCache()
     sizes, dtypes, unreadable = Counter(), Counter(), []
     labelled = tumor = empty = 0
-    subjects = set()
+    subjects, names, thumbnails, classes = [], [], [], Counter()
     for src in sources:
         dtypes[stored_dtype(src.image)] += src.index is None or src.index == 0
         try:
@@ -464,15 +271,76 @@ def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="aut
                 unreadable.append(f"{src.image}: constant image (every pixel {img.flat[0]:g})")
             continue
         sizes[f"{img.shape[0]}x{img.shape[1]}"] += 1
-        subjects.add(src.subject)
+        subjects.append(src.subject)
+        names.append(src.name)
+        thumbnails.append(thumbnail(img))
+        if src.label is not None:
+            classes[src.label] += 1
         if mask is not None:
             labelled += 1
             tumor += bool((mask != 0).any())
     dtypes = Counter({k: v for k, v in dtypes.items() if v})
+    grouped = {}
+    if duplicates > 0 and len(names) > 1:  # as load_slices groups them (every layout is counted here)
+        groups = duplicate_groups(np.stack(thumbnails), duplicates)
+        merged, copies, n_groups = merge_duplicates(subjects, groups)
+        largest = np.bincount(groups).max()
+        grouped = {"correlation": duplicates, "images_with_a_copy": copies, "groups": n_groups,
+                   "largest_group": int(largest), "subjects_after_grouping": len(set(merged)),
+                   "applied": layout == "classes" or len(set(subjects)) == len(subjects)}
     return {"layout": layout, "slices": len(sources) - len(unreadable) - empty, "empty_slices_skipped": empty,
-            "subjects": len(subjects), "labelled": labelled, "with_tumor": tumor,
+            "subjects": len(set(subjects)), "classes": dict(classes), "duplicates": grouped,
+            "labelled": labelled, "with_tumor": tumor,
             "tumor_share": tumor / labelled if labelled else None, "sizes": dict(sizes.most_common()),
             "dtypes": dict(dtypes), "unreadable": unreadable}
+
+
+def report_lines(r):
+    """(heading, text) of inspect's report."""
+    lines = [("slices", f"{r['slices']}" + (f" ({r['empty_slices_skipped']} empty slices skipped)"
+                                            if r["empty_slices_skipped"] else "")), ("subjects", r["subjects"])]
+    if r["classes"]:
+        lines.append(("classes", ", ".join(f"{k} x{v}" for k, v in r["classes"].items())))
+    d = r["duplicates"]
+    if d and d["groups"]:
+        lines.append(("copies", f"{d['images_with_a_copy']} images in {d['groups']} groups of near-identical images "
+                      f"(largest {d['largest_group']}; thumbnails correlating at >= {d['correlation']:g}, flips "
+                      f"included): {d['subjects_after_grouping']} independent subjects"
+                      + ("" if d["applied"] else "; not grouped in training: the file names give subjects")))
+    share = f"{r['tumor_share']:.1%}" if r["tumor_share"] is not None else "n/a (no masks)"
+    lines += [("labelled", f"{r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}"),
+              ("sizes", ", ".join(f"{k} x{v}" for k, v in r["sizes"].items())),
+              ("dtypes", ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items())),
+              ("unreadable", f"{len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))]
+    return lines
+
+
+def least_alike(root, checkpoint, cfg, layout="auto", n=20, maskings=4, batch=32):
+    """The n images the pre-trained MAE reconstructs worst: its squared error on the hidden patches inside the
+    head (pixels above 1% of the range), averaged over `maskings` seeded masks, over the median image's. An MRI
+    set's foreign images (a CT, an abdomen) are what it has not learned. -> [{"name", "error", ...}]."""
+    import torch
+
+    from checkpoint import build_from_checkpoint
+    from models import mask_noise, unpatchify
+    model, _ = build_from_checkpoint(checkpoint, "mae")
+    model.eval()
+    data = load_slices(root, model.cfg.img_size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS, layout)
+    p = model.cfg.patch_size
+    errors = np.zeros(len(data))
+    with torch.no_grad():
+        for m in range(maskings):
+            noise = mask_noise(len(data), model.encoder.num_patches, cfg.EVAL_SEED + m)
+            for s in range(0, len(data), batch):
+                x = data.images[s:s + batch]
+                fine, _, mask = model.reconstruct(x, noise[s:s + batch])
+                weight = unpatchify(mask[..., None].expand(-1, -1, p * p).float(), p, 1) * (x > 0.01)
+                sq = ((fine - x) ** 2 * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1)
+                errors[s:s + batch] += sq.numpy() / maskings
+    median = float(np.median(errors))
+    order = np.argsort(-errors)[:n]
+    return [{"name": data.names[i], "error": float(errors[i]), "error_over_median": float(errors[i] / median)}
+            for i in order]
 
 
 def main(argv=None):
@@ -483,23 +351,28 @@ def main(argv=None):
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI: the axis to slice along")
     parser.add_argument("--layout", default=None, help="read the folder in this layout "
                         f"({', '.join(LAYOUTS)}; default LAYOUT, auto)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--checkpoint", default=None, metavar="MAE",
+                        help="also list the images least like the rest: the highest reconstruction error of this "
+                             "pre-trained MAE (a CT, an abdomen or a photo among MRI slices)")
+    parser.add_argument("--outliers", type=int, default=20, metavar="N", help="with --checkpoint: how many to list")
     args = parser.parse_args(argv)
     from config import load_config
     cfg = load_config()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = inspect(args.inspect, cfg.SUBJECT_PATTERN, args.slice_axis, args.layout or cfg.LAYOUT)
-    share = f"{r['tumor_share']:.1%}" if r["tumor_share"] is not None else "n/a (no masks)"
-    print(f"{args.inspect}: {r['layout']} layout\n"
-          f"  slices     {r['slices']}" + (f" ({r['empty_slices_skipped']} empty slices skipped)"
-                                           if r["empty_slices_skipped"] else "") + "\n"
-          f"  subjects   {r['subjects']}\n"
-          f"  labelled   {r['labelled']} (with a mask), {r['with_tumor']} with tumor: tumor share {share}\n"
-          f"  sizes      " + ", ".join(f"{k} x{v}" for k, v in r["sizes"].items()) + "\n"
-          "  dtypes     " + ", ".join(f"{k} x{v}" for k, v in r["dtypes"].items()) + "\n"
-          f"  unreadable {len(r['unreadable'])}" + "".join(f"\n    {u}" for u in r["unreadable"]))
+        r = inspect(args.inspect, cfg.SUBJECT_PATTERN, args.slice_axis, args.layout or cfg.LAYOUT,
+                    cfg.DUPLICATE_CORRELATION)
+    print(f"{args.inspect}: {r['layout']} layout\n" + "\n".join(f"  {k:10s} {v}" for k, v in report_lines(r)))
     for w in caught:
         print(f"  note: {w.message}")
+    if args.checkpoint:
+        r["least_alike"] = least_alike(args.inspect, args.checkpoint, cfg, args.layout or cfg.LAYOUT, args.outliers)
+        print(f"  least like the rest (masked-patch error of {args.checkpoint} over the head, x the median):\n"
+              + "\n".join(f"    {o['name']}  {o['error_over_median']:.1f}x" for o in r["least_alike"]))
+    if args.json:
+        from records import save_json
+        save_json(args.json, r)
     return r
 
 

@@ -11,12 +11,11 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
 from config import add_config_args, load_config, settings_env
-from records import run_info, save_json
+from records import run_info, run_phase, save_json
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -68,7 +67,7 @@ def load(cfg, name):
 def slice_has_tumor(path):
     """Whether a slice of the HR/MASK layout has a tumor, from the mask the data reader pairs with it (None:
     no mask)."""
-    from dataset import mask_of
+    from layouts import mask_of
     from imaging import read_slice
     mask = mask_of(path)
     return None if mask is None else bool(read_slice(mask).any())
@@ -195,20 +194,20 @@ def main(argv=None):
     for name, cmd in phases(args, cfg):
         print(f"\n=== {name}: python {' '.join(cmd)}", flush=True)
         t0 = time.time()
-        with subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
-                              bufsize=1) as proc:
-            for line in proc.stdout:  # shown as it comes; the prediction's probability is read from it
-                sys.stdout.write(line)
-                found = re.search(r"p\(tumor\) = ([0-9.]+)", line)
-                if found and "--predict" in cmd:
-                    predicted = float(found.group(1))
-        done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": round(time.time() - t0, 1)})
-        if name in TRAINING_LOGS and not proc.returncode:
+
+        def read_probability(line):  # the prediction's probability, from its output
+            nonlocal predicted
+            found = re.search(r"p\(tumor\) = ([0-9.]+)", line)
+            if found and "--predict" in cmd:
+                predicted = float(found.group(1))
+        code, seconds = run_phase(cmd, env, ROOT, read_probability)
+        done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": seconds})
+        if name in TRAINING_LOGS and not code:
             ran = epochs_since(load(cfg, TRAINING_LOGS[name]) or [], t0)
             done[-1].update(epochs=len(ran), epoch_seconds=round(sum(h["seconds"] for h in ran), 1))
-        if proc.returncode:
-            print(f"demo stopped: {name} failed (exit {proc.returncode})", file=sys.stderr)
-            return proc.returncode
+        if code:
+            print(f"demo stopped: {name} failed (exit {code})", file=sys.stderr)
+            return code
     summary = {"phases": done, "total_minutes": round((time.time() - start) / 60, 2),
                "headline": headline(cfg, predicted, slice_has_tumor(os.path.join(ROOT, args.slice))),
                "run": run_info()}

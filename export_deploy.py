@@ -113,7 +113,8 @@ def run(args, cfg):
     images, clf_images = val.images.numpy(), clf_val.images.numpy()
     noise = mask_noise(len(images), m.mae.cfg.num_patches, cfg.EVAL_SEED).numpy()
     paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
-                       m.inpainter, clf_example=torch.from_numpy(clf_images[:2]))
+                       m.inpainter, clf_example=torch.from_numpy(clf_images[:2]),
+                       trained_foreground=m.clf_state.get("trained_foreground") if m.clf is not None else None)
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
     parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)
@@ -143,7 +144,9 @@ class Models:
     mae: torch.nn.Module
     mae_state: dict
     clf: torch.nn.Module = None
+    clf_state: dict = None
     inpainter: torch.nn.Module = None
+    inpainter_state: dict = None
     trained_on: list = field(default_factory=list)  # (path, state): the figures must come from other subjects
 
 
@@ -157,6 +160,7 @@ def load_models(cfg):
         if os.path.isfile(path):
             model, state = build_from_checkpoint(path, kind)
             setattr(m, attr, model.eval())
+            setattr(m, attr + "_state", state)
             m.trained_on.append((path, state))
     if m.clf is None:
         print(f"no {cfg.artifact('classifier')}: exporting the restoration model only (run classify.py for the "

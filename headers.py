@@ -57,6 +57,11 @@ def _nifti_shape(path):
     return tuple(nib.load(path).shape)
 
 
+def _nrrd_shape(path):
+    import nrrd
+    return tuple(int(n) for n in nrrd.read_header(path)["sizes"])
+
+
 def _dicom_shape(path):
     """The header's shape; for compressed pixel data, also each frame's own size, read from its codestream
     before anything is decoded (a decoder allocates what the frame says, whatever Rows and Columns say)."""
@@ -108,7 +113,8 @@ def codestream_size(data):
     raise DataError("a JPEG frame with no start-of-frame segment in its first 64 KB")
 
 
-HEADERS = {"tiff": _tiff_shape, "png": _png_shape, "jpeg": _jpeg_shape, "nifti": _nifti_shape, "dicom": _dicom_shape}
+HEADERS = {"tiff": _tiff_shape, "png": _png_shape, "jpeg": _jpeg_shape, "nifti": _nifti_shape, "nrrd": _nrrd_shape,
+           "dicom": _dicom_shape}
 
 
 # A slice this much longer than wide is no image a model reads: padded to a square it would be mostly padding.
@@ -119,7 +125,7 @@ def slice_plane(kind, shape):
     """(rows, columns) of one 2-D slice of a file of this kind and stored shape (a volume: its two largest
     axes, the plane any cut lies within)."""
     dims = [int(d) for d in shape] or [1]
-    if kind == "nifti":
+    if kind in ("nifti", "nrrd"):
         return tuple(sorted(dims[:3], reverse=True)[:2]) if len(dims) >= 2 else (dims[0], 1)
     if kind == "dicom" and len(dims) >= 3:
         return dims[1], dims[2]
@@ -145,7 +151,7 @@ def check_size(path, kind, max_pixels):
                         f"MAX_PIXELS budget of {max_pixels / 1e6:.0f} million; raise MAX_PIXELS to read it")
     rows, cols = slice_plane(kind, shape)
     side = max(rows, cols)
-    if kind != "nifti" and side > MAX_ASPECT * max(1, min(rows, cols)):
+    if kind not in ("nifti", "nrrd") and side > MAX_ASPECT * max(1, min(rows, cols)):
         raise DataError(f"{path}: slices of {rows} x {cols} pixels (1:{side // max(1, min(rows, cols))}) are too long "
                         f"and thin to be images (at most 1:{MAX_ASPECT})")
     if side * side > max_pixels:

