@@ -6,7 +6,8 @@
     python classify.py --predict scan.tif # probability + heatmap for one image, from the best classifier
     python classify.py --predict vol.nii.gz  # every slice of a volume (or folder): a CSV, the top slice's heatmap
 
-The label of an image: its mask has a non-zero pixel. The split is pre-training's (same subjects held out).
+The label of an image: its mask has a non-zero pixel, or its class folder (the tumor-free one named like no,
+normal or notumor). The split is pre-training's (same subjects held out).
 Writes into OUTPUT_PATH: best_tumor_classifier.pth, classification_metrics.json, classifier_log.jsonl,
 tumor_viz_*.png (variants add a suffix: _linear_probe, _from_scratch), and classifier_checkpoint*.pth to
 resume from. The training task, losses and metrics are in tumor.py.

@@ -140,8 +140,8 @@ class Config:
     SEED: int = setting(0, "the training seed (weights, batches, augmentation)", TRAINING)
     # ---- data
     LAYOUT: str = setting("auto", "how DATASET_PATH is laid out: auto (the one layout that fits; a folder that "
-                          "fits several is refused), spec (HR/ + MASK/ or flat), nifti, kaggle_lgg or classes "
-                          "(<root>/<class>/ images)", DATA)
+                          "fits several is refused), spec (HR/ + MASK/ or flat), nifti (NIfTI or NRRD volumes), "
+                          "kaggle_lgg or classes (<root>/<class>/ images)", DATA)
     VAL_FRACTION: float = setting(0.2, "share of the subjects held out for validation", DATA)
     SPLIT_SEED: int = setting(0, "the subject split's seed, apart from SEED: training seeds vary while "
                               "validation stays held out", DATA)
