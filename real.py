@@ -133,8 +133,13 @@ def summarize(name, seeds):
     if os.path.isfile(alike):
         result["least_alike"] = load_json(alike).get("least_alike", [])[:10]
     times = os.path.join(out, "real_times.json")
-    if os.path.isfile(times):
-        result["minutes"] = {k: round(v / 60, 1) for k, v in load_json(times).items()}
+    minutes = {k: round(v / 60, 1) for k, v in load_json(times).items()} if os.path.isfile(times) else {}
+    log = artifact(out, "train_log")
+    if "pre-training" not in minutes and os.path.isfile(log):  # pre-trained by train.py alone: its epochs' time
+        with open(log) as f:
+            minutes["pre-training (its epochs)"] = round(sum(json.loads(line)["seconds"] for line in f if line.strip()) / 60, 1)
+    if minutes:
+        result["minutes"] = minutes
     return result
 
 
