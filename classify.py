@@ -209,18 +209,17 @@ def print_report(variant, metrics):
 # ---- prediction ----------------------------------------------------------------------------------------
 
 def slice_classifier(args, cfg):
-    """-> (classify(x (N,1,S,S), with_maps) -> (probabilities (N,), {name: (N,S,S) heatmaps} or None), the
+    """-> (classify(x (N,1,S,S), maps) -> (probabilities (N,), {name: (N,S,S) heatmaps}: maps "evidence", the
+    default map (cheap), or "all"), the
     size it reads, its patch size, its foreground threshold, the foreground range of its training slices or
     None where not recorded), from the best classifier (torch) or its ONNX export."""
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         size, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
 
-        def classify_images(x, with_maps):
+        def classify_images(x, maps):  # the graph computes its maps in any case
             parts = [runner(x[s:s + 32]) for s in range(0, len(x), 32)]
             probs = np.concatenate([p for p, _ in parts])
-            if not with_maps:
-                return probs, None
             return probs, {k: upsample_heatmaps(np.concatenate([m[k] for _, m in parts]), size) for k in parts[0][1]}
         return classify_images, size, patch, runner.threshold, runner.trained_foreground
     import torch
@@ -234,9 +233,8 @@ def slice_classifier(args, cfg):
     model = model.to(device)
     trained = trained_range(state["trained_foreground"], path) if state.get("trained_foreground") else None
 
-    def classify_images(x, with_maps):
-        out = predict_all(model, torch.from_numpy(x), device, False, with_attention=with_maps)
-        return out if with_maps else (out, None)
+    def classify_images(x, maps):
+        return predict_all(model, torch.from_numpy(x), device, False, with_attention=True if maps == "all" else maps)
     return classify_images, model.cfg.img_size, model.cfg.patch_size, model.cfg.foreground_threshold, trained
 
 
@@ -277,7 +275,7 @@ def predict(args, cfg):
                                  f"{path}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
             continue
         x = np.concatenate([model_input(scan.slices[i].astype(np.float32), size) for i in shown])
-        probs, heats = classify_images(x, with_maps=True)
+        probs, heats = classify_images(x, "evidence")  # where each slice's evidence peaks
         shares = foreground_share(x, patch, threshold)
         volume = scan.kind in VOLUME_KINDS
         volumes += volume
@@ -285,7 +283,7 @@ def predict(args, cfg):
         for k, (i, p, share) in enumerate(zip(shown, probs, shares)):
             peak = np.unravel_index(int(np.argmax(heats[DEFAULT_HEATMAP][k])), (size, size))
             row, col = source_pixel(*peak, scan.slices.shape[1:], size)
-            file_rows.append({"file": os.path.basename(path), "slice": i, "p_tumor": float(p), "foreground": float(share),
+            file_rows.append({"path": path, "file": os.path.basename(path), "slice": i, "p_tumor": float(p), "foreground": float(share),
                               "decides": trained is None or trained[0] <= share <= trained[1],
                               **(dict(zip(("peak_i", "peak_j", "peak_k"), stored_voxel(scan, i, row, col))) if volume
                                  else {"peak_row": row, "peak_col": col})})
@@ -294,12 +292,12 @@ def predict(args, cfg):
         deciding = [k for k, r in enumerate(file_rows) if r["decides"]] or range(len(file_rows))
         top = max(deciding, key=lambda k: probs[k])
         if best is None or probs[top] > best[0]:
-            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1],
-                    {n: h[top:top + 1] for n, h in heats.items()})
+            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1])
     if not rows:
         raise MiramError(f"{args.predict}: nothing to classify ({unreadable} unreadable files, "
                          f"{constant} constant slices)")
-    prob, path, index, stack, x, heats = best
+    prob, path, index, stack, x = best
+    _, heats = classify_images(x, "all")  # every map of the slice shown (relevance needs a backward pass)
     label = os.path.basename(path) + (f" slice {index}" if stack else "")
     where = f"_slice{index:03d}" if stack else ""
     out = free_name(os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_predict_{split_ext(path)[0]}{where}.png"))
@@ -316,7 +314,7 @@ def predict(args, cfg):
         write_table(table, rows)
     verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend})"
-    peak = next(r for r in rows if r["file"] == os.path.basename(path) and r["slice"] == index)
+    peak = next(r for r in rows if r["path"] == path and r["slice"] == index)
     at = ", ".join(f"{k[5:]} {peak[k]}" for k in PEAK_COLUMNS if k in peak)
     if table:
         read = len({row["file"] for row in rows})
@@ -333,7 +331,7 @@ def predict(args, cfg):
     else:
         print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap (peak at {at}): {out}")
     return {"probability": prob, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
-            "files": [os.path.join(os.path.dirname(path), r["file"]) for r in rows], "rows": rows,
+            "files": [r["path"] for r in rows], "rows": rows,
             "slices": [r["slice"] for r in rows], "probabilities": [r["p_tumor"] for r in rows],
             "foreground": [r["foreground"] for r in rows]}
 

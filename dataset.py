@@ -124,6 +124,12 @@ class SliceSet:
         return self.subset(i for i, s in enumerate(self.subjects) if s in chosen)
 
 
+def subjects_unnamed(layout, subjects):
+    """Whether file names give no subjects (class folders, or every file a subject of its own): only there are
+    near-identical images grouped into one subject."""
+    return layout == "classes" or len(set(subjects)) == len(subjects)
+
+
 def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_axis: int = 2,
                 max_pixels: int = MAX_PIXELS, layout: str = "auto", duplicates: float = 0.0) -> SliceSet:
     """Decodes every readable slice (and its mask) once; unreadable files are skipped with a warning each.
@@ -173,7 +179,7 @@ def load_slices(root: str, size: int, subject_pattern: str, quiet=False, slice_a
         raise DataError(f"Dataset empty: none of the {len(sources)} slices in {root} ({layout} layout) could be read")
     if skipped and not quiet:
         print(f"warning: skipped {skipped} of {len(sources)} files that could not be read (see warnings above)")
-    if duplicates > 0 and len(images) > 1 and (layout == "classes" or len(set(subjects)) == len(subjects)):
+    if duplicates > 0 and len(images) > 1 and subjects_unnamed(layout, subjects):
         subjects, copies, groups = merge_duplicates(subjects, duplicate_groups(np.stack(thumbnails), duplicates))
         if copies and not quiet:
             print(f"near-identical images: {copies} of {len(images)} in {groups} groups (thumbnails correlating at "
@@ -287,7 +293,7 @@ def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="aut
         largest = np.bincount(groups).max()
         grouped = {"correlation": duplicates, "images_with_a_copy": copies, "groups": n_groups,
                    "largest_group": int(largest), "subjects_after_grouping": len(set(merged)),
-                   "applied": layout == "classes" or len(set(subjects)) == len(subjects)}
+                   "applied": subjects_unnamed(layout, subjects)}
     return {"layout": layout, "slices": len(sources) - len(unreadable) - empty, "empty_slices_skipped": empty,
             "subjects": len(set(subjects)), "classes": dict(classes), "duplicates": grouped,
             "labelled": labelled, "with_tumor": tumor,
@@ -317,12 +323,12 @@ def report_lines(r):
 
 def least_alike(root, checkpoint, cfg, layout="auto", n=20, maskings=4, batch=32):
     """The n images the pre-trained MAE reconstructs worst: its squared error on the hidden patches inside the
-    head (pixels above 1% of the range), averaged over `maskings` seeded masks, over the median image's. An MRI
-    set's foreign images (a CT, an abdomen) are what it has not learned. -> [{"name", "error", ...}]."""
+    head (pixels above 1% of the range), averaged over `maskings` seeded masks, over the median image's: candidates
+    to look at, not a filter. -> [{"name", "error", "error_over_median"}]."""
     import torch
 
     from checkpoint import build_from_checkpoint
-    from models import mask_noise, unpatchify
+    from models import mask_noise, pixel_mask
     model, _ = build_from_checkpoint(checkpoint, "mae")
     model.eval()
     data = load_slices(root, model.cfg.img_size, cfg.SUBJECT_PATTERN, True, cfg.SLICE_AXIS, cfg.MAX_PIXELS, layout)
@@ -334,7 +340,7 @@ def least_alike(root, checkpoint, cfg, layout="auto", n=20, maskings=4, batch=32
             for s in range(0, len(data), batch):
                 x = data.images[s:s + batch]
                 fine, _, mask = model.reconstruct(x, noise[s:s + batch])
-                weight = unpatchify(mask[..., None].expand(-1, -1, p * p).float(), p, 1) * (x > 0.01)
+                weight = pixel_mask(mask, p, model.cfg.img_size) * (x > 0.01)
                 sq = ((fine - x) ** 2 * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1)
                 errors[s:s + batch] += sq.numpy() / maskings
     median = float(np.median(errors))

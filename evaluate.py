@@ -27,7 +27,7 @@ from config import MiramError, add_config_args, at_least, describe, load_config,
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import choose_precision, pick_device
 from losses import finite_mean, psnr, ssim
-from models import mask_noise, unpatchify
+from models import mask_noise, pixel_mask
 from records import pyplot, run_cli, run_info, save_json
 from restoration import CLASSICAL_FILLS, classical_fill, seamless_fill
 
@@ -50,11 +50,6 @@ def get_args_parser():
 
 
 # ---- metrics -----------------------------------------------------------------------------------------
-
-def pixel_mask(mask, patch, size):
-    """(B, L) patch mask -> (B, 1, size, size) pixel mask."""
-    return unpatchify(mask[..., None].expand(-1, -1, patch * patch).float(), patch, 1)[..., :size, :size]
-
 
 def scores(pred, target, hole):
     """PSNR/SSIM of pred vs target: on the hole only ("masked") and on the whole composite ("composite").

@@ -12,6 +12,9 @@ class DataError(MiramError):
     pass
 
 
+VOLUME_KINDS = ("nifti", "nrrd")  # files holding many slices of one subject, cut along SLICE_AXIS (VolumeView)
+
+
 def _tiff_shape(path):
     import tifffile
     with tifffile.TiffFile(path) as tif:
@@ -66,12 +69,15 @@ def _dicom_shape(path):
     """The header's shape; for compressed pixel data, also each frame's own size, read from its codestream
     before anything is decoded (a decoder allocates what the frame says, whatever Rows and Columns say)."""
     import pydicom
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
     frames, rows, cols = int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed and "PixelData" in ds:
+    pixel_data = None
+    if syntax is not None and syntax.is_compressed:  # only then are the frames' bytes read here
+        pixel_data = pydicom.dcmread(path).get("PixelData")
+    if pixel_data is not None:
         from pydicom.encaps import generate_frames
-        for n, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
+        for n, frame in enumerate(generate_frames(pixel_data, number_of_frames=frames)):
             try:
                 size = codestream_size(frame)
             except DataError as e:
@@ -125,7 +131,7 @@ def slice_plane(kind, shape):
     """(rows, columns) of one 2-D slice of a file of this kind and stored shape (a volume: its two largest
     axes, the plane any cut lies within)."""
     dims = [int(d) for d in shape] or [1]
-    if kind in ("nifti", "nrrd"):
+    if kind in VOLUME_KINDS:
         return tuple(sorted(dims[:3], reverse=True)[:2]) if len(dims) >= 2 else (dims[0], 1)
     if kind == "dicom" and len(dims) >= 3:
         return dims[1], dims[2]
@@ -151,7 +157,7 @@ def check_size(path, kind, max_pixels):
                         f"MAX_PIXELS budget of {max_pixels / 1e6:.0f} million; raise MAX_PIXELS to read it")
     rows, cols = slice_plane(kind, shape)
     side = max(rows, cols)
-    if kind not in ("nifti", "nrrd") and side > MAX_ASPECT * max(1, min(rows, cols)):
+    if kind not in VOLUME_KINDS and side > MAX_ASPECT * max(1, min(rows, cols)):
         raise DataError(f"{path}: slices of {rows} x {cols} pixels (1:{side // max(1, min(rows, cols))}) are too long "
                         f"and thin to be images (at most 1:{MAX_ASPECT})")
     if side * side > max_pixels:

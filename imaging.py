@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from config import MAX_PIXELS, MiramError
-from headers import DataError, check_size
+from headers import VOLUME_KINDS, DataError, check_size
 from records import temp_beside
 from volumes import VolumeView
 
@@ -30,7 +30,6 @@ from volumes import VolumeView
 FORMATS = {"tiff": (".tif", ".tiff"), "png": (".png",), "jpeg": (".jpg", ".jpeg"), "nifti": (".nii", ".nii.gz"),
            "nrrd": (".nrrd",), "dicom": (".dcm",)}
 EXTENSIONS = tuple(ext for exts in FORMATS.values() for ext in exts)
-VOLUME_KINDS = ("nifti", "nrrd")  # files holding many slices of one subject, cut along SLICE_AXIS (VolumeView)
 
 
 def split_ext(path):

@@ -131,7 +131,7 @@ def find_slices(root, subject_pattern, slice_axis):
 
 
 # A class folder named like these holds the images without a tumor: class 0 of a binary set.
-NEGATIVE_CLASS = re.compile(r"^(no|none|normal|healthy|negative|control|no[_ -]?tumou?r|notumou?r)$", re.IGNORECASE)
+NEGATIVE_CLASS = re.compile(r"^(no|none|normal|healthy|negative|control|no[_ -]?tumou?r)$", re.IGNORECASE)
 NOT_CLASSES = {"hr", "mask", "masks"}
 
 

@@ -52,6 +52,11 @@ def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     return x.reshape(B, channels, h * p, w * p)
 
 
+def pixel_mask(mask, patch, size):
+    """(B, L) patch mask -> (B, 1, size, size) pixel mask."""
+    return unpatchify(mask[..., None].expand(-1, -1, patch * patch).float(), patch, 1)[..., :size, :size]
+
+
 def make_blocks(dim, depth, heads, mlp_ratio):
     # timm passes device/dtype to norm_layer: a partial, not a lambda.
     norm = partial(nn.LayerNorm, eps=1e-6)

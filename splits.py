@@ -26,11 +26,8 @@ def mirrored(thumbnails):
     return thumbnails.reshape(-1, THUMBNAIL, THUMBNAIL)[:, :, ::-1].reshape(len(thumbnails), -1)
 
 
-def duplicate_groups(thumbnails, threshold, block=1024):
-    """(N,) group ids: images whose thumbnails correlate at >= threshold, as they are or one flipped, are in one
-    group (and so are the images linked through them). Compared in blocks of rows: memory N x block."""
-    thumbnails = np.asarray(thumbnails, np.float32)
-    n = len(thumbnails)
+def components(n, pairs):
+    """(n,) the smallest member of each item's connected component, items 0..n-1 linked by pairs (union-find)."""
     parent = np.arange(n)
 
     def root(i):
@@ -39,38 +36,40 @@ def duplicate_groups(thumbnails, threshold, block=1024):
             i = parent[i]
         return i
 
-    flipped = mirrored(thumbnails)
-    for start in range(0, n, block):
-        rows = thumbnails[start:start + block]
-        corr = np.maximum(rows @ thumbnails.T, rows @ flipped.T)
-        for i, j in zip(*np.nonzero(corr >= threshold)):
-            a, b = root(start + i), root(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    for a, b in pairs:
+        a, b = root(a), root(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     return np.array([root(i) for i in range(n)])
+
+
+def duplicate_groups(thumbnails, threshold, block=1024):
+    """(N,) group ids: images whose thumbnails correlate at >= threshold, as they are or one flipped, are in one
+    group (and so are the images linked through them). Compared in blocks of rows: memory N x block."""
+    thumbnails = np.asarray(thumbnails, np.float32)
+    flipped = mirrored(thumbnails)
+
+    def pairs():
+        for start in range(0, len(thumbnails), block):
+            rows = thumbnails[start:start + block]
+            corr = np.maximum(rows @ thumbnails.T, rows @ flipped.T)
+            for i, j in zip(*np.nonzero(corr >= threshold)):
+                yield start + i, j
+    return components(len(thumbnails), pairs())
 
 
 def merge_duplicates(subjects, groups):
     """-> (subjects with every group's subjects made one: the first of them by name, number of images that have a
     near-duplicate, number of groups of two or more)."""
-    parent = {s: s for s in subjects}
-
-    def root(s):
-        while parent[s] != s:
-            s = parent[s]
-        return s
-
+    names = sorted(set(subjects))
+    index = {s: i for i, s in enumerate(names)}
     first = {}
     for subject, group in zip(subjects, groups):
-        if group in first:
-            a, b = root(first[group]), root(subject)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        else:
-            first[group] = subject
-    ids, counts = np.unique(groups, return_counts=True)
+        first.setdefault(group, subject)
+    roots = components(len(names), ((index[first[g]], index[s]) for s, g in zip(subjects, groups)))
+    _, counts = np.unique(groups, return_counts=True)
     shared = counts >= 2
-    return [root(s) for s in subjects], int(counts[shared].sum()), int(shared.sum())
+    return [names[roots[index[s]]] for s in subjects], int(counts[shared].sum()), int(shared.sum())
 
 
 def split_by_subject(subjects, val_fraction: float, seed: int, val_subjects=()):

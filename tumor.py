@@ -15,7 +15,7 @@ from augment import local_images
 from config import MiramError
 from engine import Task, layer_decay
 from hardware import autocast
-from models import TumorClassifier, cls_maps
+from models import TumorClassifier, cls_maps, evidence_map
 from runtime import DEFAULT_HEATMAP, binary_metrics, localization, upsample_heatmaps
 
 VARIANTS = ("finetune", "linear_probe", "from_scratch")
@@ -54,13 +54,18 @@ def build_classifier(cfg, variant, mae_path=None, mae_state=None):
 
 def predict_all(model, images, device, amp, batch=32, with_attention=False):
     """-> probabilities (N,) numpy, and with_attention: {"evidence"|"last_block"|"rollout"|"relevance":
-    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch)."""
+    (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch); with_attention="evidence":
+    the default map alone, from the forward pass."""
     model.eval()
     probs, maps = [], {}
     for s in range(0, len(images), batch):
         x = images[s:s + batch].to(device)
-        with torch.set_grad_enabled(with_attention), autocast(device, amp):
-            if with_attention:
+        with torch.set_grad_enabled(with_attention is True), autocast(device, amp):
+            if with_attention == "evidence":
+                logits, scores, keep, valid = model(x, with_evidence=True)
+                maps.setdefault("evidence", []).append(
+                    evidence_map(scores, keep, valid, model.encoder.grid).float().cpu().numpy())
+            elif with_attention:
                 logits, atts, keep, valid, scores = model.forward_with_attention(x, "all")
                 # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
                 grads = torch.autograd.grad(logits.float().sum(), atts)

@@ -10,14 +10,14 @@ import evaluate
 import restoration
 import train
 from conftest import tiny_args
-from models import mask_noise
+from models import mask_noise, pixel_mask
 from records import run_cli
 
 
 def test_masked_region_is_exactly_the_masked_patches():
     mask = torch.zeros(1, 16)
     mask[0, [0, 5, 15]] = 1
-    hole = evaluate.pixel_mask(mask, 16, 64)[0, 0]
+    hole = pixel_mask(mask, 16, 64)[0, 0]
     assert hole.sum() == 3 * 256
     assert hole[:16, :16].all() and hole[16:32, 16:32].all() and hole[48:, 48:].all()
     assert not hole[:16, 16:].any()
