@@ -21,10 +21,12 @@ import warnings
 import numpy as np
 
 from config import MiramError, add_config_args, at_least, describe, load_config
+from layouts import NEGATIVE_CLASS
 from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, source_pixel,
                      split_ext, stored_voxel)
 from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
-from runtime import DEFAULT_HEATMAP, OnnxClassifier, trained_range, upsample_heatmaps
+from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_names, predicted_class, trained_range, tumor_probability,
+                     upsample_heatmaps)
 
 
 # torch, and the modules built on it, are imported in the functions that train or run the PyTorch model:
@@ -96,8 +98,11 @@ def finetune(args, cfg, dist):
     kernels = choose_kernels(device, cfg.AMP, model.cfg.embed_dim, cfg.MATMUL, dist.say)
     cfg = cfg.adopt(model.cfg, FOREGROUND_THRESHOLD=cfg.FOREGROUND_THRESHOLD, AMP=kernels.precision == "bf16")
     dist.say(describe(cfg, dist.world, "classify") + "\n" + kernels.line())
-    model = apply_kernels(model.to(device), kernels)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
+    if len(train_set.classes) > 2:  # one head output a class: built again, from the same seed
+        torch.manual_seed(cfg.SEED)
+        model = build_classifier(cfg, variant, mae_path, mae_state, num_classes=len(train_set.classes))
+    model = apply_kernels(model.to(device), kernels)
     extra = {"variant": variant, "label_fraction": cfg.CLS_LABEL_FRACTION,
              **split_record(cfg, train_set, *(parent for _, parent in parents))}
     # only slices with a mask file or a class folder carry a label; the others were for pre-training
@@ -107,21 +112,22 @@ def finetune(args, cfg, dist):
         raise MiramError("classification needs labels on both sides of the split (masks in MASK/ with the file names "
                          f"of HR/, or class folders); found {len(train_set)} training and {len(val_set)} validation "
                          "labelled slices")
-    if len(train_set.classes) > 2:
-        raise MiramError(f"{len(train_set.classes)} class folders ({', '.join(train_set.classes)}): the classifier "
-                         "learns two classes, a tumor-free one and a tumor one; keep two folders")
-    extra["classes"] = list(train_set.classes) or ["no tumor", "tumor"]
+    classes = extra["classes"] = list(train_set.classes) or ["no tumor", "tumor"]
     extra["trained_foreground"] = foreground_range(train_set.images.numpy(), model.cfg)
-    n_val_tumor = int(val_set.labels.sum())
+    n_val_tumor = int((val_set.labels > 0).sum())
     if n_val_tumor in (0, len(val_set)):
         raise MiramError(f"the validation split's {len(val_set)} labelled slices ({', '.join(sorted(set(val_set.subjects)))}"
-                         f") are all {'tumor-free' if n_val_tumor == 0 else 'tumor'}: AUROC needs both; name validation "
-                         "subjects with both in VAL_SUBJECTS, or draw another split (SPLIT_SEED)")
+                         f") are all {reference_name(classes) if n_val_tumor == 0 else 'tumor'}: AUROC needs "
+                         "both; name validation subjects with both in VAL_SUBJECTS, or draw another split (SPLIT_SEED)")
     if train_set.classes:
-        dist.say(f"classes from the folders: {train_set.classes[0]!r} tumor-free (0), {train_set.classes[1]!r} tumor (1)")
-    dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({int(train_set.labels.sum())} tumor, "
+        dist.say(f"classes from the folders: {class_roles(classes)}")
+
+    def counts(data):
+        n = np.bincount(data.labels.numpy().astype(int), minlength=len(classes))
+        return f"{n[1]} tumor" if len(classes) == 2 else ", ".join(f"{k} {c}" for k, c in zip(n, classes))
+    dist.say(f"{variant}: encoder from {source}; {len(train_set)} training ({counts(train_set)}, "
              f"{len(set(train_set.subjects))} subjects) / "
-             f"{len(val_set)} validation ({int(val_set.labels.sum())} tumor) slices, subjects disjoint")
+             f"{len(val_set)} validation ({counts(val_set)}) slices, subjects disjoint")
     task = Classification(cfg, model, train_set, val_set, device, variant, extra)
     task.kernels = kernels.to_dict()
     result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
@@ -137,7 +143,7 @@ def finetune(args, cfg, dist):
     metrics.update(variant=variant, n_val_subjects=metrics.pop("n_subjects"))
     figures = write_figures(cfg, val_set, probs, heats, tumor, suffix_of(variant), args.n_viz)
     transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
-    if transfer is not None and transfer.has_mask.any():
+    if transfer is not None and transfer.has_mask.any() and best.cfg.num_classes == 2:  # its labels are binary
         transfer = transfer.labelled()
         metrics["transfer"], *_ = score(best, transfer, cfg, device, by_subject=True)
         metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
@@ -153,6 +159,19 @@ def finetune(args, cfg, dist):
     return metrics
 
 
+def reference_name(classes):
+    """What class 0 is, in words: tumor-free, or the class folder taken as the reference."""
+    return "tumor-free" if classes[0] == "no tumor" or NEGATIVE_CLASS.match(classes[0]) else f"of class {classes[0]!r}"
+
+
+def class_roles(classes):
+    """How the class folders were read: "'no' tumor-free (0), 'yes' tumor (1)"."""
+    if len(classes) == 2:
+        return f"{classes[0]!r} tumor-free (0), {classes[1]!r} tumor (1)"
+    first = "tumor-free" if NEGATIVE_CLASS.match(classes[0]) else "the reference (no folder named as tumor-free)"
+    return f"{classes[0]!r} {first} (0), " + ", ".join(f"{c!r} ({k})" for k, c in enumerate(classes[1:], 1))
+
+
 def foreground_range(images, mcfg, tail=0.01):
     """[low, high]: the share of the patches the classifier reads (foreground) on the slices it learns from, the
     1st and 99th percentiles. --predict marks slices outside it (a vertex, a slab of neck, another body part)."""
@@ -166,24 +185,38 @@ def foreground_share(images, patch, threshold):
 
 
 def write_figures(cfg, data, probs, heats, tumor, suffix, n_viz):
-    """Heatmap figures of the first n_viz true positives, false positives and misses. -> their paths."""
+    """Heatmap figures of the first n_viz true positives, false positives and misses (of any tumor against
+    class 0, with K classes; the title names the predicted class). -> their paths."""
     pos = data.labels.numpy() > 0
-    pred = probs >= cfg.CLS_THRESHOLD
+    p_tumor = tumor_probability(probs)
+    pred = p_tumor >= cfg.CLS_THRESHOLD
     written = []
     for group, sel in {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}.items():
         for k, i in enumerate(np.nonzero(sel)[0][:n_viz].tolist()):
             path = os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_{group}_{k}{suffix}.png")
+            called = "" if probs.ndim == 1 else (f" (true {data.classes[int(data.labels[i])]}, predicted "
+                                                 f"{data.classes[int(probs[i].argmax())]} {probs[i].max():.2f})")
             save_heatmap_figure(path, data.images[i, 0].numpy(), {n: h[i] for n, h in heats.items()},
-                                float(probs[i]), tumor[i], f"{group.upper()} {data.names[i]}")
+                                float(p_tumor[i]), tumor[i], f"{group.upper()} {data.names[i]}{called}")
             written.append(path)
     return written
 
 
 def print_report(variant, metrics):
     cm = metrics["confusion_matrix"]
-    print(f"[{variant}] validation: AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}  "
-          f"sensitivity {metrics['sensitivity']:.3f}  specificity {metrics['specificity']:.3f}  F1 {metrics['f1']:.3f}"
-          f"  (threshold {metrics['threshold']})\n  confusion [[TN FP] [FN TP]] = {cm}")
+    if "per_class" in metrics:
+        print(f"[{variant}] validation: macro one-vs-rest AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}"
+              f"  macro sensitivity {metrics['macro_sensitivity']:.3f}\n" + "\n".join(
+                  f"  {name}: sensitivity {c['sensitivity']:.3f}  specificity {c['specificity']:.3f}  AUROC "
+                  f"{c['auroc']:.3f}  ({c['n']} slices)" for name, c in metrics["per_class"].items())
+              + f"\n  confusion (rows true, columns predicted: {', '.join(metrics['classes'])}) = {cm}")
+        t = metrics["any_tumor"]
+        print(f"  any tumor against {metrics['classes'][0]!r}: AUROC {t['auroc']:.3f}  sensitivity {t['sensitivity']:.3f}"
+              f"  specificity {t['specificity']:.3f}  (threshold {t['threshold']})")
+    else:
+        print(f"[{variant}] validation: AUROC {metrics['auroc']:.3f}  accuracy {metrics['accuracy']:.3f}  "
+              f"sensitivity {metrics['sensitivity']:.3f}  specificity {metrics['specificity']:.3f}  F1 {metrics['f1']:.3f}"
+              f"  (threshold {metrics['threshold']})\n  confusion [[TN FP] [FN TP]] = {cm}")
     op = metrics["operating_point"]
     if op["threshold"] == op["threshold"]:
         print(f"  operating point ({op['rule']}): threshold {op['threshold']:.3f}, sensitivity "
@@ -209,10 +242,10 @@ def print_report(variant, metrics):
 # ---- prediction ----------------------------------------------------------------------------------------
 
 def slice_classifier(args, cfg):
-    """-> (classify(x (N,1,S,S), maps) -> (probabilities (N,), {name: (N,S,S) heatmaps}: maps "evidence", the
-    default map (cheap), or "all"), the
-    size it reads, its patch size, its foreground threshold, the foreground range of its training slices or
-    None where not recorded), from the best classifier (torch) or its ONNX export."""
+    """-> (classify(x (N,1,S,S), maps) -> (probabilities ((N,) of two classes, (N, K) of more), {name:
+    (N,S,S) heatmaps}: maps "evidence", the default map (cheap), or "all"), its class names, the size it
+    reads, its patch size, its foreground threshold, the foreground range of its training slices or None
+    where not recorded), from the best classifier (torch) or its ONNX export."""
     if args.backend == "onnx":
         runner = OnnxClassifier(args.checkpoint or cfg.artifact("classifier_onnx"))
         size, patch = runner.model_config["img_size"], runner.model_config["patch_size"]
@@ -221,7 +254,7 @@ def slice_classifier(args, cfg):
             parts = [runner(x[s:s + 32]) for s in range(0, len(x), 32)]
             probs = np.concatenate([p for p, _ in parts])
             return probs, {k: upsample_heatmaps(np.concatenate([m[k] for _, m in parts]), size) for k in parts[0][1]}
-        return classify_images, size, patch, runner.threshold, runner.trained_foreground
+        return classify_images, runner.classes, size, patch, runner.threshold, runner.trained_foreground
     import torch
 
     from checkpoint import build_from_checkpoint
@@ -232,10 +265,12 @@ def slice_classifier(args, cfg):
     model, state = build_from_checkpoint(path, "classifier", map_location=device)
     model = model.to(device)
     trained = trained_range(state["trained_foreground"], path) if state.get("trained_foreground") else None
+    classes = class_names(state.get("classes"), model.cfg.num_classes, path)
 
     def classify_images(x, maps):
         return predict_all(model, torch.from_numpy(x), device, False, with_attention=True if maps == "all" else maps)
-    return classify_images, model.cfg.img_size, model.cfg.patch_size, model.cfg.foreground_threshold, trained
+    return (classify_images, classes, model.cfg.img_size, model.cfg.patch_size, model.cfg.foreground_threshold,
+            trained)
 
 
 def predict(args, cfg):
@@ -252,7 +287,7 @@ def predict(args, cfg):
         files = list_images(args.predict)
         if not files:
             raise MiramError(f"{args.predict}: no {', '.join(EXTENSIONS)} files in this folder")
-    classify_images, size, patch, threshold, trained = slice_classifier(args, cfg)
+    classify_images, classes, size, patch, threshold, trained = slice_classifier(args, cfg)
     cfg = dataclasses.replace(cfg, IMG_SIZE=size)
     print(describe(cfg, script="classify"))
     rows, best, unreadable, constant, volumes = [], None, 0, 0, 0
@@ -275,7 +310,9 @@ def predict(args, cfg):
                                  f"{path}: every one of its {len(scan.slices)} slices is constant: nothing to classify")
             continue
         x = np.concatenate([model_input(scan.slices[i].astype(np.float32), size) for i in shown])
-        probs, heats = classify_images(x, "evidence")  # where each slice's evidence peaks
+        class_probs, heats = classify_images(x, "evidence")  # where each slice's evidence peaks
+        probs, called = tumor_probability(class_probs), predicted_class(class_probs, cfg.CLS_THRESHOLD)
+        class_p = np.stack([1 - class_probs, class_probs], 1) if class_probs.ndim == 1 else class_probs
         shares = foreground_share(x, patch, threshold)
         volume = scan.kind in VOLUME_KINDS
         volumes += volume
@@ -283,7 +320,9 @@ def predict(args, cfg):
         for k, (i, p, share) in enumerate(zip(shown, probs, shares)):
             peak = np.unravel_index(int(np.argmax(heats[DEFAULT_HEATMAP][k])), (size, size))
             row, col = source_pixel(*peak, scan.slices.shape[1:], size)
-            file_rows.append({"path": path, "file": os.path.basename(path), "slice": i, "p_tumor": float(p), "foreground": float(share),
+            file_rows.append({"path": path, "file": os.path.basename(path), "slice": i, "p_tumor": float(p),
+                              "class": classes[called[k]], "p_class": float(class_p[k, called[k]]),
+                              "foreground": float(share),
                               "decides": trained is None or trained[0] <= share <= trained[1],
                               **(dict(zip(("peak_i", "peak_j", "peak_k"), stored_voxel(scan, i, row, col))) if volume
                                  else {"peak_row": row, "peak_col": col})})
@@ -292,11 +331,13 @@ def predict(args, cfg):
         deciding = [k for k, r in enumerate(file_rows) if r["decides"]] or range(len(file_rows))
         top = max(deciding, key=lambda k: probs[k])
         if best is None or probs[top] > best[0]:
-            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1])
+            best = (float(probs[top]), path, shown[top], len(scan.slices) > 1, x[top:top + 1], file_rows[top]["class"])
     if not rows:
         raise MiramError(f"{args.predict}: nothing to classify ({unreadable} unreadable files, "
                          f"{constant} constant slices)")
-    prob, path, index, stack, x = best
+    prob, path, index, stack, x, called = best
+    verdict = ("tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor") + (
+        f" (class {called!r})" if called not in ("tumor", "no tumor") else "")
     _, heats = classify_images(x, "all")  # every map of the slice shown (relevance needs a backward pass)
     label = os.path.basename(path) + (f" slice {index}" if stack else "")
     where = f"_slice{index:03d}" if stack else ""
@@ -312,7 +353,6 @@ def predict(args, cfg):
         raise MiramError(f"{out}: cannot write the heatmap ({e.strerror or e})") from None
     if table:
         write_table(table, rows)
-    verdict = "tumor" if prob >= cfg.CLS_THRESHOLD else "no tumor"
     how = f"(threshold {cfg.CLS_THRESHOLD}, {args.backend})"
     peak = next(r for r in rows if r["path"] == path and r["slice"] == index)
     at = ", ".join(f"{k[5:]} {peak[k]}" for k in PEAK_COLUMNS if k in peak)
@@ -330,14 +370,14 @@ def predict(args, cfg):
               f"per-slice probabilities: {table}\nheatmap of {label} (peak at {at}): {out}")
     else:
         print(f"{args.predict}: p(tumor) = {prob:.4f} -> {verdict} {how}\nheatmap (peak at {at}): {out}")
-    return {"probability": prob, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
+    return {"probability": prob, "class": called, "heatmap": out, "heatmaps": heats, "table": table, "file": path, "slice": index,
             "files": [r["path"] for r in rows], "rows": rows,
             "slices": [r["slice"] for r in rows], "probabilities": [r["p_tumor"] for r in rows],
             "foreground": [r["foreground"] for r in rows]}
 
 
 PEAK_COLUMNS = ("peak_row", "peak_col", "peak_i", "peak_j", "peak_k")
-TABLE_COLUMNS = ("file", "slice", "p_tumor", "foreground", "decides") + PEAK_COLUMNS
+TABLE_COLUMNS = ("file", "slice", "p_tumor", "class", "p_class", "foreground", "decides") + PEAK_COLUMNS
 
 
 def write_table(path, rows):
@@ -345,7 +385,7 @@ def write_table(path, rows):
     volumes)."""
     def cell(row, key):
         value = row.get(key, "")
-        return f"{value:.6f}" if key == "p_tumor" else f"{value:.3f}" if key == "foreground" else (
+        return f"{value:.6f}" if key in ("p_tumor", "p_class") else f"{value:.3f}" if key == "foreground" else (
             str(int(value)) if isinstance(value, bool) else str(value))
     try:
         with open(path, "x") as f:

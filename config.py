@@ -267,7 +267,7 @@ MAX_PIXELS = Config.MAX_PIXELS  # the default budget, for readers called without
 
 @dataclass
 class ModelConfig:
-    """The architecture: everything needed to rebuild a model from a checkpoint. Each field but the last two
+    """The architecture: everything needed to rebuild a model from a checkpoint. Each field but the last three
     is the setting of its name upper-cased, with that setting's default."""
     img_size: int = Config.IMG_SIZE
     patch_size: int = Config.PATCH_SIZE
@@ -288,6 +288,8 @@ class ModelConfig:
     pos_grid: int = 0
     # The classifier's convolutional evidence branch (CLS_CONV_EVIDENCE); the MAE ignores it.
     conv_evidence: bool = False
+    # The classifier's classes: 2 (tumor-free, tumor) or one a class folder (the data decides); the MAE ignores it.
+    num_classes: int = 2
 
     def __post_init__(self):
         _check_model(self)
@@ -339,6 +341,8 @@ def _check_model(m):
              f"must be an integer in 1..{top}, got {value!r}")
     need(isinstance(m.pos_grid, int) and not isinstance(m.pos_grid, bool) and 0 <= m.pos_grid <= 64, "POS_GRID",
          f"must be an integer in 0..64, got {m.pos_grid!r}")
+    need(isinstance(m.num_classes, int) and not isinstance(m.num_classes, bool) and 2 <= m.num_classes <= 1000,
+         "num_classes", f"must be an integer in 2..1000, got {m.num_classes!r}")
     need(isinstance(m.conv_evidence, bool), "CLS_CONV_EVIDENCE", f"must be true or false, got {m.conv_evidence!r}")
     need(not m.conv_evidence or m.patch_size % 8 == 0, "CLS_CONV_EVIDENCE",
          f"needs PATCH_SIZE a multiple of 8 (the branch scores 8-pixel cells), got {m.patch_size}")

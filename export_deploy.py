@@ -38,8 +38,8 @@ from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_pee
 from records import run_cli, run_info, save_json
 from restoration import damaged_set
 from imaging import foreground_patches
-from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, bench_group, benchmark_batches, binary_metrics,
-                     check_parity, compare)
+from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, bench_group, benchmark_batches,
+                     check_parity, compare, ranking_auroc)
 
 # A quantized variant is kept only within these accuracy costs on the validation split.
 INT8_MAX_AUROC_DROP = 0.005
@@ -56,7 +56,7 @@ def classifier_accuracy(paths, images, labels, threads):
     for backend, path in paths.items():
         clf = OnnxClassifier(path, threads)
         probs = np.concatenate([clf(images[i:i + 16])[0] for i in range(0, len(images), 16)])
-        out[backend] = {"auroc": binary_metrics(probs, labels, 0.5)["auroc"], "probs": probs}
+        out[backend] = {"auroc": ranking_auroc(probs, labels), "probs": probs}
     return out
 
 
@@ -114,7 +114,7 @@ def run(args, cfg):
     noise = mask_noise(len(images), m.mae.cfg.num_patches, cfg.EVAL_SEED).numpy()
     paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
                        m.inpainter, clf_example=torch.from_numpy(clf_images[:2]),
-                       trained_foreground=m.clf_state.get("trained_foreground") if m.clf is not None else None)
+                       clf_state=m.clf_state if m.clf is not None else None)
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
     parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)

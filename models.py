@@ -349,6 +349,11 @@ class TumorClassifier(nn.Module):
     tumor (measured): the evidence head is trained on the slice label and, where a mask exists, on each
     patch's own label (classify.py), and what it points at is what decided the logit. With cfg.conv_evidence a
     ConvEvidence branch's score of each patch is added to the head's before pooling: still one map.
+
+    K classes (cfg.num_classes > 2, class folders): class 0 is the reference (tumor-free where the set has
+    such a folder) with logit 0, and each other class pools its own patch scores, so that with two classes
+    this is the binary model above. The map returned is that of the most probable of classes 1..K-1: the
+    predicted class's evidence, or where class 0 is predicted, the evidence it was weighed against.
     """
 
     def __init__(self, cfg: ModelConfig = None):
@@ -356,11 +361,12 @@ class TumorClassifier(nn.Module):
         cfg = cfg or ModelConfig()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.evidence = nn.Linear(cfg.embed_dim, 1)
+        self.evidence = nn.Linear(cfg.embed_dim, cfg.num_classes - 1)  # a score a patch per class but the reference
         self.apply(_init_weights)
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
         # after _init_weights: the branch keeps PyTorch's own initialisation for convolutions under ReLUs
-        self.conv_evidence = ConvEvidence(cfg.in_chans, cfg.patch_size) if cfg.conv_evidence else None
+        self.conv_evidence = (ConvEvidence(cfg.in_chans, cfg.patch_size, cfg.num_classes - 1) if cfg.conv_evidence
+                              else None)
 
     def foreground(self, imgs):
         """(keep, valid) tensors for imgs: the patches above cfg.foreground_threshold, as
@@ -370,25 +376,44 @@ class TumorClassifier(nn.Module):
         return torch.from_numpy(keep).to(imgs.device), torch.from_numpy(valid).to(imgs.device)
 
     def forward(self, imgs, keep=None, valid=None, with_evidence=False):
-        """imgs (B, C, H, W) -> logits (B,); with_evidence: also the patch scores (B, K), keep and valid
-        (keep/valid as from self.foreground(imgs), computed when None)."""
+        """imgs (B, C, H, W) -> logits, (B,) with two classes, (B, num_classes) with more; with_evidence: also
+        the shown class's patch scores (B, K), keep and valid (keep/valid as from self.foreground(imgs),
+        computed when None)."""
         logits, _, keep, valid, scores = self.forward_with_attention(imgs, None, keep, valid)
         return (logits, scores, keep, valid) if with_evidence else logits
 
     def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
-        """-> logits (B,), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), the last block's
-        ("last") or none (None), keep (B, K) and valid (B, K): the patches those K tokens are, and the patch
-        scores (B, K). run_block: see Encoder.forward."""
+        """-> logits (as forward), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), the last
+        block's ("last") or none (None), keep (B, K) and valid (B, K): the patches those K tokens are, and the
+        shown class's patch scores (B, K). run_block: see Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
             if valid.all():
                 valid = None  # no padding: no mask to apply
         tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
                                                 run_block=run_block)
-        scores = self.evidence(tokens[:, 1:]).squeeze(-1).float()  # (B, K)
+        scores = self.evidence(tokens[:, 1:]).float()  # (B, K, classes - 1)
         if self.conv_evidence is not None:
-            scores = scores + torch.gather(self.conv_evidence(imgs).float(), 1, keep)
-        return pool_evidence(scores, valid), attentions, keep, valid, scores
+            cells = self.conv_evidence(imgs).float()  # (B, L, classes - 1)
+            scores = scores + torch.gather(cells, 1, keep[..., None].expand(-1, -1, cells.shape[-1]))
+        pooled = pool_evidence(scores.transpose(1, 2), None if valid is None else valid[:, None])  # (B, classes-1)
+        if self.cfg.num_classes == 2:
+            return pooled[:, 0], attentions, keep, valid, scores[..., 0]
+        shown = pooled.argmax(dim=1)  # (B,)
+        logits = torch.cat([torch.zeros_like(pooled[:, :1]), pooled], dim=1)  # (B, classes)
+        scores = torch.gather(scores, 2, shown[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # (B, K)
+        return logits, attentions, keep, valid, scores
+
+
+def class_probabilities(logits):
+    """Logits (B,) of two classes -> p(class 1) (B,); (B, K) of more -> softmax (B, K)."""
+    return torch.sigmoid(logits) if logits.dim() == 1 else logits.softmax(dim=1)
+
+
+def shown_logit(logits):
+    """The logit whose evidence the map shows (B,): the only one of two classes, else the largest of classes
+    1..K-1 (TumorClassifier)."""
+    return logits if logits.dim() == 1 else logits[:, 1:].amax(dim=1)
 
 
 class ConvEvidence(nn.Module):
@@ -397,22 +422,23 @@ class ConvEvidence(nn.Module):
     from scratch beside the pre-trained encoder: a lesion a few pixels wide looks the same to it at every
     position, where the linear patch embedding must learn it at each of a patch's 256 pixels apart."""
 
-    def __init__(self, in_chans: int, patch_size: int):
+    def __init__(self, in_chans: int, patch_size: int, outputs: int = 1):
         super().__init__()
         def stage(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
                     nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
         self.net = nn.Sequential(*stage(in_chans, 16), nn.MaxPool2d(2), *stage(16, 32), nn.MaxPool2d(2),
-                                 *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64), nn.Conv2d(64, 1, 1))
+                                 *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64), nn.Conv2d(64, outputs, 1))
         self.cells_per_patch = patch_size // 8
 
     def cells(self, imgs):
-        """(B, C, H, W) -> each 8-pixel cell's score (B, 1, H/8, W/8)."""
+        """(B, C, H, W) -> each 8-pixel cell's scores (B, outputs, H/8, W/8)."""
         return self.net(imgs)
 
     def forward(self, imgs):
-        """(B, C, H, W) -> each patch's score, its strongest cell's (B, L), patches in row-major order."""
-        return F.max_pool2d(self.cells(imgs), self.cells_per_patch).flatten(1)
+        """(B, C, H, W) -> each patch's scores, its strongest cell's (B, L, outputs), patches in row-major
+        order."""
+        return F.max_pool2d(self.cells(imgs), self.cells_per_patch).flatten(2).transpose(1, 2)
 
 
 def _without_padding(scores, valid):
@@ -421,73 +447,16 @@ def _without_padding(scores, valid):
 
 
 def pool_evidence(scores, valid=None):
-    """Log-mean-exp of the patch scores (B, K) over the real patches -> (B,)."""
+    """Log-mean-exp of the patch scores (..., K) over the real patches (valid broadcast to them) -> (...)."""
     if valid is None:
-        return torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
-    count = valid.to(torch.bool).sum(dim=1).clamp(min=1).to(scores.dtype)
-    return torch.logsumexp(_without_padding(scores, valid), dim=1) - torch.log(count)
+        return torch.logsumexp(scores, dim=-1) - math.log(scores.shape[-1])
+    count = valid.to(torch.bool).sum(dim=-1).clamp(min=1).to(scores.dtype)
+    return torch.logsumexp(_without_padding(scores, valid), dim=-1) - torch.log(count)
 
 
 def evidence_weights(scores, valid=None):
     """Each patch's weight in pool_evidence's logit, softmax over the real patches: (B, K), rows sum to 1."""
     return _without_padding(scores, valid).softmax(dim=1)
-
-
-# ---- heatmaps: where the classifier looks, read from its attention -------------------------------------
-
-def attention_rollout(attentions):
-    """Abnar & Zuidema (2020): average heads, add the residual (0.5 A + 0.5 I), renormalise rows, and
-    multiply through the blocks. attentions: list of (B, H, N, N) -> (B, N, N)."""
-    result = None
-    for a in attentions:
-        a = a.float().mean(dim=1)  # (B, N, N)
-        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], device=a.device)
-        a = a / a.sum(dim=-1, keepdim=True)
-        result = a if result is None else a @ result
-    return result
-
-
-def attention_relevance(attentions, grads):
-    """Chefer, Gur & Wolf (2021): each block's attention weighted by the logit's gradient with respect to
-    it, negative evidence dropped, heads averaged, then carried through the residual stream: R = I, then
-    R <- R + mean_h((dA * A)+) @ R block by block. attentions, grads: lists of (B, H, N, N) -> (B, N, N).
-    Unlike raw attention it says where the evidence *for this logit* is, not only where CLS looks."""
-    result = None
-    for a, g in zip(attentions, grads):
-        cam = (g.float() * a.float()).clamp(min=0).mean(dim=1)  # (B, N, N)
-        result = torch.eye(cam.shape[-1], device=cam.device) + cam if result is None else result + cam @ result
-    return result
-
-
-def on_grid(cls_attention, keep, valid, grid):
-    """CLS attention over the encoded tokens (B, K) -> (B, grid, grid), zero on patches not encoded."""
-    if valid is not None:
-        cls_attention = cls_attention * valid
-    out = torch.zeros(cls_attention.shape[0], grid * grid, dtype=cls_attention.dtype, device=cls_attention.device)
-    return out.scatter(1, keep, cls_attention).reshape(-1, grid, grid)
-
-
-def last_block_map(attentions, keep, valid, grid):
-    """The last block's CLS-to-patch attention, heads averaged, on the grid. The exported ONNX classifier
-    computes this map in its graph."""
-    return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
-
-
-def evidence_map(scores, keep, valid, grid):
-    """The classifier's own map: each patch's weight in the pooled logit, on the grid (B, grid, grid)."""
-    return on_grid(evidence_weights(scores, valid), keep, valid, grid)
-
-
-def cls_maps(attentions, keep, valid, grid, grads=None, scores=None):
-    """Maps on the patch grid, (B, grid, grid) each: the patch evidence (given scores), the last block's
-    CLS attention, the rollout, and with the logit's gradients (grads, one per block) the
-    gradient-weighted relevance."""
-    roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
-    maps = {"evidence": evidence_map(scores, keep, valid, grid)} if scores is not None else {}
-    maps.update(last_block=last_block_map(attentions, keep, valid, grid), rollout=on_grid(roll, keep, valid, grid))
-    if grads is not None:
-        maps["relevance"] = on_grid(attention_relevance(attentions, grads)[:, 0, 1:], keep, valid, grid)
-    return maps
 
 
 # ---- the models as numpy callables (restoration.Restorer runs PyTorch and ONNX Runtime alike) ---------

@@ -20,8 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from config import ARTIFACTS, MiramError, ModelConfig
 from hardware import autocast, native_amp, use_fused_attention
-from models import MIRAM, TumorClassifier, evidence_map, last_block_map, padding_bias, unpatchify
-from runtime import KIND_KEY, META_KEY, TRAINED_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
+from heatmaps import evidence_map, last_block_map
+from models import MIRAM, TumorClassifier, class_probabilities, padding_bias, unpatchify
+from runtime import CLASSES_KEY, KIND_KEY, META_KEY, TRAINED_KEY, OnnxClassifier, OnnxMAE, cycle, onnx_session
 
 OPSET = 18
 # graph kind -> (artifact name in config.ARTIFACTS, input names, output names)
@@ -118,7 +119,8 @@ def classifier_outputs(clf, images, keep, valid, run_block=None):
     the parity reference."""
     logits, atts, _, _, scores = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
     grid = clf.encoder.grid
-    return torch.sigmoid(logits), evidence_map(scores, keep, valid, grid), last_block_map(atts, keep, valid, grid)
+    return (class_probabilities(logits), evidence_map(scores, keep, valid, grid),
+            last_block_map(atts, keep, valid, grid))
 
 
 def spec_models():
@@ -187,11 +189,11 @@ def quantize_int8(src, dst):
 
 
 def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None,
-               trained_foreground=None):
+               clf_state=None):
     """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
     int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only). clf_example: the
-    classifier's example images where it reads another size than the others. trained_foreground: the
-    classifier checkpoint's record, kept in its graph's metadata."""
+    classifier's example images where it reads another size than the others. clf_state: the classifier
+    checkpoint, whose record of its classes and training foreground the graph's metadata keeps."""
     ClassifierGraph, MAEGraph = graphs()
     jobs = {}
     if inpainter is not None:
@@ -209,7 +211,7 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
         path = os.path.join(out_dir, prefix + ARTIFACTS[artifact])
         raw = path.replace(".onnx", ".raw.onnx")
         try:
-            meta = {TRAINED_KEY: json.dumps(trained_foreground)} if kind == "classifier" and trained_foreground else {}
+            meta = classifier_metadata(clf_state) if kind == "classifier" else {}
             export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), kind, raw_path=raw,
                         token_inputs=("keep", "valid"), extra_meta=meta)
             paths[kind] = {"ort-fp32": path}
@@ -219,6 +221,14 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
             if os.path.exists(raw):
                 os.remove(raw)
     return paths
+
+
+def classifier_metadata(state):
+    """What --predict needs beside the weights, from a classifier checkpoint: its class names and the
+    foreground range of its training slices, where recorded."""
+    state = state or {}
+    return {key: json.dumps(state[name]) for key, name in ((CLASSES_KEY, "classes"), (TRAINED_KEY, "trained_foreground"))
+            if state.get(name)}
 
 
 # ---- the peer: what an engineer would deploy instead ----------------------------------------------------

@@ -17,6 +17,7 @@ from imaging import foreground_patches
 META_KEY = "miram_model_config"   # the model's settings, stored in every exported graph
 KIND_KEY = "miram_model_kind"     # which of the three graphs it is
 TRAINED_KEY = "miram_trained_foreground"  # the classifier: the foreground shares of the slices it learned from
+CLASSES_KEY = "miram_classes"  # the classifier: its class names, in the order of its probabilities
 # ONNX Runtime execution providers by device name, tried in order; the CPU one is always last.
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -101,12 +102,15 @@ class OnnxClassifier(OnnxModel):
         super().__init__(path, threads, device)
         self.threshold = (self.model_config["foreground_threshold"] if foreground_threshold is None
                           else foreground_threshold)
-        trained = self.session.get_modelmeta().custom_metadata_map.get(TRAINED_KEY)
-        self.trained_foreground = trained_range(json.loads(trained), path) if trained else None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.trained_foreground = trained_range(json.loads(meta[TRAINED_KEY]), path) if TRAINED_KEY in meta else None
+        self.classes = class_names(json.loads(meta[CLASSES_KEY]) if CLASSES_KEY in meta else None,
+                                   self.model_config["num_classes"], path)
 
     def __call__(self, images):
-        """images (B,1,S,S) float32 in [0,1] -> probabilities (B,), {map name: (B,g,g)}: "evidence" (the
-        classifier's own map) and "last_block", as the graph names its outputs."""
+        """images (B,1,S,S) float32 in [0,1] -> probabilities ((B,) of class 1 with two classes, (B, K) with
+        more), {map name: (B,g,g)}: "evidence" (the classifier's own map) and "last_block", as the graph names
+        its outputs."""
         images = np.ascontiguousarray(images, np.float32)
         keep, valid = foreground_patches(images, self.model_config["patch_size"], self.threshold)
         prob, *maps = self.session.run(None, {"images": images, "keep": keep, "valid": valid})
@@ -199,6 +203,65 @@ def binary_metrics(probs, labels, threshold):
     return {"auroc": auroc(probs, labels), "accuracy": ratio(tp + tn, len(labels)), "sensitivity": ratio(tp, tp + fn),
             "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn), "threshold": threshold,
             "confusion_matrix": [[tn, fp], [fn, tp]], "n": len(labels), "n_positive": int(labels.sum())}
+
+
+def class_names(recorded, num_classes, path):
+    """A classifier's class names: those it recorded (checked against its class count), or without a record
+    the mask layout's two."""
+    if recorded is None and num_classes == 2:
+        return ["no tumor", "tumor"]
+    if not (isinstance(recorded, list) and len(recorded) == num_classes and all(isinstance(c, str) for c in recorded)):
+        raise MiramError(f"{path}: its class names {recorded!r} do not fit its {num_classes} classes")
+    return recorded
+
+
+def tumor_probability(probs):
+    """A classifier's probabilities -> p(tumor) per slice: p(class 1) of two classes (N,) as they are, and of
+    K classes (N, K) the chance of any but class 0, the tumor-free reference (layouts.NEGATIVE_CLASS)."""
+    probs = np.asarray(probs, np.float64)
+    return probs if probs.ndim == 1 else 1.0 - probs[:, 0]
+
+
+def ranking_auroc(probs, labels):
+    """AUROC of two classes, or of K the macro mean of each class against the rest (NaN without two)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels).astype(int)
+    if probs.ndim == 1:
+        return auroc(probs, labels)
+    per_class = [auroc(probs[:, k], labels == k) for k in range(probs.shape[1])]
+    per_class = [a for a in per_class if a == a]
+    return float(np.mean(per_class)) if len(per_class) >= 2 else float("nan")
+
+
+def predicted_class(probs, threshold):
+    """The class called for each slice, one rule for any number of classes: a tumor when p(tumor)
+    (tumor_probability) reaches the threshold, and then, of K classes, the most probable of classes 1..K-1
+    (the one whose evidence the map shows). -> (N,) ints."""
+    probs = np.asarray(probs, np.float64)
+    tumor = tumor_probability(probs) >= threshold
+    return tumor.astype(int) if probs.ndim == 1 else np.where(tumor, 1 + probs[:, 1:].argmax(axis=1), 0)
+
+
+def class_metrics(probs, labels, classes, threshold):
+    """K classes, probabilities (N, K) and labels (N,) in 0..K-1, the class called by predicted_class.
+    -> accuracy, macro one-vs-rest AUROC ("auroc"), each class's sensitivity (recall), specificity, AUROC
+    and count, and the confusion matrix (rows the true class, columns the called one)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels).astype(int)
+    pred = predicted_class(probs, threshold)
+    k = probs.shape[1]
+    confusion = np.zeros((k, k), int)
+    np.add.at(confusion, (labels, pred), 1)
+
+    def ratio(a, b):
+        return float(a / b) if b else float("nan")
+    per_class = {name: {"sensitivity": ratio(confusion[c, c], confusion[c].sum()),
+                        "specificity": ratio(np.delete(np.delete(confusion, c, 0), c, 1).sum(),
+                                             np.delete(confusion, c, 0).sum()),
+                        "auroc": auroc(probs[:, c], labels == c), "n": int(confusion[c].sum())}
+                 for c, name in enumerate(classes)}
+    return {"auroc": ranking_auroc(probs, labels), "accuracy": ratio(np.trace(confusion), len(labels)),
+            "macro_sensitivity": float(np.nanmean([v["sensitivity"] for v in per_class.values()])),
+            "per_class": per_class, "classes": list(classes), "confusion_matrix": confusion.tolist(),
+            "threshold": threshold, "n": len(labels)}
 
 
 def compare(ref, got):

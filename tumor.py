@@ -1,9 +1,10 @@
 """The tumor classifier's training task, losses, metrics and heatmaps; classify.py runs them.
 
-A slice's label: its mask has a non-zero pixel. The classifier (models.TumorClassifier) is the pre-trained
-encoder with a patch-evidence head: each encoded patch gets a score, the slice's logit pools them, and the
-patches' weights in that pool are the default heatmap, scored against the true outline (pointing game, mass
-inside the tumor).
+A slice's label: its mask has a non-zero pixel, or its class folder (two classes or more). The classifier
+(models.TumorClassifier) is the pre-trained encoder with a patch-evidence head: each encoded patch gets a
+score, the slice's logit pools them, and the patches' weights in that pool are the default heatmap, scored
+against the true outline where there is one (pointing game, mass inside the tumor). Two classes train on a
+class-balanced binary cross-entropy, more on a class-balanced cross-entropy over their softmax.
 """
 import dataclasses
 
@@ -15,8 +16,9 @@ from augment import local_images
 from config import MiramError
 from engine import Task, layer_decay
 from hardware import autocast
-from models import TumorClassifier, cls_maps, evidence_map
-from runtime import DEFAULT_HEATMAP, binary_metrics, localization, upsample_heatmaps
+from heatmaps import cls_maps, evidence_map
+from models import TumorClassifier, class_probabilities, shown_logit
+from runtime import DEFAULT_HEATMAP, binary_metrics, class_metrics, localization, tumor_probability, upsample_heatmaps
 
 VARIANTS = ("finetune", "linear_probe", "from_scratch")
 
@@ -28,14 +30,14 @@ def suffix_of(variant):
 
 # ---- the model -----------------------------------------------------------------------------------------
 
-def build_classifier(cfg, variant, mae_path=None, mae_state=None):
+def build_classifier(cfg, variant, mae_path=None, mae_state=None, num_classes=2):
     """-> the classifier of a variant: the pre-trained encoder of mae_state (finetune, linear_probe) or the
     same architecture from random weights (from_scratch). It reads CLS_IMG_SIZE pixels (0: the encoder's
     own size); read at another size, the encoder's positions keep the range it was pre-trained on."""
     from checkpoint import model_config_from
     if variant == "from_scratch":
         return TumorClassifier(dataclasses.replace(cfg.model_config(), img_size=cfg.CLS_IMG_SIZE or cfg.IMG_SIZE,
-                                                   conv_evidence=cfg.CLS_CONV_EVIDENCE))
+                                                   conv_evidence=cfg.CLS_CONV_EVIDENCE, num_classes=num_classes))
     mae_cfg = model_config_from(mae_state, mae_path)
     size = cfg.CLS_IMG_SIZE or mae_cfg.img_size
     if size % mae_cfg.patch_size:
@@ -44,7 +46,8 @@ def build_classifier(cfg, variant, mae_path=None, mae_state=None):
     if size != mae_cfg.img_size:
         pos_grid = pos_grid or mae_cfg.img_size // mae_cfg.patch_size
     model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD, img_size=size,
-                                                pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE))
+                                                pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE,
+                                                num_classes=num_classes))
     encoder_state = {k[len("encoder."):]: v for k, v in mae_state["model"].items() if k.startswith("encoder.")}
     model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match
     return model
@@ -53,7 +56,8 @@ def build_classifier(cfg, variant, mae_path=None, mae_state=None):
 # ---- inference with heatmaps ---------------------------------------------------------------------------
 
 def predict_all(model, images, device, amp, batch=32, with_attention=False):
-    """-> probabilities (N,) numpy, and with_attention: {"evidence"|"last_block"|"rollout"|"relevance":
+    """-> probabilities numpy ((N,) of class 1 with two classes, (N, K) with more), and with_attention:
+    {"evidence"|"last_block"|"rollout"|"relevance":
     (N, S, S) heatmaps} (relevance needs the gradient: one backward pass per batch); with_attention="evidence":
     the default map alone, from the forward pass."""
     model.eval()
@@ -68,13 +72,13 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
             elif with_attention:
                 logits, atts, keep, valid, scores = model.forward_with_attention(x, "all")
                 # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
-                grads = torch.autograd.grad(logits.float().sum(), atts)
+                grads = torch.autograd.grad(shown_logit(logits).float().sum(), atts)
                 with torch.no_grad():
                     for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads, scores.detach()).items():
                         maps.setdefault(k, []).append(v.float().cpu().numpy())
             else:
                 logits = model(x)
-        probs.append(torch.sigmoid(logits.detach().float()).cpu().numpy())
+        probs.append(class_probabilities(logits.detach().float()).cpu().numpy())
     probs = np.concatenate(probs)
     if not with_attention:
         return probs
@@ -85,11 +89,14 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
 # ---- training ------------------------------------------------------------------------------------------
 
 def balanced_log_loss(probs, labels):
-    """The mean log loss of each class, averaged over the two classes (as the training loss weights them)."""
-    probs = np.clip(np.asarray(probs, float), 1e-7, 1 - 1e-7)
-    labels = np.asarray(labels).astype(bool)
-    per_class = [-np.log(p).mean() for p in (probs[labels], 1 - probs[~labels]) if len(p)]
-    return float(np.mean(per_class))
+    """The mean log loss of each class, averaged over the classes present (as the training loss weights
+    them). probs: (N,) of class 1 of two, or (N, K)."""
+    probs = np.asarray(probs, float)
+    if probs.ndim == 1:
+        probs = np.stack([1 - probs, probs], axis=1)
+    labels = np.asarray(labels).astype(int)
+    truth = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return float(np.mean([-np.log(truth[labels == k]).mean() for k in np.unique(labels)]))
 
 
 def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_share=0.5):
@@ -115,8 +122,9 @@ def patch_supervision(scores, masks, keep, valid, patch, min_share=0.1, full_sha
 
 
 class Classification(Task):
-    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE on the slice label, the patch
-    labels from the masks beside it (CLS_PATCH_WEIGHT), layer-wise learning-rate decay."""
+    """The classifier fine-tune (or probe) as an engine Task: class-balanced BCE on the slice label (of K > 2
+    classes, class-balanced cross-entropy), the patch labels from the masks beside it (CLS_PATCH_WEIGHT),
+    layer-wise learning-rate decay."""
     kind = "classifier"
     lr_setting = "CLS_LR"
     seed_offset = 1
@@ -126,14 +134,16 @@ class Classification(Task):
     must_match = ("variant", "label_fraction")
 
     def __init__(self, cfg, model, train_set, val_set, device, variant, extra):
-        n_pos = float(train_set.labels.sum())
-        n_neg = len(train_set) - n_pos
-        if n_pos == 0 or n_neg == 0:
-            raise MiramError(f"the training split has {int(n_pos)} tumor and {int(n_neg)} tumor-free images: "
-                             "classification needs both (check the MASK/ folder)")
+        self.num_classes = model.cfg.num_classes
+        counts = torch.bincount(train_set.labels.long(), minlength=self.num_classes).float()
+        if (counts == 0).any():
+            names = extra.get("classes") or ["tumor-free", "tumor"]
+            raise MiramError(f"the training split has {', '.join(f'{int(n)} {c}' for c, n in zip(names, counts.tolist()))}"
+                             " images: classification needs every class (check the MASK/ or class folders)")
         self.cfg, self.train_set, self.val_set, self.device = cfg, train_set, val_set, device
         self.name, self.variant = variant, variant
-        self.pos_weight = torch.tensor(n_neg / n_pos, device=device)
+        self.pos_weight = (counts[0] / counts[1]).to(device)  # two classes: the tumor slices weigh as the others
+        self.class_weight = (counts.sum() / (self.num_classes * counts)).to(device)  # K classes: each weighs alike
         self.decay = layer_decay(len(model.encoder.blocks), cfg.LAYER_DECAY)
         self.patch = model.cfg.patch_size
         # patch labels where every slice has its outline (class folders give a slice's label, not where)
@@ -165,7 +175,10 @@ class Classification(Task):
 
     def loss(self, out, batch):
         logits, scores, keep, valid = out
-        image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=self.pos_weight)
+        if self.num_classes == 2:
+            image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=self.pos_weight)
+        else:
+            image_loss = F.cross_entropy(logits.float(), batch[2].long(), weight=self.class_weight)
         if batch[1] is None:
             return image_loss, {"loss": image_loss.item()}
         patch_loss = patch_supervision(scores, batch[1], keep, valid, self.patch)
@@ -174,7 +187,10 @@ class Classification(Task):
 
     def validate(self, model):
         probs, labels = predict_all(model, self.val_set.images, self.device, self.cfg.AMP), self.val_set.labels.numpy()
-        return {**binary_metrics(probs, labels, self.cfg.CLS_THRESHOLD), "loss": balanced_log_loss(probs, labels)}
+        metrics = (binary_metrics(probs, labels, self.cfg.CLS_THRESHOLD) if probs.ndim == 1 else
+                   {k: v for k, v in class_metrics(probs, labels, self.extra["classes"], self.cfg.CLS_THRESHOLD).items()
+                    if k in ("auroc", "accuracy", "macro_sensitivity")})
+        return {**metrics, "loss": balanced_log_loss(probs, labels)}
 
 
 # ---- scoring -------------------------------------------------------------------------------------------
@@ -209,13 +225,17 @@ def subject_metrics(probs, labels, hits, outlined, rows_by_subject, threshold):
 
 
 def score(model, data, cfg, device, by_subject=False):
-    """-> (binary metrics and every heatmap's localization on one labelled slice set, probabilities,
-    heatmaps, tumor masks). by_subject: also "per_subject" (subject_metrics), for a set of a few heads."""
-    labels = data.labels.numpy()
+    """-> (binary metrics, or of K classes class_metrics with the binary ones of any tumor against class 0
+    as "any_tumor", and every heatmap's localization on one labelled slice set, probabilities, heatmaps, tumor
+    masks). by_subject: also "per_subject" (subject_metrics), for a set of a few heads. The operating point
+    and the per-subject figures are those of p(tumor) (runtime.tumor_probability)."""
+    labels = data.labels.numpy().astype(int)
     outlined = (labels > 0) & data.has_mask.numpy()  # tumor slices whose outline is known: the maps are scored there
     tumor = data.masks[:, 0].numpy() & outlined[:, None, None]
     probs, heats = predict_all(model, data.images, device, cfg.AMP, with_attention=True)
-    m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD)
+    p_tumor, is_tumor = tumor_probability(probs), labels > 0
+    m = binary_metrics(probs, labels, cfg.CLS_THRESHOLD) if probs.ndim == 1 else {
+        **class_metrics(probs, labels, data.classes, cfg.CLS_THRESHOLD), "any_tumor": binary_metrics(p_tumor, is_tumor, cfg.CLS_THRESHOLD)}
     loc, hits = {}, np.zeros(len(labels))  # hits: the default map's pointing game per slice, 0 where no tumor
     for name, h in heats.items():
         if not outlined.any():
@@ -230,13 +250,13 @@ def score(model, data, cfg, device, by_subject=False):
                      "mass_inside_over_share": float((mass / np.maximum(share, 1e-12)).mean()),
                      # a few slices with most of the mass inside lift the mean: the median is the typical slice
                      "mass_inside_over_share_median": float(np.median(mass / np.maximum(share, 1e-12)))}
-    chosen = operating_threshold(probs, labels)
+    chosen = operating_threshold(p_tumor, is_tumor)
     operating = {"rule": OPERATING_RULE, "threshold": chosen}
     if chosen == chosen:  # not NaN
-        at = binary_metrics(probs, labels, chosen)
+        at = binary_metrics(p_tumor, is_tumor, chosen)
         operating.update({k: at[k] for k in ("sensitivity", "specificity", "accuracy")})
     m.update(localization=loc, default_heatmap=DEFAULT_HEATMAP, n_subjects=len(set(data.subjects)),
              operating_point=operating)
     if by_subject:
-        m["per_subject"] = subject_metrics(probs, labels, hits, outlined, data.rows_by_subject(), cfg.CLS_THRESHOLD)
+        m["per_subject"] = subject_metrics(p_tumor, is_tumor, hits, outlined, data.rows_by_subject(), cfg.CLS_THRESHOLD)
     return m, probs, heats, tumor

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -8,12 +9,13 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import classify
 import engine
+import heatmaps
 import models
 import runtime
 import train
 import tumor
 from checkpoint import build_from_checkpoint
-from config import MiramError, load_config
+from config import MiramError, ModelConfig, load_config
 from conftest import tiny_args
 from dataset import load_split
 from imaging import model_input, read_slice
@@ -59,32 +61,32 @@ def test_the_operating_threshold_is_youdens_on_a_known_set():
 
 def test_rollout_on_a_known_stack():
     eye = torch.eye(3)[None, None]  # attention to self only: rollout is the identity
-    assert torch.allclose(models.attention_rollout([eye, eye]), torch.eye(3)[None])
+    assert torch.allclose(heatmaps.attention_rollout([eye, eye]), torch.eye(3)[None])
     # one block, all attention to token 0: 0.5*A + 0.5*I, rows normalised
     a = torch.zeros(1, 2, 3, 3)
     a[..., 0] = 1
-    r = models.attention_rollout([a])[0]
+    r = heatmaps.attention_rollout([a])[0]
     expect = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]])
     assert torch.allclose(r, expect)
     # two such blocks compose by matrix product
-    assert torch.allclose(models.attention_rollout([a, a])[0], expect @ expect)
+    assert torch.allclose(heatmaps.attention_rollout([a, a])[0], expect @ expect)
 
 
 def test_relevance_on_a_known_stack():
     eye = torch.eye(3)[None, None]
     zero = torch.zeros(1, 1, 3, 3)
     # no gradient anywhere: only the identity (each token is its own evidence)
-    assert torch.allclose(models.attention_relevance([eye, eye], [zero, zero]), torch.eye(3)[None])
+    assert torch.allclose(heatmaps.attention_relevance([eye, eye], [zero, zero]), torch.eye(3)[None])
     # one block, two heads: A * dA per head, negatives dropped, heads averaged, added to I
     a = torch.full((1, 2, 3, 3), 0.5)
     g = torch.zeros(1, 2, 3, 3)
     g[0, 0, 0, 1], g[0, 1, 0, 1], g[0, 0, 0, 2] = 2.0, 1.0, -4.0  # negative evidence is dropped
-    r = models.attention_relevance([a], [g])[0]
+    r = heatmaps.attention_relevance([a], [g])[0]
     expect = torch.eye(3)
     expect[0, 1] = (0.5 * 2.0 + 0.5 * 1.0) / 2
     assert torch.allclose(r, expect)
     # a second block composes through the residual: R + cam @ R
-    assert torch.allclose(models.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
+    assert torch.allclose(heatmaps.attention_relevance([a, a], [g, g])[0], expect + (expect - torch.eye(3)) @ expect)
 
 
 def test_heatmaps_of_a_slice_do_not_depend_on_its_batch():
@@ -224,7 +226,8 @@ def test_the_default_map_points_at_the_only_difference():
     """Slices that differ only by a lesion: trained a few steps with patch labels, the classifier's own
     map peaks inside the lesion on lesions it has not seen, alone and in a padded batch alike."""
     from config import ModelConfig
-    from models import TumorClassifier, evidence_map
+    from heatmaps import evidence_map
+    from models import TumorClassifier
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
 
@@ -275,3 +278,44 @@ def test_a_validation_split_of_one_class_is_refused_naming_its_subjects(tmp_path
     train.main(tiny_args(data, out, "--val-subjects", "subj1"))
     with pytest.raises(MiramError, match=r"1 labelled slices \(subj1\) are all tumor-free: AUROC needs both"):
         classify.main(tiny_args(data, out, "--val-subjects", "subj1"))
+
+
+def test_k_classes_pool_each_class_and_the_map_shows_the_most_probable_tumor_class():
+    from models import TumorClassifier, pool_evidence, shown_logit
+    cfg = ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16,
+                      decoder_depth=1, decoder_num_heads=2, num_classes=4)
+    torch.manual_seed(0)
+    m = TumorClassifier(cfg).eval()
+    x = torch.rand(6, 1, 32, 32)
+    with torch.no_grad():
+        logits, scores, keep, valid = m(x, with_evidence=True)
+        probs = tumor.predict_all(m, x, torch.device("cpu"), False)
+    assert logits.shape == (6, 4) and (logits[:, 0] == 0).all()  # class 0: the reference
+    assert probs.shape == (6, 4) and np.allclose(probs.sum(1), 1, atol=1e-6)
+    # the map's patch scores are the shown class's: they pool to its logit, the largest of classes 1..3
+    assert torch.allclose(pool_evidence(scores, valid), shown_logit(logits), atol=1e-5)
+    assert torch.equal(shown_logit(logits), logits[:, 1:].max(1).values)
+    # two classes are the binary model: one logit a slice, its sigmoid the probability
+    binary = TumorClassifier(dataclasses.replace(cfg, num_classes=2)).eval()
+    assert binary.evidence.out_features == 1 and binary(x).shape == (6,)
+
+
+def test_class_metrics_against_sklearn_and_the_calling_rule_on_a_known_set():
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from runtime import class_metrics, predicted_class
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    probs = rng.dirichlet(np.ones(3), 60) + np.eye(3)[labels] * 0.8
+    probs /= probs.sum(1, keepdims=True)
+    m = class_metrics(probs, labels, ["none", "a", "b"], 0.5)
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    pred = predicted_class(probs, 0.5)
+    assert m["confusion_matrix"] == confusion_matrix(labels, pred).tolist()
+    assert m["per_class"]["a"]["sensitivity"] == pytest.approx((pred[labels == 1] == 1).mean())
+    assert m["per_class"]["a"]["specificity"] == pytest.approx((pred[labels != 1] != 1).mean())
+    # the rule: class 0 unless p(tumor) = 1 - p(class 0) reaches the threshold, then the likeliest other class
+    known = np.array([[0.45, 0.30, 0.25], [0.55, 0.05, 0.40], [0.1, 0.2, 0.7]])
+    assert predicted_class(known, 0.5).tolist() == [1, 0, 2]
+    assert predicted_class(np.array([0.2, 0.5, 0.9]), 0.5).tolist() == [0, 1, 1]  # two classes: as before
+    assert tumor.balanced_log_loss(np.eye(3)[[0, 1, 2]] * 0.98 + 0.01, [0, 1, 2]) == pytest.approx(-np.log(0.99))

@@ -174,8 +174,12 @@ def test_a_volume_or_folder_is_classified_slice_by_slice_as_each_slice_alone(exp
         assert np.abs(np.array(r["probabilities"]) - alone).max() < 1e-4
         assert r["probability"] == max(r["probabilities"]) and r["slice"] == r["slices"][int(np.argmax(alone))]
         rows = [row.split(",") for row in open(r["table"]).read().splitlines()]
-        assert rows[0] == ["file", "slice", "p_tumor", "foreground", "decides", "peak_row", "peak_col", "peak_i",
-                           "peak_j", "peak_k"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        assert rows[0] == ["file", "slice", "p_tumor", "class", "p_class", "foreground", "decides", "peak_row",
+                           "peak_col", "peak_i", "peak_j", "peak_k"] and [int(row[1]) for row in rows[1:]] == [0, 1, 3]
+        # the mask layout's two classes: each slice's is the one its p(tumor) calls, with that class's probability
+        assert all(row[3] == ("tumor" if float(row[2]) >= 0.5 else "no tumor") for row in rows[1:])
+        assert all(abs(float(row[4]) - max(float(row[2]), 1 - float(row[2]))) < 1e-5 for row in rows[1:])
+        rows = [row[:3] + row[5:] for row in rows]  # the columns below as they were numbered
         # where each slice's evidence peaks, in the volume's own voxels (stored axial: k is the slice)
         assert all(row[5] == row[6] == "" and int(row[9]) == int(row[1]) and 0 <= int(row[7]) < stack.shape[0]
                    for row in rows[1:])

@@ -191,3 +191,39 @@ def test_a_source_archive_is_extracted_by_member_folder_and_base_name(tmp_path):
     public_sets.extract(archive, {"pkg-1.0/data/original/": "HR", "pkg-1.0/data/mask/": "MASK"}, str(tmp_path / "d"))
     assert sorted(os.listdir(tmp_path / "d")) == ["HR", "MASK"]
     assert sorted(os.listdir(tmp_path / "d" / "HR")) == ["a.nii", "escape.nii"] and not (tmp_path / "escape.nii").exists()
+
+
+def test_four_class_folders_train_classify_predict_and_export(tmp_path, capsys):
+    """K classes end to end: a softmax over the folders, per-class figures, each slice's class in --predict's
+    table, and the exported graph giving the same probabilities with the class names in its metadata."""
+    import torch
+
+    import classify
+    import train
+    from checkpoint import build_from_checkpoint
+    from onnx_export import export_all
+    classes = ("glioma", "meningioma", "notumor", "pituitary")
+    root = write_class_folders(str(tmp_path / "d"), classes=classes, per_class=5)
+    out = str(tmp_path / "o")
+    train.main(tiny_args(root, out, "--val-fraction", "0.4"))
+    metrics = classify.main(tiny_args(root, out, "--n-viz", "1", "--val-fraction", "0.4"))
+    assert metrics["classes"] == ["notumor", "glioma", "meningioma", "pituitary"]
+    assert set(metrics["per_class"]) == set(classes) and np.array(metrics["confusion_matrix"]).shape == (4, 4)
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["n"] and 0 <= metrics["any_tumor"]["auroc"] <= 1
+    said = capsys.readouterr().out
+    assert "'notumor' tumor-free (0), 'glioma' (1), 'meningioma' (2), 'pituitary' (3)" in said
+    assert "confusion (rows true, columns predicted: notumor, glioma, meningioma, pituitary)" in said
+    # the classifier's graph alone, as export_deploy.py writes it (its parity and timing are tested elsewhere)
+    clf, state = build_from_checkpoint(os.path.join(out, "best_tumor_classifier.pth"), "classifier")
+    example = torch.rand(2, 1, clf.cfg.img_size, clf.cfg.img_size)
+    export_all(out, "", clf.eval(), None, example, None, clf_state=state)
+    folder = os.path.join(root, "pituitary")
+    by_backend = {}
+    for backend in ("torch", "onnx"):
+        r = classify.main(tiny_args(root, out, "--predict", folder, "--backend", backend))
+        rows = [row.split(",") for row in open(r["table"]).read().splitlines()]
+        assert rows[0][2:5] == ["p_tumor", "class", "p_class"] and len(rows) == 6
+        assert {row[3] for row in rows[1:]} <= set(classes)
+        assert r["class"] in classes and os.path.isfile(r["heatmap"])
+        by_backend[backend] = np.array([[float(row[2]), float(row[4])] for row in rows[1:]])
+    assert np.abs(by_backend["torch"] - by_backend["onnx"]).max() < 1e-4
