@@ -188,6 +188,9 @@ class Config:
                                 ("train",))
     INPAINT_COPIES: int = setting(10, "synthetic damaged regions drawn per training slice", ("train",))
     INPAINT_WARMUP_EPOCHS: int = setting(1, "its warm-up epochs", ("train",))
+    INPAINT_HOLES: str = setting("synthetic", "the regions it learns to fill: synthetic (blocks, stripes, blobs) or "
+                                 "lesions (the training masks' lesion shapes, placed in tissue clear of lesions)",
+                                 ("train",))
     # not a setting: the preset these values came from, for the record
     preset: str = None
 
@@ -249,6 +252,8 @@ class Config:
                 raise ConfigError(f"bad setting {name}: must be in {closed}, got {value}")
         if self.SLICE_AXIS not in (0, 1, 2):
             raise ConfigError(f"bad setting SLICE_AXIS: must be 0, 1 or 2, got {self.SLICE_AXIS}")
+        if self.INPAINT_HOLES not in ("synthetic", "lesions"):
+            raise ConfigError(f"bad setting INPAINT_HOLES: expected synthetic or lesions, got {self.INPAINT_HOLES!r}")
         if self.MATMUL not in ("auto", "default", "onednn"):
             raise ConfigError(f"bad setting MATMUL: expected auto, default or onednn, got {self.MATMUL!r}")
         if self.DEVICE not in ("auto", "cpu", "cuda") and not self.DEVICE.startswith("cuda:"):

@@ -136,6 +136,52 @@ def random_damage(brain, rng):
     return synthetic_damage(kind, int(rng.uniform(0.7 * min(sizes), 1.3 * max(sizes))), brain, rng)
 
 
+def lesion_shapes(masks, min_pixels=3):
+    """Every connected lesion of masks (N, H, W) bool of at least min_pixels, each a bool (H, W) image of it
+    where it was found: holes of real lesion shapes and sizes."""
+    shapes = []
+    for m in np.asarray(masks, bool):
+        labelled, n = ndimage.label(m)
+        shapes += [c for c in (labelled == k for k in range(1, n + 1)) if c.sum() >= min_pixels]
+    return shapes
+
+
+def place_shape(shape, brain, lesion, rng, margin=2, tries=20):
+    """shape (bool (H, W)) placed inside brain (eroded by margin px) and clear of lesion (dilated by margin):
+    where it was found when it fits there (in a common space such as MNI that is where such lesions occur),
+    else at the first of `tries` random shifts of up to a quarter of the slice that fits. None: nowhere."""
+    allowed = ndimage.binary_erosion(brain, iterations=margin)
+    if lesion is not None and lesion.any():
+        allowed &= ~ndimage.binary_dilation(lesion, iterations=margin)
+    ys, xs = np.nonzero(shape)
+    H, W = brain.shape
+    for attempt in range(tries):
+        dy, dx = (0, 0) if attempt == 0 else (rng.integers(-(H // 4), H // 4 + 1), rng.integers(-(W // 4), W // 4 + 1))
+        y, x = ys + dy, xs + dx
+        if y.min() >= 0 and x.min() >= 0 and y.max() < H and x.max() < W and allowed[y, x].all():
+            hole = np.zeros((H, W), bool)
+            hole[y, x] = True
+            return hole
+    return None
+
+
+def white_matter_mean_fill(img, hole, lesion=None, ring=4):
+    """The classical lesion-filling rule without a tissue segmentation: every hole pixel set to the mean of
+    the normal-appearing tissue around it, the pixels of a ring `ring` px wide around the hole that are head
+    (above 0.1 of the slice's range), outside any lesion, and within the ring's interquartile range (darker
+    CSF and brighter grey matter or lesion left out: a lesion sits in white matter, so most of its ring is).
+    Pixels outside the hole are returned unchanged."""
+    img = np.asarray(img, np.float64)
+    band = ndimage.binary_dilation(hole, iterations=ring) & ~hole
+    band &= img > img.min() + 0.1 * (img.max() - img.min())
+    if lesion is not None:
+        band &= ~lesion
+    values = img[band] if band.any() else img[~hole]
+    low, high = np.percentile(values, [25, 75])
+    middle = values[(values >= low) & (values <= high)]
+    return np.where(hole, middle.mean() if len(middle) else values.mean(), img)
+
+
 def biharmonic_fill(img, hole, margin=8):
     """img with hole (bool) filled by scikit-image's biharmonic inpainting, solved on the hole's bounding
     box plus a margin only (the same fill as on the whole image, far cheaper for a small hole); pixels
@@ -163,14 +209,22 @@ def _fill_pair(pair):
     return biharmonic_fill(*pair)
 
 
-def damaged_set(images, copies, seed, workers=None):
-    """copies synthetic damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed:
-    float32 arrays (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original.
+def damaged_set(images, copies, seed, workers=None, shapes=None, lesions=None):
+    """copies damaged regions on each slice of images (N, 1, S, S) in [0, 1], drawn from seed: float32
+    arrays (N * copies, 1, S, S) of the biharmonic pre-fill, the fill weight and the original. The regions
+    are synthetic (random_damage), or with shapes (lesion_shapes) real lesion shapes placed in tissue clear
+    of the slice's own lesions (lesions (N, S, S) bool, or None), a synthetic one where none fits.
     The holes are drawn in order (the same set on any machine); the fills, independent sparse solves, run
     in `workers` processes (default: one per CPU core)."""
     rng = np.random.default_rng(seed)
     originals = [img for img in np.asarray(images, np.float64)[:, 0] for _ in range(copies)]
-    holes = [random_damage(img > 0.1, rng) for img in originals]
+    if shapes:
+        owned = [None if lesions is None else np.asarray(lesions[i], bool) for i in range(len(images)) for _ in range(copies)]
+        holes = [place_shape(shapes[rng.integers(len(shapes))], img > 0.1, lesion, rng) for img, lesion in
+                 zip(originals, owned)]
+        holes = [random_damage(img > 0.1, rng) if h is None else h for img, h in zip(originals, holes)]
+    else:
+        holes = [random_damage(img > 0.1, rng) for img in originals]
     workers = min(workers or os.cpu_count() or 1, max(1, len(holes) // 64))
     if workers > 1:
         with concurrent.futures.ProcessPoolExecutor(workers) as pool:

@@ -29,7 +29,7 @@ from hardware import apply_kernels, autocast, choose_kernels, matmul_gflops, tra
 from losses import ssim
 from models import MIRAM, InpaintingMIRAM, mask_noise
 from records import pyplot, run_cli, run_info, save_json
-from restoration import damaged_set
+from restoration import damaged_set, lesion_shapes
 
 
 
@@ -231,6 +231,17 @@ def damage_sources(train_set, cfg):
     return bank[order].numpy(), 1
 
 
+def hole_shapes(train_set, cfg):
+    """-> (lesion shapes for damaged_set or None, what the holes are, in words). INPAINT_HOLES=lesions: the
+    lesions of the training masks; a set without any falls back to synthetic regions, as said."""
+    if cfg.INPAINT_HOLES == "synthetic":
+        return None, "synthetic blocks, stripes and blobs"
+    shapes = lesion_shapes(train_set.masks[:, 0].numpy())
+    if not shapes:
+        return None, "synthetic: INPAINT_HOLES=lesions but the training masks hold no lesion"
+    return shapes, f"{len(shapes)} lesion shapes of the training masks, placed clear of lesions"
+
+
 def finetune_inpainting(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
     mae_path = cfg.artifact("mae")
@@ -243,10 +254,14 @@ def finetune_inpainting(args, cfg, dist):
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=[(mae_path, mae_state)])
     t0 = time.time()
-    train_data = tuple(map(torch.from_numpy, damaged_set(*damage_sources(train_set, cfg), cfg.SEED)))
-    val_data = tuple(map(torch.from_numpy, damaged_set(val_set.images.numpy(), 2, cfg.EVAL_SEED)))
-    dist.say(f"damaged regions: {len(train_data[0])} training ({cfg.INPAINT_COPIES} per slice), {len(val_data[0])} "
-             f"validation, biharmonic pre-fill in {time.time() - t0:.0f}s")
+    shapes, holes = hole_shapes(train_set, cfg)
+    lesions = train_set.masks[:, 0].numpy() if cfg.ANATOMY_VARIANTS == 0 else None  # a variant's lesions are not known
+    train_data = tuple(map(torch.from_numpy, damaged_set(*damage_sources(train_set, cfg), cfg.SEED, shapes=shapes,
+                                                         lesions=lesions)))
+    val_data = tuple(map(torch.from_numpy, damaged_set(val_set.images.numpy(), 2, cfg.EVAL_SEED, shapes=shapes,
+                                                       lesions=val_set.masks[:, 0].numpy())))
+    dist.say(f"damaged regions ({holes}): {len(train_data[0])} training ({cfg.INPAINT_COPIES} per slice), "
+             f"{len(val_data[0])} validation, biharmonic pre-fill in {time.time() - t0:.0f}s")
     model = InpaintingMIRAM(model_cfg)
     model.mae.load_state_dict(mae_state["model"])
     model = apply_kernels(model.to(device), kernels)

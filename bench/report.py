@@ -401,6 +401,9 @@ def real_section(summary):
              "are in `outputs/real/<set>/` only. Held-out split with near-identical images grouped; one "
              "pre-training a set, the seeds vary the classifiers.", ""]
     for name, r in summary.items():
+        if "detection_auroc_ge20" in r:
+            lines += fold_set_lines(name, r, cell)
+            continue
         lines += [f"### {name}", "", f"- {provenance(r.get('run'))}, seeds {r.get('seeds')}", ""]
         data, split = r.get("data"), r.get("split")
         if data:
@@ -425,12 +428,41 @@ def real_section(summary):
                        [[REAL_MODELS.get(m, m), f"{s}%"] + [cell(r[k][m].get(s)) for k in metrics]
                         for m in r["auroc"] for s in shares])
         lines.append("")
+        leak = r.get("ungrouped_split")
+        if leak and leak.get("grouped"):
+            lines += [f"The same run ({REAL_MODELS.get(leak['model'], leak['model'])}, {leak['labels']}% labels, seed "
+                      f"{leak['seed']}) on a split that ignores near-identical images ({leak['val_slices']} held-out "
+                      "images, copies of them among the training images): " + ", ".join(
+                          f"{k} {leak[k]:.3f} (grouped {leak['grouped'][k]:.3f})" for k in metrics)
+                      + ". The difference is what the copies leak.", ""]
         if r.get("least_alike"):
             lines += ["Images the pre-trained MAE reconstructs worst (`dataset.py --inspect DIR --checkpoint MAE`), "
                       "error over the median image's: " + ", ".join(f"{o['name']} {o['error_over_median']:.1f}x"
                                                                     for o in r["least_alike"]), ""]
         if r.get("minutes"):
             lines += ["Minutes a run: " + ", ".join(f"{k} {v}" for k, v in r["minutes"].items()), ""]
+    return lines
+
+
+def fold_set_lines(name, r, cell):
+    """A set measured in folds of held-out subjects (real.py FOLDS): detection, pointing, lesion filling."""
+    lines = [f"### {name}", "", f"- {provenance(r.get('run'))}; {len(r['folds'])} folds, each holding out "
+             "subjects that no model of it learned from (pre-training included); mean ± sample std over folds", ""]
+    lines += table(["figure", "value"], [
+        ["detection AUROC, slices with >= 20 lesion voxels vs none", cell(r["detection_auroc_ge20"])],
+        ["detection AUROC, slices with 1-19 lesion voxels vs none", cell(r["detection_auroc_small"])],
+        ["pointing game (the default map's peak in a lesion), >= 20 voxels", cell(r["pointing_ge20"])],
+        ["map mass inside lesions over their area share (median), >= 20 voxels", cell(r["mass_ratio_median_ge20"])],
+        *[[f"lesion filling PSNR inside lesion-shaped holes, {m}", cell(v)] for m, v in r["filling_psnr_db"].items()],
+        *[[f"lesion filling margin over {m} (dB)", cell(v)] for m, v in r["filling_margin_db"].items()],
+        *[[f"lesion filling SSIM margin over {m}", cell(v)] for m, v in r["filling_ssim_margin"].items()]])
+    lines += ["", "Per fold: " + "; ".join(
+        f"{', '.join(f['subjects'])}: AUROC {f['detection']['auroc_ge20']:.3f} ({f['detection']['n_ge20']} lesion "
+        f"slices, {f['detection']['n_negative']} without), pointing {f['pointing_ge20']['pointing']:.2f}, "
+        f"{f['filling']['n_holes']} holes" for f in r["folds"]),
+        f"Pixels changed outside the holes by any fill: {r['changed_outside_holes']}.", ""]
+    if r.get("minutes"):
+        lines += ["Minutes a run: " + ", ".join(f"{k} {v}" for k, v in r["minutes"].items()), ""]
     return lines
 
 

@@ -130,8 +130,9 @@ def test_real_runs_resume_by_what_each_left_and_summarize_over_seeds(tmp_path, m
     listed = list(real.runs("br35h", [0, 1]))
     assert [label for label, *_ in listed[:5]] == ["fetch", "inspection", "pre-training", "images least alike",
                                                    "evaluation"]
-    classifiers = listed[5:]
+    classifiers, ungrouped = listed[5:-1], listed[-1]
     assert len(classifiers) == 2 * len(real.LABEL_SHARES) * len(real.VARIANTS)
+    assert ungrouped[2]["MIRAM_DUPLICATE_CORRELATION"] == "0" and "--from-scratch" in ungrouped[1]
     assert len({done for *_, done in classifiers}) == len(classifiers)  # no two runs share a result file
     for seed, auroc in ((0, 0.9), (1, 0.8)):
         path = real.metrics_path(real.run_folder("br35h", "finetune", "100", seed), "finetune")
