@@ -19,9 +19,10 @@ MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClas
 LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
-UNUSED_SETTINGS = {"mae": {"foreground_threshold", "conv_evidence"}, "inpaint": {"foreground_threshold", "conv_evidence"}}
+UNUSED_SETTINGS = {"mae": {"foreground_threshold", "conv_evidence", "num_classes"},
+                   "inpaint": {"foreground_threshold", "conv_evidence", "num_classes"}}
 # Model settings added after checkpoints had been written: a checkpoint without one had the default.
-ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False}
+ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False, "num_classes": 2}
 
 
 def atomic_torch_save(obj, path):

@@ -431,10 +431,12 @@ def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_wher
     plain = models.TumorClassifier(dataclasses.replace(cfg, conv_evidence=False))
     checkpoint.save_checkpoint(old, plain, "classifier")
     state = torch.load(old, weights_only=True)
-    for key in ("pos_grid", "conv_evidence"):
+    for key in ("pos_grid", "conv_evidence", "num_classes"):
         del state["model_config"][key]
     torch.save(state, old)
     assert checkpoint.load_checkpoint(old, "classifier", expected=plain.cfg)["kind"] == "classifier"
+    with pytest.raises(MiramError, match="NUM_CLASSES: checkpoint 2 vs requested 4"):
+        checkpoint.load_checkpoint(old, "classifier", expected=dataclasses.replace(plain.cfg, num_classes=4))
     with pytest.raises(MiramError, match="CLS_CONV_EVIDENCE: needs PATCH_SIZE a multiple of 8"):
         ModelConfig(img_size=36, patch_size=12, embed_dim=16, depth=2, num_heads=2, conv_evidence=True)
 
