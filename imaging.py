@@ -329,76 +329,87 @@ def to_stored_layout(scan: Scan, slices):
 
 
 def alpha_at(alpha, shape):
-    """A file's alpha channel at a result's size: as stored, or every other pixel for a half-resolution one."""
-    if alpha.shape != tuple(shape):
-        alpha = alpha[::2, ::2][:shape[0], :shape[1]]
-    return alpha
+    """A file's alpha channel at a result's size: as stored, every other pixel for a half-resolution one,
+    each pixel repeated for a finer one."""
+    if alpha.shape == tuple(shape):
+        return alpha
+    if shape[0] > alpha.shape[0]:
+        k = -(-shape[0] // alpha.shape[0])
+        return np.repeat(np.repeat(alpha, k, axis=0), k, axis=1)[:shape[0], :shape[1]]
+    return alpha[::2, ::2][:shape[0], :shape[1]]
 
 
-def _write_tiff(scan, arr, path, coarse):
+def _write_tiff(scan, arr, path, zoom):
     import tifffile
     tifffile.imwrite(path, arr, photometric="rgb" if scan.channels else "minisblack")
 
 
-def _write_png(scan, arr, path, coarse):
+def _write_png(scan, arr, path, zoom):
     from PIL import Image
     Image.fromarray(arr).save(path, format="PNG")
 
 
-def _write_jpeg(scan, arr, path, coarse):
+def _write_jpeg(scan, arr, path, zoom):
     from PIL import Image
     Image.fromarray(arr).save(path, format="JPEG", quality=95)
 
 
-def coarse_axes(scan, axes, origin):
-    """A half-resolution result's grid: the in-plane stored axes' step vectors (axes: one row a stored axis)
-    doubled, the origin moved to the centre of the first 2 x 2 block. -> (axes, origin)."""
+def zoomed_axes(scan, axes, origin, zoom):
+    """The grid of a result with `zoom` times the pixels in-plane (0.5: half resolution, 2: twice): the
+    in-plane stored axes' step vectors (axes: one row a stored axis) divided by zoom, the origin moved to the
+    centre of the first new voxel, so every new voxel lies inside the stored voxel it came from and each
+    stored voxel's centre is the mean of its new voxels' (or the reverse). -> (axes, origin)."""
     cut = scan.meta["view"].cut_axis if "view" in scan.meta else 2  # a 2-D volume: its third axis
     in_plane = [i for i in range(3) if i != cut]
     axes, origin = np.array(axes, float), np.array(origin, float)
-    origin = origin + axes[in_plane].sum(axis=0) * 0.5
-    axes[in_plane] *= 2
+    origin = origin + axes[in_plane].sum(axis=0) * (1 / zoom - 1) / 2
+    axes[in_plane] /= zoom
     return axes, origin
 
 
-def _write_nifti(scan, arr, path, coarse):
+def _write_nifti(scan, arr, path, zoom):
     import nibabel as nib
     src = scan.meta["image"]
     affine = src.affine.copy()
-    if coarse:
-        axes, origin = coarse_axes(scan, affine[:3, :3].T, affine[:3, 3])
+    if zoom != 1:
+        axes, origin = zoomed_axes(scan, affine[:3, :3].T, affine[:3, 3], zoom)
         affine[:3, :3], affine[:3, 3] = axes.T, origin
     out = type(src)(arr, affine, src.header.copy())
     out.set_data_dtype(scan.dtype)
     nib.save(out, path)
 
 
-def _write_nrrd(scan, arr, path, coarse):
+def _write_nrrd(scan, arr, path, zoom):
     import nrrd
     header = {k: v for k, v in scan.meta["header"].items() if k not in ("sizes", "type", "dimension", "encoding")}
-    if coarse and header.get("space directions") is not None and header.get("space origin") is not None:
-        header["space directions"], header["space origin"] = coarse_axes(scan, header["space directions"],
-                                                                         header["space origin"])
+    if zoom != 1 and header.get("space directions") is not None and header.get("space origin") is not None:
+        header["space directions"], header["space origin"] = zoomed_axes(scan, header["space directions"],
+                                                                         header["space origin"], zoom)
     nrrd.write(path, np.ascontiguousarray(arr) if arr.flags.c_contiguous else arr, header, compression_level=1)
 
 
-def _write_dicom(scan, arr, path, coarse):
+def _write_dicom(scan, arr, path, zoom):
     from pydicom.uid import generate_uid
     ds = scan.meta["dataset"].copy()
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         ds.decompress()
     ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    if coarse:
+    if zoom != 1:
         ds.Rows, ds.Columns = arr.shape[-2], arr.shape[-1]
         if "PixelSpacing" in ds:
-            ds.PixelSpacing = [float(v) * 2 for v in ds.PixelSpacing]
+            ds.PixelSpacing = [float(v) / zoom for v in ds.PixelSpacing]
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:  # the first pixel's centre moves too
+            row, col = (np.array(ds.ImageOrientationPatient[k:k + 3], float) for k in (0, 3))
+            spacing = [float(v) * zoom for v in ds.PixelSpacing]  # the stored pixel's (row, column) spacing
+            shift = (row * spacing[1] + col * spacing[0]) * (1 / zoom - 1) / 2
+            ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient, float) + shift]
     # A derived image is a new instance: archived beside the original it must not collide with it.
     ds.SOPInstanceUID = generate_uid()
     if getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = "MIRAM restoration" + (" (half resolution)" if coarse else "")
+    ds.DerivationDescription = "MIRAM restoration" + {1: "", 0.5: " (half resolution)"}.get(zoom, f" ({zoom:g}x resolution)")
     ds.save_as(path)
 
 
@@ -406,14 +417,16 @@ WRITERS = {"tiff": _write_tiff, "png": _write_png, "jpeg": _write_jpeg, "nifti":
            "dicom": _write_dicom}
 
 
-def write_scan(scan: Scan, slices, path, coarse=False):
-    """Writes results in the scan's format, atomically. coarse: half resolution (voxel size doubled)."""
+def write_scan(scan: Scan, slices, path, coarse=False, zoom=1):
+    """Writes results in the scan's format, atomically. zoom: the results' in-plane pixels per stored pixel
+    (the geometry follows: voxel size divided by it); coarse: half resolution, zoom 0.5."""
+    zoom = 0.5 if coarse else zoom
     arr = to_stored_layout(scan, slices)
     tmp = None
     try:
         fd, tmp = temp_beside(path, split_ext(path)[1])
         os.close(fd)
-        WRITERS[scan.kind](scan, arr, tmp, coarse)
+        WRITERS[scan.kind](scan, arr, tmp, zoom)
         os.replace(tmp, path)  # a failure never leaves a partly written output under the real name
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):

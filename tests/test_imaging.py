@@ -160,3 +160,38 @@ def test_a_mask_is_cut_as_its_image_whatever_affine_it_was_saved_with(tmp_path):
     with pytest.warns(UserWarning, match="mask volume is 24x16x19 but its image is 24x16x20"), \
             pytest.raises(DataError, match="none of the 16 slices"):
         dataset.load_slices(str(tmp_path), 32, r"^(.+?)(?:_\d+)?$", quiet=True)
+
+
+def test_a_twice_finer_result_places_every_voxel_where_the_stored_one_was(tmp_path):
+    """zoom 2: each stored voxel's centre is the mean of its four new voxels' centres, in NIfTI (any stored
+    voxel order) and DICOM (ImagePositionPatient moves with PixelSpacing); the slice axis is untouched."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    vol = np.random.default_rng(1).integers(10, 1000, (10, 12, 9)).astype(np.int16)
+    affine = np.array([[0, 0, -1.5, 30], [0.9, 0.1, 0, -20], [0, 1.2, 0.2, 5], [0, 0, 0, 1]], float)
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "v.nii.gz")
+    scan = imaging.read_scan(str(tmp_path / "v.nii.gz"))
+    finer = np.repeat(np.repeat(scan.slices, 2, axis=1), 2, axis=2)
+    imaging.write_scan(scan, finer, str(tmp_path / "x2.nii.gz"), zoom=2)
+    out = nib.load(tmp_path / "x2.nii.gz")
+    cut = scan.meta["view"].cut_axis
+    assert out.shape == tuple(n if a == cut else 2 * n for a, n in enumerate(vol.shape))
+    for v in ([0, 0, 0], [3, 5, 2], [9, 11, 8]):
+        u = [x if a == cut else 2 * x + 0.5 for a, x in enumerate(v)]  # the mean of the two new indices
+        assert np.allclose(out.affine @ [*u, 1], affine @ [*v, 1])
+    # DICOM: the first pixel's centre and the spacing
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    path = tmp_path / "s.dcm"
+    ds.save_as(path)
+    scan = imaging.read_scan(str(path))
+    imaging.write_scan(scan, np.repeat(np.repeat(scan.slices, 2, axis=1), 2, axis=2), str(tmp_path / "x2.dcm"), zoom=2)
+    back = pydicom.dcmread(tmp_path / "x2.dcm")
+    assert (back.Rows, back.Columns) == (2 * ds.Rows, 2 * ds.Columns)
+    assert np.allclose([float(v) for v in back.PixelSpacing], [float(v) / 2 for v in ds.PixelSpacing])
+
+    def centre(d, r, c):
+        row, col = np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float)
+        sp = [float(v) for v in d.PixelSpacing]
+        return np.array(d.ImagePositionPatient, float) + row * c * sp[1] + col * r * sp[0]
+    for r, c in ((0, 0), (7, 3), (63, 63)):
+        assert np.allclose(centre(ds, r, c), centre(back, 2 * r + 0.5, 2 * c + 0.5))

@@ -1,0 +1,44 @@
+"""How scanners lose resolution, reproduced (numpy only): the low-resolution inputs of super-resolution.
+
+A slice (H, W) becomes (H/f, W/f) as a coarser acquisition would give it:
+- kspace: only the central H/f x W/f spatial frequencies are acquired (an MR image's resolution is the
+  extent of its k-space), so detail is cut off with the ringing such truncation brings;
+- area: each pixel the mean of the f x f pixels it covers (a larger voxel's partial volume);
+then, with noise > 0, Rician noise as a magnitude image carries it (Gaussian noise on the real and imaginary
+channels), its sigma a share of the slice's intensity range. The result stays in the slice's range, and the
+same seed gives the same result on any machine.
+"""
+import numpy as np
+
+
+def kspace_truncate(img, factor):
+    """The central 1/factor of k-space each way, back to an image of (H // factor, W // factor)."""
+    h, w = img.shape[0] // factor, img.shape[1] // factor
+    full = np.fft.fftshift(np.fft.fft2(img[:h * factor, :w * factor]))
+    top, left = (h * factor) // 2 - h // 2, (w * factor) // 2 - w // 2
+    low = full[top:top + h, left:left + w]
+    return np.fft.ifft2(np.fft.ifftshift(low)).real / factor ** 2  # the same mean intensity
+
+
+def area_average(img, factor):
+    """Each (factor x factor) block's mean -> (H // factor, W // factor)."""
+    h, w = img.shape[0] // factor, img.shape[1] // factor
+    return img[:h * factor, :w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3))
+
+
+DEGRADATIONS = {"kspace": kspace_truncate, "area": area_average}
+
+
+def degrade(img, kind, factor=2, noise=0.0, seed=0):
+    """A slice (H, W) -> its low-resolution version (H // factor, W // factor), float64, within the slice's
+    own range. kind: one of DEGRADATIONS; noise: Rician sigma over the slice's intensity range."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r} (known: {', '.join(DEGRADATIONS)})")
+    img = np.asarray(img, np.float64)
+    low = DEGRADATIONS[kind](img, factor)
+    lo, hi = float(img.min()), float(img.max())
+    if noise > 0:
+        rng = np.random.default_rng(seed)
+        sigma = noise * (hi - lo)
+        low = np.hypot(low - lo + rng.normal(0, sigma, low.shape), rng.normal(0, sigma, low.shape)) + lo
+    return np.clip(low, lo, hi)

@@ -1,0 +1,32 @@
+"""The degradations super-resolution learns to undo: reproducible, in range, and each the acquisition it says."""
+import numpy as np
+import pytest
+
+from degradations import DEGRADATIONS, area_average, degrade, kspace_truncate
+
+
+@pytest.mark.parametrize("kind", sorted(DEGRADATIONS))
+def test_a_degradation_halves_the_slice_keeps_its_range_and_repeats_with_its_seed(kind):
+    img = np.random.default_rng(0).random((37, 50)) * 300 + 20
+    low = degrade(img, kind, 2, noise=0.03, seed=5)
+    assert low.shape == (18, 25) and low.min() >= img.min() and low.max() <= img.max()
+    assert np.array_equal(low, degrade(img, kind, 2, noise=0.03, seed=5))
+    assert not np.array_equal(low, degrade(img, kind, 2, noise=0.03, seed=6))
+    flat = np.full((32, 32), 7.0)
+    assert np.allclose(degrade(flat, kind, 2), 7.0)  # a constant stays itself without noise
+
+
+def test_area_averaging_is_the_block_mean_and_kspace_keeps_what_the_coarse_grid_can_hold():
+    img = np.arange(16, dtype=float).reshape(4, 4)
+    assert np.array_equal(area_average(img, 2), [[2.5, 4.5], [10.5, 12.5]])
+    # a wave the coarse grid can carry survives truncation exactly (sampled at the coarse pixels' centres)...
+    y, x = np.mgrid[:64, :64]
+    slow = np.cos(2 * np.pi * 3 * x / 64) + np.sin(2 * np.pi * 5 * y / 64)
+    low = kspace_truncate(slow, 2)
+    yy, xx = np.mgrid[:32, :32] * 2
+    assert np.allclose(low, np.cos(2 * np.pi * 3 * xx / 64) + np.sin(2 * np.pi * 5 * yy / 64), atol=1e-9)
+    # ...and one finer than it is gone
+    fast = np.cos(2 * np.pi * 20 * x / 64)
+    assert np.abs(kspace_truncate(fast, 2)).max() < 1e-9
+    with pytest.raises(ValueError, match="unknown degradation 'blur'"):
+        degrade(img, "blur")
