@@ -147,6 +147,8 @@ class Config:
                               "validation stays held out", DATA)
     VAL_SUBJECTS: str = setting("", "subjects held out for validation, comma-separated, in place of a draw",
                                 DATA)
+    TRAIN_EXCLUDE: str = setting("", "a text file of image names (one a line, as dataset.py --inspect names them) "
+                                 "left out of training; validation keeps them", DATA)
     SUBJECT_PATTERN: str = setting(r"^(.+?)(?:_\d+)?$", "regex on a file's stem; group 1 is the subject id "
                                    "(default: the name without a trailing _<number>)", DATA)
     DUPLICATE_CORRELATION: float = setting(0.98, "near-identical images (32 x 32 thumbnails correlating at or above "

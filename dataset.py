@@ -253,7 +253,25 @@ def load_split(cfg, quiet=False, trained_on=()):
     else:  # (with one subject, validation shares it with training by construction, and the warning says so)
         for path, state in trained_on:
             refuse_trained_subjects([data.subjects[i] for i in val_idx], state, path)
+    if cfg.TRAIN_EXCLUDE:
+        left_out = excluded_names(cfg.TRAIN_EXCLUDE, data.names)
+        train_idx = [i for i in train_idx if data.names[i] not in left_out]
+        if not quiet:
+            print(f"left out of training: {len(left_out)} images named in {cfg.TRAIN_EXCLUDE}")
     return data.subset(train_idx), data.subset(val_idx) if val_idx else data.subset(train_idx)
+
+
+def excluded_names(path, names):
+    """The image names a TRAIN_EXCLUDE file lists (blank lines and # comments ignored), each one the data holds."""
+    try:
+        with open(path) as f:
+            listed = {line.split("#")[0].strip() for line in f} - {""}
+    except OSError as e:
+        raise DataError(f"TRAIN_EXCLUDE {path}: cannot read ({e.strerror or e})") from None
+    unknown = sorted(listed - set(names))
+    if unknown:
+        raise DataError(f"TRAIN_EXCLUDE {path}: names {len(unknown)} image(s) the data does not hold, e.g. {unknown[0]!r}")
+    return listed
 
 
 def inspect(root, subject_pattern=r"^(.+?)(?:_\d+)?$", slice_axis=2, layout="auto", duplicates=0.98):

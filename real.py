@@ -49,6 +49,8 @@ LABEL_SHARES = {"100": 12, "10": 40}
 VARIANTS = ("finetune", "from_scratch", "resnet18")
 SUMMARY_NAMES = {"finetune": "finetune", "from_scratch": "scratch", "resnet18": "resnet18"}
 UNGROUPED = "from_scratch_100_seed0_ungrouped"  # the run on a split that ignores near-identical images
+WITHOUT_OUTLIERS = "finetune_100_seed0_without_least_alike"  # the run without the images least alike
+OUTLIERS = 30  # images dataset.py --inspect lists as least alike
 EVAL_IMAGES = 200  # held-out images the fills are compared on (biharmonic is the slow one)
 
 
@@ -90,7 +92,7 @@ def runs(name, seeds):
     # the loss curve is drawn when every epoch has run (the checkpoint exists from the first)
     yield "pre-training", ["train.py"], {"MIRAM_OUTPUT_PATH": out}, artifact(out, "loss_curve")
     yield "images least alike", ["dataset.py", "--inspect", SETS[name]["MIRAM_DATA_PATH"], "--checkpoint", mae,
-                                  "--outliers", "30", "--json", os.path.join(out, "least_alike.json")], {
+                                  "--outliers", str(OUTLIERS), "--json", os.path.join(out, "least_alike.json")], {
         "MIRAM_OUTPUT_PATH": out}, os.path.join(out, "least_alike.json")
     yield "evaluation", ["evaluate.py", "--max-images", str(EVAL_IMAGES)], {"MIRAM_OUTPUT_PATH": out}, artifact(out, "eval_metrics")
     for seed in seeds:
@@ -110,6 +112,20 @@ def runs(name, seeds):
     yield "from_scratch 100% seed 0, copies not grouped", ["classify.py", "--from-scratch"], {
         "MIRAM_OUTPUT_PATH": folder, "MIRAM_SEED": "0", "MIRAM_CLS_EPOCHS": str(LABEL_SHARES["100"]),
         "MIRAM_CLS_LABEL_FRACTION": "1.0", "MIRAM_DUPLICATE_CORRELATION": "0"}, metrics_path(folder, "from_scratch")
+    # whether the images least like the rest change a figure: the main fine-tune without them in training
+    folder = os.path.join(out, "runs", WITHOUT_OUTLIERS)
+    yield f"finetune 100% seed 0, without the {OUTLIERS} least alike", ["classify.py", "--checkpoint", mae], {
+        "MIRAM_OUTPUT_PATH": folder, "MIRAM_SEED": "0", "MIRAM_CLS_EPOCHS": str(LABEL_SHARES["100"]),
+        "MIRAM_CLS_LABEL_FRACTION": "1.0", "MIRAM_TRAIN_EXCLUDE": outlier_list(out)}, metrics_path(folder, "finetune")
+
+
+def outlier_list(out):
+    """The least-alike images of --inspect's JSON as a TRAIN_EXCLUDE file (written once) -> its path."""
+    path = os.path.join(out, "least_alike.txt")
+    if not os.path.isfile(path):
+        with open(path, "w") as f:
+            f.write("".join(o["name"] + "\n" for o in load_json(os.path.join(out, "least_alike.json"))["least_alike"]))
+    return path
 
 
 def fold_subjects(name):
@@ -204,6 +220,10 @@ def summarize(name, seeds):
         result["ungrouped_split"] = {"model": "scratch", "labels": "100", "seed": 0, "val_slices": m["n"],
                                      **{k: m[k] for k in keys},
                                      "grouped": {k: load_json(grouped)[k] for k in keys} if os.path.isfile(grouped) else None}
+    without = metrics_path(os.path.join(out, "runs", WITHOUT_OUTLIERS), "finetune")
+    if os.path.isfile(without) and os.path.isfile(main_run := metrics_path(run_folder(name, "finetune", "100", 0), "finetune")):
+        result["without_least_alike"] = {"left_out": OUTLIERS, **{k: load_json(without)[k] for k in keys},
+                                         "with": {k: load_json(main_run)[k] for k in keys}}
     alike = os.path.join(out, "least_alike.json")
     if os.path.isfile(alike):
         result["least_alike"] = load_json(alike).get("least_alike", [])[:10]

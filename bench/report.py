@@ -435,6 +435,11 @@ def real_section(summary):
                       "images, copies of them among the training images): " + ", ".join(
                           f"{k} {leak[k]:.3f} (grouped {leak['grouped'][k]:.3f})" for k in metrics)
                       + ". The difference is what the copies leak.", ""]
+        without = r.get("without_least_alike")
+        if without:
+            lines += [f"The fine-tune (100% labels, seed 0) with the {without['left_out']} images least alike left out "
+                      "of training: " + ", ".join(f"{k} {without[k]:.3f} (with them {without['with'][k]:.3f})"
+                                                  for k in metrics), ""]
         if r.get("least_alike"):
             lines += ["Images the pre-trained MAE reconstructs worst (`dataset.py --inspect DIR --checkpoint MAE`), "
                       "error over the median image's: " + ", ".join(f"{o['name']} {o['error_over_median']:.1f}x"

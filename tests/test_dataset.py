@@ -403,3 +403,17 @@ def test_anatomy_variants_cache_returns_the_same_draws_and_is_redrawn_for_other_
     with open(cache, "wb") as f:
         f.write(b"not a tensor file")
     assert torch.equal(augment.anatomy_variants(images, 2, seed=1, cache=cache)[0], drawn)  # a damaged cache: redrawn
+
+
+def test_images_named_in_train_exclude_leave_training_only(tiny_data, tmp_path):
+    from config import load_config
+    from dataset import load_split
+    env = {"MIRAM_PRESET": "tiny", "MIRAM_DATA_PATH": tiny_data}
+    train, val = load_split(load_config(environ=env), quiet=True)
+    listed = tmp_path / "outliers.txt"
+    listed.write_text(f"# the least alike\n{train.names[0]}\n\n{val.names[0]}  # kept for validation\n")
+    train2, val2 = load_split(load_config(environ={**env, "MIRAM_TRAIN_EXCLUDE": str(listed)}), quiet=True)
+    assert train2.names == train.names[1:] and val2.names == val.names
+    listed.write_text("HR/nothing.tif\n")
+    with pytest.raises(DataError, match=r"names 1 image\(s\) the data does not hold, e.g. 'HR/nothing.tif'"):
+        load_split(load_config(environ={**env, "MIRAM_TRAIN_EXCLUDE": str(listed)}), quiet=True)

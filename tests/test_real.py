@@ -1,6 +1,7 @@
 """Real public sets: the fetcher (on a stub archive, no network), the class-folder layout, near-identical
 images kept on one side of the split."""
 import hashlib
+import json
 import os
 import shutil
 import zipfile
@@ -127,12 +128,16 @@ def test_class_folders_train_classify_and_predict(tmp_path, capsys):
 def test_real_runs_resume_by_what_each_left_and_summarize_over_seeds(tmp_path, monkeypatch):
     import real
     monkeypatch.setattr(real, "OUT", str(tmp_path))
+    os.makedirs(tmp_path / "br35h")
+    with open(tmp_path / "br35h" / "least_alike.json", "w") as f:  # --inspect's list, as the phase before leaves it
+        json.dump({"least_alike": [{"name": "yes/y10.jpg"}, {"name": "no/n2.jpg"}]}, f)
     listed = list(real.runs("br35h", [0, 1]))
     assert [label for label, *_ in listed[:5]] == ["fetch", "inspection", "pre-training", "images least alike",
                                                    "evaluation"]
-    classifiers, ungrouped = listed[5:-1], listed[-1]
+    classifiers, (ungrouped, without) = listed[5:-2], listed[-2:]
     assert len(classifiers) == 2 * len(real.LABEL_SHARES) * len(real.VARIANTS)
     assert ungrouped[2]["MIRAM_DUPLICATE_CORRELATION"] == "0" and "--from-scratch" in ungrouped[1]
+    assert open(without[2]["MIRAM_TRAIN_EXCLUDE"]).read().splitlines() == ["yes/y10.jpg", "no/n2.jpg"]
     assert len({done for *_, done in classifiers}) == len(classifiers)  # no two runs share a result file
     for seed, auroc in ((0, 0.9), (1, 0.8)):
         path = real.metrics_path(real.run_folder("br35h", "finetune", "100", seed), "finetune")
