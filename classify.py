@@ -21,9 +21,9 @@ import warnings
 import numpy as np
 
 from config import MiramError, add_config_args, at_least, describe, load_config
-from layouts import NEGATIVE_CLASS
 from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, source_pixel,
                      split_ext, stored_voxel)
+from layouts import NEGATIVE_CLASS
 from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
 from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_names, predicted_class, trained_range, tumor_probability,
                      upsample_heatmaps)
@@ -168,7 +168,7 @@ def class_roles(classes):
     """How the class folders were read: "'no' tumor-free (0), 'yes' tumor (1)"."""
     if len(classes) == 2:
         return f"{classes[0]!r} tumor-free (0), {classes[1]!r} tumor (1)"
-    first = "tumor-free" if NEGATIVE_CLASS.match(classes[0]) else "the reference (no folder named as tumor-free)"
+    first = "tumor-free" if reference_name(classes) == "tumor-free" else "the reference (no folder named as tumor-free)"
     return f"{classes[0]!r} {first} (0), " + ", ".join(f"{c!r} ({k})" for k, c in enumerate(classes[1:], 1))
 
 
@@ -188,16 +188,16 @@ def write_figures(cfg, data, probs, heats, tumor, suffix, n_viz):
     """Heatmap figures of the first n_viz true positives, false positives and misses (of any tumor against
     class 0, with K classes; the title names the predicted class). -> their paths."""
     pos = data.labels.numpy() > 0
-    p_tumor = tumor_probability(probs)
-    pred = p_tumor >= cfg.CLS_THRESHOLD
+    p_tumor, called = tumor_probability(probs), predicted_class(probs, cfg.CLS_THRESHOLD)
+    pred = called > 0
     written = []
     for group, sel in {"tp": pred & pos, "fp": pred & ~pos, "fn": ~pred & pos}.items():
         for k, i in enumerate(np.nonzero(sel)[0][:n_viz].tolist()):
             path = os.path.join(cfg.OUTPUT_PATH, f"tumor_viz_{group}_{k}{suffix}.png")
-            called = "" if probs.ndim == 1 else (f" (true {data.classes[int(data.labels[i])]}, predicted "
-                                                 f"{data.classes[int(probs[i].argmax())]} {probs[i].max():.2f})")
+            what = "" if probs.ndim == 1 else (f" (true {data.classes[int(data.labels[i])]}, called "
+                                               f"{data.classes[called[i]]} {probs[i, called[i]]:.2f})")
             save_heatmap_figure(path, data.images[i, 0].numpy(), {n: h[i] for n, h in heats.items()},
-                                float(p_tumor[i]), tumor[i], f"{group.upper()} {data.names[i]}{called}")
+                                float(p_tumor[i]), tumor[i], f"{group.upper()} {data.names[i]}{what}")
             written.append(path)
     return written
 

@@ -56,8 +56,11 @@ def detection(p_tumor, voxels):
     """AUROC of slices with >= MIN_VOXELS lesion voxels, and apart of those with fewer, against lesion-free ones."""
     from runtime import auroc
     negative, large, small = voxels == 0, voxels >= MIN_VOXELS, (voxels > 0) & (voxels < MIN_VOXELS)
-    return {"auroc_ge20": auroc(p_tumor[large | negative], large[large | negative]),
-            "auroc_small": auroc(p_tumor[small | negative], small[small | negative]),
+
+    def area(positive):  # None (null in the JSON) where a fold has no such slices
+        a = auroc(p_tumor[positive | negative], positive[positive | negative])
+        return None if a != a else a
+    return {"auroc_ge20": area(large), "auroc_small": area(small),
             "n_ge20": int(large.sum()), "n_small": int(small.sum()), "n_negative": int(negative.sum())}
 
 
@@ -200,8 +203,8 @@ def main(argv=None):
     report.update(figures=[maps_figure, filling_figure], run=run_info())
     save_json(args.json, report)
     d, pt, f = report["detection"], report["pointing_ge20"], report["filling"]
-    print(f"held out {', '.join(report['subjects'])}: detection AUROC {d['auroc_ge20']:.3f} (>= {MIN_VOXELS} voxels, "
-          f"{d['n_ge20']} slices), {d['auroc_small']:.3f} (smaller, {d['n_small']}), {d['n_negative']} without; "
+    print(f"held out {', '.join(report['subjects'])}: detection AUROC {d['auroc_ge20']} (>= {MIN_VOXELS} voxels, "
+          f"{d['n_ge20']} slices), {d['auroc_small']} (smaller, {d['n_small']}), {d['n_negative']} without; "
           f"pointing {pt['pointing']:.2f}, mass {pt['mass_ratio_median']:.1f}x the lesions' share (median)\n"
           f"filling {f['n_holes']} lesion-shaped holes: " + ", ".join(
               f"{m} {s['psnr']:.2f} dB / SSIM {s['ssim']:.3f}" for m, s in f["methods"].items())

@@ -462,7 +462,7 @@ def fold_set_lines(name, r, cell):
         *[[f"lesion filling margin over {m} (dB)", cell(v)] for m, v in r["filling_margin_db"].items()],
         *[[f"lesion filling SSIM margin over {m}", cell(v)] for m, v in r["filling_ssim_margin"].items()]])
     lines += ["", "Per fold: " + "; ".join(
-        f"{', '.join(f['subjects'])}: AUROC {f['detection']['auroc_ge20']:.3f} ({f['detection']['n_ge20']} lesion "
+        f"{', '.join(f['subjects'])}: AUROC {f['detection']['auroc_ge20'] or float('nan'):.3f} ({f['detection']['n_ge20']} lesion "
         f"slices, {f['detection']['n_negative']} without), pointing {f['pointing_ge20']['pointing']:.2f}, "
         f"{f['filling']['n_holes']} holes" for f in r["folds"]),
         f"Pixels changed outside the holes by any fill: {r['changed_outside_holes']}.", ""]
