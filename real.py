@@ -44,6 +44,7 @@ SETS = {
                    "MIRAM_INPAINT_COPIES": "4"},
 }
 FOLDS = {"ms_lesions": 3}  # sets measured with their subjects split into folds, each held out in turn
+NO_OUTLINES = "without_outlines"  # a fold's classifier trained on slice labels alone
 # label share (%) -> classifier epochs: fewer labels, more epochs over them (a third of the all-label steps)
 LABEL_SHARES = {"100": 12, "10": 40}
 VARIANTS = ("finetune", "from_scratch", "resnet18")
@@ -147,6 +148,14 @@ def fold_runs(name):
         yield f"fold {k} inpainting fine-tune", ["train.py", "--inpaint"], env, artifact(folder, "inpaint_metrics")
         report = os.path.join(folder, "lesion_fold.json")
         yield f"fold {k} lesions", ["bench/lesion_fold.py", "--json", report], env, report
+    # which map to trust where a set has no outlines (class folders): the classifier trained on slice labels
+    # alone, its four maps scored against the held-out outlines
+    for k, held_out in enumerate(fold_subjects(name)):
+        folder = os.path.join(OUT, name, f"fold{k}")
+        env = {"MIRAM_OUTPUT_PATH": os.path.join(folder, NO_OUTLINES), "MIRAM_VAL_SUBJECTS": ",".join(held_out),
+               "MIRAM_CLS_PATCH_WEIGHT": "0"}
+        yield f"fold {k} classifier without outlines", ["classify.py", "--checkpoint", artifact(folder, "mae")], env, \
+            artifact(env["MIRAM_OUTPUT_PATH"], "classification_metrics")
 
 
 def summarize_folds(name):
@@ -162,9 +171,22 @@ def summarize_folds(name):
             "filling_ssim_margin": {m: spread([f["ssim_margin"][m] for f in fill]) for m in ("biharmonic", "white_matter_mean")},
             "filling_psnr_db": {m: spread([f["methods"][m]["psnr"] for f in fill]) for m in ("miram", "biharmonic", "white_matter_mean")},
             "changed_outside_holes": sum(f["changed_outside_holes"] for f in fill),
+            "maps_without_outlines": maps_without_outlines(name),
             "minutes": run_minutes(name),
             "folds": [{"subjects": f["subjects"], "detection": f["detection"], "pointing_ge20": f["pointing_ge20"],
                        "filling": {k: f["filling"][k] for k in ("n_holes", "margin_db")}} for f in found]}
+
+
+def maps_without_outlines(name):
+    """{map: {"pointing": spread, "mass_ratio_median": spread}} over the folds' classifiers trained without
+    patch labels, scored on the held-out lesion slices: which heatmap sits on a lesion when none was outlined."""
+    found = [load_json(p)["localization"] for p in
+             (artifact(os.path.join(OUT, name, f"fold{k}", NO_OUTLINES), "classification_metrics") for k in range(FOLDS[name]))
+             if os.path.isfile(p)]
+    maps = sorted({m for loc in found for m in loc if loc[m]})
+    return {m: {"pointing": spread([loc[m]["pointing_game"] for loc in found if loc.get(m)]),
+                "mass_ratio_median": spread([loc[m]["mass_inside_over_share_median"] for loc in found if loc.get(m)])}
+            for m in maps}
 
 
 def run_minutes(name):

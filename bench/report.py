@@ -466,6 +466,12 @@ def fold_set_lines(name, r, cell):
         f"slices, {f['detection']['n_negative']} without), pointing {f['pointing_ge20']['pointing']:.2f}, "
         f"{f['filling']['n_holes']} holes" for f in r["folds"]),
         f"Pixels changed outside the holes by any fill: {r['changed_outside_holes']}.", ""]
+    if r.get("maps_without_outlines"):
+        lines += ["Which map to trust without outlines: the classifier trained on slice labels alone "
+                  "(`CLS_PATCH_WEIGHT=0`, as on class folders), each map on the held-out lesion slices:", ""]
+        lines += table(["map", "pointing game", "mass over area share (median)"],
+                       [[m, cell(v["pointing"]), cell(v["mass_ratio_median"])] for m, v in r["maps_without_outlines"].items()])
+        lines.append("")
     if r.get("minutes"):
         lines += ["Minutes a run: " + ", ".join(f"{k} {v}" for k, v in r["minutes"].items()), ""]
     return lines

@@ -93,8 +93,11 @@ def test_one_fold_of_the_loop_holds_its_subjects_out_of_every_model(tmp_path, mo
     folds = real.fold_subjects("ms_lesions")
     assert folds == [["MS_0", "MS_1"], ["MS_2", "MS_3"]]
     listed = [r for r in real.runs("ms_lesions", [0]) if r[0].startswith("fold")]
-    assert len(listed) == 2 * 4 and listed[0][2]["MIRAM_VAL_SUBJECTS"] == "MS_0,MS_1"
-    assert {r[2]["MIRAM_OUTPUT_PATH"] for r in listed} == {str(tmp_path / "real" / "ms_lesions" / f"fold{k}") for k in (0, 1)}
+    assert len(listed) == 2 * 5 and listed[0][2]["MIRAM_VAL_SUBJECTS"] == "MS_0,MS_1"
+    assert {r[2]["MIRAM_OUTPUT_PATH"] for r in listed[:8]} == {str(tmp_path / "real" / "ms_lesions" / f"fold{k}")
+                                                              for k in (0, 1)}
+    assert all(r[2]["MIRAM_CLS_PATCH_WEIGHT"] == "0" and r[2]["MIRAM_OUTPUT_PATH"].endswith(real.NO_OUTLINES)
+               for r in listed[8:])
     # fold 0 in-process, as real.py runs each command
     out = listed[0][2]["MIRAM_OUTPUT_PATH"]
     held = ["--val-subjects", "MS_0,MS_1"]
