@@ -1,7 +1,8 @@
 """Real public data, measured: what MIRAM's pre-training is worth on scans no one here painted.
 
     python real.py br35h                 # make real-br35h: one seed of every run
-    python real.py br35h --seeds 0 1 2   # make real-seeds: the three seeds the figures are judged on
+    python real.py br35h --seeds 0 1 2 --extras  # make real-seeds: the three seeds the figures are judged
+                                                 # on, the leak of ignoring copies, training without outliers
     python real.py ms_lesions            # make real-ms: 3 folds of 3 subjects, each held out in turn
 
 For a set: fetch it (makedata.py --fetch), count what it holds (dataset.py --inspect), pre-train MIRAM on its images (labels unused), measure the MAE's
@@ -59,6 +60,8 @@ def get_args_parser():
     p = argparse.ArgumentParser("MIRAM on real public data")
     p.add_argument("set", choices=sorted(SETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier training seeds")
+    p.add_argument("--extras", action="store_true", help="also the runs that explain a figure: the split that "
+                   "ignores near-identical images, the fine-tune without the images least alike")
     return p
 
 
@@ -79,7 +82,7 @@ def metrics_path(folder, variant):
     return artifact(folder, "classification_metrics", "_from_scratch" if variant == "from_scratch" else "")
 
 
-def runs(name, seeds):
+def runs(name, seeds, extras=False):
     """(label, command, extra environment, the file it leaves when done) of every run, in order."""
     out = os.path.join(OUT, name)
     mae = artifact(out, "mae")
@@ -107,6 +110,8 @@ def runs(name, seeds):
                 else:
                     cmd = ["classify.py", "--checkpoint", mae] + (["--from-scratch"] if variant == "from_scratch" else [])
                 yield f"{variant} {share}% seed {seed}", cmd, env, metrics_path(folder, variant)
+    if not extras:
+        return
     # the leak a split that ignores copies hides: the same run with every image its own subject (from scratch,
     # so that no pre-training saw the other split's held-out side)
     folder = os.path.join(out, "runs", UNGROUPED)
@@ -264,7 +269,7 @@ def main(argv=None):
     env = {**os.environ, **SETS[args.set]}
     times_path = os.path.join(OUT, args.set, "real_times.json")
     times = load_json(times_path) if os.path.isfile(times_path) else {}
-    for label, cmd, extra, done in runs(args.set, args.seeds):
+    for label, cmd, extra, done in runs(args.set, args.seeds, args.extras):
         if os.path.isfile(done):
             print(f"=== {label}: done ({done})")
             continue

@@ -131,7 +131,8 @@ def test_real_runs_resume_by_what_each_left_and_summarize_over_seeds(tmp_path, m
     os.makedirs(tmp_path / "br35h")
     with open(tmp_path / "br35h" / "least_alike.json", "w") as f:  # --inspect's list, as the phase before leaves it
         json.dump({"least_alike": [{"name": "yes/y10.jpg"}, {"name": "no/n2.jpg"}]}, f)
-    listed = list(real.runs("br35h", [0, 1]))
+    assert len(list(real.runs("br35h", [0, 1]))) == len(list(real.runs("br35h", [0, 1], extras=True))) - 2
+    listed = list(real.runs("br35h", [0, 1], extras=True))
     assert [label for label, *_ in listed[:5]] == ["fetch", "inspection", "pre-training", "images least alike",
                                                    "evaluation"]
     classifiers, (ungrouped, without) = listed[5:-2], listed[-2:]
