@@ -12,15 +12,15 @@ from contextlib import contextmanager
 import torch
 
 from config import MiramError, ModelConfig
-from models import MIRAM, InpaintingMIRAM, TumorClassifier
+from models import MIRAM, InpaintingMIRAM, SuperResMIRAM, TumorClassifier
 from records import TMP_PREFIX, temp_beside
 
-MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "classifier": TumorClassifier}
+MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "superres": SuperResMIRAM, "classifier": TumorClassifier}
 LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
-UNUSED_SETTINGS = {"mae": {"foreground_threshold", "conv_evidence", "num_classes"},
-                   "inpaint": {"foreground_threshold", "conv_evidence", "num_classes"}}
+UNUSED_SETTINGS = {kind: {"foreground_threshold", "conv_evidence", "num_classes"}
+                   for kind in ("mae", "inpaint", "superres")}
 # Model settings added after checkpoints had been written: a checkpoint without one had the default.
 ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False, "num_classes": 2}
 

@@ -28,6 +28,10 @@ ARTIFACTS = {
     "inpaint": "best_miram_inpaint.pth",
     "inpaint_log": "inpaint_log.jsonl",
     "inpaint_metrics": "inpaint_metrics.json",   # hole MSE against the biharmonic fill: validation, transfer set
+    "superres_checkpoint": "superres_checkpoint.pth",
+    "superres": "best_miram_superres.pth",       # train.py --superres: 2x in-plane resolution
+    "superres_log": "superres_log.jsonl",
+    "superres_metrics": "superres_metrics.json",  # PSNR inside the head against bicubic interpolation
     "classifier_checkpoint": "classifier_checkpoint.pth",
     "classifier": "best_tumor_classifier.pth",
     "classifier_log": "classifier_log.jsonl",
@@ -190,6 +194,11 @@ class Config:
                                 ("train",))
     INPAINT_COPIES: int = setting(10, "synthetic damaged regions drawn per training slice", ("train",))
     INPAINT_WARMUP_EPOCHS: int = setting(1, "its warm-up epochs", ("train",))
+    # ---- the super-resolution fine-tune (train.py --superres)
+    SUPERRES_EPOCHS: int = setting(20, "epochs of the super-resolution fine-tune", ("train",))
+    SUPERRES_LR: float = setting(1e-4, "its rate for a batch of 16 (the new head gets 10x)", ("train",))
+    SUPERRES_CROPS: int = setting(4, "IMG_SIZE crops per training slice, each degraded once, at the slice's own "
+                                  "pixel scale", ("train",))
     INPAINT_HOLES: str = setting("synthetic", "the regions it learns to fill: synthetic (blocks, stripes, blobs) or "
                                  "lesions (the training masks' lesion shapes, placed in tissue clear of lesions)",
                                  ("train",))
@@ -229,7 +238,7 @@ class Config:
             if not getattr(self, name).strip():
                 raise ConfigError(f"bad setting {name}: empty; name a folder (default {SETTINGS[name].default!r})")
         for name in ("N_EPOCHS", "BATCH_SIZE", "ACCUM_STEPS", "CLS_EPOCHS", "CHECKPOINT_EVERY", "INPAINT_EPOCHS",
-                     "INPAINT_COPIES", "MAX_PIXELS"):
+                     "INPAINT_COPIES", "MAX_PIXELS", "SUPERRES_EPOCHS", "SUPERRES_CROPS"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
         if self.CLS_IMG_SIZE < 0 or (self.CLS_IMG_SIZE and self.CLS_IMG_SIZE % self.PATCH_SIZE):
@@ -240,8 +249,8 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
-                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "ANATOMY_VARIANTS",
-                     "ADAPT_STEPS", "ADAPT_LR"):
+                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "SUPERRES_LR",
+                     "ANATOMY_VARIANTS", "ADAPT_STEPS", "ADAPT_LR"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
         for name, low, high, closed in (("LAYER_DECAY", 0.0, 1.0, "(0, 1]"), ("CLS_THRESHOLD", 0.0, 1.0, "(0, 1)"),
@@ -387,11 +396,11 @@ PRESETS = {
     "demo": dict(IMG_SIZE=128, EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=80, CLS_LR=2e-3, LAYER_DECAY=0.9, CHECKPOINT_EVERY=10,
-                 INPAINT_EPOCHS=3, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4, ADAPT_STEPS=10),
+                 INPAINT_EPOCHS=3, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4, ADAPT_STEPS=10, SUPERRES_EPOCHS=3),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,
-                 CLS_WARMUP_EPOCHS=0, INPAINT_EPOCHS=1, INPAINT_COPIES=2),
+                 CLS_WARMUP_EPOCHS=0, INPAINT_EPOCHS=1, INPAINT_COPIES=2, SUPERRES_EPOCHS=1, SUPERRES_CROPS=1),
 }
 
 # Environment names that are not MIRAM_<FIELD>, kept because the spec documents them.

@@ -66,6 +66,17 @@ def read_source(src: Source, cache: _VolumeCache = None):
     return img, mask
 
 
+def native_slices(root, names, cfg):
+    """The named slices of root at their own size and intensities, as its layout reads them: a list of (image
+    (H, W) float64, mask (H, W) bool, all False where there is none), in the order of names."""
+    _, sources = discover(root, cfg.SUBJECT_PATTERN, cfg.SLICE_AXIS, cfg.LAYOUT)
+    by_name, cache, out = {src.name: src for src in sources}, _VolumeCache(cfg.MAX_PIXELS), []
+    for n in names:
+        img, mask = read_source(by_name[n], cache)
+        out.append((np.asarray(img, np.float64), np.zeros(img.shape, bool) if mask is None else mask != 0))
+    return out
+
+
 # ---- the in-memory slice set -------------------------------------------------------------------------
 
 @dataclass

@@ -42,3 +42,29 @@ def degrade(img, kind, factor=2, noise=0.0, seed=0):
         sigma = noise * (hi - lo)
         low = np.hypot(low - lo + rng.normal(0, sigma, low.shape), rng.normal(0, sigma, low.shape)) + lo
     return np.clip(low, lo, hi)
+
+
+def upsample(low, factor=2):
+    """(h, w) -> (h * factor, w * factor) by bicubic interpolation: what a viewer shows, and the input that
+    super-resolution corrects."""
+    from skimage.transform import resize
+    return resize(low, (low.shape[0] * factor, low.shape[1] * factor), order=3, mode="reflect", anti_aliasing=False)
+
+
+def training_pairs(slices, crops, size, seed, factor=2, max_noise=0.02):
+    """Super-resolution's examples from slices (each (H, W) in [0, 1] at its own pixel scale): `crops` crops
+    of size x size a slice (a smaller slice padded with zeros), each degraded once by a drawn kind and noise
+    level. -> float32 (N, 1, size, size) arrays: the degraded crop enlarged again (upsample), and the crop."""
+    rng = np.random.default_rng(seed)
+    inputs, targets = [], []
+    for img in slices:
+        pad = [(0, max(0, size - n)) for n in img.shape]
+        img = np.pad(np.asarray(img, np.float64), pad)
+        for _ in range(crops):
+            y, x = (rng.integers(0, n - size + 1) for n in img.shape)
+            crop = img[y:y + size, x:x + size]
+            kind = sorted(DEGRADATIONS)[rng.integers(len(DEGRADATIONS))]
+            low = degrade(crop, kind, factor, rng.uniform(0, max_noise), int(rng.integers(2 ** 31)))
+            inputs.append(upsample(low, factor))
+            targets.append(crop)
+    return tuple(np.stack(a)[:, None].astype(np.float32) for a in (inputs, targets))

@@ -16,6 +16,10 @@ Modes:
                model, which sees every patch of the slice. Without it: the MAE's own prediction of the
                hidden patches, corrected by a smooth (biharmonic) field so it meets the known pixels at the
                region's edge (--no-blend keeps the raw prediction).
+  superres     Twice the in-plane resolution (train.py --superres makes the model): each slice enlarged
+               by bicubic interpolation, then corrected in overlapping tiles at its own pixel scale; written
+               in the scan's format with the voxel size halved in-plane (NIfTI/NRRD axes and origin, DICOM
+               PixelSpacing and position updated, so every voxel lies where the scan's was).
   --scale coarse also writes the coarse-scale reconstruction, at half the slice's resolution, as
                <output>_coarse.
 
@@ -35,6 +39,7 @@ from imaging import EXTENSIONS, kind_of, list_images, read_scan, split_ext, writ
 from records import run_cli
 from restoration import Restorer, enhance_slices
 from runtime import OnnxInpainter, OnnxMAE
+from superres import enlarge_slices
 
 # torch is imported where the PyTorch backend is built: `--backend onnx` runs on onnxruntime and numpy alone.
 
@@ -45,7 +50,7 @@ def get_args_parser():
     p.add_argument("--input", help="a scan or a folder of scans (omit for interactive mode)")
     p.add_argument("--output", help="output file (or folder for a folder input); default "
                                     "OUTPUT_PATH/<name>_restored<ext>")
-    p.add_argument("--mode", choices=("reconstruct", "inpaint"), default="reconstruct")
+    p.add_argument("--mode", choices=("reconstruct", "inpaint", "superres"), default="reconstruct")
     p.add_argument("--mask", help="inpaint: image of the same size, non-zero = region to fill")
     p.add_argument("--scale", choices=("fine", "coarse"), default="fine",
                    help="coarse: also write the half-resolution (coarse head) reconstruction")
@@ -54,6 +59,8 @@ def get_args_parser():
                    help="onnx: run OUTPUT_PATH/miram_mae.onnx with onnxruntime only (see export_deploy.py)")
     p.add_argument("--inpaint-checkpoint", help="inpaint: the fine-tuned inpainting model; default "
                    "OUTPUT_PATH/best_miram_inpaint.pth (miram_inpaint.onnx with --backend onnx), used when it exists")
+    p.add_argument("--superres-checkpoint", help="superres: the fine-tuned model; default "
+                   "OUTPUT_PATH/best_miram_superres.pth (train.py --superres)")
     p.add_argument("--mae-fill", action="store_true",
                    help="inpaint: use the pre-trained MAE's own prediction even when the inpainting model exists")
     p.add_argument("--no-blend", action="store_true",
@@ -129,8 +136,11 @@ def process_file(restorer, inp, out, mode, mask_path, scale, overwrite, max_pixe
     for o in outs:
         check_writable(inp, o, overwrite)
     holes = None if mask_scan is None else mask_scan.slices != 0
-    fine, coarse = enhance_slices(restorer, scan.slices, mode, holes)
-    write_scan(scan, fine, out)
+    if mode == "superres":
+        fine, coarse = enlarge_slices(restorer.upscale, scan.slices, restorer.size), None
+    else:
+        fine, coarse = enhance_slices(restorer, scan.slices, mode, holes)
+    write_scan(scan, fine, out, zoom=2 if mode == "superres" else 1)
     if len(outs) > 1:
         write_scan(scan, coarse, outs[1], coarse=True)
     return outs
@@ -152,6 +162,8 @@ def inpainting_model_path(args, cfg):
 def build_restorer(args, cfg):
     """The Restorer for args' mode and backend. Inpainting with the fine-tuned model loads only that model:
     it holds the pre-trained MAE's weights and configuration, so the MAE itself is not needed."""
+    if args.mode == "superres":
+        return build_upscaler(args, cfg)
     fill_path = inpainting_model_path(args, cfg)
     predict = correct = None
     if args.backend == "onnx":
@@ -177,6 +189,24 @@ def build_restorer(args, cfg):
           f"mask ratio {mc['mask_ratio']} (from the checkpoint)")
     return Restorer(predict, mc["img_size"], mc["patch_size"], mc["mask_ratio"], batch=args.batch,
                     blend=not args.no_blend, correct=correct)
+
+
+def build_upscaler(args, cfg):
+    """The Restorer of --mode superres: the fine-tuned super-resolution model (PyTorch)."""
+    if args.backend == "onnx":
+        raise MiramError("--mode superres runs on the PyTorch backend only so far (no ONNX export of it yet)")
+    from checkpoint import build_from_checkpoint
+    from hardware import pick_device
+    from models import torch_upscaler
+    path = args.superres_checkpoint or cfg.artifact("superres")
+    if not os.path.isfile(path):
+        raise MiramError(f"Model not found: {path} (train.py --superres makes it)")
+    device = pick_device(cfg.DEVICE)
+    model, _ = build_from_checkpoint(path, "superres", map_location=device)
+    mc = model.cfg
+    print(describe(cfg, script="enhance") + f"\nmodel: {path}, {mc.img_size} px tiles at the scan's own pixel scale, "
+          "enlarged twice each way")
+    return Restorer(None, mc.img_size, mc.patch_size, mc.mask_ratio, upscale=torch_upscaler(model.to(device).eval(), device))
 
 
 def run_inputs(restorer, args, cfg):

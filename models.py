@@ -338,6 +338,32 @@ class InpaintingMIRAM(nn.Module):
         return prefilled + weight * correction
 
 
+class SuperResMIRAM(nn.Module):
+    """The pre-trained MIRAM, fine-tuned to restore the detail a coarser acquisition lost.
+
+    Input: a slice enlarged twice by bicubic interpolation, at the scan's own (doubled) pixel scale. Every patch
+    is encoded; the decoder's new head predicts each patch's residual over the interpolation, unsmoothed (the
+    residual is the detail). The head starts at zero: untrained, the model returns the interpolation itself.
+    """
+
+    def __init__(self, cfg: ModelConfig = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.mae = MIRAM(cfg)
+        self.residual_head = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size ** 2 * cfg.in_chans)
+        nn.init.zeros_(self.residual_head.weight)
+        nn.init.zeros_(self.residual_head.bias)
+        for p in (self.mae.mask_token, *self.mae.head_fine.parameters(), *self.mae.head_coarse.parameters()):
+            p.requires_grad_(False)  # kept for the checkpoint, unused (as InpaintingMIRAM's)
+
+    def forward(self, upsampled):
+        """upsampled (B, C, S, S) -> the restored slice (B, C, S, S)."""
+        latent, _, _, _ = self.mae.encoder(upsampled)
+        residual = self.residual_head(self.mae.decoder_features(latent))  # (B, L, p*p*C)
+        return upsampled + unpatchify(residual, self.cfg.patch_size, self.cfg.in_chans)
+
+
 # ---- classifier --------------------------------------------------------------------------------------
 
 class TumorClassifier(nn.Module):
@@ -470,6 +496,14 @@ def torch_predictor(model, device):
         return (unpatchify(out.pred_fine.float(), p, c).cpu().numpy(),
                 unpatchify(out.pred_coarse.float(), p // 2, c).cpu().numpy())
     return predict
+
+
+def torch_upscaler(model, device):
+
+    @torch.no_grad()
+    def upscale(tiles):
+        return model(torch.from_numpy(tiles).to(device)).float().cpu().numpy()
+    return upscale
 
 
 def torch_corrector(model, device):

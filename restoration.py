@@ -277,11 +277,12 @@ class Restorer:
     slice's own pixels. Tiles of IMG_SIZE pixels at the scan's own resolution would show it magnified parts
     of heads, unlike anything it learned from (docs/METHODS.md)."""
 
-    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, blend=True, correct=None):
+    def __init__(self, predict, img_size, patch_size, mask_ratio, batch=8, blend=True, correct=None, upscale=None):
         # predict: the MAE, (imgs (B,1,S,S) float32, noise (B,L) float32, ratio) -> fine, coarse (B,1,..);
         # None in a restorer that only inpaints with the fine-tuned model
         self.predict = predict
         self.correct = correct  # the inpainting model: (prefilled, weight (B,1,S,S) float32) -> restored
+        self.upscale = upscale  # the super-resolution model: enlarged tiles (B,1,S,S) float32 -> restored
         self.size, self.p, self.ratio, self.batch, self.blend = img_size, patch_size, mask_ratio, batch, blend
         self.grid = img_size // patch_size
 
@@ -383,7 +384,7 @@ def scale_of(slice_values):
 def enhance_slices(restorer, slices, mode, holes=None):
     """slices (S, H, W) in a scan's own units -> (fine slices, coarse slices) in the same units; holes
     (S, H, W) bool for inpaint. Scaled like training's input (robust percentiles), but not clipped, so the
-    mapping back is exact."""
+    mapping back is exact. (--mode superres: superres.enlarge_slices.)"""
     fine, coarse = [], []
     for i, s in enumerate(slices):
         lo, hi = scale_of(s)

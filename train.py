@@ -7,6 +7,8 @@ drawn variants, which --inpaint reads back). Restarting into the same OUTPUT_PAT
 `python train.py --inpaint` then fine-tunes the pre-trained MAE to inpaint: the slice with its hole
 pre-filled by biharmonic inpainting goes in, the model learns a correction of that fill (InpaintingMIRAM):
 inpaint_checkpoint.pth, best_miram_inpaint.pth, inpaint_log.jsonl; enhance.py --mode inpaint uses it.
+`python train.py --superres` fine-tunes it to enlarge slices twice (superres.py): best_miram_superres.pth,
+superres_checkpoint.pth, superres_log.jsonl, superres_metrics.json; enhance.py --mode superres uses it.
 
 Data-parallel: `torchrun --nproc_per_node=N train.py ...` (NCCL on GPUs, Gloo on CPU). BATCH_SIZE is per
 process; the learning rate scales with the global batch. Rank 0 alone writes logs, checkpoints and plots.
@@ -37,9 +39,15 @@ def get_args_parser():
     parser = argparse.ArgumentParser("MIRAM self-supervised pre-training", add_help=True)
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if OUTPUT_PATH holds a checkpoint (it is then replaced)")
-    parser.add_argument("--inpaint", action="store_true",
+    phase = parser.add_mutually_exclusive_group()
+    phase.add_argument("--inpaint", action="store_true",
                         help="fine-tune the pre-trained MAE (best_miram_mae.pth) to inpaint damaged regions "
                              "instead of pre-training (INPAINT_EPOCHS, INPAINT_LR, INPAINT_COPIES)")
+    phase.add_argument("--superres", action="store_true",
+                        help="fine-tune the pre-trained MAE to enlarge slices twice (SUPERRES_EPOCHS, SUPERRES_LR, "
+                             "SUPERRES_CROPS): what enhance.py --mode superres runs")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="with --superres: the same network without the pre-trained weights (the comparison)")
     parser.add_argument("--stop-after", type=at_least(1), default=None, metavar="E",
                         help="stop after E epochs of this invocation (the schedule still spans all epochs); "
                              "run again to continue")
@@ -305,9 +313,15 @@ def hole_scores(model, damaged, device, amp):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.from_scratch and not args.superres:
+        parser.error("--from-scratch goes with --superres (classify.py has its own)")
     cfg = load_config(args)
     with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
+        if args.superres:
+            import superres
+            return superres.finetune(args, cfg, dist)
         return (finetune_inpainting if args.inpaint else pretrain)(args, cfg, dist)
 
 

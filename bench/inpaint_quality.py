@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import build_from_checkpoint  # noqa: E402
 from config import load_config  # noqa: E402
-from dataset import discover, load_split, load_transfer, read_source, resolve_data_path  # noqa: E402
+from dataset import load_split, load_transfer, native_slices, resolve_data_path  # noqa: E402
 from imaging import normalize_intensity  # noqa: E402
 from losses import psnr_from_mse, ssim  # noqa: E402
 from models import torch_corrector, torch_predictor  # noqa: E402
@@ -74,7 +74,8 @@ def main(argv=None):
     report = {"run": run_info(), "native": args.native}
     for name, data in sets.items():
         if args.native:
-            images = native_slices(roots[name], data.names[:args.max_images], cfg)
+            images = [normalize_intensity(img)[0].astype(np.float64)  # [0, 1] as training scales, not resized
+                      for img, _ in native_slices(roots[name], data.names[:args.max_images], cfg)]
         else:
             images = data.images[:args.max_images, 0].double().numpy()
         print(f"{name}: {len(images)} slices" + (f" of {root}" if name == "transfer" else "")
@@ -86,14 +87,6 @@ def main(argv=None):
               f"{report[name]['reconstruct_psnr']:.2f} dB")
     if args.json:
         save_json(args.json, report)
-
-
-def native_slices(root, names, cfg):
-    """The named slices of root at their own size, scaled to [0, 1] as training scales them before it
-    resizes them."""
-    _, sources = discover(root, cfg.SUBJECT_PATTERN, cfg.SLICE_AXIS)
-    by_name = {src.name: src for src in sources}
-    return [normalize_intensity(read_source(by_name[n])[0])[0].astype(np.float64) for n in names]
 
 
 def reconstruct_psnr(images, restorer):

@@ -40,18 +40,6 @@ def get_args_parser():
     return add_config_args(p, "classify")
 
 
-def native_slices(root, names, cfg):
-    """{name: (slice (H, W) float64, lesion (H, W) bool)} at the scan's own pixels, as the data's layout reads them."""
-    from dataset import discover, read_source
-    _, sources = discover(root, cfg.SUBJECT_PATTERN, cfg.SLICE_AXIS, cfg.LAYOUT)
-    by_name = {src.name: src for src in sources}
-    out = {}
-    for n in names:
-        img, mask = read_source(by_name[n])
-        out[n] = (np.asarray(img, np.float64), np.zeros(img.shape, bool) if mask is None else mask != 0)
-    return out
-
-
 def detection(p_tumor, voxels):
     """AUROC of slices with >= MIN_VOXELS lesion voxels, and apart of those with fewer, against lesion-free ones."""
     from runtime import auroc
@@ -159,7 +147,7 @@ def main(argv=None):
     import torch
 
     from checkpoint import build_from_checkpoint
-    from dataset import load_split, resolve_data_path
+    from dataset import load_split, native_slices, resolve_data_path
     from models import torch_corrector, torch_predictor
     from restoration import Restorer, lesion_shapes
     from runtime import tumor_probability
@@ -175,7 +163,7 @@ def main(argv=None):
                   (cfg.artifact("inpaint"), fill_state)]
     train_set, val_set = load_split(cfg.adopt(clf.cfg), quiet=True, trained_on=trained_on)
     root = resolve_data_path(cfg, quiet=True)
-    held_out = native_slices(root, val_set.names, cfg)
+    held_out = dict(zip(val_set.names, native_slices(root, val_set.names, cfg)))
     voxels = np.array([held_out[n][1].sum() for n in val_set.names])
     probs, heats = predict_all(clf.eval(), val_set.images, device, False, with_attention="evidence")
     p_tumor, heat = tumor_probability(probs), heats["evidence"]
@@ -190,7 +178,7 @@ def main(argv=None):
                     [val_set.names[i] for i in shown], p_tumor[shown])
     # lesion shapes of the training subjects, at the scan's own pixels (every scan of the set shares its grid)
     train_lesions = [m for _, m in native_slices(root, [n for n, has in zip(train_set.names, train_set.labels) if has],
-                                                 cfg).values()]
+                                                 cfg)]
     shapes = lesion_shapes(np.stack(train_lesions)) if train_lesions else []
     mc = mae.cfg
     restorer = Restorer(torch_predictor(mae.eval(), device), mc.img_size, mc.patch_size, mc.mask_ratio,

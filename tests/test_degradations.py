@@ -30,3 +30,18 @@ def test_area_averaging_is_the_block_mean_and_kspace_keeps_what_the_coarse_grid_
     assert np.abs(kspace_truncate(fast, 2)).max() < 1e-9
     with pytest.raises(ValueError, match="unknown degradation 'blur'"):
         degrade(img, "blur")
+
+
+def test_training_pairs_are_crops_at_the_slices_own_scale_and_repeat_with_their_seed():
+    from degradations import training_pairs
+    rng = np.random.default_rng(0)
+    slices = [rng.random((40, 56)), rng.random((20, 24))]  # the second smaller than a crop: padded
+    inputs, targets = training_pairs(slices, 3, 32, seed=1)
+    assert inputs.shape == targets.shape == (6, 1, 32, 32) and inputs.dtype == np.float32
+    again = training_pairs(slices, 3, 32, seed=1)
+    assert np.array_equal(inputs, again[0]) and np.array_equal(targets, again[1])
+    # each target is a crop of its slice as it is (no resizing)
+    big = slices[0]
+    for t in targets[:3, 0]:
+        assert any(np.allclose(t, big[y:y + 32, x:x + 32], atol=1e-6) for y in range(9) for x in range(25))
+    assert np.allclose(targets[3:, 0, 20:, :], 0) and np.allclose(targets[3:, 0, :, 24:], 0)
