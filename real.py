@@ -168,7 +168,8 @@ def summarize_folds(name):
     found = [load_json(p) for p in (os.path.join(OUT, name, f"fold{k}", "lesion_fold.json") for k in range(FOLDS[name]))
              if os.path.isfile(p)]
     fill = [f["filling"] for f in found]
-    return {"detection_auroc_ge20": spread([f["detection"]["auroc_ge20"] for f in found]),
+    return {"settings": {k[len("MIRAM_"):]: v for k, v in SETS[name].items() if k not in ("MIRAM_DATA_PATH",)},
+            "detection_auroc_ge20": spread([f["detection"]["auroc_ge20"] for f in found]),
             "detection_auroc_small": spread([f["detection"]["auroc_small"] for f in found]),
             "pointing_ge20": spread([f["pointing_ge20"]["pointing"] for f in found]),
             "mass_ratio_median_ge20": spread([f["pointing_ge20"]["mass_ratio_median"] for f in found]),
@@ -223,6 +224,7 @@ def summarize(name, seeds):
             for k in keys:
                 figures[k][SUMMARY_NAMES[variant]][share] = spread([m[k] for m in found])
     result = dict(figures)
+    result["settings"] = {k[len("MIRAM_"):]: v for k, v in SETS[name].items() if k not in ("MIRAM_DATA_PATH",)}
     ev = artifact(out, "eval_metrics")
     if os.path.isfile(ev):
         e = load_json(ev)

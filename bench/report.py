@@ -404,7 +404,7 @@ def real_section(summary):
         if "detection_auroc_ge20" in r:
             lines += fold_set_lines(name, r, cell)
             continue
-        lines += [f"### {name}", "", f"- {provenance(r.get('run'))}, seeds {r.get('seeds')}", ""]
+        lines += [f"### {name}", "", f"- {provenance(r.get('run'))}, seeds {r.get('seeds')}", settings_line(r), ""]
         data, split = r.get("data"), r.get("split")
         if data:
             d = data["duplicates"]
@@ -449,10 +449,16 @@ def real_section(summary):
     return lines
 
 
+def settings_line(r):
+    """The settings real.py ran a set with (every phase), as environment overrides."""
+    return ("- settings: " + " ".join(f"`{k}={v}`" for k, v in r["settings"].items())) if r.get("settings") else ""
+
+
 def fold_set_lines(name, r, cell):
     """A set measured in folds of held-out subjects (real.py FOLDS): detection, pointing, lesion filling."""
     lines = [f"### {name}", "", f"- {provenance(r.get('run'))}; {len(r['folds'])} folds, each holding out "
-             "subjects that no model of it learned from (pre-training included); mean ± sample std over folds", ""]
+             "subjects that no model of it learned from (pre-training included); mean ± sample std over folds",
+             settings_line(r), ""]
     lines += table(["figure", "value"], [
         ["detection AUROC, slices with >= 20 lesion voxels vs none", cell(r["detection_auroc_ge20"])],
         ["detection AUROC, slices with 1-19 lesion voxels vs none", cell(r["detection_auroc_small"])],
