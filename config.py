@@ -43,6 +43,7 @@ ARTIFACTS = {
     "classifier_onnx": "miram_model_optimized.onnx",
     "mae_onnx": "miram_mae.onnx",
     "inpaint_onnx": "miram_inpaint.onnx",
+    "superres_onnx": "miram_superres.onnx",
     "deploy_benchmark": "deploy_benchmark.json",
     "demo_summary": "demo_summary.json",
     "compare": "compare.json",                   # bench/compare.py: label efficiency, every run and the summary

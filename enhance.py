@@ -38,7 +38,7 @@ from config import MAX_PIXELS, MiramError, add_config_args, describe, load_confi
 from imaging import EXTENSIONS, kind_of, list_images, read_scan, split_ext, write_scan
 from records import run_cli
 from restoration import Restorer, enhance_slices
-from runtime import OnnxInpainter, OnnxMAE
+from runtime import OnnxInpainter, OnnxMAE, OnnxUpscaler
 from superres import enlarge_slices
 
 # torch is imported where the PyTorch backend is built: `--backend onnx` runs on onnxruntime and numpy alone.
@@ -192,9 +192,12 @@ def build_restorer(args, cfg):
 
 
 def build_upscaler(args, cfg):
-    """The Restorer of --mode superres: the fine-tuned super-resolution model (PyTorch)."""
+    """The Restorer of --mode superres: the fine-tuned super-resolution model (PyTorch or its ONNX export)."""
     if args.backend == "onnx":
-        raise MiramError("--mode superres runs on the PyTorch backend only so far (no ONNX export of it yet)")
+        upscale = OnnxUpscaler(args.superres_checkpoint or cfg.artifact("superres_onnx"))
+        mc = upscale.model_config
+        print(describe(cfg, script="enhance") + f"\nmodel: {upscale.path}, {mc['img_size']} px tiles, enlarged twice")
+        return Restorer(None, mc["img_size"], mc["patch_size"], mc["mask_ratio"], upscale=upscale)
     from checkpoint import build_from_checkpoint
     from hardware import pick_device
     from models import torch_upscaler

@@ -11,6 +11,8 @@ From the best checkpoints in OUTPUT_PATH it writes:
                               coarse (B,1,S/2,S/2) and mask (B,L); no random op in the graph
   miram_inpaint.onnx          inpainting (train.py --inpaint): the biharmonic pre-fill and fill weight
                               (B,1,S,S) -> the restored slice (B,1,S,S); when best_miram_inpaint.pth exists
+  miram_superres.onnx         super-resolution (train.py --superres): a bicubic-enlarged tile (B,1,S,S) -> the
+                              restored tile; when best_miram_superres.pth exists
   *_int8.onnx                 ONNX Runtime dynamic int8 variants (classifier and MAE), kept only when their measured accuracy
                               cost is within the thresholds below
   deploy_benchmark.json       parity, accuracy and latency (p50/p90/p99, images/s) at batch 1 and 16
@@ -38,7 +40,7 @@ from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_pee
 from records import run_cli, run_info, save_json
 from restoration import damaged_set
 from imaging import foreground_patches
-from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, bench_group, benchmark_batches,
+from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, OnnxUpscaler, bench_group, benchmark_batches,
                      check_parity, compare, ranking_auroc)
 
 # A quantized variant is kept only within these accuracy costs on the validation split.
@@ -114,7 +116,7 @@ def run(args, cfg):
     noise = mask_noise(len(images), m.mae.cfg.num_patches, cfg.EVAL_SEED).numpy()
     paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
                        m.inpainter, clf_example=torch.from_numpy(clf_images[:2]),
-                       clf_state=m.clf_state if m.clf is not None else None)
+                       clf_state=m.clf_state if m.clf is not None else None, upscaler=m.upscaler)
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
     parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)
@@ -147,6 +149,8 @@ class Models:
     clf_state: dict = None
     inpainter: torch.nn.Module = None
     inpainter_state: dict = None
+    upscaler: torch.nn.Module = None
+    upscaler_state: dict = None
     trained_on: list = field(default_factory=list)  # (path, state): the figures must come from other subjects
 
 
@@ -155,7 +159,8 @@ def load_models(cfg):
     mae_path = cfg.artifact("mae")
     mae, mae_state = build_from_checkpoint(mae_path, "mae")
     m = Models(mae.eval(), mae_state, trained_on=[(mae_path, mae_state)])
-    for attr, name, kind in (("clf", "classifier", "classifier"), ("inpainter", "inpaint", "inpaint")):
+    for attr, name, kind in (("clf", "classifier", "classifier"), ("inpainter", "inpaint", "inpaint"),
+                             ("upscaler", "superres", "superres")):
         path = cfg.artifact(name)
         if os.path.isfile(path):
             model, state = build_from_checkpoint(path, kind)
@@ -197,6 +202,9 @@ def parity_on(m, paths, images, noise, clf_images, seed, threads):
         ref = m.inpainter(torch.from_numpy(prefilled), torch.from_numpy(weight))
         got = OnnxInpainter(paths["inpaint"]["ort-fp32"], threads)(prefilled, weight)
         parity["inpaint"] = {"restored": compare(ref, got)}
+    if m.upscaler is not None:
+        ref = m.upscaler(torch.from_numpy(images[:8]))
+        parity["superres"] = {"restored": compare(ref, OnnxUpscaler(paths["superres"]["ort-fp32"], threads)(images[:8]))}
     for group in parity.values():
         check_parity(group)
     print("parity PyTorch vs ONNX Runtime fp32 on", len(images), "validation images: " + "; ".join(

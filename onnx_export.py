@@ -28,7 +28,8 @@ OPSET = 18
 # graph kind -> (artifact name in config.ARTIFACTS, input names, output names)
 GRAPHS = {"classifier": ("classifier_onnx", ["images", "keep", "valid"], ["probability", "evidence", "last_block"]),
           "mae": ("mae_onnx", ["images", "noise"], ["fine", "coarse", "mask"]),
-          "inpaint": ("inpaint_onnx", ["prefilled", "weight"], ["restored"])}
+          "inpaint": ("inpaint_onnx", ["prefilled", "weight"], ["restored"]),
+          "superres": ("superres_onnx", ["upsampled"], ["restored"])}
 
 
 _ORT_OPS = {}
@@ -189,7 +190,7 @@ def quantize_int8(src, dst):
 
 
 def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None,
-               clf_state=None):
+               clf_state=None, upscaler=None):
     """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
     int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only). clf_example: the
     classifier's example images where it reads another size than the others. clf_state: the classifier
@@ -200,6 +201,8 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
         weight = example.new_zeros(example.shape)
         weight[..., 8:24, 8:24] = 1.0
         jobs["inpaint"] = (inpainter, (example, weight), inpainter.cfg)
+    if upscaler is not None:
+        jobs["superres"] = (upscaler, (example,), upscaler.cfg)
     if clf is not None:
         x = example if clf_example is None else clf_example
         jobs["classifier"] = (ClassifierGraph(clf), (x, *clf.foreground(x)), clf.cfg)
@@ -215,7 +218,7 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
             export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), kind, raw_path=raw,
                         token_inputs=("keep", "valid"), extra_meta=meta)
             paths[kind] = {"ort-fp32": path}
-            if kind != "inpaint":
+            if kind not in ("inpaint", "superres"):  # their int8 accuracy is not measured: fp32 only
                 paths[kind]["ort-int8"] = quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))
         finally:
             if os.path.exists(raw):

@@ -141,6 +141,14 @@ class OnnxInpainter(OnnxModel):
                                        "weight": np.ascontiguousarray(weight, np.float32)})[0]
 
 
+class OnnxUpscaler(OnnxModel):
+    kind = "superres"
+
+    def __call__(self, tiles):
+        """superres.enlarge's contract: bicubic-enlarged tiles (B,1,S,S) float32 -> restored (B,1,S,S)."""
+        return self.session.run(None, {"upsampled": np.ascontiguousarray(tiles, np.float32)})[0]
+
+
 # ---- what the outputs mean ---------------------------------------------------------------------------
 
 # The classifier's own map (the patches' weights in its pooled logit): the default in the figures, --predict and

@@ -9,7 +9,6 @@ import tifffile
 import enhance
 import superres
 import train
-from config import MiramError
 from conftest import enhance_args, tiny_args, write_tiny_dataset
 
 
@@ -47,6 +46,14 @@ def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
                               "--mode", "superres"))
     v2 = nib.load(tmp_path / "v2.nii.gz")
     assert v2.shape == (144, 160, 9) and np.allclose(v2.header.get_zooms(), (0.5, 0.5, 3.0))
-    with pytest.raises(MiramError, match="PyTorch backend only"):
-        enhance.main(enhance_args(out, "--input", scan, "--output", str(tmp_path / "o.tif"), "--mode", "superres",
-                                  "--backend", "onnx"))
+    # exported as export_deploy.py exports it: ONNX Runtime gives the same enlargement
+    import torch
+
+    from checkpoint import build_from_checkpoint
+    from onnx_export import export_all
+    model, _ = build_from_checkpoint(os.path.join(out, "best_miram_superres.pth"), "superres")
+    paths = export_all(out, "", None, None, torch.rand(2, 1, 64, 64), None, upscaler=model.eval())
+    assert set(paths["superres"]) == {"ort-fp32"}
+    onnx_result = str(tmp_path / "x2_onnx.tif")
+    enhance.main(enhance_args(out, "--input", scan, "--output", onnx_result, "--mode", "superres", "--backend", "onnx"))
+    assert np.abs(tifffile.imread(onnx_result).astype(int) - big.astype(int)).max() <= 1  # uint8 rounding
