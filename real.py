@@ -60,6 +60,8 @@ def get_args_parser():
     p = argparse.ArgumentParser("MIRAM on real public data")
     p.add_argument("set", choices=sorted(SETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier training seeds")
+    p.add_argument("--summarize", action="store_true",
+                   help="run nothing: write the summary of the runs that have finished (after an interrupted run)")
     p.add_argument("--extras", action="store_true", help="also the runs that explain a figure: the split that "
                    "ignores near-identical images, the fine-tune without the images least alike")
     return p
@@ -271,7 +273,7 @@ def main(argv=None):
     env = {**os.environ, **SETS[args.set]}
     times_path = os.path.join(OUT, args.set, "real_times.json")
     times = load_json(times_path) if os.path.isfile(times_path) else {}
-    for label, cmd, extra, done in runs(args.set, args.seeds, args.extras):
+    for label, cmd, extra, done in ([] if args.summarize else runs(args.set, args.seeds, args.extras)):
         if os.path.isfile(done):
             print(f"=== {label}: done ({done})")
             continue
@@ -289,9 +291,13 @@ def main(argv=None):
         summary[args.set] = {**summarize_folds(args.set), "run": run_info()}
         save_json(path, summary)
         r = summary[args.set]
-        print(f"\n{args.set}, mean over {FOLDS[args.set]} folds, subjects held out: detection AUROC (>= 20 voxels) "
-              f"{r['detection_auroc_ge20']['mean']:.3f}, pointing {r['pointing_ge20']['mean']:.2f}, lesion filling "
-              + ", ".join(f"{v['mean']:+.2f} dB over {m}" for m, v in r["filling_margin_db"].items()) + f"\n(in {path})")
+        if not r["folds"]:
+            print(f"{args.set}: no fold has finished yet (in {path})")
+            return 0
+        print(f"\n{args.set}, mean over {len(r['folds'])} of {FOLDS[args.set]} folds, subjects held out: detection AUROC "
+              f"(>= 20 voxels) {r['detection_auroc_ge20']['mean']:.3f}, pointing {r['pointing_ge20']['mean']:.2f}, "
+              "lesion filling " + ", ".join(f"{v['mean']:+.2f} dB over {m}" for m, v in r["filling_margin_db"].items())
+              + f"\n(in {path})")
         return 0
     summary[args.set] = {**summarize(args.set, args.seeds), "seeds": args.seeds, "run": run_info()}
     save_json(path, summary)

@@ -109,6 +109,9 @@ def test_one_fold_of_the_loop_holds_its_subjects_out_of_every_model(tmp_path, mo
     assert report["subjects"] == ["MS_0", "MS_1"] and report["detection"]["n_ge20"] + report["detection"]["n_small"] > 0
     assert report["filling"]["n_holes"] > 0 and report["filling"]["changed_outside_holes"] == 0
     assert 0 <= report["pointing_ge20"]["pointing"] <= 1 and all(os.path.isfile(f) for f in report["figures"])
+    assert real.main(["ms_lesions", "--summarize"]) == 0  # runs nothing, writes what has finished
+    with open(tmp_path / "real" / "real_summary.json") as f:
+        assert json.load(f)["ms_lesions"]["folds"][0]["subjects"] == ["MS_0", "MS_1"]
     summary = real.summarize_folds("ms_lesions")
     assert summary["filling_margin_db"]["biharmonic"]["n"] == 1
     assert summary["detection_auroc_ge20"]["mean"] == pytest.approx(report["detection"]["auroc_ge20"], nan_ok=True)
