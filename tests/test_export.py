@@ -76,23 +76,6 @@ def test_export_writes_checked_graphs_parity_and_benchmark(exported):
     assert not [r for r in saved["results"] if r["model"] == "peer"]  # --skip-peer
 
 
-def test_the_peer_is_exported_plainly_and_timed_beside_ours(exported, tmp_path):
-    """timm's ViT-S/16 at the spec's size, as export_deploy.py's latency targets add it: exported with the
-    exporter's defaults and its int8, every one of its 197 tokens counted (~9.2 GFLOP an image)."""
-    import argparse
-    data, out, _ = exported
-    images = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
-    args = argparse.Namespace(skip_spec=True, skip_peer=False, short=True)
-    targets = export_deploy.latency_targets(args, export_deploy.Models(None, {}), {}, {}, images, images, str(tmp_path))
-    [(kind, size, peer, paths, spec_images, _)] = targets
-    assert kind == "peer" and size == "spec" and set(paths) == {"ort-fp32", "ort-int8"}
-    inputs = runtime.benchmark_batches(spec_images, 1, 14, 2)
-    assert 8.5 < onnx_export.gflop_per_image("peer", peer, inputs[:1]) < 10
-    runners = onnx_export.model_runners("peer", peer, paths, inputs, 2, with_torch=False)
-    timed = runtime.bench_group(runners, 1, 1, 0)
-    assert set(timed) == {"ort-fp32", "ort-int8"} and all(r["p50_ms"] > 0 for r in timed.values())
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dynamic_batch_matches_torch(exported, batch):
     data, out, _ = exported
