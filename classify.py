@@ -25,8 +25,8 @@ from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, 
                      split_ext, stored_voxel)
 from layouts import NEGATIVE_CLASS
 from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
-from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_names, predicted_class, trained_range, tumor_probability,
-                     upsample_heatmaps)
+from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_columns, class_names, predicted_class, trained_range,
+                     tumor_probability, upsample_heatmaps)
 
 
 # torch, and the modules built on it, are imported in the functions that train or run the PyTorch model:
@@ -312,7 +312,7 @@ def predict(args, cfg):
         x = np.concatenate([model_input(scan.slices[i].astype(np.float32), size) for i in shown])
         class_probs, heats = classify_images(x, "evidence")  # where each slice's evidence peaks
         probs, called = tumor_probability(class_probs), predicted_class(class_probs, cfg.CLS_THRESHOLD)
-        class_p = np.stack([1 - class_probs, class_probs], 1) if class_probs.ndim == 1 else class_probs
+        class_p = class_columns(class_probs)
         shares = foreground_share(x, patch, threshold)
         volume = scan.kind in VOLUME_KINDS
         volumes += volume

@@ -147,9 +147,9 @@ def fold_subjects(name):
 def fold_runs(name):
     """Each fold held out in turn: pre-training, the classifier and the inpainting fine-tune on the other
     subjects, then detection, pointing and filling on the held-out ones (bench/lesion_fold.py)."""
-    for k, held_out in enumerate(fold_subjects(name)):
-        folder = os.path.join(OUT, name, f"fold{k}")
-        env = {"MIRAM_OUTPUT_PATH": folder, "MIRAM_VAL_SUBJECTS": ",".join(held_out)}
+    folds = [(k, os.path.join(OUT, name, f"fold{k}"), ",".join(held_out)) for k, held_out in enumerate(fold_subjects(name))]
+    for k, folder, held_out in folds:
+        env = {"MIRAM_OUTPUT_PATH": folder, "MIRAM_VAL_SUBJECTS": held_out}
         yield f"fold {k} pre-training", ["train.py"], env, artifact(folder, "loss_curve")
         yield f"fold {k} classifier", ["classify.py"], env, artifact(folder, "classification_metrics")
         yield f"fold {k} inpainting fine-tune", ["train.py", "--inpaint"], env, artifact(folder, "inpaint_metrics")
@@ -157,9 +157,8 @@ def fold_runs(name):
         yield f"fold {k} lesions", ["bench/lesion_fold.py", "--json", report], env, report
     # which map to trust where a set has no outlines (class folders): the classifier trained on slice labels
     # alone, its four maps scored against the held-out outlines
-    for k, held_out in enumerate(fold_subjects(name)):
-        folder = os.path.join(OUT, name, f"fold{k}")
-        env = {"MIRAM_OUTPUT_PATH": os.path.join(folder, NO_OUTLINES), "MIRAM_VAL_SUBJECTS": ",".join(held_out),
+    for k, folder, held_out in folds:
+        env = {"MIRAM_OUTPUT_PATH": os.path.join(folder, NO_OUTLINES), "MIRAM_VAL_SUBJECTS": held_out,
                "MIRAM_CLS_PATCH_WEIGHT": "0"}
         yield f"fold {k} classifier without outlines", ["classify.py", "--checkpoint", artifact(folder, "mae")], env, \
             artifact(env["MIRAM_OUTPUT_PATH"], "classification_metrics")
@@ -170,7 +169,7 @@ def summarize_folds(name):
     found = [load_json(p) for p in (os.path.join(OUT, name, f"fold{k}", "lesion_fold.json") for k in range(FOLDS[name]))
              if os.path.isfile(p)]
     fill = [f["filling"] for f in found]
-    return {"settings": {k[len("MIRAM_"):]: v for k, v in SETS[name].items() if k not in ("MIRAM_DATA_PATH",)},
+    return {"settings": settings_of(name),
             "detection_auroc_ge20": spread([f["detection"]["auroc_ge20"] for f in found]),
             "detection_auroc_small": spread([f["detection"]["auroc_small"] for f in found]),
             "pointing_ge20": spread([f["pointing_ge20"]["pointing"] for f in found]),
@@ -195,6 +194,11 @@ def maps_without_outlines(name):
     return {m: {"pointing": spread([loc[m]["pointing_game"] for loc in found if loc.get(m)]),
                 "mass_ratio_median": spread([loc[m]["mass_inside_over_share_median"] for loc in found if loc.get(m)])}
             for m in maps}
+
+
+def settings_of(name):
+    """The settings real.py runs a set's phases with, named as settings (the data path left out)."""
+    return {k[len("MIRAM_"):]: v for k, v in SETS[name].items() if k != "MIRAM_DATA_PATH"}
 
 
 def run_minutes(name):
@@ -226,7 +230,7 @@ def summarize(name, seeds):
             for k in keys:
                 figures[k][SUMMARY_NAMES[variant]][share] = spread([m[k] for m in found])
     result = dict(figures)
-    result["settings"] = {k[len("MIRAM_"):]: v for k, v in SETS[name].items() if k not in ("MIRAM_DATA_PATH",)}
+    result["settings"] = settings_of(name)
     ev = artifact(out, "eval_metrics")
     if os.path.isfile(ev):
         e = load_json(ev)
@@ -244,17 +248,20 @@ def summarize(name, seeds):
         result["split"] = {"train_slices": m.get("n_train_slices"), "train_subjects": m.get("n_train_subjects"),
                            "val_slices": m.get("n"), "val_tumor": m.get("n_positive"),
                            "val_subjects": m.get("n_val_subjects")}
-    ungrouped = metrics_path(os.path.join(out, "runs", UNGROUPED), "from_scratch")
-    if os.path.isfile(ungrouped):
-        m = load_json(ungrouped)
-        grouped = metrics_path(run_folder(name, "from_scratch", "100", 0), "from_scratch")
-        result["ungrouped_split"] = {"model": "scratch", "labels": "100", "seed": 0, "val_slices": m["n"],
-                                     **{k: m[k] for k in keys},
-                                     "grouped": {k: load_json(grouped)[k] for k in keys} if os.path.isfile(grouped) else None}
-    without = metrics_path(os.path.join(out, "runs", WITHOUT_OUTLIERS), "finetune")
-    if os.path.isfile(without) and os.path.isfile(main_run := metrics_path(run_folder(name, "finetune", "100", 0), "finetune")):
-        result["without_least_alike"] = {"left_out": OUTLIERS, **{k: load_json(without)[k] for k in keys},
-                                         "with": {k: load_json(main_run)[k] for k in keys}}
+    def figures_of(path, *more):  # a run's headline figures (and `more` of its metrics), None where it has not run
+        if not os.path.isfile(path):
+            return None
+        m = load_json(path)
+        return {k: m[k] for k in (*more, *keys)}
+    ungrouped = figures_of(metrics_path(os.path.join(out, "runs", UNGROUPED), "from_scratch"), "n")
+    if ungrouped:
+        grouped = figures_of(metrics_path(run_folder(name, "from_scratch", "100", 0), "from_scratch"))
+        result["ungrouped_split"] = {"model": "scratch", "labels": "100", "seed": 0, "val_slices": ungrouped.pop("n"),
+                                     **ungrouped, "grouped": grouped}
+    without = figures_of(metrics_path(os.path.join(out, "runs", WITHOUT_OUTLIERS), "finetune"))
+    with_them = figures_of(main_run)
+    if without and with_them:
+        result["without_least_alike"] = {"left_out": OUTLIERS, **without, "with": with_them}
     alike = os.path.join(out, "least_alike.json")
     if os.path.isfile(alike):
         result["least_alike"] = load_json(alike).get("least_alike", [])[:10]

@@ -223,6 +223,12 @@ def class_names(recorded, num_classes, path):
     return recorded
 
 
+def class_columns(probs):
+    """A classifier's probabilities as one column a class: (N,) p(class 1) of two -> (N, 2); (N, K) as they are."""
+    probs = np.asarray(probs, np.float64)
+    return np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+
+
 def tumor_probability(probs):
     """A classifier's probabilities -> p(tumor) per slice: p(class 1) of two classes (N,) as they are, and of
     K classes (N, K) the chance of any but class 0, the tumor-free reference (layouts.NEGATIVE_CLASS)."""

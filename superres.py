@@ -61,10 +61,10 @@ def enlarge(correct, img, size, overlap=16, batch=8):
 def enlarge_slices(correct, slices, size):
     """slices (S, H, W) in a scan's own units -> (S, 2H, 2W) in the same units: each slice scaled as training
     scales it (robust percentiles, not clipped, so the mapping back is exact), enlarged, scaled back."""
-    from imaging import normalize_intensity
+    from restoration import scale_of
     out = []
     for s in slices:
-        _, (lo, hi) = normalize_intensity(s.astype(np.float32))
+        lo, hi = scale_of(s)
         out.append(enlarge(correct, (s - lo) / (hi - lo), size) * (hi - lo) + lo)
     return np.stack(out)
 

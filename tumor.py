@@ -18,7 +18,8 @@ from engine import Task, layer_decay
 from hardware import autocast
 from heatmaps import cls_maps, evidence_map
 from models import TumorClassifier, class_probabilities, shown_logit
-from runtime import DEFAULT_HEATMAP, binary_metrics, class_metrics, localization, tumor_probability, upsample_heatmaps
+from runtime import (DEFAULT_HEATMAP, binary_metrics, class_columns, class_metrics, localization, tumor_probability,
+                     upsample_heatmaps)
 
 VARIANTS = ("finetune", "linear_probe", "from_scratch")
 
@@ -91,9 +92,7 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
 def balanced_log_loss(probs, labels):
     """The mean log loss of each class, averaged over the classes present (as the training loss weights
     them). probs: (N,) of class 1 of two, or (N, K)."""
-    probs = np.asarray(probs, float)
-    if probs.ndim == 1:
-        probs = np.stack([1 - probs, probs], axis=1)
+    probs = class_columns(probs)
     labels = np.asarray(labels).astype(int)
     truth = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
     return float(np.mean([-np.log(truth[labels == k]).mean() for k in np.unique(labels)]))

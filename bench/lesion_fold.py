@@ -67,9 +67,8 @@ def fill_holes(slices, shapes, restorer, per_subject, rng):
     pixels changed outside a hole, and a few examples for the figure."""
     import torch
 
-    from imaging import normalize_intensity
     from losses import psnr_from_mse, ssim
-    from restoration import biharmonic_fill, enhance_slices, place_shape, white_matter_mean_fill
+    from restoration import biharmonic_fill, enhance_slices, place_shape, scale_of, white_matter_mean_fill
     acc = {m: {"mse": [], "ssim": []} for m in FILL_METHODS}
     changed_outside, examples, n_holes = 0, [], 0
     by_subject = {}
@@ -92,7 +91,7 @@ def fill_holes(slices, shapes, restorer, per_subject, rng):
             filled = {"miram": enhance_slices(restorer, img[None], "inpaint", hole[None])[0][0],
                       "biharmonic": biharmonic_fill(img, hole),
                       "white_matter_mean": white_matter_mean_fill(img, hole, lesion)}
-            x, (lo, hi) = normalize_intensity(img.astype(np.float32))  # scored on training's [0, 1] scale
+            lo, hi = scale_of(img)  # scored on training's [0, 1] scale
             t = torch.from_numpy(np.clip((img - lo) / (hi - lo), 0, 1))[None, None]
             w = torch.from_numpy(hole.astype(np.float64))[None, None]
             for m, f in filled.items():
