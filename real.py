@@ -29,8 +29,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join("outputs", "real")
 
 # The demo's model (128 pixels, 3 M parameters); settings chosen for a 2-core CPU (docs/METHODS.md). The
-# classifiers (fine-tuned and from scratch alike) carry the convolutional evidence branch: without it the ViT
-# trailed the ResNet-18 on Br35H (docs/METHODS.md).
+# classifiers (fine-tuned and from scratch alike) carry the convolutional evidence branch (why: docs/METHODS.md).
 SETS = {
     "br35h": {"MIRAM_PRESET": "demo", "MIRAM_DATA_PATH": os.path.join("data", "real", "br35h"),
               "MIRAM_TRANSFER_PATH": "", "MIRAM_ANATOMY_VARIANTS": "0", "MIRAM_N_EPOCHS": "40",
