@@ -1,22 +1,16 @@
 """Self-describing checkpoints: written atomically, loaded with weights_only=True, checked against the
 configuration asked for, and rebuilt into their model from the settings they carry."""
-import datetime
-import json
 import os
 import pickle
 import shutil
-import socket
-import sys
-from contextlib import contextmanager
 
 import torch
 
 from config import MiramError, ModelConfig
 from models import MIRAM, InpaintingMIRAM, SuperResMIRAM, TumorClassifier
-from records import TMP_PREFIX, temp_beside
+from records import temp_beside
 
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "superres": SuperResMIRAM, "classifier": TumorClassifier}
-LOCK_NAME = ".miram.lock"
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
 UNUSED_SETTINGS = {kind: {"foreground_threshold", "conv_evidence", "num_classes"}
@@ -55,90 +49,6 @@ def _write_atomically(path, write):
             reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
             raise MiramError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept") from None
         raise
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-@contextmanager
-def output_lock(folder, enabled=True, say=print):
-    """One writer per output folder: a lock file naming the holder (pid, host, command, start), created
-    atomically (written aside, then hard-linked into place). A second run is refused in one line; the lock
-    of a process that is no longer running (same host) is taken over, and that is said."""
-    if not enabled:
-        yield
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise MiramError(f"{folder}: cannot create the output directory ({e.strerror})") from None
-    path = os.path.join(folder, LOCK_NAME)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-          "since": datetime.datetime.now().isoformat(timespec="seconds")}
-    try:
-        fd, tmp = temp_beside(path, ".lock")
-    except OSError as e:
-        raise MiramError(f"{folder}: output directory is not writable ({e.strerror})") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-    try:
-        while True:
-            try:
-                os.link(tmp, path)
-                break
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is None and not os.path.exists(path):  # released meanwhile: try again
-                    continue
-                if holder is None:  # locks are written whole: this one was damaged or written by something else
-                    raise MiramError(f"{folder}: its lock file {path} is not one a run wrote; if no run is using "
-                                     "this folder, delete it") from None
-                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                    say(f"note: {folder}: taking over the lock of pid {holder['pid']} ({holder.get('command', '?')}), "
-                        "which is no longer running")
-                    os.remove(path)
-                    continue
-                raise MiramError(
-                    f"{folder}: in use by another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                    f"since {holder.get('since', '?')}: {holder.get('command', '?')}); wait for it to finish or use "
-                    f"another OUTPUT_PATH (if that run is gone, delete {path})") from None
-    finally:
-        os.remove(tmp)
-    try:
-        yield
-    finally:
-        if (_lock_holder(path) or {}).get("pid") == me["pid"]:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
-
-
-def _lock_holder(path):
-    """The run a lock file names ({"pid", "host", "command", "since"}), or None where it names none."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def remove_stale_temporaries(folder):
-    """Deletes temporary files a killed process left behind (they are never read as checkpoints)."""
-    if not os.path.isdir(folder):
-        return 0
-    stale = [f for f in os.listdir(folder) if f.startswith(TMP_PREFIX) and not f.endswith(".lock")]
-    for f in stale:
-        os.remove(os.path.join(folder, f))
-    return len(stale)
 
 
 def save_checkpoint(path, model, kind, optimizer=None, epoch=None, metrics=None, extra=None):

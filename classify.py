@@ -24,7 +24,7 @@ from config import MiramError, add_config_args, at_least, describe, load_config
 from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, source_pixel,
                      split_ext, stored_voxel)
 from layouts import NEGATIVE_CLASS
-from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json
+from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json, save_stages, stage
 from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_columns, class_names, predicted_class, trained_range,
                      tumor_probability, upsample_heatmaps)
 
@@ -95,10 +95,12 @@ def finetune(args, cfg, dist):
     torch.manual_seed(cfg.SEED)
     model = build_classifier(cfg, variant, mae_path, mae_state)
     # what runs, resolved once: the encoder's architecture at the size the classifier reads, this run's kernels
-    kernels = choose_kernels(device, cfg.AMP, model.cfg.embed_dim, cfg.MATMUL, dist.say)
+    with stage("kernels chosen"):
+        kernels = choose_kernels(device, cfg.AMP, model.cfg.embed_dim, cfg.MATMUL, dist.say)
     cfg = cfg.adopt(model.cfg, FOREGROUND_THRESHOLD=cfg.FOREGROUND_THRESHOLD, AMP=kernels.precision == "bf16")
     dist.say(describe(cfg, dist.world, "classify") + "\n" + kernels.line())
-    train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
+    with stage("data read"):
+        train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
     if len(train_set.classes) > 2:  # one head output a class: built again, from the same seed
         torch.manual_seed(cfg.SEED)
         model = build_classifier(cfg, variant, mae_path, mae_state, num_classes=len(train_set.classes))
@@ -130,7 +132,8 @@ def finetune(args, cfg, dist):
              f"{len(val_set)} validation ({counts(val_set)}) slices, subjects disjoint")
     task = Classification(cfg, model, train_set, val_set, device, variant, extra)
     task.kernels = kernels.to_dict()
-    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    with stage("epochs"):
+        result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     dist.barrier()
     if not dist.main:
         return {}
@@ -139,14 +142,17 @@ def finetune(args, cfg, dist):
         return {}
     best, best_state = build_from_checkpoint(task.best, "classifier", map_location=device)
     best = best.to(device)
-    metrics, probs, heats, tumor = score(best, val_set, cfg, device)
+    with stage("best model scored, heatmaps"):
+        metrics, probs, heats, tumor = score(best, val_set, cfg, device)
     metrics.update(variant=variant, n_val_subjects=metrics.pop("n_subjects"))
-    figures = write_figures(cfg, val_set, probs, heats, tumor, suffix_of(variant), args.n_viz)
-    transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
-    if transfer is not None and transfer.has_mask.any() and best.cfg.num_classes == 2:  # its labels are binary
-        transfer = transfer.labelled()
-        metrics["transfer"], *_ = score(best, transfer, cfg, device, by_subject=True)
-        metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
+    with stage("figures"):
+        figures = write_figures(cfg, val_set, probs, heats, tumor, suffix_of(variant), args.n_viz)
+    with stage("transfer set"):
+        transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
+        if transfer is not None and transfer.has_mask.any() and best.cfg.num_classes == 2:  # its labels are binary
+            transfer = transfer.labelled()
+            metrics["transfer"], *_ = score(best, transfer, cfg, device, by_subject=True)
+            metrics["transfer"]["data"] = f"all {len(transfer)} images in {root}, no training on them"
     # counted from the log: a resumed run's steps include the earlier invocations'
     metrics.update(history=result["history"], optimizer_steps=result["history"][-1]["step"] if result["history"] else 0,
                    n_train_slices=len(train_set), training_precision=kernels.precision,
@@ -410,10 +416,13 @@ def main(argv=None):
     cfg = load_config(args)
     if args.predict:
         return predict(args, cfg)
-    from checkpoint import output_lock
+    from records import output_lock
     from engine import Distributed
     with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
-        return finetune(args, cfg, dist)
+        metrics = finetune(args, cfg, dist)
+        if dist.main:
+            save_stages(cfg.artifact("stage_times", "_classify"))
+        return metrics
 
 
 if __name__ == "__main__":

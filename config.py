@@ -46,6 +46,7 @@ ARTIFACTS = {
     "superres_onnx": "miram_superres.onnx",
     "deploy_benchmark": "deploy_benchmark.json",
     "demo_summary": "demo_summary.json",
+    "stage_times": "stage_times.json",           # a phase's named stages, timed: stage_times_<phase>.json (demo.py)
     "compare": "compare.json",                   # bench/compare.py: label efficiency, every run and the summary
     "compare_table": "compare.md",
     "compare_plot": "compare.png",

@@ -2,9 +2,10 @@
 
     python demo.py [--slice PATH] [settings flags, passed to every phase]       (what `make demo` runs)
 
-Runs train.py, train.py --inpaint, evaluate.py, classify.py, classify.py --predict, enhance.py and
-export_deploy.py in turn (MIRAM_PRESET=demo unless a preset is given), stops at the first that fails, and
-ends with each phase's wall time and the headline figures, also written to OUTPUT_PATH/demo_summary.json.
+Runs train.py, then train.py --inpaint and evaluate.py beside classify.py (they need only the pre-trained
+MAE), then classify.py --predict, enhance.py and export_deploy.py (MIRAM_PRESET=demo unless a preset is given),
+stops at the first that fails, and ends with each phase's wall time, where it went, and the headline figures,
+also written to OUTPUT_PATH/demo_summary.json.
 """
 import argparse
 import datetime
@@ -15,7 +16,7 @@ import sys
 import time
 
 from config import add_config_args, load_config, settings_env
-from records import run_info, run_phase, save_json
+from records import output_lock, run_info, run_phase, save_json
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -38,14 +39,58 @@ TRAINING_LOGS = {"pre-training": "train_log", "inpainting fine-tune": "inpaint_l
 
 
 def phases(args, cfg):
+    """The pipeline as steps run in turn. A step is one or more lanes, run side by side; a lane is phases
+    (name, command, the suffix of its stage_times file) run in turn. The phases that need only the
+    pre-trained MAE share the cores, a lane each: a model of the demo's size gains little from a second
+    thread, so two phases on one thread each end sooner than one after the other (docs/METHODS.md)."""
     restored = os.path.join(cfg.OUTPUT_PATH, "restored_demo" + os.path.splitext(args.slice)[1])
-    return [("pre-training", ["train.py"]), ("inpainting fine-tune", ["train.py", "--inpaint"]),
-            ("evaluation", ["evaluate.py"]), ("classification", ["classify.py"]),
-            ("one prediction", ["classify.py", "--predict", args.slice]),
-            ("restoration", ["enhance.py", "--input", args.slice, "--output", restored, "--scale", "coarse",
-                             "--overwrite"]),
-            ("deployment", ["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec", "--skip-peer"] if args.skip_spec else [])
-             + ([] if args.full_benchmark else ["--short"]))]
+    deploy = (["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec", "--skip-peer"] if args.skip_spec else [])
+              + ([] if args.full_benchmark else ["--short"]))
+    return [[[("pre-training", ["train.py"], "pretrain")]],
+            [[("inpainting fine-tune", ["train.py", "--inpaint"], "inpaint"), ("evaluation", ["evaluate.py"], "evaluate")],
+             [("classification", ["classify.py"], "classify")]],
+            [[("one prediction", ["classify.py", "--predict", args.slice], None)]],
+            [[("restoration", ["enhance.py", "--input", args.slice, "--output", restored, "--scale", "coarse",
+                               "--overwrite"], None)]],
+            [[("deployment", deploy, "export")]]]
+
+
+def lane_threads(lanes, cpus=None):
+    """Threads for each of a step's lanes: the cores shared out (at least one each); None for a lane alone,
+    which keeps the libraries' own choice."""
+    if len(lanes) == 1:
+        return None
+    return max(1, (cpus or os.cpu_count() or 1) // len(lanes))
+
+
+def run_step(lanes, env, say_probability):
+    """Runs a step's lanes side by side, each lane's phases in turn; the output of lanes side by side is
+    prefixed with its phase. -> [(name, command, stage suffix, exit status, seconds, start)] in phase order;
+    a lane stops at its first failure."""
+    import threading
+    threads = lane_threads(lanes)
+    lane_env = dict(env) if threads is None else {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    results = [[] for _ in lanes]
+
+    def run_lane(k):
+        for name, cmd, stages in lanes[k]:
+            print(f"\n=== {name}: python {' '.join(cmd)}" + (f" (beside the other lane, {threads} thread(s))"
+                                                           if threads else ""), flush=True)
+            t0 = time.time()
+
+            def on_line(line):
+                if "--predict" in cmd:
+                    say_probability(line)
+            code, seconds = run_phase(cmd, lane_env, ROOT, on_line, prefix=f"{name} | " if threads else "")
+            results[k].append((name, cmd, stages, code, seconds, t0))
+            if code:
+                return
+    workers = [threading.Thread(target=run_lane, args=(k,)) for k in range(len(lanes))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return [r for lane in results for r in lane]
 
 
 def epochs_since(history, start):
@@ -56,8 +101,31 @@ def epochs_since(history, start):
     return history[first[0]:] if first else []
 
 
-def load(cfg, name):
-    path = cfg.artifact(name)
+def stages_since(record, start):
+    """{stage: seconds} of stage_times.json when the phase that started at `start` wrote it, else None (a
+    phase that times no stages leaves the last one's file)."""
+    if not record or datetime.datetime.fromisoformat(record["run"]["date"]) < \
+            datetime.datetime.fromtimestamp(start).replace(microsecond=0):
+        return None
+    return record["seconds"]
+
+
+def phase_line(p):
+    """A phase's minutes, then its timed stages and the rest (start-up: imports, checkpoints read; the
+    unnamed steps), largest first."""
+    line = f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min"
+    if "stages" in p:
+        parts = sorted(p["stages"].items(), key=lambda kv: -kv[1])
+        rest = p["seconds"] - sum(s for _, s in parts)
+        named = [(f"{p['epochs']} epochs" if name == "epochs" and "epochs" in p else name, s) for name, s in parts]
+        line += "  (" + ", ".join([f"{name} {s:.0f}s" for name, s in named if s >= 1] + [f"the rest {rest:.0f}s"]) + ")"
+    if "beside" in p:
+        line += f"  [beside {', '.join(p['beside'])}; {p['threads']} thread(s)]"
+    return line
+
+
+def load(cfg, name, suffix=""):
+    path = cfg.artifact(name, suffix)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -139,9 +207,7 @@ def other_margins(figures):
 
 def screen(summary):
     lines = [f"MIRAM demo on {summary['run']['cpu']}: {summary['total_minutes']:.1f} min"]
-    lines += [f"  {p['phase']:22s} {p['seconds'] / 60:5.1f} min" + (
-        f"  ({p['epochs']} epochs {p['epoch_seconds'] / 60:.1f} min, the rest {(p['seconds'] - p['epoch_seconds']) / 60:.1f}:"
-        " start-up, data, validation of the best, figures)" if "epoch_seconds" in p else "") for p in summary["phases"]]
+    lines += [phase_line(p) for p in summary["phases"]]
     h = summary["headline"]
     if "masked_psnr_db" in h:
         lines.append(f"  reconstruction: masked-patch PSNR {h['masked_psnr_db']:.2f} dB, "
@@ -191,23 +257,29 @@ def main(argv=None):
     cfg = load_config(args, environ=env)
     env.update(settings_env(args))  # each phase reads the settings it needs
     done, predicted, start = [], None, time.time()
-    for name, cmd in phases(args, cfg):
-        print(f"\n=== {name}: python {' '.join(cmd)}", flush=True)
-        t0 = time.time()
 
-        def read_probability(line):  # the prediction's probability, from its output
-            nonlocal predicted
-            found = re.search(r"p\(tumor\) = ([0-9.]+)", line)
-            if found and "--predict" in cmd:
-                predicted = float(found.group(1))
-        code, seconds = run_phase(cmd, env, ROOT, read_probability)
-        done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": seconds})
-        if name in TRAINING_LOGS and not code:
-            ran = epochs_since(load(cfg, TRAINING_LOGS[name]) or [], t0)
-            done[-1].update(epochs=len(ran), epoch_seconds=round(sum(h["seconds"] for h in ran), 1))
-        if code:
-            print(f"demo stopped: {name} failed (exit {code})", file=sys.stderr)
-            return code
+    def read_probability(line):  # the prediction's probability, from its output
+        nonlocal predicted
+        found = re.search(r"p\(tumor\) = ([0-9.]+)", line)
+        if found:
+            predicted = float(found.group(1))
+    with output_lock(cfg.OUTPUT_PATH):  # the demo's phases write here side by side; no other run may
+        for lanes in phases(args, cfg):
+            ran = run_step(lanes, env, read_probability)
+            for name, cmd, stages, code, seconds, t0 in ran:
+                done.append({"phase": name, "command": "python " + " ".join(cmd), "seconds": seconds})
+                if len(lanes) > 1:
+                    done[-1]["threads"] = lane_threads(lanes)
+                    done[-1]["beside"] = [n for lane in lanes if name not in [p[0] for p in lane] for n, *_ in lane]
+                if name in TRAINING_LOGS and not code:
+                    epochs = epochs_since(load(cfg, TRAINING_LOGS[name]) or [], t0)
+                    done[-1].update(epochs=len(epochs), epoch_seconds=round(sum(h["seconds"] for h in epochs), 1))
+                timed = stages_since(load(cfg, "stage_times", "_" + stages) if stages else None, t0)
+                if timed and not code:
+                    done[-1]["stages"] = timed
+                if code:
+                    print(f"demo stopped: {name} failed (exit {code})", file=sys.stderr)
+                    return code
     summary = {"phases": done, "total_minutes": round((time.time() - start) / 60, 2),
                "headline": headline(cfg, predicted, slice_has_tumor(os.path.join(ROOT, args.slice))),
                "run": run_info()}

@@ -18,11 +18,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from config import MiramError
 from splits import refuse_other_split
 from hardware import amp_dtype, autocast, keep_freed_memory, pick_device
-from records import run_info, temp_beside
+from records import remove_stale_temporaries, run_info, temp_beside
 
 
 # ---- seeds, schedule, optimizer ----------------------------------------------------------------------

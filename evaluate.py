@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adaptation import reconstruct_adapted
-from checkpoint import build_from_checkpoint, output_lock
+from checkpoint import build_from_checkpoint
 from config import MiramError, add_config_args, at_least, describe, load_config, margin_key
 from dataset import load_slices, load_split, load_transfer, resolve_data_path
 from hardware import choose_precision, pick_device
 from losses import finite_mean, psnr, ssim
 from models import mask_noise, pixel_mask
-from records import pyplot, run_cli, run_info, save_json
+from records import output_lock, pyplot, run_cli, run_info, save_json, save_stages, stage
 from restoration import CLASSICAL_FILLS, classical_fill, seamless_fill
 
 
@@ -290,7 +290,9 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
     with output_lock(cfg.OUTPUT_PATH):
-        return run(args, cfg)
+        result = run(args, cfg)
+        save_stages(cfg.artifact("stage_times", "_evaluate"))
+        return result
 
 
 def run(args, cfg):
@@ -312,7 +314,8 @@ def run(args, cfg):
                            max_pixels=cfg.MAX_PIXELS)
         source = f"all images in {args.data}"
     else:
-        _, data = load_split(cfg, trained_on=[(ckpt, state)])
+        with stage("data read"):
+            _, data = load_split(cfg, trained_on=[(ckpt, state)])
         source = f"validation split of {resolve_data_path(cfg, quiet=True)} (subjects never trained on)"
     if args.max_images:
         data = data.subset(range(min(args.max_images, len(data))))
@@ -324,17 +327,20 @@ def run(args, cfg):
     print(f"mask ratio {ratio}, seed {cfg.EVAL_SEED}; intensities in [0, 1] after robust per-image normalisation")
 
     fills = {"adapt": (cfg.ADAPT_STEPS, cfg.ADAPT_LR), "blend": cfg.SEAMLESS_FILL, "amp": amp}
-    result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), **fills)
+    with stage("validation split: MIRAM's fills and the classical ones"):
+        result, shown = measure(model, data, ratio, cfg.EVAL_SEED, device, baselines, range(args.n_samples), **fills)
     result.update(mask_ratio=ratio, seed=cfg.EVAL_SEED, checkpoint=os.path.abspath(ckpt), epoch=state.get("epoch"),
                   data=source, intensity_range="[0, 1] after robust per-image normalisation (0.5-99.5 pct)",
                   run={**run_info(), "adaptation_precision": {"bf16": amp, "why": amp_why}})
-    transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
-    if transfer is not None:
-        print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
-        result["transfer"], transfer_shown = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines,
-                                                     one_slice_per_subject(transfer.rows_by_subject(), args.n_samples),
-                                                     by_subject=True, **fills)
-        result["transfer"]["data"] = f"all images in {root}"
+    transfer_shown = None
+    with stage("transfer set"):
+        transfer, root = (None, "") if args.data else load_transfer(cfg, mcfg.img_size, trained_on=[(ckpt, state)])
+        if transfer is not None:
+            print(f"transfer set: all {len(transfer)} images in {root} (never trained on)")
+            result["transfer"], transfer_shown = measure(model, transfer, ratio, cfg.EVAL_SEED, device, baselines,
+                                                         one_slice_per_subject(transfer.rows_by_subject(), args.n_samples),
+                                                         by_subject=True, **fills)
+            result["transfer"]["data"] = f"all images in {root}"
     if args.sweep:
         result["sweep"] = {}
         for r in SWEEP:
@@ -342,13 +348,22 @@ def run(args, cfg):
             result["sweep"][str(r)] = summarize(pr)
             print(f"sweep mask {r}: MIRAM masked PSNR {result['sweep'][str(r)]['miram']['fine']['masked']['psnr']:.2f} dB")
     os.makedirs(cfg.OUTPUT_PATH, exist_ok=True)
-    json_path, png_path = cfg.artifact("eval_metrics"), cfg.artifact("eval_sample")
+    json_path = cfg.artifact("eval_metrics")
     save_json(json_path, result, default=lambda v: None)
     written = [json_path]
+    with stage("figures"):
+        written += save_figures(args, cfg, result, shown, transfer_shown, ckpt, ratio)
+    print("wrote\n  " + "\n  ".join(written))
+    return result
+
+
+def save_figures(args, cfg, result, shown, transfer_shown, ckpt, ratio):
+    """The sample figures (validation split, transfer set) and the sweep's -> their paths."""
+    written, png_path = [], cfg.artifact("eval_sample")
     if shown:  # --n-samples 0: no figure
         save_figure(shown, png_path, f"MIRAM, mask ratio {ratio}: {os.path.basename(ckpt)}")
         written.append(png_path)
-    if transfer is not None and transfer_shown:
+    if transfer_shown:
         written.append(cfg.artifact("eval_transfer_sample"))
         save_figure(transfer_shown, written[-1], f"MIRAM, mask ratio {ratio}, transfer set (a slice of each head): "
                                                  f"{os.path.basename(ckpt)}")
@@ -356,8 +371,7 @@ def run(args, cfg):
         sweep_path = cfg.artifact("eval_sweep")
         save_sweep(result["sweep"], sweep_path)
         written.append(sweep_path)
-    print("wrote\n  " + "\n  ".join(written))
-    return result
+    return written
 
 
 if __name__ == "__main__":

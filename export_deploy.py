@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from checkpoint import build_from_checkpoint, output_lock
+from checkpoint import build_from_checkpoint
 from config import MiramError, ModelConfig, add_config_args, describe, load_config
 from dataset import load_split
 from hardware import matmul_gflops, native_amp, resolve_amp
@@ -37,7 +37,7 @@ from losses import psnr
 from models import TumorClassifier, mask_noise, unpatchify
 from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_peer, gflop_per_image, graphs,
                          model_runners, peer_model, spec_models)
-from records import run_cli, run_info, save_json
+from records import output_lock, run_cli, run_info, save_json, save_stages, stage
 from restoration import damaged_set
 from imaging import foreground_patches
 from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, OnnxUpscaler, bench_group, benchmark_batches,
@@ -47,6 +47,7 @@ from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, OnnxUpscale
 INT8_MAX_AUROC_DROP = 0.005
 INT8_MAX_MEAN_PROB_CHANGE = 0.02  # AUROC on a small validation set can hide large probability changes
 INT8_MAX_PSNR_DROP_DB = 0.2
+FLOP_COUNT_IMAGES = 10  # the images a row's GFLOP per image is counted on
 BF16_SKIPPED = "this CPU has no native bf16 (AVX-512 BF16 or AMX): PyTorch emulates it, many times slower than fp32"
 BF16_SLOWER = "--short: bf16 measured no faster than fp32 on this CPU (hardware.resolve_amp); the full table times it"
 
@@ -98,7 +99,9 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cfg = load_config(args)
     with output_lock(cfg.OUTPUT_PATH):
-        return run(args, cfg)
+        report = run(args, cfg)
+        save_stages(cfg.artifact("stage_times", "_export"))
+        return report
 
 
 def run(args, cfg):
@@ -111,19 +114,24 @@ def run(args, cfg):
     m = load_models(cfg)
     cfg = cfg.adopt(m.mae.cfg)
     print(describe(cfg, script="export_deploy"))
-    val, clf_val = validation_sets(cfg, m, args.max_images)
+    with stage("data read"):
+        val, clf_val = validation_sets(cfg, m, args.max_images)
     images, clf_images = val.images.numpy(), clf_val.images.numpy()
     noise = mask_noise(len(images), m.mae.cfg.num_patches, cfg.EVAL_SEED).numpy()
-    paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
-                       m.inpainter, clf_example=torch.from_numpy(clf_images[:2]),
-                       clf_state=m.clf_state if m.clf is not None else None, upscaler=m.upscaler)
+    with stage("trained models exported, int8 quantized"):
+        paths = export_all(cfg.OUTPUT_PATH, "", m.clf, m.mae, torch.from_numpy(images[:2]), torch.from_numpy(noise[:2]),
+                           m.inpainter, clf_example=torch.from_numpy(clf_images[:2]),
+                           clf_state=m.clf_state if m.clf is not None else None, upscaler=m.upscaler)
     print(f"exported (opset {OPSET}, dynamic batch, checked, ORT-optimized): "
           + ", ".join(p for group in paths.values() for p in group.values()))
-    parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)
-    accuracy = int8_costs(m, paths, images, noise, clf_images, clf_val.labels.numpy(), args.threads)
+    with stage("parity, int8 accuracy"):
+        parity = parity_on(m, paths, images, noise, clf_images, cfg.EVAL_SEED, args.threads)
+        accuracy = int8_costs(m, paths, images, noise, clf_images, clf_val.labels.numpy(), args.threads)
     with tempfile.TemporaryDirectory(dir=cfg.OUTPUT_PATH) as tmp:
-        targets = latency_targets(args, m, paths, accuracy, images, clf_images, tmp)
-        results, peak, bf16 = time_targets(args, targets)
+        with stage("spec-size models and the peer exported"):
+            targets = latency_targets(args, m, paths, accuracy, images, clf_images, tmp)
+        with stage("latency timed"):
+            results, peak, bf16 = time_targets(args, targets)
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
               "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
@@ -276,6 +284,9 @@ def time_targets(args, targets):
     for kind, size_name, model, onnx_paths, imgs, threshold in targets:
         mcfg = spec if kind == "peer" else model.cfg
         grid = mcfg.img_size // mcfg.patch_size
+        # counted once, on the first images both batch sizes time (counting runs the model eagerly: at batch 16
+        # it cost more than the timing)
+        gflop = gflop_per_image(kind, model, benchmark_batches(imgs, 1, grid, FLOP_COUNT_IMAGES))
         for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
             inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))
             # --short: the spec-size rows and the peer's only as deployed (ONNX Runtime); the full table also
@@ -286,7 +297,6 @@ def time_targets(args, targets):
             if kind == "classifier":
                 t = mcfg.foreground_threshold if threshold is None else threshold
                 patches = float(np.mean([foreground_patches(x, mcfg.patch_size, t)[1].sum(1).mean() for x, _ in inputs]))
-            gflop = gflop_per_image(kind, model, inputs[:10])
             for backend, r in bench_group(runners, batch, iters, args.warmup).items():
                 results.append({"model": kind, "size": size_name, "backend": backend, "batch": batch,
                                 "patches_per_image": patches, "gflop_per_image": gflop,

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from, output_lock
+from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from
 from config import add_config_args, at_least, describe, load_config
 from augment import anatomy_variants, local_images, variant_index
 from dataset import load_split, load_transfer, resolve_data_path
@@ -30,7 +30,7 @@ from engine import Distributed, Task, fit
 from hardware import apply_kernels, autocast, choose_kernels, matmul_gflops, training_gflop_per_image
 from losses import ssim
 from models import MIRAM, InpaintingMIRAM, mask_noise
-from records import pyplot, run_cli, run_info, save_json
+from records import output_lock, pyplot, run_cli, run_info, save_json, save_stages, stage
 from restoration import damaged_set, lesion_shapes
 
 
@@ -126,14 +126,16 @@ def plot_losses(history, path, lambda_coarse):
 
 def pretrain(args, cfg, dist):
     device = dist.device(cfg.DEVICE)
-    kernels = choose_kernels(device, cfg.AMP, cfg.EMBED_DIM, cfg.MATMUL, dist.say)
+    with stage("kernels chosen"):
+        kernels = choose_kernels(device, cfg.AMP, cfg.EMBED_DIM, cfg.MATMUL, dist.say)
     cfg = dataclasses.replace(cfg, AMP=kernels.precision == "bf16")
     dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
-    if dist.main:
-        resolve_data_path(cfg)  # builds the demo set once, before the other processes read it
-    dist.barrier()
-    train_set, val_set = load_split(cfg, quiet=not dist.main)
+    with stage("data read"):
+        if dist.main:
+            resolve_data_path(cfg)  # builds the demo set once, before the other processes read it
+        dist.barrier()
+        train_set, val_set = load_split(cfg, quiet=not dist.main)
     dist.say(f"data: {len(train_set)} training / {len(val_set)} validation slices, "
              f"{len(set(train_set.subjects))} / {len(set(val_set.subjects))} subjects; device {device}, "
              f"{dist.world} process(es)")
@@ -141,17 +143,21 @@ def pretrain(args, cfg, dist):
     mc = model.cfg
     dist.say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
              f"{mc.num_patches} patches, {mc.num_visible} visible")
-    task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
+    with stage("anatomy variants"):
+        task = Pretraining(cfg, model, train_set, val_set, device, split_record(cfg, train_set))
     task.kernels = kernels.to_dict()
     if device.type == "cpu":  # how near the machine's matrix-multiply rate a step runs: measured, then logged
         dtype = torch.bfloat16 if cfg.AMP else torch.float32
-        task.kernels.update(matmul_gflops=round(matmul_gflops(torch.get_num_threads(), 1024, 3, dtype), 1),
-                            step_gflop_per_image=round(training_gflop_per_image(model, device), 4))
+        with stage("matrix-multiply rate measured"):
+            task.kernels.update(matmul_gflops=round(matmul_gflops(torch.get_num_threads(), 1024, 3, dtype), 1),
+                                step_gflop_per_image=round(training_gflop_per_image(model, device), 4))
     if device.type == "cuda":  # page-locked: batches copy to the GPU asynchronously
         task.train_images = task.train_images.pin_memory()
-    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    with stage("epochs"):
+        result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     if result["history"] and dist.main:
-        plot_losses(result["history"], cfg.artifact("loss_curve"), cfg.LAMBDA_COARSE)
+        with stage("figures"):
+            plot_losses(result["history"], cfg.artifact("loss_curve"), cfg.LAMBDA_COARSE)
         if "matmul_gflops" in task.kernels:
             dist.say(matmul_share(task.kernels, result["history"], dist.world, kernels.precision))
     dist.say(f"done: best validation loss {result['best']:.4f}\n  " + "\n  ".join(
@@ -256,18 +262,21 @@ def finetune_inpainting(args, cfg, dist):
     mae_state = load_checkpoint(mae_path, kind="mae")
     model_cfg = model_config_from(mae_state, mae_path)
     check_weights_fit(mae_state, "mae", model_cfg, mae_path)
-    kernels = choose_kernels(device, cfg.AMP, model_cfg.embed_dim, cfg.MATMUL, dist.say)
+    with stage("kernels chosen"):
+        kernels = choose_kernels(device, cfg.AMP, model_cfg.embed_dim, cfg.MATMUL, dist.say)
     cfg = cfg.adopt(model_cfg, AMP=kernels.precision == "bf16")
     dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
-    train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=[(mae_path, mae_state)])
+    with stage("data read"):
+        train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=[(mae_path, mae_state)])
     t0 = time.time()
     shapes, holes = hole_shapes(train_set, cfg)
     lesions = train_set.masks[:, 0].numpy() if cfg.ANATOMY_VARIANTS == 0 else None  # a variant's lesions are not known
-    train_data = tuple(map(torch.from_numpy, damaged_set(*damage_sources(train_set, cfg), cfg.SEED, shapes=shapes,
-                                                         lesions=lesions)))
-    val_data = tuple(map(torch.from_numpy, damaged_set(val_set.images.numpy(), 2, cfg.EVAL_SEED, shapes=shapes,
-                                                       lesions=val_set.masks[:, 0].numpy())))
+    with stage("damaged regions, biharmonic pre-fill"):
+        train_data = tuple(map(torch.from_numpy, damaged_set(*damage_sources(train_set, cfg), cfg.SEED, shapes=shapes,
+                                                             lesions=lesions)))
+        val_data = tuple(map(torch.from_numpy, damaged_set(val_set.images.numpy(), 2, cfg.EVAL_SEED, shapes=shapes,
+                                                           lesions=val_set.masks[:, 0].numpy())))
     dist.say(f"damaged regions ({holes}): {len(train_data[0])} training ({cfg.INPAINT_COPIES} per slice), "
              f"{len(val_data[0])} validation, biharmonic pre-fill in {time.time() - t0:.0f}s")
     model = InpaintingMIRAM(model_cfg)
@@ -275,25 +284,33 @@ def finetune_inpainting(args, cfg, dist):
     model = apply_kernels(model.to(device), kernels)
     task = InpaintingFinetune(cfg, train_data, val_data, device, split_record(cfg, train_set, mae_state))
     task.kernels = kernels.to_dict()
-    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    with stage("epochs"):
+        result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     written = [task.best, task.checkpoint, task.log]
     if dist.main:
-        best, best_state = build_from_checkpoint(task.best, "inpaint", map_location=device)
-        metrics = {"validation": hole_scores(best.to(device), val_data, device, cfg.AMP),
-                   "run": {**run_info(), "kernels": task.kernels}}
-        transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
-        if transfer is not None:
-            damaged = tuple(map(torch.from_numpy, damaged_set(transfer.images.numpy(), 2, cfg.EVAL_SEED)))
-            metrics["transfer"] = {**hole_scores(best, damaged, device, cfg.AMP), "data": f"all images in {root}"}
-        save_json(cfg.artifact("inpaint_metrics"), metrics)
-        written.append(cfg.artifact("inpaint_metrics"))
-        for name, m in metrics.items():
-            if name != "run":
-                dist.say(f"{name}: hole MSE {m['hole_mse']:.5f}, biharmonic fill {m['biharmonic_hole_mse']:.5f} "
-                         f"({m['gain_db']:+.2f} dB), {m['n_regions']} damaged regions")
+        with stage("best model scored, transfer set"):
+            written.append(save_inpaint_metrics(cfg, task, val_data, device, dist.say))
     dist.say(f"done: best validation hole MSE {result['best']:.5f} (biharmonic fill {task.prefill_loss:.5f})\n  "
              + "\n  ".join(written))
     return result
+
+
+def save_inpaint_metrics(cfg, task, val_data, device, say):
+    """The best inpainting model's hole scores on the validation regions and on the transfer set's (where one is
+    configured) -> the path of inpaint_metrics.json."""
+    best, best_state = build_from_checkpoint(task.best, "inpaint", map_location=device)
+    metrics = {"validation": hole_scores(best.to(device), val_data, device, cfg.AMP),
+               "run": {**run_info(), "kernels": task.kernels}}
+    transfer, root = load_transfer(cfg, cfg.IMG_SIZE, trained_on=[(task.best, best_state)])
+    if transfer is not None:
+        damaged = tuple(map(torch.from_numpy, damaged_set(transfer.images.numpy(), 2, cfg.EVAL_SEED)))
+        metrics["transfer"] = {**hole_scores(best, damaged, device, cfg.AMP), "data": f"all images in {root}"}
+    save_json(cfg.artifact("inpaint_metrics"), metrics)
+    for name, m in metrics.items():
+        if name != "run":
+            say(f"{name}: hole MSE {m['hole_mse']:.5f}, biharmonic fill {m['biharmonic_hole_mse']:.5f} "
+                f"({m['gain_db']:+.2f} dB), {m['n_regions']} damaged regions")
+    return cfg.artifact("inpaint_metrics")
 
 
 @torch.no_grad()
@@ -312,6 +329,11 @@ def hole_scores(model, damaged, device, amp):
             "n_regions": len(damaged[0])}
 
 
+def phase_name(args):
+    """pretrain, inpaint or superres: which of train.py's phases args run (its stage_times file's suffix)."""
+    return "superres" if args.superres else "inpaint" if args.inpaint else "pretrain"
+
+
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -321,8 +343,12 @@ def main(argv=None):
     with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
         if args.superres:
             import superres
-            return superres.finetune(args, cfg, dist)
-        return (finetune_inpainting if args.inpaint else pretrain)(args, cfg, dist)
+            result = superres.finetune(args, cfg, dist)
+        else:
+            result = (finetune_inpainting if args.inpaint else pretrain)(args, cfg, dist)
+        if dist.main:
+            save_stages(cfg.artifact("stage_times", "_" + phase_name(args)))
+        return result
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import checkpoint
+import records
 import classify
 import dataset
 import imaging
@@ -58,7 +59,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
     assert r.returncode == 0, r.stderr[-1500:]
     assert "resuming pretrain from" in r.stdout
     assert_same_weights(weights(os.path.join(ref, "checkpoint.pth")), weights(os.path.join(killed, "checkpoint.pth")))
-    assert not [f for f in os.listdir(killed) if f.startswith(checkpoint.TMP_PREFIX)]
+    assert not [f for f in os.listdir(killed) if f.startswith(records.TMP_PREFIX)]
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
@@ -80,7 +81,18 @@ def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monke
     assert os.listdir(tmp_path) == ["checkpoint.pth"]
     # a temporary file from a process killed harder (SIGKILL: no cleanup) is removed on the next start
     (tmp_path / ".tmp-abc.pth").write_bytes(b"partial")
-    assert checkpoint.remove_stale_temporaries(str(tmp_path)) == 1
+    assert records.remove_stale_temporaries(str(tmp_path)) == 1
+
+
+def test_only_the_temporaries_of_writers_no_longer_running_are_removed(tmp_path):
+    """demo.py runs phases side by side in one folder: one's start must not delete the file another is writing."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live, dead = f"{records.TMP_PREFIX}{os.getpid()}-a.pth", f"{records.TMP_PREFIX}{gone.pid}-b.pth"
+    for name in (live, dead):
+        (tmp_path / name).write_bytes(b"partial")
+    assert records.remove_stale_temporaries(str(tmp_path)) == 1
+    assert os.listdir(tmp_path) == [live]
 
 
 def test_full_disk_is_one_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
@@ -227,3 +239,26 @@ def test_scripts_refuse_to_validate_on_subjects_the_checkpoint_trained_on(traine
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning: ")]
     assert e.value.code == 1 and len(err) == 1 and "checkpoint.pth: cannot resume under this split" in err[0], err
     assert sorted(os.listdir(out)) == before  # refused before writing anything
+
+
+def test_a_phase_shares_the_folder_its_pipeline_holds_and_no_one_else_does(tmp_path):
+    """demo.py holds the output folder's lock for its whole run; the phases it starts write there beside each
+    other, and leave its lock in place; a run that demo.py did not start is still refused."""
+    import json
+    import socket
+    lock = tmp_path / records.LOCK_NAME
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for holder, shared in ((os.getppid(), True), (keeper.pid, False)):
+            lock.write_text(json.dumps({"pid": holder, "host": socket.gethostname(), "command": "python demo.py"}))
+            if shared:
+                with records.output_lock(str(tmp_path), say=lambda *a: None):
+                    pass
+            else:
+                with pytest.raises(records.MiramError, match=f"in use by another run \\(pid {keeper.pid}"):
+                    with records.output_lock(str(tmp_path), say=lambda *a: None):
+                        pass
+            assert json.loads(lock.read_text())["pid"] == holder
+    finally:
+        keeper.kill()
+        keeper.wait()

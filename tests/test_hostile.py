@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import checkpoint
+import records
 import classify
 import enhance
 import export_deploy
@@ -283,7 +284,7 @@ def test_a_second_run_in_a_busy_folder_is_refused_and_a_dead_runs_lock_is_taken_
     out = str(tmp_path / "o")
     cmd = [sys.executable, "train.py", *tiny_args(data, out, "--n-epochs", "500")]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = os.path.join(out, checkpoint.LOCK_NAME)
+    lock = os.path.join(out, records.LOCK_NAME)
     try:
         deadline = time.time() + 60
         while not os.path.exists(os.path.join(out, "checkpoint.pth")) and time.time() < deadline:

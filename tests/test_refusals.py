@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import checkpoint
+import records
 import dataset
 import enhance
 import evaluate
@@ -130,10 +131,10 @@ def test_a_volume_whose_affine_holds_nan_is_read_in_its_stored_order(tmp_path):
 
 @pytest.mark.parametrize("content", ["[]", "1", "null", '"a run"', "{not json"])
 def test_a_damaged_lock_file_is_one_line(tmp_path, content):
-    (tmp_path / checkpoint.LOCK_NAME).write_text(content)
+    (tmp_path / records.LOCK_NAME).write_text(content)
     with pytest.raises(MiramError, match=r"its lock file .* is not one a run wrote; if no run is using this folder, "
                                          r"delete it"):
-        with checkpoint.output_lock(str(tmp_path)):
+        with records.output_lock(str(tmp_path)):
             pass
 
 
