@@ -1,11 +1,12 @@
 # `make demo`: install, then run the whole pipeline on the embedded demo data.
-# `make test`: install, then run the test suite (what CI runs). `make test-fast`: without the slow tests.
+# `make test`: install, then run the test suite (what CI runs); `make test-all` adds the heavy end-to-end runs,
+# `make test-fast` leaves out the slow ones too.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast compare bench results gpu-check real real-br35h real-ms real-seeds
+.PHONY: demo test test-all test-fast compare bench results gpu-check real real-br35h real-ms real-seeds
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +24,15 @@ demo: $(STAMP)
 TEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 test: $(STAMP)
+	$(TEST) -m "not heavy" tests
+
+# everything, the heavy end-to-end runs included (the demo's phases as commands, torchrun): a few minutes more
+test-all: $(STAMP)
 	$(TEST) tests
 
 # the edit-test loop: everything but the slow end-to-end runs
 test-fast: $(STAMP)
-	$(TEST) -m "not slow" tests
+	$(TEST) -m "not slow and not heavy" tests
 
 # docs/RESULTS.md from the JSON artifacts in outputs/ (after `make demo`, `make compare`)
 results: $(STAMP)

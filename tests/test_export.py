@@ -28,43 +28,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """`python demo.py` on tiny data: every phase as its own command, export_deploy.py --short included (the peer,
-    timed at the spec's size, has a test of its own below); the export tests read what it wrote."""
-    import demo
+    """Every phase of the pipeline on tiny data, in this process (the demo's run of them as commands is
+    test_demo.py's), then export_deploy.py --short; the export tests read what it wrote."""
+    import train
     base = tmp_path_factory.mktemp("export")
     data = write_tiny_dataset(str(base / "data"))
     out = str(base / "o")
-    scan = os.path.join(data, "HR", "subj1_001.tif")
-    assert demo.main(tiny_args(data, out, "--slice", scan, "--export-iters", "3", "--skip-spec")) == 0
+    train.main(tiny_args(data, out))
+    train.main(tiny_args(data, out, "--inpaint"))
+    classify.main(tiny_args(data, out))
+    export_deploy.main(tiny_args(data, out, "--iters", "3", "--skip-spec", "--skip-peer", "--short"))
     return data, out, json.load(open(os.path.join(out, "deploy_benchmark.json")))
-
-
-def test_demo_runs_every_phase_and_summarizes_them(exported, capsys):
-    data, out, _ = exported
-    summary = json.load(open(os.path.join(out, "demo_summary.json")))
-    assert [p["phase"] for p in summary["phases"]] == ["pre-training", "inpainting fine-tune", "evaluation",
-                                                       "classification", "one prediction", "restoration", "deployment"]
-    metrics = json.load(open(os.path.join(out, "classification_metrics.json")))
-    evaluation = json.load(open(os.path.join(out, "eval_metrics.json")))
-    h = summary["headline"]
-    assert h["auroc"] == metrics["auroc"] and h["margin_over_best_classical_db"] == evaluation["margin_db"]["masked_psnr"]
-    assert 0 < h["demo_slice_probability"] < 1 and os.path.isfile(os.path.join(out, "restored_demo.tif"))
-    assert h["demo_slice_has_tumor"] is True  # subj1_001 has a blob in its mask
-    # the phases that need only the pre-trained MAE ran side by side, sharing the cores, and the demo's wall
-    # time is no more than the steps' in turn (the longer lane of a step counting)
-    side = {p["phase"]: p for p in summary["phases"] if "beside" in p}
-    assert side["classification"]["beside"] == ["inpainting fine-tune", "evaluation"]
-    assert side["evaluation"]["beside"] == ["classification"] and side["classification"]["threads"] >= 1
-    seconds = {p["phase"]: p["seconds"] for p in summary["phases"]}
-    lanes = max(seconds["inpainting fine-tune"] + seconds["evaluation"], seconds["classification"])
-    in_turn = sum(s for name, s in seconds.items() if name not in side) + lanes
-    assert in_turn <= summary["total_minutes"] * 60 + 1 < sum(seconds.values()) + 1
-    # where each phase's time went: its named stages, no more than its wall time
-    assert {"epochs", "data read"} <= set(next(p for p in summary["phases"] if p["phase"] == "pre-training")["stages"])
-    assert all(sum(p["stages"].values()) <= p["seconds"] + 1 for p in summary["phases"] if "stages" in p)
-    trained = {p["phase"]: p for p in summary["phases"] if "epochs" in p}
-    assert set(trained) == {"pre-training", "inpainting fine-tune", "classification"}
-    assert all(p["epochs"] >= 1 and 0 <= p["epoch_seconds"] <= p["seconds"] for p in trained.values())
 
 
 def test_export_writes_checked_graphs_parity_and_benchmark(exported):
