@@ -44,15 +44,23 @@ def phases(args, cfg):
     pre-trained MAE share the cores, a lane each: a model of the demo's size gains little from a second
     thread, so two phases on one thread each end sooner than one after the other (docs/METHODS.md)."""
     restored = os.path.join(cfg.OUTPUT_PATH, "restored_demo" + os.path.splitext(args.slice)[1])
+    # the showcase: a slice chosen before training (--slice), called at the validation split's threshold
     deploy = (["export_deploy.py", "--iters", args.export_iters] + (["--skip-spec", "--skip-peer"] if args.skip_spec else [])
               + ([] if args.full_benchmark else ["--short"]))
     return [[[("pre-training", ["train.py"], "pretrain")]],
             [[("inpainting fine-tune", ["train.py", "--inpaint"], "inpaint"), ("evaluation", ["evaluate.py"], "evaluate")],
              [("classification", ["classify.py"], "classify")]],
-            [[("one prediction", ["classify.py", "--predict", args.slice], None)]],
+            [[("one prediction", lambda: ["classify.py", "--predict", args.slice, *validation_threshold(cfg)], None)]],
             [[("restoration", ["enhance.py", "--input", args.slice, "--output", restored, "--scale", "coarse",
                                "--overwrite"], None)]],
             [[("deployment", deploy, "export")]]]
+
+
+def validation_threshold(cfg):
+    """["--cls-threshold", T] with T the operating threshold classify.py chose on the validation split
+    (tumor.OPERATING_RULE), read when the prediction runs, after the classifier; [] where it chose none."""
+    chosen = ((load(cfg, "classification_metrics") or {}).get("operating_point") or {}).get("threshold")
+    return ["--cls-threshold", f"{chosen:.6g}"] if chosen is not None and 0 < chosen < 1 else []
 
 
 def lane_threads(lanes, cpus=None):
@@ -74,6 +82,7 @@ def run_step(lanes, env, say_probability):
 
     def run_lane(k):
         for name, cmd, stages in lanes[k]:
+            cmd = cmd() if callable(cmd) else cmd  # a command that reads what an earlier phase wrote
             print(f"\n=== {name}: python {' '.join(cmd)}" + (f" (beside the other lane, {threads} thread(s))"
                                                            if threads else ""), flush=True)
             t0 = time.time()

@@ -374,7 +374,8 @@ def cpu_runs_section(runs_dir):
              "the peer's (timm ViT-S/16 in ONNX Runtime, fp32 or int8, whichever is faster), and its best batch-16 "
              "images/s over the peer's. Pre-training step: `bench/train_throughput.py`, what `train.py` runs over "
              "HuggingFace `ViTMAEForPreTraining` in fp32, with its share of the fp32 matrix-multiply rate measured "
-             "in the same run.", ""] + commands + [""]
+             "in the same run. Where a summary says so (`beside`), the inpainting fine-tune ran beside the "
+             "classifier, so their minutes overlap.", ""] + commands + [""]
     return lines + table(["CPU", "`make demo`", "pre-train / inpaint / classify / deploy (min)", "masked PSNR over best fill",
                           "AUROC", "evidence map pointing / mass", "deploy latency / images/s vs peer",
                           "pre-training step vs HF fp32"], rows) + [""]

@@ -118,3 +118,12 @@ def test_lanes_share_the_cores_and_a_lane_alone_keeps_them():
     steps = demo.phases(demo.get_args_parser().parse_args([]), type("C", (), {"OUTPUT_PATH": "o"})())
     side = [step for step in steps if len(step) > 1]
     assert [[name for name, *_ in lane] for lane in side[0]] == [["inpainting fine-tune", "evaluation"], ["classification"]]
+
+
+def test_the_showcase_prediction_is_called_at_the_validation_splits_threshold(tmp_path):
+    import json
+    cfg = type("C", (), {"artifact": lambda self, name, suffix="": str(tmp_path / f"{name}{suffix}.json")})()
+    assert demo.validation_threshold(cfg) == []  # no classifier yet: the setting's threshold
+    for chosen, flag in ((0.3217, ["--cls-threshold", "0.3217"]), (float("nan"), []), (None, [])):
+        json.dump({"operating_point": {"rule": "Youden", "threshold": chosen}}, open(tmp_path / "classification_metrics.json", "w"))
+        assert demo.validation_threshold(cfg) == flag
