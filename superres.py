@@ -76,6 +76,41 @@ def head_psnr(pred, target):
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+# ---- no anatomy where there is none --------------------------------------------------------------------
+
+def phantoms(size):
+    """Images without anatomy, {name: (size, size) in [0, 1]}: a constant grey, and a geometric phantom of
+    discs of several sizes and contrasts over a ramp, with stripes two to eight pixels wide."""
+    yy, xx = np.mgrid[:size, :size] / size
+    phantom = 0.2 + 0.3 * xx
+    for cy, cx, r, level in ((0.3, 0.3, 0.18, 0.9), (0.3, 0.72, 0.1, 0.05), (0.7, 0.3, 0.06, 0.6), (0.72, 0.7, 0.03, 1.0)):
+        phantom[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = level
+    band = (yy > 0.88) & (yy < 0.97)
+    for k, width in enumerate((2, 4, 8)):
+        columns = (xx * size) // width % 2 == 0
+        phantom[band & columns & (xx > k / 3) & (xx < (k + 1) / 3)] = 0.8
+    return {"constant": np.full((size, size), 0.5), "phantom": phantom}
+
+
+def phantom_scores(correct, size):
+    """Each phantom degraded by each kind (degradations.DEGRADATIONS, no noise), enlarged back by correct (the
+    model, tiled) and by bicubic interpolation alone: {phantom: {kind: {"psnr", "psnr_bicubic", "max_abs_change"}}}
+    over the whole image. A model that paints brain into such images scores below bicubic there."""
+    from degradations import DEGRADATIONS, degrade
+    out = {}
+    for name, truth in phantoms(2 * size).items():
+        out[name] = {}
+        for kind in DEGRADATIONS:
+            low = degrade(truth, kind, FACTOR)
+            ours, bicubic = enlarge(correct, low, size), upsample(low, FACTOR)
+
+            def psnr(pred):
+                return 10 * math.log10(1.0 / max(float(((np.clip(pred, 0, 1) - truth) ** 2).mean()), 1e-12))
+            out[name][kind] = {"psnr": psnr(ours), "psnr_bicubic": psnr(bicubic),
+                               "max_abs_change": float(np.abs(ours - bicubic).max())}
+    return out
+
+
 # ---- the fine-tune ------------------------------------------------------------------------------------
 
 def examples(cfg, data_set, crops, seed):
@@ -199,9 +234,13 @@ def finetune(args, cfg, dist):
                "psnr_head_bicubic": head_psnr(val_pairs[0], val_pairs[1]), "n_crops": len(val_pairs[0]),
                "run": {**run_info(), "kernels": task.kernels}}
     metrics["margin_db"] = metrics["psnr_head"] - metrics["psnr_head_bicubic"]
+    metrics["phantoms"] = phantom_scores(lambda tiles: predict(best, torch.from_numpy(tiles), device), cfg.IMG_SIZE)
     path = cfg.artifact("superres_metrics", "" if variant == "finetune" else "_" + variant)
     save_json(path, metrics)
     dist.say(f"validation crops, PSNR inside the head: {metrics['psnr_head']:.2f} dB, bicubic "
-             f"{metrics['psnr_head_bicubic']:.2f} dB ({metrics['margin_db']:+.2f} dB)\n  "
+             f"{metrics['psnr_head_bicubic']:.2f} dB ({metrics['margin_db']:+.2f} dB)\n"
+             "images without anatomy, PSNR against bicubic's: " + "; ".join(
+                 f"{name} {kind} {m['psnr']:.2f} vs {m['psnr_bicubic']:.2f} dB" for name, kinds in metrics["phantoms"].items()
+                 for kind, m in kinds.items()) + "\n  "
              + "\n  ".join([task.best, task.checkpoint, task.log, path]))
     return result

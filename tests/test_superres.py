@@ -23,6 +23,22 @@ def test_tiles_cover_the_slice_and_an_identity_model_gives_the_bicubic_enlargeme
     assert np.allclose(shifted, superres.upsample(img) + 0.25, atol=1e-6)
 
 
+def test_images_without_anatomy_show_a_model_that_paints_into_them():
+    shown = superres.phantoms(64)
+    assert set(shown) == {"constant", "phantom"} and all(0 <= v.min() and v.max() <= 1 for v in shown.values())
+    assert len(np.unique(shown["phantom"])) > 10 and np.ptp(shown["constant"]) == 0
+    honest = superres.phantom_scores(lambda tiles: tiles, 32)  # bicubic itself: no change, no loss
+    assert all(m["max_abs_change"] < 1e-6 and abs(m["psnr"] - m["psnr_bicubic"]) < 1e-6
+               for kinds in honest.values() for m in kinds.values())
+
+    def painter(tiles):  # adds a bright blob to every tile, as a model that learned brains might
+        yy, xx = np.mgrid[:tiles.shape[-2], :tiles.shape[-1]]
+        return tiles + 0.3 * (((yy - 16) ** 2 + (xx - 16) ** 2) < 36)
+    painted = superres.phantom_scores(painter, 32)
+    assert all(m["psnr"] < m["psnr_bicubic"] - 3 and m["max_abs_change"] > 0.2
+               for kinds in painted.values() for m in kinds.values())
+
+
 def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"))
     out = str(tmp_path / "o")
@@ -32,6 +48,9 @@ def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
     train.main(tiny_args(data, out, "--superres"))
     assert os.path.isfile(os.path.join(out, "best_miram_superres.pth"))
     assert os.path.isfile(os.path.join(out, "superres_metrics.json"))
+    import json
+    phantom = json.load(open(os.path.join(out, "superres_metrics.json")))["phantoms"]
+    assert set(phantom) == {"constant", "phantom"} and set(phantom["phantom"]) == {"kspace", "area"}
     scan = os.path.join(data, "HR", "subj1_000.tif")
     result = str(tmp_path / "x2.tif")
     enhance.main(enhance_args(out, "--input", scan, "--output", result, "--mode", "superres"))
