@@ -1,5 +1,6 @@
-"""What every script shares around its work: results written atomically, where a figure came from (the command,
-the CPU, the date), and one clear line instead of a traceback when the user can fix the cause."""
+"""What every script shares around its work: results written atomically, one writer per output folder (a lock the
+phases of one demo run share), where a figure came from (the command, the CPU, the date), where a phase's time
+went (its named stages), and one clear line instead of a traceback when the user can fix the cause."""
 import contextlib
 import datetime
 import json
