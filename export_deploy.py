@@ -284,8 +284,8 @@ def time_targets(args, targets):
     for kind, size_name, model, onnx_paths, imgs, threshold in targets:
         mcfg = spec if kind == "peer" else model.cfg
         grid = mcfg.img_size // mcfg.patch_size
-        # counted once, on the first images both batch sizes time (counting runs the model eagerly: at batch 16
-        # it cost more than the timing)
+        # counted once, on the first images both batch sizes time: counting runs the model eagerly, which on
+        # every batch-16 input would take longer than timing it
         gflop = gflop_per_image(kind, model, benchmark_batches(imgs, 1, grid, FLOP_COUNT_IMAGES))
         for batch, iters in ((1, args.iters), (16, max(3, args.iters // 5))):
             inputs = benchmark_batches(imgs, batch, grid, max(iters, args.warmup))

@@ -151,8 +151,8 @@ def export_onnx(module, example, names, outputs, path, model_config, kind, raw_p
                 # One Dim shared by several inputs is meant: the exporter's note that it names the axis
                 # once ("The axis name: batch will not be used ...") is no news to a user.
                 warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
-                # ours skip the exporter's own graph optimizer: ONNX Runtime's, run on every graph below, does
-                # what it does, and it took a third of the export's time; the peer keeps the defaults
+                # ours skip the exporter's own graph optimizer, a slow pass: ONNX Runtime's, run on every graph
+                # below, does what it does; the peer keeps the exporter's defaults
                 prog = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=list(names),
                                          output_names=list(outputs), dynamic_shapes=shapes, verbose=False,
                                          custom_translation_table=ort_fused_ops()[0] if fused else None,

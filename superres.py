@@ -69,11 +69,15 @@ def enlarge_slices(correct, slices, size):
     return np.stack(out)
 
 
+def psnr_inside(pred, target, inside=...):
+    """PSNR ([0, 1] scale) over the pixels `inside` selects (a boolean mask; every pixel by default), pooled."""
+    mse = float(((np.clip(pred, 0, 1) - target) ** 2)[inside].mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
 def head_psnr(pred, target):
     """PSNR ([0, 1] scale) over the head pixels of every image, pooled: (N, 1, S, S) arrays."""
-    head = target > HEAD
-    mse = float(((np.clip(pred, 0, 1) - target) ** 2)[head].mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
+    return psnr_inside(pred, target, target > HEAD)
 
 
 # ---- no anatomy where there is none --------------------------------------------------------------------
@@ -103,10 +107,7 @@ def phantom_scores(correct, size):
         for kind in DEGRADATIONS:
             low = degrade(truth, kind, FACTOR)
             ours, bicubic = enlarge(correct, low, size), upsample(low, FACTOR)
-
-            def psnr(pred):
-                return 10 * math.log10(1.0 / max(float(((np.clip(pred, 0, 1) - truth) ** 2).mean()), 1e-12))
-            out[name][kind] = {"psnr": psnr(ours), "psnr_bicubic": psnr(bicubic),
+            out[name][kind] = {"psnr": psnr_inside(ours, truth), "psnr_bicubic": psnr_inside(bicubic, truth),
                                "max_abs_change": float(np.abs(ours - bicubic).max())}
     return out
 
