@@ -31,7 +31,8 @@ ARTIFACTS = {
     "superres_checkpoint": "superres_checkpoint.pth",
     "superres": "best_miram_superres.pth",       # train.py --superres: 2x in-plane resolution
     "superres_log": "superres_log.jsonl",
-    "superres_metrics": "superres_metrics.json",  # PSNR inside the head against bicubic interpolation
+    "superres_metrics": "superres_metrics.json",  # held-out slices, inside the head, against bicubic and Lanczos
+    "superres_sample": "miram_superres_sample.png",
     "classifier_checkpoint": "classifier_checkpoint.pth",
     "classifier": "best_tumor_classifier.pth",
     "classifier_log": "classifier_log.jsonl",
@@ -62,9 +63,8 @@ BUILTIN_TRANSFER_PATH = os.path.join("data", "transfer", "Brain_MRI")
 
 
 def margin_key(method):
-    """The key of a MIRAM fill's margin over the best classical fill in eval_metrics.json, in a set's results
-    and in each head's: "miram" -> "margin_db", "miram_adapted_seamless" -> "margin_db_adapted_seamless"
-    (evaluate.py writes them; the demo summary and the report read them)."""
+    """The key of a MIRAM fill's margin over the best classical fill in eval_metrics.json (evaluate.py writes
+    it; the demo summary and the report read it): "miram_adapted_seamless" -> "margin_db_adapted_seamless"."""
     return "margin_db" + method[len("miram"):]
 
 
@@ -199,11 +199,9 @@ class Config:
     # ---- the super-resolution fine-tune (train.py --superres)
     SUPERRES_EPOCHS: int = setting(20, "epochs of the super-resolution fine-tune", ("train",))
     SUPERRES_LR: float = setting(1e-4, "its rate for a batch of 16 (the new head gets 10x)", ("train",))
-    SUPERRES_CROPS: int = setting(4, "IMG_SIZE crops per training slice, each degraded once, at the slice's own "
-                                  "pixel scale", ("train",))
+    SUPERRES_CROPS: int = setting(4, "IMG_SIZE crops a training slice at its own scale, each degraded once", ("train",))
     INPAINT_HOLES: str = setting("synthetic", "the regions it learns to fill: synthetic (blocks, stripes, blobs) or "
-                                 "lesions (the training masks' lesion shapes, placed in tissue clear of lesions)",
-                                 ("train",))
+                                 "lesions (the training masks' lesion shapes, placed in clear tissue)", ("train",))
     # not a setting: the preset these values came from, for the record
     preset: str = None
 
@@ -285,7 +283,7 @@ MAX_PIXELS = Config.MAX_PIXELS  # the default budget, for readers called without
 
 @dataclass
 class ModelConfig:
-    """The architecture: everything needed to rebuild a model from a checkpoint. Each field but the last three
+    """The architecture: everything needed to rebuild a model from a checkpoint. Each field but the last four
     is the setting of its name upper-cased, with that setting's default."""
     img_size: int = Config.IMG_SIZE
     patch_size: int = Config.PATCH_SIZE
@@ -308,6 +306,8 @@ class ModelConfig:
     conv_evidence: bool = False
     # The classifier's classes: 2 (tumor-free, tumor) or one a class folder (the data decides); the MAE ignores it.
     num_classes: int = 2
+    # MIRAM feature channels the super-resolver's convolutions read (0: the small CNN alone, train.py --cnn).
+    superres_features: int = 8
 
     def __post_init__(self):
         _check_model(self)

@@ -132,12 +132,17 @@ def run(args, cfg):
             targets = latency_targets(args, m, paths, accuracy, images, clf_images, tmp)
         with stage("latency timed"):
             results, peak, bf16 = time_targets(args, targets)
+    if m.upscaler is not None:
+        with stage("super-resolution timed"):
+            superres_timing = time_superres(m.upscaler, paths["superres"]["ort-fp32"], images[0, 0], args)
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
               "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
               "files": {k: v for k, v in paths.items()},
               "gpu": "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see results",
               "run": run_info()}
+    if m.upscaler is not None:
+        report["superres_slice"] = superres_timing
     if not bf16:
         report["skipped"] = {"torch-bf16": BF16_SKIPPED if not native_amp(torch.device("cpu")) else BF16_SLOWER}
     path = cfg.artifact("deploy_benchmark")
@@ -302,6 +307,29 @@ def time_targets(args, targets):
                                 "patches_per_image": patches, "gflop_per_image": gflop,
                                 "share_of_matmul_peak": gflop * r["images_per_s"] / peak, **r})
     return results, peak, bf16
+
+
+SUPERRES_SLICE = 256  # the side of the slice the super-resolution timing enlarges to twice its size
+
+
+def time_superres(upscaler, onnx_path, image, args):
+    """A SUPERRES_SLICE-pixel validation slice enlarged twice, whole (interpolation, tiles, blend), by ONNX
+    Runtime fp32 and by PyTorch: {backend: percentiles (ms)}."""
+    from skimage.transform import resize
+
+    from superres import enlarge
+    img = resize(np.asarray(image, np.float64), (SUPERRES_SLICE, SUPERRES_SLICE), order=1)
+    ort = OnnxUpscaler(onnx_path, args.threads)
+    size = upscaler.cfg.img_size
+
+    @torch.no_grad()
+    def torch_tiles(tiles):
+        return upscaler(torch.from_numpy(tiles)).numpy()
+    runners = {"ort-fp32": lambda: enlarge(ort, img, size), "torch-fp32": lambda: enlarge(torch_tiles, img, size)}
+    timed = bench_group(runners, 1, max(5, args.iters // 4), min(args.warmup, 2))
+    print(f"super-resolution, a {SUPERRES_SLICE}x{SUPERRES_SLICE} slice to {2 * SUPERRES_SLICE}x{2 * SUPERRES_SLICE}, "
+          f"{args.threads} threads: " + ", ".join(f"{k} {v['p50_ms']:.0f} ms" for k, v in timed.items()))
+    return {"side": SUPERRES_SLICE, "factor": 2, "tile": size, **timed}
 
 
 def print_table(report):

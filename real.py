@@ -4,6 +4,7 @@
     python real.py br35h --seeds 0 1 2 --extras  # make real-seeds: the three seeds the figures are judged
                                                  # on, the leak of ignoring copies, training without outliers
     python real.py ms_lesions            # make real-ms: 3 folds of 3 subjects, each held out in turn
+    python real.py superres [--seeds 0 1 2]  # make real-sr: 2x super-resolution on each set's held-out scans
 
 For a set: fetch it (makedata.py --fetch), count what it holds (dataset.py --inspect), pre-train MIRAM on its images (labels unused), measure the MAE's
 masked-patch PSNR against the classical fills on the held-out split (evaluate.py), then fine-tune the classifier
@@ -57,13 +58,91 @@ EVAL_IMAGES = 200  # held-out images the fills are compared on (biharmonic is th
 
 def get_args_parser():
     p = argparse.ArgumentParser("MIRAM on real public data")
-    p.add_argument("set", choices=sorted(SETS))
+    p.add_argument("set", choices=sorted(SETS) + [SUPERRES])
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier training seeds")
     p.add_argument("--summarize", action="store_true",
                    help="run nothing: write the summary of the runs that have finished (after an interrupted run)")
     p.add_argument("--extras", action="store_true", help="also the runs that explain a figure: the split that "
                    "ignores near-identical images, the fine-tune without the images least alike")
     return p
+
+
+# ---- super-resolution: each set's pre-trained MIRAM fine-tuned to enlarge twice (train.py --superres), the same
+# network from scratch and the small CNN alone beside it, on the same crops, epochs and seeds
+
+SUPERRES = "superres"
+SR_VARIANTS = {"finetune": [], "from_scratch": ["--from-scratch"], "cnn": ["--cnn"]}
+# set -> (its environment, its super-resolution budget: epochs x crops a training slice, about 5,000 crops each)
+SR_SETS = {"demo": ({"MIRAM_PRESET": "demo"}, {"MIRAM_SUPERRES_EPOCHS": "6", "MIRAM_SUPERRES_CROPS": "4"}),
+           "br35h": (SETS["br35h"], {"MIRAM_SUPERRES_EPOCHS": "2", "MIRAM_SUPERRES_CROPS": "1"}),
+           "ms_lesions": (SETS["ms_lesions"], {"MIRAM_SUPERRES_EPOCHS": "4", "MIRAM_SUPERRES_CROPS": "1"})}
+# the held-out scans reported: name -> (the set trained on, the held-out slices in its metrics)
+SR_HELD_OUT = {"br35h": ("br35h", "validation"), "ms_lesions": ("ms_lesions", "validation"),
+               "transfer_heads": ("demo", "transfer"), "demo_template": ("demo", "validation")}
+
+
+def superres_units(name):
+    """(label, folder of its pre-trained MAE, its environment) of each model a set trains: one, or one a fold."""
+    env, budget = SR_SETS[name]
+    if name == "demo":  # make demo's pre-training (run here where it has not been)
+        return [("demo", "outputs", {**env, **budget})]
+    if name in FOLDS:
+        return [(f"{name} fold {k}", os.path.join(OUT, name, f"fold{k}"),
+                 {**env, **budget, "MIRAM_VAL_SUBJECTS": ",".join(held_out)}) for k, held_out in enumerate(fold_subjects(name))]
+    return [(name, os.path.join(OUT, name), {**env, **budget})]
+
+
+def superres_folder(label, variant, seed):
+    return os.path.join(OUT, SUPERRES, label.replace(" ", "_"), f"{variant}_seed{seed}")
+
+
+def superres_runs(seeds):
+    """The pre-trainings the fine-tunes start from (skipped where `real.py <set>` or make demo made them),
+    then every set's three variants a seed."""
+    for name in SR_SETS:
+        if name != "demo":
+            yield from (r for r in runs(name, [], False) if r[0] in ("fetch", "pre-training"))
+        for label, mae_folder, env in superres_units(name):
+            if name == "demo":
+                yield "demo pre-training", ["train.py"], {**env, "MIRAM_OUTPUT_PATH": mae_folder}, artifact(mae_folder, "loss_curve")
+            elif name in FOLDS:
+                yield f"{label} pre-training", ["train.py"], {**env, "MIRAM_OUTPUT_PATH": mae_folder}, artifact(mae_folder, "loss_curve")
+            for seed in seeds:
+                for variant, flags in SR_VARIANTS.items():
+                    folder = superres_folder(label, variant, seed)
+                    done = artifact(folder, "superres_metrics", "" if variant == "finetune" else "_" + variant)
+                    start = ["--checkpoint", artifact(mae_folder, "mae")] if variant == "finetune" else flags
+                    yield f"{label} super-resolution {variant} seed {seed}", ["train.py", "--superres", *start], {
+                        **env, "MIRAM_OUTPUT_PATH": folder, "MIRAM_SEED": str(seed)}, done
+
+
+def summarize_superres(seeds):
+    """{held-out set: figures as {"mean", "std", "n"} over its folds and seeds}: the fine-tune's PSNR margin over
+    bicubic and Lanczos and its SSIM, inside the head, averaged over the degradations; its PSNR over the small
+    CNN's and over the same network's from scratch (paired by fold and seed); each variant's own figures."""
+    out = {}
+    for held_out, (name, key) in SR_HELD_OUT.items():
+        found = {v: [] for v in SR_VARIANTS}  # variant -> [(fold, seed, figures)]
+        for label, _, _ in superres_units(name):
+            for seed in seeds:
+                for variant in SR_VARIANTS:
+                    path = artifact(superres_folder(label, variant, seed), "superres_metrics",
+                                    "" if variant == "finetune" else "_" + variant)
+                    if os.path.isfile(path) and key in load_json(path)["held_out"]:
+                        found[variant].append(((label, seed), load_json(path)["held_out"][key]))
+        if not found["finetune"]:
+            continue
+        ours = dict(found["finetune"])
+        def over(variant):  # the fine-tune's PSNR over another variant's, paired
+            return spread([ours[u]["psnr"] - m["psnr"] for u, m in found[variant] if u in ours])
+        out[held_out] = {"psnr_margin_bicubic_db": spread([m["psnr_margin_bicubic_db"] for m in ours.values()]),
+                         "psnr_margin_lanczos_db": spread([m["psnr_margin_lanczos_db"] for m in ours.values()]),
+                         "ssim": spread([m["ssim"] for m in ours.values()]),
+                         "cnn_psnr_margin_db": over("cnn"), "scratch_psnr_margin_db": over("from_scratch"),
+                         "variants": {v: {k: spread([m[k] for _, m in runs_]) for k in ("psnr", "psnr_margin_bicubic_db", "ssim")}
+                                      for v, runs_ in found.items() if runs_},
+                         "n_slices": sum(m["n_slices"] for m in ours.values()), "trained_on": name}
+    return out
 
 
 def run_folder(name, variant, share, seed):
@@ -276,10 +355,11 @@ def summarize(name, seeds):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    env = {**os.environ, **SETS[args.set]}
+    env = {**os.environ, **SETS.get(args.set, {})}
     times_path = os.path.join(OUT, args.set, "real_times.json")
     times = load_json(times_path) if os.path.isfile(times_path) else {}
-    for label, cmd, extra, done in ([] if args.summarize else runs(args.set, args.seeds, args.extras)):
+    todo = superres_runs(args.seeds) if args.set == SUPERRES else runs(args.set, args.seeds, args.extras)
+    for label, cmd, extra, done in ([] if args.summarize else todo):
         if os.path.isfile(done):
             print(f"=== {label}: done ({done})")
             continue
@@ -293,6 +373,16 @@ def main(argv=None):
         save_json(times_path, times)
     path = os.path.join(OUT, "real_summary.json")
     summary = load_json(path) if os.path.isfile(path) else {}
+    if args.set == SUPERRES:
+        summary[SUPERRES] = {**summarize_superres(args.seeds), "seeds": args.seeds, "run": run_info()}
+        save_json(path, summary)
+        for held_out, r in summary[SUPERRES].items():
+            if isinstance(r, dict) and "ssim" in r:
+                print(f"{held_out}: 2x, inside the head, {r['psnr_margin_bicubic_db']['mean']:+.2f} dB over bicubic, SSIM "
+                      f"{r['ssim']['mean']:.3f}, {r['cnn_psnr_margin_db']['mean'] if r['cnn_psnr_margin_db'] else float('nan'):+.2f} dB "
+                      f"over the small CNN (n = {r['ssim']['n']})")
+        print(f"(in {path})")
+        return 0
     if args.set in FOLDS:
         summary[args.set] = {**summarize_folds(args.set), "run": run_info()}
         save_json(path, summary)

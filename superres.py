@@ -80,6 +80,86 @@ def head_psnr(pred, target):
     return psnr_inside(pred, target, target > HEAD)
 
 
+def head_ssim(pred, target):
+    """SSIM ([0, 1] scale, 7-pixel windows) averaged over the head pixels of one (H, W) image."""
+    from skimage.metrics import structural_similarity
+    _, full = structural_similarity(target, np.clip(pred, 0, 1), data_range=1.0, full=True)
+    return float(full[target > HEAD].mean())
+
+
+def with_head(slices, count):
+    """Up to `count` of the (H, W) [0, 1] slices, evenly spaced, among those at least a tenth head (the end
+    slices of a volume, nearly empty, would score the background)."""
+    kept = [s for s in slices if (s > HEAD).mean() >= 0.1 and min(s.shape) >= 2 * FACTOR]
+    picks = np.unique(np.linspace(0, len(kept) - 1, min(count, len(kept))).round().astype(int)) if kept else []
+    return [kept[i] for i in picks]
+
+
+def held_out_scores(correct, slices, size, count=48):
+    """Whole held-out slices at their own pixel scale, each cut to half its resolution by each degradation (no
+    noise) and enlarged back by the model (tiled, `correct` as enlarge takes it) and by each classical
+    interpolation: {"n_slices", kind: {method: {"psnr", "psnr_std", "ssim", "ssim_std"}}}, inside the head,
+    means over slices. -> also the per-slice arrays' first slice's images, for the figure."""
+    from degradations import DEGRADATIONS, INTERPOLATIONS, degrade
+    slices = with_head(slices, count)
+    out, example = {"n_slices": len(slices)}, None
+    for kind in DEGRADATIONS:
+        scores = {}
+        for img in slices:
+            truth = img[:img.shape[0] // FACTOR * FACTOR, :img.shape[1] // FACTOR * FACTOR]
+            low = degrade(truth, kind, FACTOR)
+            fills = {"model": enlarge(correct, low, size), **{n: f(low, FACTOR) for n, f in INTERPOLATIONS.items()}}
+            for method, pred in fills.items():
+                inside = truth > HEAD
+                scores.setdefault(method, []).append((psnr_inside(pred, truth, inside), head_ssim(pred, truth)))
+            if example is None:
+                example = {"truth": truth, "low": low, **fills}
+        out[kind] = {m: {"psnr": float(np.mean(v[:, 0])), "psnr_std": float(np.std(v[:, 0])),
+                         "ssim": float(np.mean(v[:, 1])), "ssim_std": float(np.std(v[:, 1]))}
+                     for m, v in ((m, np.array(v)) for m, v in scores.items())}
+    return out, example
+
+
+def margins(scores):
+    """From held_out_scores: the model's PSNR over bicubic's (dB) and its SSIM, averaged over the degradations."""
+    from degradations import DEGRADATIONS
+    return {"psnr_margin_bicubic_db": float(np.mean([scores[k]["model"]["psnr"] - scores[k]["bicubic"]["psnr"]
+                                                     for k in DEGRADATIONS])),
+            "psnr_margin_lanczos_db": float(np.mean([scores[k]["model"]["psnr"] - scores[k]["lanczos"]["psnr"]
+                                                     for k in DEGRADATIONS])),
+            "psnr": float(np.mean([scores[k]["model"]["psnr"] for k in DEGRADATIONS])),
+            "ssim": float(np.mean([scores[k]["model"]["ssim"] for k in DEGRADATIONS]))}
+
+
+def save_figure(example, path, title):
+    """A held-out slice: its half-resolution input, bicubic and Lanczos enlargements, the model's and the truth,
+    each whole and, below, the same enlarged detail (a quarter of the slice's side around the head's centre)."""
+    from records import pyplot
+    plt = pyplot()
+    truth = example["truth"]
+    ys, xs = np.nonzero(truth > HEAD)
+    side = max(16, min(truth.shape) // 4)
+    cy = int(np.clip(ys.mean() if len(ys) else truth.shape[0] / 2, side / 2, truth.shape[0] - side / 2))
+    cx = int(np.clip(xs.mean() if len(xs) else truth.shape[1] / 2, side / 2, truth.shape[1] - side / 2))
+    box = (slice(cy - side // 2, cy + side // 2), slice(cx - side // 2, cx + side // 2))
+    panels = {"input (half resolution)": np.kron(example["low"], np.ones((FACTOR, FACTOR))), "bicubic": example["bicubic"],
+              "Lanczos": example["lanczos"], "MIRAM super-resolution": example["model"], "truth": truth}
+    fig, axes = plt.subplots(2, len(panels), figsize=(3 * len(panels), 6.2))
+    for col, (name, img) in enumerate(panels.items()):
+        score = "" if name == "truth" or name.startswith("input") else \
+            f"\n{psnr_inside(img, truth, truth > HEAD):.2f} dB inside the head"
+        axes[0, col].imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+        axes[0, col].set_title(name + score, fontsize=9)
+        axes[0, col].add_patch(plt.Rectangle((box[1].start, box[0].start), side, side, fill=False, color="yellow"))
+        axes[1, col].imshow(np.clip(img[box], 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for ax in axes[:, col]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ---- no anatomy where there is none --------------------------------------------------------------------
 
 def phantoms(size):
@@ -186,21 +266,35 @@ def predict(model, inputs, device, batch=32):
                                for s in range(0, len(inputs), batch)])
 
 
+VARIANTS = {"finetune": "pre-trained MIRAM and the CNN reading its features",
+            "from_scratch": "the same network, MIRAM's weights random (what pre-training is worth)",
+            "cnn": "the small CNN alone, no MIRAM (the super-resolver a user would otherwise train)"}
+HELD_OUT_SLICES = 48  # whole slices a held-out set is scored on
+
+
+def variant_of(args):
+    return "from_scratch" if args.from_scratch else "cnn" if args.cnn else "finetune"
+
+
 def finetune(args, cfg, dist):
-    """train.py --superres [--from-scratch]: the fine-tune, then its figures on the validation crops."""
+    """train.py --superres [--from-scratch | --cnn]: the fine-tune, then its figures on the held-out slices
+    (and the transfer set's, where one is configured) against bicubic and Lanczos interpolation."""
+    import dataclasses
+
     import torch
 
     from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from
     from config import describe
-    from dataset import load_split
+    from dataset import load_split, load_transfer, native_slices, resolve_data_path
     from engine import fit
     from hardware import apply_kernels, choose_kernels
+    from imaging import normalize_intensity
     from models import SuperResMIRAM
-    from records import run_info, save_json
+    from records import run_info, save_json, stage
     from splits import split_record
     device = dist.device(cfg.DEVICE)
-    variant = "from_scratch" if args.from_scratch else "finetune"
-    mae_path, mae_state, parents = cfg.artifact("mae"), None, ()
+    variant = variant_of(args)
+    mae_path, mae_state, parents = args.checkpoint or cfg.artifact("mae"), None, ()
     if variant == "finetune":
         mae_state = load_checkpoint(mae_path, kind="mae")
         model_cfg = model_config_from(mae_state, mae_path)
@@ -208,17 +302,17 @@ def finetune(args, cfg, dist):
         parents = ((mae_path, mae_state),)
     else:
         model_cfg = cfg.model_config()
+    model_cfg = dataclasses.replace(model_cfg, superres_features=0 if variant == "cnn" else model_cfg.superres_features)
     kernels = choose_kernels(device, cfg.AMP, model_cfg.embed_dim, cfg.MATMUL, dist.say)
     cfg = cfg.adopt(model_cfg, AMP=kernels.precision == "bf16")
     dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
-    t0 = time.time()
-    train_pairs = examples(cfg, train_set, cfg.SUPERRES_CROPS, cfg.SEED)
-    val_pairs = examples(cfg, val_set, 2, cfg.EVAL_SEED)
-    dist.say(f"super-resolution {variant}: {len(train_pairs[0])} training crops ({cfg.SUPERRES_CROPS} a slice), "
-             f"{len(val_pairs[0])} validation, {cfg.IMG_SIZE} px at the slices' own scale, degraded in "
-             f"{time.time() - t0:.0f}s")
+    with stage("degraded crops"):
+        train_pairs = examples(cfg, train_set, cfg.SUPERRES_CROPS, cfg.SEED)
+        val_pairs = examples(cfg, val_set, 2, cfg.EVAL_SEED)
+    dist.say(f"super-resolution, {VARIANTS[variant]}: {len(train_pairs[0])} training crops ({cfg.SUPERRES_CROPS} a "
+             f"slice), {len(val_pairs[0])} validation, {cfg.IMG_SIZE} px at the slices' own scale")
     model = SuperResMIRAM(model_cfg)
     if mae_state is not None:
         model.mae.load_state_dict(mae_state["model"])
@@ -226,22 +320,41 @@ def finetune(args, cfg, dist):
     task = make_task(cfg, train_pairs, val_pairs, device, split_record(cfg, train_set, *(s for _, s in parents)),
                      variant)
     task.kernels = kernels.to_dict()
-    result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
+    with stage("epochs"):
+        result = fit(task, model, cfg, dist, device, resume=not args.no_resume, stop_after=args.stop_after)
     if not dist.main or not os.path.isfile(task.best):
         return result
     best, _ = build_from_checkpoint(task.best, "superres", map_location=device)
-    pred = predict(best.to(device), task.val_data[0], device)
-    metrics = {"variant": variant, "psnr_head": head_psnr(pred, val_pairs[1]),
-               "psnr_head_bicubic": head_psnr(val_pairs[0], val_pairs[1]), "n_crops": len(val_pairs[0]),
-               "run": {**run_info(), "kernels": task.kernels}}
-    metrics["margin_db"] = metrics["psnr_head"] - metrics["psnr_head_bicubic"]
-    metrics["phantoms"] = phantom_scores(lambda tiles: predict(best, torch.from_numpy(tiles), device), cfg.IMG_SIZE)
-    path = cfg.artifact("superres_metrics", "" if variant == "finetune" else "_" + variant)
+    best = best.to(device)
+    correct = lambda tiles: predict(best, torch.from_numpy(tiles), device)  # noqa: E731
+    suffix = "" if variant == "finetune" else "_" + variant
+    metrics = {"variant": variant, "model": VARIANTS[variant], "run": {**run_info(), "kernels": task.kernels},
+               "settings": {k: getattr(cfg, k) for k in ("SUPERRES_EPOCHS", "SUPERRES_LR", "SUPERRES_CROPS", "SEED")},
+               "held_out": {}}
+    held_out = {"validation": [normalize_intensity(img)[0] for img, _ in
+                               native_slices(resolve_data_path(cfg, quiet=True), val_set.names, cfg)]}
+    transfer, transfer_root = load_transfer(cfg, cfg.IMG_SIZE, quiet=True)
+    if transfer is not None:
+        held_out["transfer"] = [normalize_intensity(img)[0] for img, _ in native_slices(transfer_root, transfer.names, cfg)]
+    lines = []
+    for name, slices in held_out.items():
+        with stage(f"held-out {name} slices scored"):
+            scores, example = held_out_scores(correct, slices, cfg.IMG_SIZE, HELD_OUT_SLICES)
+        if not scores["n_slices"]:
+            continue
+        metrics["held_out"][name] = {**scores, **margins(scores)}
+        m = metrics["held_out"][name]
+        lines.append(f"{name} ({scores['n_slices']} whole slices, half resolution by " + " or ".join(
+            k for k in scores if k != "n_slices") + f"): PSNR inside the head {m['psnr']:.2f} dB, "
+            f"{m['psnr_margin_bicubic_db']:+.2f} dB over bicubic, {m['psnr_margin_lanczos_db']:+.2f} over Lanczos, "
+            f"SSIM {m['ssim']:.3f}")
+        figure = cfg.artifact("superres_sample", suffix + ("" if name == "validation" else "_" + name))
+        save_figure(example, figure, f"{VARIANTS[variant]}: a held-out slice ({name}), 2x each way")
+    with stage("images without anatomy"):
+        metrics["phantoms"] = phantom_scores(correct, cfg.IMG_SIZE)
+    path = cfg.artifact("superres_metrics", suffix)
     save_json(path, metrics)
-    dist.say(f"validation crops, PSNR inside the head: {metrics['psnr_head']:.2f} dB, bicubic "
-             f"{metrics['psnr_head_bicubic']:.2f} dB ({metrics['margin_db']:+.2f} dB)\n"
-             "images without anatomy, PSNR against bicubic's: " + "; ".join(
-                 f"{name} {kind} {m['psnr']:.2f} vs {m['psnr_bicubic']:.2f} dB" for name, kinds in metrics["phantoms"].items()
-                 for kind, m in kinds.items()) + "\n  "
-             + "\n  ".join([task.best, task.checkpoint, task.log, path]))
+    dist.say("\n".join(lines) + "\nimages without anatomy, PSNR against bicubic's: " + "; ".join(
+        f"{name} {kind} {m['psnr']:.2f} vs {m['psnr_bicubic']:.2f} dB" for name, kinds in metrics["phantoms"].items()
+        for kind, m in kinds.items()) + "\n  " + "\n  ".join([task.best, task.checkpoint, task.log, path]))
     return result

@@ -46,8 +46,13 @@ def get_args_parser():
     phase.add_argument("--superres", action="store_true",
                         help="fine-tune the pre-trained MAE to enlarge slices twice (SUPERRES_EPOCHS, SUPERRES_LR, "
                              "SUPERRES_CROPS): what enhance.py --mode superres runs")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="with --superres: the same network without the pre-trained weights (the comparison)")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument("--from-scratch", action="store_true",
+                         help="with --superres: the same network without the pre-trained weights (the comparison)")
+    variant.add_argument("--cnn", action="store_true",
+                         help="with --superres: the small CNN alone, without MIRAM (the baseline a user would train)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="with --superres: the pre-trained MAE to start from (default OUTPUT_PATH/best_miram_mae.pth)")
     parser.add_argument("--stop-after", type=at_least(1), default=None, metavar="E",
                         help="stop after E epochs of this invocation (the schedule still spans all epochs); "
                              "run again to continue")
@@ -337,8 +342,10 @@ def phase_name(args):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.from_scratch and not args.superres:
-        parser.error("--from-scratch goes with --superres (classify.py has its own)")
+    if (args.from_scratch or args.cnn) and not args.superres:
+        parser.error("--from-scratch and --cnn go with --superres (classify.py has its own --from-scratch)")
+    if args.checkpoint and (not args.superres or args.from_scratch or args.cnn):
+        parser.error("--checkpoint goes with --superres alone (the MAE the fine-tune starts from)")
     cfg = load_config(args)
     with Distributed(cfg.DEVICE) as dist, output_lock(cfg.OUTPUT_PATH, dist.main, dist.say):
         if args.superres:

@@ -39,18 +39,62 @@ def test_images_without_anatomy_show_a_model_that_paints_into_them():
                for kinds in painted.values() for m in kinds.values())
 
 
+def test_the_super_resolver_leaves_a_flat_image_as_bicubic_leaves_it_and_reads_miram_only_where_asked():
+    import torch
+
+    from config import ModelConfig
+    from models import SuperResMIRAM
+    cfg = ModelConfig(img_size=32, embed_dim=16, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                      decoder_num_heads=2)
+    torch.manual_seed(0)
+    for features in (4, 0):
+        model = SuperResMIRAM(ModelConfig(**{**cfg.to_dict(), "superres_features": features})).eval()
+        assert (model.mae is None) == (features == 0)
+        x = torch.rand(2, 1, 32, 32)
+        assert torch.equal(model(x), x)  # untrained: the interpolation itself
+        for p in model.detail.parameters():  # any weights: a flat image gets no detail, nor a flat patch of one
+            torch.nn.init.normal_(p, std=0.1)
+        flat = torch.full((1, 1, 32, 32), 0.4)
+        assert torch.allclose(model(flat), flat, atol=1e-5)
+        assert not torch.allclose(model(x), x)
+
+
+def test_held_out_slices_are_scored_whole_against_each_interpolation():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :52]
+    head = ((yy - 30) ** 2 / 26 ** 2 + (xx - 26) ** 2 / 22 ** 2 < 1) * (0.5 + 0.3 * np.sin(xx / 3.0))
+    empty = np.zeros((60, 52))  # no head: not scored
+    scores, example = superres.held_out_scores(lambda tiles: tiles, [head, empty, head + 0.01 * rng.random(head.shape)], 32)
+    assert scores["n_slices"] == 2 and set(scores) == {"n_slices", "kspace", "area"}
+    for kind in ("kspace", "area"):
+        # the identity model is bicubic interpolation itself; Lanczos differs from it
+        assert abs(scores[kind]["model"]["psnr"] - scores[kind]["bicubic"]["psnr"]) < 1e-6
+        assert scores[kind]["lanczos"]["psnr"] != scores[kind]["bicubic"]["psnr"]
+        assert 0 < scores[kind]["model"]["ssim"] <= 1
+    m = superres.margins(scores)
+    assert abs(m["psnr_margin_bicubic_db"]) < 1e-6 and example["truth"].shape == (60, 52)
+    assert example["model"].shape == (60, 52) and example["low"].shape == (30, 26)
+
+
 def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
     data = write_tiny_dataset(str(tmp_path / "data"))
     out = str(tmp_path / "o")
     train.main(tiny_args(data, out))
-    with pytest.raises(SystemExit):  # the comparison's flag belongs to --superres
-        train.main(tiny_args(data, out, "--from-scratch"))
+    for wrong in (["--from-scratch"], ["--cnn"], ["--superres", "--cnn", "--checkpoint", "x.pth"]):
+        with pytest.raises(SystemExit):  # the comparisons' flags belong to --superres, a checkpoint to the fine-tune
+            train.main(tiny_args(data, out, *wrong))
     train.main(tiny_args(data, out, "--superres"))
+    train.main(tiny_args(data, out, "--superres", "--cnn"))
     assert os.path.isfile(os.path.join(out, "best_miram_superres.pth"))
-    assert os.path.isfile(os.path.join(out, "superres_metrics.json"))
     import json
-    phantom = json.load(open(os.path.join(out, "superres_metrics.json")))["phantoms"]
-    assert set(phantom) == {"constant", "phantom"} and set(phantom["phantom"]) == {"kspace", "area"}
+    metrics = json.load(open(os.path.join(out, "superres_metrics.json")))
+    assert set(metrics["phantoms"]) == {"constant", "phantom"} and set(metrics["phantoms"]["phantom"]) == {"kspace", "area"}
+    held_out = metrics["held_out"]["validation"]
+    assert held_out["n_slices"] >= 1 and {"psnr_margin_bicubic_db", "psnr_margin_lanczos_db", "ssim"} <= set(held_out)
+    assert set(held_out["kspace"]) == {"model", "bicubic", "lanczos"}
+    assert os.path.isfile(os.path.join(out, "miram_superres_sample.png"))
+    cnn = json.load(open(os.path.join(out, "superres_metrics_cnn.json")))
+    assert cnn["variant"] == "cnn" and cnn["held_out"]["validation"]["n_slices"] == held_out["n_slices"]
     scan = os.path.join(data, "HR", "subj1_000.tif")
     result = str(tmp_path / "x2.tif")
     enhance.main(enhance_args(out, "--input", scan, "--output", result, "--mode", "superres"))
