@@ -200,10 +200,10 @@ class Config:
     SUPERRES_EPOCHS: int = setting(20, "epochs of the super-resolution fine-tune", ("train",))
     SUPERRES_LR: float = setting(1e-4, "its rate for a batch of 16 (the new head gets 10x)", ("train",))
     SUPERRES_CROPS: int = setting(4, "IMG_SIZE crops a training slice at its own scale, each degraded once", ("train",))
+    SUPERRES_NOISE: float = setting(0.0, "Rician noise on its inputs: sigma drawn up to this share of the range", ("train",))
     INPAINT_HOLES: str = setting("synthetic", "the regions it learns to fill: synthetic (blocks, stripes, blobs) or "
                                  "lesions (the training masks' lesion shapes, placed in clear tissue)", ("train",))
-    # not a setting: the preset these values came from, for the record
-    preset: str = None
+    preset: str = None  # not a setting: the preset these values came from, for the record
 
     def model_config(self) -> "ModelConfig":
         return ModelConfig(**{f.name: getattr(self, f.name.upper()) for f in fields(ModelConfig)
@@ -249,7 +249,7 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"bad setting {f.name}: must be a finite number, got {value}")
         for name in ("LEARNING_RATE", "WEIGHT_DECAY", "MIN_LR", "WARMUP_EPOCHS", "CLS_LR", "CLS_WARMUP_EPOCHS",
-                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "SUPERRES_LR",
+                     "CLS_WEIGHT_DECAY", "CLS_PATCH_WEIGHT", "INPAINT_LR", "INPAINT_WARMUP_EPOCHS", "SUPERRES_LR", "SUPERRES_NOISE",
                      "ANATOMY_VARIANTS", "ADAPT_STEPS", "ADAPT_LR"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bad setting {name}: must be >= 0, got {getattr(self, name)}")
@@ -398,7 +398,7 @@ PRESETS = {
     "demo": dict(IMG_SIZE=128, EMBED_DIM=192, DEPTH=6, NUM_HEADS=3, DECODER_EMBED_DIM=128, DECODER_DEPTH=2,
                  DECODER_NUM_HEADS=4, BATCH_SIZE=16, LEARNING_RATE=1e-3, WARMUP_EPOCHS=10,
                  MIN_LR=1e-5, AMP=True, CLS_EPOCHS=80, CLS_LR=2e-3, LAYER_DECAY=0.9, CHECKPOINT_EVERY=10,
-                 INPAINT_EPOCHS=3, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4, ADAPT_STEPS=10, SUPERRES_EPOCHS=3),
+                 INPAINT_EPOCHS=3, TRANSFER_PATH="builtin", ANATOMY_VARIANTS=4, ADAPT_STEPS=10, SUPERRES_EPOCHS=6),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": dict(IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, DECODER_EMBED_DIM=32, DECODER_DEPTH=1,
                  DECODER_NUM_HEADS=2, N_EPOCHS=1, BATCH_SIZE=4, WARMUP_EPOCHS=0, CLS_EPOCHS=2,

@@ -68,7 +68,7 @@ def lanczos(low, factor=2):
 INTERPOLATIONS = {"bicubic": upsample, "lanczos": lanczos}
 
 
-def training_pairs(slices, crops, size, seed, factor=2, max_noise=0.02):
+def training_pairs(slices, crops, size, seed, factor=2, max_noise=0.0):
     """Super-resolution's examples from slices (each (H, W) in [0, 1] at its own pixel scale): `crops` crops
     of size x size a slice (a smaller slice padded with zeros), each degraded once by a drawn kind and noise
     level. -> float32 (N, 1, size, size) arrays: the degraded crop enlarged again (upsample), and the crop."""

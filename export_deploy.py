@@ -78,6 +78,15 @@ def mae_psnr(paths, images, noise, patch, threads):
     return out
 
 
+def superres_psnr(paths, images, threads):
+    """PSNR inside the head of each backend's 2x enlargement of the validation slices, halved by area averaging."""
+    from degradations import degrade, upsample
+    from superres import head_psnr
+    tiles = np.stack([upsample(degrade(img[0], "area"))[None] for img in images]).astype(np.float32)
+    return {backend: head_psnr(np.concatenate([OnnxUpscaler(path, threads)(tiles[i:i + 16]) for i in range(0, len(tiles), 16)]),
+                               images) for backend, path in paths.items()}
+
+
 # ---- main --------------------------------------------------------------------------------------------
 
 def get_args_parser():
@@ -134,7 +143,7 @@ def run(args, cfg):
             results, peak, bf16 = time_targets(args, targets)
     if m.upscaler is not None:
         with stage("super-resolution timed"):
-            superres_timing = time_superres(m.upscaler, paths["superres"]["ort-fp32"], images[0, 0], args)
+            superres_timing = time_superres(m.upscaler, paths["superres"], images[0, 0], args)
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
               "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
@@ -243,6 +252,12 @@ def int8_costs(m, paths, images, noise, clf_images, clf_labels, threads):
                        "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
                        "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
                        "limit_db": INT8_MAX_PSNR_DROP_DB}
+    if m.upscaler is not None:
+        ps = superres_psnr(paths["superres"], images, threads)
+        accuracy["superres"] = {"psnr_fp32": ps["ort-fp32"], "psnr_int8": ps["ort-int8"],
+                                "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
+                                "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
+                                "limit_db": INT8_MAX_PSNR_DROP_DB}
     for kind, a in accuracy.items():
         if not a["int8_kept"]:
             os.remove(paths[kind].pop("ort-int8"))
@@ -312,20 +327,21 @@ def time_targets(args, targets):
 SUPERRES_SLICE = 256  # the side of the slice the super-resolution timing enlarges to twice its size
 
 
-def time_superres(upscaler, onnx_path, image, args):
+def time_superres(upscaler, onnx_paths, image, args):
     """A SUPERRES_SLICE-pixel validation slice enlarged twice, whole (interpolation, tiles, blend), by ONNX
-    Runtime fp32 and by PyTorch: {backend: percentiles (ms)}."""
+    Runtime (each variant kept) and by PyTorch: {backend: percentiles (ms)}."""
     from skimage.transform import resize
 
     from superres import enlarge
     img = resize(np.asarray(image, np.float64), (SUPERRES_SLICE, SUPERRES_SLICE), order=1)
-    ort = OnnxUpscaler(onnx_path, args.threads)
     size = upscaler.cfg.img_size
 
     @torch.no_grad()
     def torch_tiles(tiles):
         return upscaler(torch.from_numpy(tiles)).numpy()
-    runners = {"ort-fp32": lambda: enlarge(ort, img, size), "torch-fp32": lambda: enlarge(torch_tiles, img, size)}
+    runners = {backend: (lambda run: lambda: enlarge(run, img, size))(OnnxUpscaler(path, args.threads))
+               for backend, path in onnx_paths.items()}
+    runners["torch-fp32"] = lambda: enlarge(torch_tiles, img, size)
     timed = bench_group(runners, 1, max(5, args.iters // 4), min(args.warmup, 2))
     print(f"super-resolution, a {SUPERRES_SLICE}x{SUPERRES_SLICE} slice to {2 * SUPERRES_SLICE}x{2 * SUPERRES_SLICE}, "
           f"{args.threads} threads: " + ", ".join(f"{k} {v['p50_ms']:.0f} ms" for k, v in timed.items()))

@@ -194,8 +194,8 @@ def quantize_int8(src, dst):
 
 def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None, clf_example=None,
                clf_state=None, upscaler=None):
-    """Exports the graphs whose model is given into out_dir, the classifier's and the MAE's with their
-    int8 variants (the inpainter's accuracy in int8 is not measured: fp32 only). clf_example: the
+    """Exports the graphs whose model is given into out_dir, each with its int8 variant but the inpainter's
+    (its accuracy in int8 is not measured: fp32 only). clf_example: the
     classifier's example images where it reads another size than the others. clf_state: the classifier
     checkpoint, whose record of its classes and training foreground the graph's metadata keeps."""
     ClassifierGraph, MAEGraph = graphs()
@@ -221,7 +221,7 @@ def export_all(out_dir, prefix, clf, mae, example, noise_example, inpainter=None
             export_onnx(graph, args, inputs, outputs, path, mcfg.to_dict(), kind, raw_path=raw,
                         token_inputs=("keep", "valid"), extra_meta=meta)
             paths[kind] = {"ort-fp32": path}
-            if kind not in ("inpaint", "superres"):  # their int8 accuracy is not measured: fp32 only
+            if kind != "inpaint":  # its int8 accuracy is not measured: fp32 only
                 paths[kind]["ort-int8"] = quantize_int8(raw, path.replace(".onnx", "_int8.onnx"))
         finally:
             if os.path.exists(raw):

@@ -142,6 +142,10 @@ def summarize_superres(seeds):
                          "variants": {v: {k: spread([m[k] for _, m in runs_]) for k in ("psnr", "psnr_margin_bicubic_db", "ssim")}
                                       for v, runs_ in found.items() if runs_},
                          "n_slices": sum(m["n_slices"] for m in ours.values()), "trained_on": name}
+    # the figure a reader may see: a transfer head (packages' own test data), not a licensed set's scan
+    figure = artifact(superres_folder("demo", "finetune", seeds[0]), "superres_sample", "_transfer")
+    if os.path.isfile(figure):
+        out["figure"] = figure
     return out
 
 

@@ -194,7 +194,7 @@ def phantom_scores(correct, size):
 
 # ---- the fine-tune ------------------------------------------------------------------------------------
 
-def examples(cfg, data_set, crops, seed):
+def examples(cfg, data_set, crops, seed, noise=0.0):
     """Training pairs (degradations.training_pairs) from the slices of a SliceSet at their own size, scaled to
     [0, 1] as training scales them."""
     from dataset import native_slices, resolve_data_path
@@ -202,7 +202,7 @@ def examples(cfg, data_set, crops, seed):
     from imaging import normalize_intensity
     slices = [normalize_intensity(img)[0] for img, _ in native_slices(resolve_data_path(cfg, quiet=True),
                                                                       data_set.names, cfg)]
-    return training_pairs(slices, crops, cfg.IMG_SIZE, seed, FACTOR)
+    return training_pairs(slices, crops, cfg.IMG_SIZE, seed, FACTOR, noise)
 
 
 def make_task(cfg, train_pairs, val_pairs, device, learned_from, variant):
@@ -309,8 +309,8 @@ def finetune(args, cfg, dist):
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
     with stage("degraded crops"):
-        train_pairs = examples(cfg, train_set, cfg.SUPERRES_CROPS, cfg.SEED)
-        val_pairs = examples(cfg, val_set, 2, cfg.EVAL_SEED)
+        train_pairs = examples(cfg, train_set, cfg.SUPERRES_CROPS, cfg.SEED, cfg.SUPERRES_NOISE)
+        val_pairs = examples(cfg, val_set, 2, cfg.EVAL_SEED, cfg.SUPERRES_NOISE)
     dist.say(f"super-resolution, {VARIANTS[variant]}: {len(train_pairs[0])} training crops ({cfg.SUPERRES_CROPS} a "
              f"slice), {len(val_pairs[0])} validation, {cfg.IMG_SIZE} px at the slices' own scale")
     model = SuperResMIRAM(model_cfg)
@@ -329,7 +329,7 @@ def finetune(args, cfg, dist):
     correct = lambda tiles: predict(best, torch.from_numpy(tiles), device)  # noqa: E731
     suffix = "" if variant == "finetune" else "_" + variant
     metrics = {"variant": variant, "model": VARIANTS[variant], "run": {**run_info(), "kernels": task.kernels},
-               "settings": {k: getattr(cfg, k) for k in ("SUPERRES_EPOCHS", "SUPERRES_LR", "SUPERRES_CROPS", "SEED")},
+               "settings": {k: getattr(cfg, k) for k in ("SUPERRES_EPOCHS", "SUPERRES_LR", "SUPERRES_CROPS", "SUPERRES_NOISE", "SEED")},
                "held_out": {}}
     held_out = {"validation": [normalize_intensity(img)[0] for img, _ in
                                native_slices(resolve_data_path(cfg, quiet=True), val_set.names, cfg)]}

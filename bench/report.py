@@ -391,7 +391,7 @@ REAL_MODELS = {"finetune": "MIRAM pre-trained, fine-tuned", "scratch": "the same
                "cnn": "the small CNN alone"}
 
 
-def real_section(summary):
+def real_section(summary, docs="docs"):
     """Real public data (real.py): each set's figures over seeds, the data as grouped, the images least alike."""
     def cell(v):
         if not v:
@@ -407,7 +407,7 @@ def real_section(summary):
             lines += fold_set_lines(name, r, cell)
             continue
         if name == "superres":
-            lines += superres_lines(r, cell)
+            lines += superres_lines(r, cell, docs)
             continue
         lines += [f"### {name}", "", f"- {provenance(r.get('run'))}, seeds {r.get('seeds')}", settings_line(r), ""]
         data, split = r.get("data"), r.get("split")
@@ -488,7 +488,7 @@ def fold_set_lines(name, r, cell):
     return lines
 
 
-def superres_lines(r, cell):
+def superres_lines(r, cell, docs):
     """2x super-resolution on each set's held-out scans (real.py superres): MIRAM's against interpolation, the
     small CNN alone and the same network from scratch."""
     held = {k: v for k, v in r.items() if isinstance(v, dict) and "ssim" in v}
@@ -506,7 +506,12 @@ def superres_lines(r, cell):
     lines += table(["held-out scans", "model", "PSNR (dB)", "over bicubic (dB)", "SSIM"],
                    [[k, REAL_MODELS.get(m, m), cell(f["psnr"]), cell(f["psnr_margin_bicubic_db"]), cell(f["ssim"])]
                     for k, v in held.items() for m, f in v["variants"].items()])
-    return lines + [""]
+    lines.append("")
+    if r.get("figure") and os.path.isfile(r["figure"]) and os.path.isdir(docs):
+        shutil.copy(r["figure"], os.path.join(docs, "superres_transfer_head.png"))
+        lines += ["A transfer head (never trained on), halved by k-space truncation and enlarged back: "
+                  "![super-resolution on a transfer head](superres_transfer_head.png)", ""]
+    return lines
 
 
 def replace_real_section(path, section, before="## Deployment"):
@@ -562,7 +567,7 @@ def main(argv=None):
     def path(name):
         return os.path.join(args.outputs, ARTIFACTS[name])
     if args.real_only:
-        return replace_real_section(args.to, real_section(load_json(args.real)))
+        return replace_real_section(args.to, real_section(load_json(args.real), os.path.dirname(args.to) or "."))
     if args.save_run:
         print(f"saved the run in {save_run(args.outputs, args.runs)}")
         if os.path.isfile(args.real):
@@ -611,7 +616,7 @@ def main(argv=None):
         if os.path.isfile(quality):
             lines += inpainting_section(load_json(quality))
     if os.path.isfile(real):
-        lines += real_section(load_json(real))
+        lines += real_section(load_json(real), os.path.dirname(args.to) or ".")
     if os.path.isfile(path("deploy_benchmark")):
         lines += deployment_section(load_json(path("deploy_benchmark")))
     else:

@@ -150,6 +150,36 @@ def test_real_runs_resume_by_what_each_left_and_summarize_over_seeds(tmp_path, m
     assert figures["auroc"]["resnet18"]["10"] is None
 
 
+def test_super_resolution_runs_each_variant_a_seed_and_pairs_them_in_the_summary(tmp_path, monkeypatch):
+    import real
+    monkeypatch.setattr(real, "OUT", str(tmp_path))
+    monkeypatch.setattr(real, "fold_subjects", lambda name: [["a"], ["b"], ["c"]])
+    listed = list(real.superres_runs([0, 1]))
+    fine_tunes = [r for r in listed if "super-resolution" in r[0]]
+    assert len(fine_tunes) == (1 + 1 + 3) * 2 * len(real.SR_VARIANTS)  # demo, Br35H, three MS folds; two seeds
+    assert len({done for *_, done in fine_tunes}) == len(fine_tunes)  # no two runs share a result file
+    first = next(r for r in fine_tunes if "ms_lesions fold 1 super-resolution finetune seed 1" == r[0])
+    assert first[1][first[1].index("--checkpoint") + 1].endswith(os.path.join("fold1", "best_miram_mae.pth"))
+    assert first[2]["MIRAM_VAL_SUBJECTS"] == "b" and first[2]["MIRAM_SEED"] == "1"
+    assert all("--checkpoint" not in r[1] for r in fine_tunes if "finetune" not in r[0])
+
+    def held_out(psnr, margin):
+        return {"psnr": psnr, "psnr_margin_bicubic_db": margin, "psnr_margin_lanczos_db": margin - 0.1, "ssim": 0.9,
+                "n_slices": 10}
+    for seed in (0, 1):
+        for variant, psnr in (("finetune", 30.0 + seed), ("cnn", 29.5), ("from_scratch", 29.0)):
+            folder = real.superres_folder("br35h", variant, seed)
+            os.makedirs(folder)
+            with open(real.artifact(folder, "superres_metrics", "" if variant == "finetune" else "_" + variant), "w") as f:
+                json.dump({"held_out": {"validation": held_out(psnr, psnr - 28.0)}}, f)
+    summary = real.summarize_superres([0, 1])
+    assert set(summary) == {"br35h"}  # the sets that have not run are left out
+    br = summary["br35h"]
+    assert br["psnr_margin_bicubic_db"] == pytest.approx({"mean": 2.5, "std": 0.7071068, "n": 2})
+    assert br["cnn_psnr_margin_db"] == pytest.approx({"mean": 1.0, "std": 0.7071068, "n": 2})  # paired by seed
+    assert br["scratch_psnr_margin_db"]["mean"] == pytest.approx(1.5) and br["n_slices"] == 20
+
+
 def test_nrrd_volumes_are_cut_as_the_same_nifti_and_written_back_as_read(tmp_path):
     import nibabel as nib
     import nrrd

@@ -114,7 +114,16 @@ def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
     from onnx_export import export_all
     model, _ = build_from_checkpoint(os.path.join(out, "best_miram_superres.pth"), "superres")
     paths = export_all(out, "", None, None, torch.rand(2, 1, 64, 64), None, upscaler=model.eval())
-    assert set(paths["superres"]) == {"ort-fp32"}
+    assert set(paths["superres"]) == {"ort-fp32", "ort-int8"}
     onnx_result = str(tmp_path / "x2_onnx.tif")
     enhance.main(enhance_args(out, "--input", scan, "--output", onnx_result, "--mode", "superres", "--backend", "onnx"))
     assert np.abs(tifffile.imread(onnx_result).astype(int) - big.astype(int)).max() <= 1  # uint8 rounding
+    # export_deploy.py: int8 kept only within its PSNR budget, and a 256-pixel slice enlarged is timed
+    import export_deploy
+    report = export_deploy.main(tiny_args(data, out, "--iters", "2", "--warmup", "0", "--skip-spec", "--skip-peer",
+                                          "--max-images", "8"))
+    cost = report["accuracy"]["superres"]
+    assert cost["int8_kept"] == (cost["psnr_drop_db"] <= cost["limit_db"])
+    assert os.path.isfile(os.path.join(out, "miram_superres_int8.onnx")) == cost["int8_kept"]
+    timed = report["superres_slice"]
+    assert timed["side"] == 256 and timed["ort-fp32"]["p50_ms"] > 0 and timed["torch-fp32"]["p50_ms"] > 0
