@@ -128,8 +128,10 @@ def summarize_superres(seeds):
                 for variant in SR_VARIANTS:
                     path = artifact(superres_folder(label, variant, seed), "superres_metrics",
                                     "" if variant == "finetune" else "_" + variant)
-                    if os.path.isfile(path) and key in load_json(path)["held_out"]:
-                        found[variant].append(((label, seed), load_json(path)["held_out"][key]))
+                    metrics = load_json(path) if os.path.isfile(path) else {"held_out": {}}
+                    if key in metrics["held_out"]:
+                        found[variant].append(((label, seed), {**metrics["held_out"][key],
+                                                               "phantoms": metrics.get("phantoms", {})}))
         if not found["finetune"]:
             continue
         ours = dict(found["finetune"])
@@ -141,12 +143,26 @@ def summarize_superres(seeds):
                          "cnn_psnr_margin_db": over("cnn"), "scratch_psnr_margin_db": over("from_scratch"),
                          "variants": {v: {k: spread([m[k] for _, m in runs_]) for k in ("psnr", "psnr_margin_bicubic_db", "ssim")}
                                       for v, runs_ in found.items() if runs_},
-                         "n_slices": sum(m["n_slices"] for m in ours.values()), "trained_on": name}
+                         "n_slices": sum(m["n_slices"] for m in ours.values()), "trained_on": name,
+                         "phantoms_margin_bicubic_db": phantom_margins([m["phantoms"] for m in ours.values()])}
     # the figure a reader may see: a transfer head (packages' own test data), not a licensed set's scan
     figure = artifact(superres_folder("demo", "finetune", seeds[0]), "superres_sample", "_transfer")
     if os.path.isfile(figure):
         out["figure"] = figure
     return out
+
+
+def phantom_margins(runs_):
+    """{phantom or phantom region: spread of the model's PSNR over bicubic's, each run averaged over the
+    degradations}: does it paint into images without anatomy (superres.phantom_scores)."""
+    margins = {}
+    for scores in runs_:
+        for name, kinds in scores.items():
+            for region in ("all", *next(iter(kinds.values())).get("regions", {})):
+                cut = [k if region == "all" else k["regions"][region] for k in kinds.values()]
+                margins.setdefault(name if region == "all" else f"{name}, {region}", []).append(
+                    float(np.mean([c["psnr"] - c["psnr_bicubic"] for c in cut])))
+    return {k: spread(v) for k, v in margins.items()}
 
 
 def run_folder(name, variant, share, seed):

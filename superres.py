@@ -162,33 +162,48 @@ def save_figure(example, path, title):
 
 # ---- no anatomy where there is none --------------------------------------------------------------------
 
+STRIPE_WIDTHS = (2, 4, 8)  # the phantom's stripes, pixels wide: 2 is the finest a half-resolution input can show
+
+
 def phantoms(size):
     """Images without anatomy, {name: (size, size) in [0, 1]}: a constant grey, and a geometric phantom of
     discs of several sizes and contrasts over a ramp, with stripes two to eight pixels wide."""
+    return {name: image for name, (image, _) in phantom_regions(size).items()}
+
+
+def phantom_regions(size):
+    """{name: (image, {region: boolean mask})}: the phantoms of phantoms() and the parts each is scored on
+    (the phantom's discs and ramp apart from each stripe width)."""
     yy, xx = np.mgrid[:size, :size] / size
     phantom = 0.2 + 0.3 * xx
     for cy, cx, r, level in ((0.3, 0.3, 0.18, 0.9), (0.3, 0.72, 0.1, 0.05), (0.7, 0.3, 0.06, 0.6), (0.72, 0.7, 0.03, 1.0)):
         phantom[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = level
     band = (yy > 0.88) & (yy < 0.97)
-    for k, width in enumerate((2, 4, 8)):
-        columns = (xx * size) // width % 2 == 0
-        phantom[band & columns & (xx > k / 3) & (xx < (k + 1) / 3)] = 0.8
-    return {"constant": np.full((size, size), 0.5), "phantom": phantom}
+    regions = {"discs and ramp": ~band}
+    for k, width in enumerate(STRIPE_WIDTHS):
+        part = band & (xx > k / 3) & (xx < (k + 1) / 3)
+        phantom[part & ((xx * size) // width % 2 == 0)] = 0.8
+        regions[f"stripes {width} px"] = part
+    every = np.ones((size, size), bool)
+    return {"constant": (np.full((size, size), 0.5), {"all": every}), "phantom": (phantom, {"all": every, **regions})}
 
 
 def phantom_scores(correct, size):
     """Each phantom degraded by each kind (degradations.DEGRADATIONS, no noise), enlarged back by correct (the
-    model, tiled) and by bicubic interpolation alone: {phantom: {kind: {"psnr", "psnr_bicubic", "max_abs_change"}}}
-    over the whole image. A model that paints brain into such images scores below bicubic there."""
+    model, tiled) and by bicubic interpolation alone: {phantom: {kind: {"psnr", "psnr_bicubic", "max_abs_change",
+    "regions": {region: {"psnr", "psnr_bicubic"}}}}}. A model that paints brain into such images scores below
+    bicubic there; stripes as fine as the halved input's pixels are beyond what it can show."""
     from degradations import DEGRADATIONS, degrade
     out = {}
-    for name, truth in phantoms(2 * size).items():
+    for name, (truth, regions) in phantom_regions(2 * size).items():
         out[name] = {}
         for kind in DEGRADATIONS:
             low = degrade(truth, kind, FACTOR)
             ours, bicubic = enlarge(correct, low, size), upsample(low, FACTOR)
             out[name][kind] = {"psnr": psnr_inside(ours, truth), "psnr_bicubic": psnr_inside(bicubic, truth),
-                               "max_abs_change": float(np.abs(ours - bicubic).max())}
+                               "max_abs_change": float(np.abs(ours - bicubic).max()),
+                               "regions": {r: {"psnr": psnr_inside(ours, truth, m), "psnr_bicubic": psnr_inside(bicubic, truth, m)}
+                                           for r, m in regions.items() if r != "all"}}
     return out
 
 

@@ -30,6 +30,9 @@ def test_images_without_anatomy_show_a_model_that_paints_into_them():
     honest = superres.phantom_scores(lambda tiles: tiles, 32)  # bicubic itself: no change, no loss
     assert all(m["max_abs_change"] < 1e-6 and abs(m["psnr"] - m["psnr_bicubic"]) < 1e-6
                for kinds in honest.values() for m in kinds.values())
+    regions = honest["phantom"]["area"]["regions"]
+    assert set(regions) == {"discs and ramp", "stripes 2 px", "stripes 4 px", "stripes 8 px"}
+    assert regions["stripes 2 px"]["psnr_bicubic"] < regions["stripes 8 px"]["psnr_bicubic"]  # finer: harder
 
     def painter(tiles):  # adds a bright blob to every tile, as a model that learned brains might
         yy, xx = np.mgrid[:tiles.shape[-2], :tiles.shape[-1]]
