@@ -39,6 +39,7 @@ from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_pee
                          model_runners, peer_model, spec_models)
 from records import output_lock, run_cli, run_info, save_json, save_stages, stage
 from restoration import damaged_set
+from superres import time_enlargement
 from imaging import foreground_patches
 from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, OnnxUpscaler, bench_group, benchmark_batches,
                      check_parity, compare, ranking_auroc)
@@ -143,7 +144,8 @@ def run(args, cfg):
             results, peak, bf16 = time_targets(args, targets)
     if m.upscaler is not None:
         with stage("super-resolution timed"):
-            superres_timing = time_superres(m.upscaler, paths["superres"], images[0, 0], args)
+            superres_timing = time_enlargement(m.upscaler, paths["superres"], images[0, 0], args.threads, args.iters,
+                                               args.warmup)
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
               "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,
@@ -322,30 +324,6 @@ def time_targets(args, targets):
                                 "patches_per_image": patches, "gflop_per_image": gflop,
                                 "share_of_matmul_peak": gflop * r["images_per_s"] / peak, **r})
     return results, peak, bf16
-
-
-SUPERRES_SLICE = 256  # the side of the slice the super-resolution timing enlarges to twice its size
-
-
-def time_superres(upscaler, onnx_paths, image, args):
-    """A SUPERRES_SLICE-pixel validation slice enlarged twice, whole (interpolation, tiles, blend), by ONNX
-    Runtime (each variant kept) and by PyTorch: {backend: percentiles (ms)}."""
-    from skimage.transform import resize
-
-    from superres import enlarge
-    img = resize(np.asarray(image, np.float64), (SUPERRES_SLICE, SUPERRES_SLICE), order=1)
-    size = upscaler.cfg.img_size
-
-    @torch.no_grad()
-    def torch_tiles(tiles):
-        return upscaler(torch.from_numpy(tiles)).numpy()
-    runners = {backend: (lambda run: lambda: enlarge(run, img, size))(OnnxUpscaler(path, args.threads))
-               for backend, path in onnx_paths.items()}
-    runners["torch-fp32"] = lambda: enlarge(torch_tiles, img, size)
-    timed = bench_group(runners, 1, max(5, args.iters // 4), min(args.warmup, 2))
-    print(f"super-resolution, a {SUPERRES_SLICE}x{SUPERRES_SLICE} slice to {2 * SUPERRES_SLICE}x{2 * SUPERRES_SLICE}, "
-          f"{args.threads} threads: " + ", ".join(f"{k} {v['p50_ms']:.0f} ms" for k, v in timed.items()))
-    return {"side": SUPERRES_SLICE, "factor": 2, "tile": size, **timed}
 
 
 def print_table(report):

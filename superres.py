@@ -207,6 +207,33 @@ def phantom_scores(correct, size):
     return out
 
 
+# ---- its speed -----------------------------------------------------------------------------------------
+
+TIMED_SIDE = 256  # the side of the slice timed enlarged to twice its size (a common clinical matrix)
+
+
+def time_enlargement(upscaler, onnx_paths, image, threads, iters, warmup):
+    """A TIMED_SIDE-pixel slice (image resized) enlarged twice, whole (interpolation, tiles, blend), by ONNX
+    Runtime (each exported variant) and by PyTorch, in turns: {"side", "factor", "tile", backend: percentiles (ms)}."""
+    import torch
+    from skimage.transform import resize
+
+    from runtime import OnnxUpscaler, bench_group
+    img = resize(np.asarray(image, np.float64), (TIMED_SIDE, TIMED_SIDE), order=1)
+    size = upscaler.cfg.img_size
+
+    @torch.no_grad()
+    def torch_tiles(tiles):
+        return upscaler(torch.from_numpy(tiles)).numpy()
+    runners = {backend: (lambda run: lambda: enlarge(run, img, size))(OnnxUpscaler(path, threads))
+               for backend, path in onnx_paths.items()}
+    runners["torch-fp32"] = lambda: enlarge(torch_tiles, img, size)
+    timed = bench_group(runners, 1, max(5, iters // 4), min(warmup, 2))
+    print(f"super-resolution, a {TIMED_SIDE}x{TIMED_SIDE} slice to {2 * TIMED_SIDE}x{2 * TIMED_SIDE}, {threads} threads: "
+          + ", ".join(f"{k} {v['p50_ms']:.0f} ms" for k, v in timed.items()))
+    return {"side": TIMED_SIDE, "factor": FACTOR, "tile": size, **timed}
+
+
 # ---- the fine-tune ------------------------------------------------------------------------------------
 
 def examples(cfg, data_set, crops, seed, noise=0.0):

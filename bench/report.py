@@ -513,6 +513,11 @@ def superres_lines(r, cell, docs):
                   "pixels wide), halved each way and enlarged back: MIRAM's PSNR over bicubic's (dB; the 2-pixel "
                   "stripes are as fine as the halved input's pixels):", ""]
         lines += table(["trained on"] + parts, [[name] + [cell(v.get(p)) for p in parts] for name, v in by_model.items()])
+    t = r.get("latency")
+    if t:
+        lines += ["", f"Speed ({t['run']['cpu']}, {t['threads']} threads, `bench/superres_latency.py`): a {t['side']}-pixel "
+                  f"slice enlarged to {t['factor'] * t['side']} whole, in {t['tile']}-pixel tiles, median: " + ", ".join(
+                      f"{k} {v['p50_ms']:.0f} ms" for k, v in t.items() if isinstance(v, dict) and "p50_ms" in v)]
     lines.append("")
     if r.get("figure") and os.path.isfile(r["figure"]) and os.path.isdir(docs):
         shutil.copy(r["figure"], os.path.join(docs, "superres_transfer_head.png"))

@@ -155,7 +155,8 @@ def test_super_resolution_runs_each_variant_a_seed_and_pairs_them_in_the_summary
     monkeypatch.setattr(real, "OUT", str(tmp_path))
     monkeypatch.setattr(real, "fold_subjects", lambda name: [["a"], ["b"], ["c"]])
     listed = list(real.superres_runs([0, 1]))
-    fine_tunes = [r for r in listed if "super-resolution" in r[0]]
+    fine_tunes = [r for r in listed if "super-resolution" in r[0] and "seed" in r[0]]
+    assert listed[-1][0] == "super-resolution speed" and "demo" in listed[-1][1][listed[-1][1].index("--checkpoint") + 1]
     assert len(fine_tunes) == (1 + 1 + 3) * 2 * len(real.SR_VARIANTS)  # demo, Br35H, three MS folds; two seeds
     assert len({done for *_, done in fine_tunes}) == len(fine_tunes)  # no two runs share a result file
     first = next(r for r in fine_tunes if "ms_lesions fold 1 super-resolution finetune seed 1" == r[0])

@@ -130,3 +130,11 @@ def test_the_fine_tune_and_the_mode_enlarge_a_scan_in_its_own_format(tmp_path):
     assert os.path.isfile(os.path.join(out, "miram_superres_int8.onnx")) == cost["int8_kept"]
     timed = report["superres_slice"]
     assert timed["side"] == 256 and timed["ort-fp32"]["p50_ms"] > 0 and timed["torch-fp32"]["p50_ms"] > 0
+    # bench/superres_latency.py: the same timing on a checkpoint alone
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import superres_latency
+    superres_latency.main(["--checkpoint", os.path.join(out, "best_miram_superres.pth"), "--iters", "4", "--threads", "1",
+                           "--json", str(tmp_path / "latency.json")])
+    timed = json.load(open(tmp_path / "latency.json"))
+    assert timed["side"] == 256 and {"ort-fp32", "ort-int8", "torch-fp32"} <= set(timed)
