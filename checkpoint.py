@@ -7,7 +7,8 @@ import shutil
 import torch
 
 from config import MiramError, ModelConfig
-from models import MIRAM, InpaintingMIRAM, SuperResMIRAM, TumorClassifier
+from models import MIRAM, InpaintingMIRAM, TumorClassifier
+from upscaler import SuperResMIRAM
 from records import temp_beside
 
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "superres": SuperResMIRAM, "classifier": TumorClassifier}

@@ -39,7 +39,7 @@ from onnx_export import (OPSET, PEER, classifier_outputs, export_all, export_pee
                          model_runners, peer_model, spec_models)
 from records import output_lock, run_cli, run_info, save_json, save_stages, stage
 from restoration import damaged_set
-from superres import time_enlargement
+from superres import TIMED_SIDE, time_enlargement
 from imaging import foreground_patches
 from runtime import (PARITY, OnnxClassifier, OnnxInpainter, OnnxMAE, OnnxUpscaler, bench_group, benchmark_batches,
                      check_parity, compare, ranking_auroc)
@@ -98,6 +98,8 @@ def get_args_parser():
     p.add_argument("--skip-spec", action="store_true", help="do not time the spec-size models")
     p.add_argument("--skip-peer", action="store_true", help="do not time the peer (timm ViT-S/16, plain ONNX export)")
     p.add_argument("--max-images", type=int, default=64, help="validation images for parity and accuracy")
+    p.add_argument("--superres-side", type=int, default=TIMED_SIDE,
+                   help="the side of the slice the super-resolution model is timed enlarging")
     p.add_argument("--short", action="store_true",
                    help="what make demo runs: time only the rows the deployment goals compare (the checkpoint's "
                         "models, the spec-size classifier, the peer), torch-bf16 only where it measures faster "
@@ -115,7 +117,7 @@ def main(argv=None):
 
 
 def run(args, cfg):
-    for name in ("iters", "threads", "max_images"):
+    for name in ("iters", "threads", "max_images", "superres_side"):
         if getattr(args, name) < 1:
             raise MiramError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -145,7 +147,7 @@ def run(args, cfg):
     if m.upscaler is not None:
         with stage("super-resolution timed"):
             superres_timing = time_enlargement(m.upscaler, paths["superres"], images[0, 0], args.threads, args.iters,
-                                               args.warmup)
+                                               args.warmup, side=args.superres_side)
     report = {"threads": args.threads, "opset": OPSET, "checkpoint_epoch": m.mae_state.get("epoch"),
               "matmul_gflops": peak, "peer": PEER,
               "results": results, "parity": parity, "parity_limits": PARITY, "accuracy": accuracy,

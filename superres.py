@@ -4,7 +4,7 @@ enlargement of a slice of any size that enhance.py --mode superres runs (numpy a
 A slice is learned from and enlarged at its own pixel scale, in IMG_SIZE tiles: the detail to restore is
 that of the scan's pixels, which a slice shrunk to IMG_SIZE (as the other phases read it) would have lost.
 Training examples are crops of the training slices, each degraded as a coarser acquisition would give it
-(degradations.py) and enlarged again by bicubic interpolation; the model (models.SuperResMIRAM) learns the
+(degradations.py) and enlarged again by bicubic interpolation; the model (upscaler.SuperResMIRAM) learns the
 residual between that interpolation and the crop. `--from-scratch` trains the same network without the
 pre-trained weights: what pre-training is worth here.
 """
@@ -212,14 +212,14 @@ def phantom_scores(correct, size):
 TIMED_SIDE = 256  # the side of the slice timed enlarged to twice its size (a common clinical matrix)
 
 
-def time_enlargement(upscaler, onnx_paths, image, threads, iters, warmup):
-    """A TIMED_SIDE-pixel slice (image resized) enlarged twice, whole (interpolation, tiles, blend), by ONNX
+def time_enlargement(upscaler, onnx_paths, image, threads, iters, warmup, side=TIMED_SIDE):
+    """A side-pixel slice (image resized) enlarged twice, whole (interpolation, tiles, blend), by ONNX
     Runtime (each exported variant) and by PyTorch, in turns: {"side", "factor", "tile", backend: percentiles (ms)}."""
     import torch
     from skimage.transform import resize
 
     from runtime import OnnxUpscaler, bench_group
-    img = resize(np.asarray(image, np.float64), (TIMED_SIDE, TIMED_SIDE), order=1)
+    img = resize(np.asarray(image, np.float64), (side, side), order=1)
     size = upscaler.cfg.img_size
 
     @torch.no_grad()
@@ -229,9 +229,9 @@ def time_enlargement(upscaler, onnx_paths, image, threads, iters, warmup):
                for backend, path in onnx_paths.items()}
     runners["torch-fp32"] = lambda: enlarge(torch_tiles, img, size)
     timed = bench_group(runners, 1, max(5, iters // 4), min(warmup, 2))
-    print(f"super-resolution, a {TIMED_SIDE}x{TIMED_SIDE} slice to {2 * TIMED_SIDE}x{2 * TIMED_SIDE}, {threads} threads: "
+    print(f"super-resolution, a {side}x{side} slice to {2 * side}x{2 * side}, {threads} threads: "
           + ", ".join(f"{k} {v['p50_ms']:.0f} ms" for k, v in timed.items()))
-    return {"side": TIMED_SIDE, "factor": FACTOR, "tile": size, **timed}
+    return {"side": side, "factor": FACTOR, "tile": size, **timed}
 
 
 # ---- the fine-tune ------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def finetune(args, cfg, dist):
     from engine import fit
     from hardware import apply_kernels, choose_kernels
     from imaging import normalize_intensity
-    from models import SuperResMIRAM
+    from upscaler import SuperResMIRAM
     from records import run_info, save_json, stage
     from splits import split_record
     device = dist.device(cfg.DEVICE)

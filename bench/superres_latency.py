@@ -1,6 +1,6 @@
 """The super-resolution model's speed: a 256-pixel slice enlarged to 512 whole, by ONNX Runtime and PyTorch.
 
-    python bench/superres_latency.py --checkpoint outputs/best_miram_superres.pth [--threads 2] [--json FILE]
+    python bench/superres_latency.py --checkpoint outputs/best_miram_superres.pth [--threads 2] [--side 256] [--json FILE]
 
 Exports the checkpoint as export_deploy.py does (fp32 and dynamic int8) into a temporary folder and times the
 whole enlargement (bicubic interpolation, the overlapping tiles through the model, the blend) for each backend
@@ -27,17 +27,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a train.py --superres checkpoint")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--side", type=int, default=TIMED_SIDE, help="the slice's side in pixels")
     p.add_argument("--iters", type=int, default=40, help="a quarter of them are timed calls per backend")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = build_from_checkpoint(args.checkpoint, "superres")
     model.eval()
-    image = phantoms(TIMED_SIDE)["phantom"]
+    image = phantoms(args.side)["phantom"]
     size = model.cfg.img_size
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_all(tmp, "", None, None, torch.rand(2, 1, size, size), None, upscaler=model)["superres"]
-        timed = time_enlargement(model, paths, image, args.threads, args.iters, warmup=2)
+        timed = time_enlargement(model, paths, image, args.threads, args.iters, warmup=2, side=args.side)
     result = {"checkpoint": args.checkpoint, "threads": args.threads, "miram_features": model.cfg.superres_features,
               **timed, "run": run_info()}
     if args.json:
