@@ -84,8 +84,18 @@ def superres_psnr(paths, images, threads):
     from degradations import degrade, upsample
     from superres import head_psnr
     tiles = np.stack([upsample(degrade(img[0], "area"))[None] for img in images]).astype(np.float32)
-    return {backend: head_psnr(np.concatenate([OnnxUpscaler(path, threads)(tiles[i:i + 16]) for i in range(0, len(tiles), 16)]),
-                               images) for backend, path in paths.items()}
+    out = {}
+    for backend, path in paths.items():
+        upscale = OnnxUpscaler(path, threads)
+        out[backend] = head_psnr(np.concatenate([upscale(tiles[i:i + 16]) for i in range(0, len(tiles), 16)]), images)
+    return out
+
+
+def psnr_cost(ps, name):
+    """What int8 costs a model judged by PSNR ({backend: dB}): kept within INT8_MAX_PSNR_DROP_DB."""
+    drop = ps["ort-fp32"] - ps["ort-int8"]
+    return {f"{name}_fp32": ps["ort-fp32"], f"{name}_int8": ps["ort-int8"], "psnr_drop_db": drop,
+            "int8_kept": not (drop > INT8_MAX_PSNR_DROP_DB), "limit_db": INT8_MAX_PSNR_DROP_DB}
 
 
 # ---- main --------------------------------------------------------------------------------------------
@@ -251,17 +261,9 @@ def int8_costs(m, paths, images, noise, clf_images, clf_labels, threads):
                                   "auroc_drop": drop, "mean_abs_prob_diff": float(change.mean()),
                                   "max_abs_prob_diff": float(change.max()), "int8_kept": keep,
                                   "limit": INT8_MAX_AUROC_DROP, "limit_mean_prob_diff": INT8_MAX_MEAN_PROB_CHANGE}
-    ps = mae_psnr(paths["mae"], images, noise, m.mae.cfg.patch_size, threads)
-    accuracy["mae"] = {"masked_psnr_fp32": ps["ort-fp32"], "masked_psnr_int8": ps["ort-int8"],
-                       "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
-                       "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
-                       "limit_db": INT8_MAX_PSNR_DROP_DB}
+    accuracy["mae"] = psnr_cost(mae_psnr(paths["mae"], images, noise, m.mae.cfg.patch_size, threads), "masked_psnr")
     if m.upscaler is not None:
-        ps = superres_psnr(paths["superres"], images, threads)
-        accuracy["superres"] = {"psnr_fp32": ps["ort-fp32"], "psnr_int8": ps["ort-int8"],
-                                "psnr_drop_db": ps["ort-fp32"] - ps["ort-int8"],
-                                "int8_kept": not (ps["ort-fp32"] - ps["ort-int8"] > INT8_MAX_PSNR_DROP_DB),
-                                "limit_db": INT8_MAX_PSNR_DROP_DB}
+        accuracy["superres"] = psnr_cost(superres_psnr(paths["superres"], images, threads), "psnr")
     for kind, a in accuracy.items():
         if not a["int8_kept"]:
             os.remove(paths[kind].pop("ort-int8"))

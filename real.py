@@ -96,6 +96,11 @@ def superres_folder(label, variant, seed):
     return os.path.join(OUT, SUPERRES, label.replace(" ", "_"), f"{variant}_seed{seed}")
 
 
+def superres_metrics(label, variant, seed):
+    """Where a super-resolution run's figures are (train.py names a comparison's with its variant)."""
+    return artifact(superres_folder(label, variant, seed), "superres_metrics", "" if variant == "finetune" else "_" + variant)
+
+
 def superres_runs(seeds):
     """The pre-trainings the fine-tunes start from (skipped where `real.py <set>` or make demo made them),
     then every set's three variants a seed."""
@@ -103,17 +108,14 @@ def superres_runs(seeds):
         if name != "demo":
             yield from (r for r in runs(name, [], False) if r[0] in ("fetch", "pre-training"))
         for label, mae_folder, env in superres_units(name):
-            if name == "demo":
-                yield "demo pre-training", ["train.py"], {**env, "MIRAM_OUTPUT_PATH": mae_folder}, artifact(mae_folder, "loss_curve")
-            elif name in FOLDS:
+            if name == "demo" or name in FOLDS:  # (a set of its own was pre-trained by runs() above)
                 yield f"{label} pre-training", ["train.py"], {**env, "MIRAM_OUTPUT_PATH": mae_folder}, artifact(mae_folder, "loss_curve")
             for seed in seeds:
                 for variant, flags in SR_VARIANTS.items():
-                    folder = superres_folder(label, variant, seed)
-                    done = artifact(folder, "superres_metrics", "" if variant == "finetune" else "_" + variant)
                     start = ["--checkpoint", artifact(mae_folder, "mae")] if variant == "finetune" else flags
                     yield f"{label} super-resolution {variant} seed {seed}", ["train.py", "--superres", *start], {
-                        **env, "MIRAM_OUTPUT_PATH": folder, "MIRAM_SEED": str(seed)}, done
+                        **env, "MIRAM_OUTPUT_PATH": superres_folder(label, variant, seed), "MIRAM_SEED": str(seed)}, \
+                        superres_metrics(label, variant, seed)
     # the speed of the demo's model: a 256-pixel slice enlarged, ONNX Runtime and PyTorch
     timed = os.path.join(OUT, SUPERRES, "latency.json")
     yield "super-resolution speed", ["bench/superres_latency.py", "--checkpoint", artifact(
@@ -130,8 +132,7 @@ def summarize_superres(seeds):
         for label, _, _ in superres_units(name):
             for seed in seeds:
                 for variant in SR_VARIANTS:
-                    path = artifact(superres_folder(label, variant, seed), "superres_metrics",
-                                    "" if variant == "finetune" else "_" + variant)
+                    path = superres_metrics(label, variant, seed)
                     metrics = load_json(path) if os.path.isfile(path) else {"held_out": {}}
                     if key in metrics["held_out"]:
                         found[variant].append(((label, seed), {**metrics["held_out"][key],
@@ -406,7 +407,7 @@ def main(argv=None):
         for held_out, r in summary[SUPERRES].items():
             if isinstance(r, dict) and "ssim" in r and r["cnn_psnr_margin_db"]:
                 print(f"{held_out}: 2x, inside the head, {r['psnr_margin_bicubic_db']['mean']:+.2f} dB over bicubic, SSIM "
-                      f"{r['ssim']['mean']:.3f}, {r['cnn_psnr_margin_db']['mean'] if r['cnn_psnr_margin_db'] else float('nan'):+.2f} dB "
+                      f"{r['ssim']['mean']:.3f}, {r['cnn_psnr_margin_db']['mean']:+.2f} dB "
                       f"over the small CNN (n = {r['ssim']['n']})")
         print(f"(in {path})")
         return 0

@@ -10,7 +10,6 @@ pre-trained weights: what pre-training is worth here.
 """
 import math
 import os
-import time
 
 import numpy as np
 
@@ -99,7 +98,7 @@ def held_out_scores(correct, slices, size, count=48):
     """Whole held-out slices at their own pixel scale, each cut to half its resolution by each degradation (no
     noise) and enlarged back by the model (tiled, `correct` as enlarge takes it) and by each classical
     interpolation: {"n_slices", kind: {method: {"psnr", "psnr_std", "ssim", "ssim_std"}}}, inside the head,
-    means over slices. -> also the per-slice arrays' first slice's images, for the figure."""
+    means over slices; and the first slice's images under the first degradation, for the figure."""
     from degradations import DEGRADATIONS, INTERPOLATIONS, degrade
     slices = with_head(slices, count)
     out, example = {"n_slices": len(slices)}, None
@@ -110,8 +109,7 @@ def held_out_scores(correct, slices, size, count=48):
             low = degrade(truth, kind, FACTOR)
             fills = {"model": enlarge(correct, low, size), **{n: f(low, FACTOR) for n, f in INTERPOLATIONS.items()}}
             for method, pred in fills.items():
-                inside = truth > HEAD
-                scores.setdefault(method, []).append((psnr_inside(pred, truth, inside), head_ssim(pred, truth)))
+                scores.setdefault(method, []).append((psnr_inside(pred, truth, truth > HEAD), head_ssim(pred, truth)))
             if example is None:
                 example = {"truth": truth, "low": low, **fills}
         out[kind] = {m: {"psnr": float(np.mean(v[:, 0])), "psnr_std": float(np.std(v[:, 0])),
@@ -123,12 +121,11 @@ def held_out_scores(correct, slices, size, count=48):
 def margins(scores):
     """From held_out_scores: the model's PSNR over bicubic's (dB) and its SSIM, averaged over the degradations."""
     from degradations import DEGRADATIONS
-    return {"psnr_margin_bicubic_db": float(np.mean([scores[k]["model"]["psnr"] - scores[k]["bicubic"]["psnr"]
-                                                     for k in DEGRADATIONS])),
-            "psnr_margin_lanczos_db": float(np.mean([scores[k]["model"]["psnr"] - scores[k]["lanczos"]["psnr"]
-                                                     for k in DEGRADATIONS])),
-            "psnr": float(np.mean([scores[k]["model"]["psnr"] for k in DEGRADATIONS])),
-            "ssim": float(np.mean([scores[k]["model"]["ssim"] for k in DEGRADATIONS]))}
+
+    def mean(method, key="psnr"):
+        return float(np.mean([scores[k][method][key] for k in DEGRADATIONS]))
+    return {"psnr_margin_bicubic_db": mean("model") - mean("bicubic"), "psnr_margin_lanczos_db": mean("model") - mean("lanczos"),
+            "psnr": mean("model"), "ssim": mean("model", "ssim")}
 
 
 def save_figure(example, path, title):
@@ -236,15 +233,11 @@ def time_enlargement(upscaler, onnx_paths, image, threads, iters, warmup, side=T
 
 # ---- the fine-tune ------------------------------------------------------------------------------------
 
-def examples(cfg, data_set, crops, seed, noise=0.0):
-    """Training pairs (degradations.training_pairs) from the slices of a SliceSet at their own size, scaled to
-    [0, 1] as training scales them."""
-    from dataset import native_slices, resolve_data_path
-    from degradations import training_pairs
+def scaled_slices(cfg, root, names):
+    """The named slices of root at their own size, scaled to [0, 1] as training scales them."""
+    from dataset import native_slices
     from imaging import normalize_intensity
-    slices = [normalize_intensity(img)[0] for img, _ in native_slices(resolve_data_path(cfg, quiet=True),
-                                                                      data_set.names, cfg)]
-    return training_pairs(slices, crops, cfg.IMG_SIZE, seed, FACTOR, noise)
+    return [normalize_intensity(img)[0] for img, _ in native_slices(root, names, cfg)]
 
 
 def make_task(cfg, train_pairs, val_pairs, device, learned_from, variant):
@@ -327,10 +320,10 @@ def finetune(args, cfg, dist):
 
     from checkpoint import build_from_checkpoint, check_weights_fit, load_checkpoint, model_config_from
     from config import describe
-    from dataset import load_split, load_transfer, native_slices, resolve_data_path
+    from dataset import load_split, load_transfer, resolve_data_path
+    from degradations import training_pairs
     from engine import fit
     from hardware import apply_kernels, choose_kernels
-    from imaging import normalize_intensity
     from upscaler import SuperResMIRAM
     from records import run_info, save_json, stage
     from splits import split_record
@@ -350,9 +343,12 @@ def finetune(args, cfg, dist):
     dist.say(describe(cfg, dist.world, "train") + "\n" + kernels.line())
     torch.manual_seed(cfg.SEED)
     train_set, val_set = load_split(cfg, quiet=not dist.main, trained_on=parents)
+    root = resolve_data_path(cfg, quiet=True)
+    val_slices = scaled_slices(cfg, root, val_set.names)
     with stage("degraded crops"):
-        train_pairs = examples(cfg, train_set, cfg.SUPERRES_CROPS, cfg.SEED, cfg.SUPERRES_NOISE)
-        val_pairs = examples(cfg, val_set, 2, cfg.EVAL_SEED, cfg.SUPERRES_NOISE)
+        train_pairs = training_pairs(scaled_slices(cfg, root, train_set.names), cfg.SUPERRES_CROPS, cfg.IMG_SIZE,
+                                     cfg.SEED, FACTOR, cfg.SUPERRES_NOISE)
+        val_pairs = training_pairs(val_slices, 2, cfg.IMG_SIZE, cfg.EVAL_SEED, FACTOR, cfg.SUPERRES_NOISE)
     dist.say(f"super-resolution, {VARIANTS[variant]}: {len(train_pairs[0])} training crops ({cfg.SUPERRES_CROPS} a "
              f"slice), {len(val_pairs[0])} validation, {cfg.IMG_SIZE} px at the slices' own scale")
     model = SuperResMIRAM(model_cfg)
@@ -373,11 +369,10 @@ def finetune(args, cfg, dist):
     metrics = {"variant": variant, "model": VARIANTS[variant], "run": {**run_info(), "kernels": task.kernels},
                "settings": {k: getattr(cfg, k) for k in ("SUPERRES_EPOCHS", "SUPERRES_LR", "SUPERRES_CROPS", "SUPERRES_NOISE", "SEED")},
                "held_out": {}}
-    held_out = {"validation": [normalize_intensity(img)[0] for img, _ in
-                               native_slices(resolve_data_path(cfg, quiet=True), val_set.names, cfg)]}
+    held_out = {"validation": val_slices}
     transfer, transfer_root = load_transfer(cfg, cfg.IMG_SIZE, quiet=True)
     if transfer is not None:
-        held_out["transfer"] = [normalize_intensity(img)[0] for img, _ in native_slices(transfer_root, transfer.names, cfg)]
+        held_out["transfer"] = scaled_slices(cfg, transfer_root, transfer.names)
     lines = []
     for name, slices in held_out.items():
         with stage(f"held-out {name} slices scored"):
