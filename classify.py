@@ -32,7 +32,7 @@ from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_columns, class_names
 # torch, and the modules built on it, are imported in the functions that train or run the PyTorch model:
 # `--predict --backend onnx` runs on onnxruntime and numpy alone.
 
-HEATMAP_TITLES = {"evidence": "patch evidence (default)", "last_block": "last block CLS attention",
+HEATMAP_TITLES = {"evidence": "evidence (default)", "last_block": "last block CLS attention",
                   "rollout": "attention rollout", "relevance": "gradient-weighted relevance"}
 
 

@@ -1,6 +1,7 @@
-"""The classifier's heatmaps on the patch grid, (B, grid, grid) each: its own patch evidence (the default:
-each patch's weight in the pooled logit), and three read from attention (the last block's CLS attention,
-the rollout, the gradient-weighted relevance). tumor.py scores them; the ONNX graph computes the first two.
+"""The classifier's heatmaps, (B, grid, grid) each: its own evidence (the default: each patch's weight in the
+pooled logit, on the patch grid or, with the convolutional branch, on the cell whose score the patch took),
+and three on the patch grid read from attention (the last block's CLS attention, the rollout, the
+gradient-weighted relevance). tumor.py scores them; the ONNX graph computes the first two.
 """
 import torch
 
@@ -45,18 +46,18 @@ def last_block_map(attentions, keep, valid, grid):
     return on_grid(attentions[-1].float().mean(dim=1)[:, 0, 1:], keep, valid, grid)
 
 
-def evidence_map(scores, keep, valid, grid):
-    """The classifier's own map: each patch's weight in the pooled logit, on the grid (B, grid, grid)."""
-    return on_grid(evidence_weights(scores, valid), keep, valid, grid)
+def evidence_map(scores, where, valid, grid):
+    """The classifier's own map: each patch's weight in the pooled logit, placed where the model says its
+    score comes from (where: (B, K) on a grid x grid map, TumorClassifier.forward_with_attention) -> (B, grid,
+    grid)."""
+    return on_grid(evidence_weights(scores, valid), where, valid, grid)
 
 
-def cls_maps(attentions, keep, valid, grid, grads=None, scores=None):
-    """Maps on the patch grid, (B, grid, grid) each: the patch evidence (given scores), the last block's
-    CLS attention, the rollout, and with the logit's gradients (grads, one per block) the
-    gradient-weighted relevance."""
+def cls_maps(attentions, keep, valid, grid, grads=None):
+    """Maps on the patch grid, (B, grid, grid) each: the last block's CLS attention, the rollout, and with the
+    logit's gradients (grads, one per block) the gradient-weighted relevance."""
     roll = attention_rollout(attentions)[:, 0, 1:]  # (B, K)
-    maps = {"evidence": evidence_map(scores, keep, valid, grid)} if scores is not None else {}
-    maps.update(last_block=last_block_map(attentions, keep, valid, grid), rollout=on_grid(roll, keep, valid, grid))
+    maps = dict(last_block=last_block_map(attentions, keep, valid, grid), rollout=on_grid(roll, keep, valid, grid))
     if grads is not None:
         maps["relevance"] = on_grid(attention_relevance(attentions, grads)[:, 0, 1:], keep, valid, grid)
     return maps

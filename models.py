@@ -378,14 +378,16 @@ class TumorClassifier(nn.Module):
     def forward(self, imgs, keep=None, valid=None, with_evidence=False):
         """imgs (B, C, H, W) -> logits, (B,) with two classes, (B, num_classes) with more; with_evidence: also
         the shown class's patch scores (B, K), keep and valid (keep/valid as from self.foreground(imgs),
-        computed when None)."""
-        logits, _, keep, valid, scores = self.forward_with_attention(imgs, None, keep, valid)
-        return (logits, scores, keep, valid) if with_evidence else logits
+        computed when None) and where each score sits on the map's grid (B, K; see forward_with_attention)."""
+        logits, _, keep, valid, scores, where = self.forward_with_attention(imgs, None, keep, valid)
+        return (logits, scores, keep, valid, where) if with_evidence else logits
 
     def forward_with_attention(self, imgs, which="all", keep=None, valid=None, run_block=None):
         """-> logits (as forward), attentions: list of (B, H, 1+K, 1+K), one per block ("all"), the last
         block's ("last") or none (None), keep (B, K) and valid (B, K): the patches those K tokens are, and the
-        shown class's patch scores (B, K). run_block: see Encoder.forward."""
+        shown class's patch scores (B, K) and where on the map's grid (self.map_grid, row-major) each sits (B,
+        K): its patch, or with the convolutional branch the cell whose score the patch took. run_block: see
+        Encoder.forward."""
         if keep is None:
             keep, valid = self.foreground(imgs)
             if valid.all():
@@ -393,16 +395,23 @@ class TumorClassifier(nn.Module):
         tokens, _, _, attentions = self.encoder(imgs, return_attention=which, keep=keep, valid=valid,
                                                 run_block=run_block)
         scores = self.evidence(tokens[:, 1:]).float()  # (B, K, classes - 1)
+        where = keep[..., None].expand(-1, -1, scores.shape[-1])  # (B, K, classes - 1) on self.map_grid
         if self.conv_evidence is not None:
-            cells = self.conv_evidence(imgs).float()  # (B, L, classes - 1)
-            scores = scores + torch.gather(cells, 1, keep[..., None].expand(-1, -1, cells.shape[-1]))
+            cells, cell_at = self.conv_evidence(imgs)  # (B, L, classes - 1) each
+            scores = scores + torch.gather(cells.float(), 1, where)
+            where = torch.gather(cell_at, 1, where)
         pooled = pool_evidence(scores.transpose(1, 2), None if valid is None else valid[:, None])  # (B, classes-1)
         if self.cfg.num_classes == 2:
-            return pooled[:, 0], attentions, keep, valid, scores[..., 0]
-        shown = pooled.argmax(dim=1)  # (B,)
+            return pooled[:, 0], attentions, keep, valid, scores[..., 0], where[..., 0]
+        shown = pooled.argmax(dim=1)[:, None, None].expand(-1, scores.shape[1], 1)  # (B, K, 1)
         logits = torch.cat([torch.zeros_like(pooled[:, :1]), pooled], dim=1)  # (B, classes)
-        scores = torch.gather(scores, 2, shown[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # (B, K)
-        return logits, attentions, keep, valid, scores
+        return logits, attentions, keep, valid, torch.gather(scores, 2, shown)[..., 0], torch.gather(where, 2, shown)[..., 0]
+
+    @property
+    def map_grid(self):
+        """The side of the evidence map's grid: the patch grid, or with the convolutional branch its cells'
+        (each patch's weight sits on the cell whose score the patch took)."""
+        return self.encoder.grid * (self.conv_evidence.cells_per_patch if self.conv_evidence is not None else 1)
 
 
 def class_probabilities(logits):
@@ -436,9 +445,16 @@ class ConvEvidence(nn.Module):
         return self.net(imgs)
 
     def forward(self, imgs):
-        """(B, C, H, W) -> each patch's scores, its strongest cell's (B, L, outputs), patches in row-major
-        order."""
-        return F.max_pool2d(self.cells(imgs), self.cells_per_patch).flatten(2).transpose(1, 2)
+        """(B, C, H, W) -> each patch's scores, its strongest cell's (B, L, outputs), and where that cell is
+        (B, L, outputs): its index on the cell grid, row-major; patches in row-major order."""
+        cells = self.cells(imgs)  # (B, O, G*n, G*n), n cells a patch side
+        b, o, side, _ = cells.shape
+        n, g = self.cells_per_patch, side // self.cells_per_patch
+        by_patch = cells.reshape(b, o, g, n, g, n).permute(0, 1, 2, 4, 3, 5).reshape(b, o, g * g, n * n)
+        scores, best = by_patch.max(dim=-1)  # the max-pool over each patch's cells, and which cell won
+        patch = torch.arange(g * g, device=cells.device)
+        where = ((patch // g) * n + best // n) * side + (patch % g) * n + best % n
+        return scores.transpose(1, 2), where.transpose(1, 2)
 
 
 def _without_padding(scores, valid):

@@ -118,10 +118,9 @@ def classifier_outputs(clf, images, keep, valid, run_block=None):
     """The exported classifier's outputs (probability, the patch-evidence map, the last block's CLS
     attention map). With run_block=None the model runs its own blocks, not the export's fused ones: that is
     the parity reference."""
-    logits, atts, _, _, scores = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
-    grid = clf.encoder.grid
-    return (class_probabilities(logits), evidence_map(scores, keep, valid, grid),
-            last_block_map(atts, keep, valid, grid))
+    logits, atts, _, _, scores, where = clf.forward_with_attention(images, "last", keep, valid, run_block=run_block)
+    return (class_probabilities(logits), evidence_map(scores, where, valid, clf.map_grid),
+            last_block_map(atts, keep, valid, clf.encoder.grid))
 
 
 def spec_models():

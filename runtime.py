@@ -109,8 +109,8 @@ class OnnxClassifier(OnnxModel):
 
     def __call__(self, images):
         """images (B,1,S,S) float32 in [0,1] -> probabilities ((B,) of class 1 with two classes, (B, K) with
-        more), {map name: (B,g,g)}: "evidence" (the classifier's own map) and "last_block", as the graph names
-        its outputs."""
+        more), {map name: (B,g,g)}: "evidence" (the classifier's own map, on its patch or cell grid) and
+        "last_block", as the graph names its outputs."""
         images = np.ascontiguousarray(images, np.float32)
         keep, valid = foreground_patches(images, self.model_config["patch_size"], self.threshold)
         prob, *maps = self.session.run(None, {"images": images, "keep": keep, "valid": valid})

@@ -66,17 +66,17 @@ def predict_all(model, images, device, amp, batch=32, with_attention=False):
     for s in range(0, len(images), batch):
         x = images[s:s + batch].to(device)
         with torch.set_grad_enabled(with_attention is True), autocast(device, amp):
-            if with_attention == "evidence":
-                logits, scores, keep, valid = model(x, with_evidence=True)
-                maps.setdefault("evidence", []).append(
-                    evidence_map(scores, keep, valid, model.encoder.grid).float().cpu().numpy())
-            elif with_attention:
-                logits, atts, keep, valid, scores = model.forward_with_attention(x, "all")
-                # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
-                grads = torch.autograd.grad(shown_logit(logits).float().sum(), atts)
-                with torch.no_grad():
-                    for k, v in cls_maps(atts, keep, valid, model.encoder.grid, grads, scores.detach()).items():
-                        maps.setdefault(k, []).append(v.float().cpu().numpy())
+            if with_attention:
+                logits, atts, keep, valid, scores, where = model.forward_with_attention(
+                    x, "all" if with_attention is True else None)
+                found = {"evidence": evidence_map(scores.detach(), where, valid, model.map_grid)}
+                if with_attention is True:
+                    # a slice's logit depends on its own tokens only: the sum's gradient is each one's own
+                    grads = torch.autograd.grad(shown_logit(logits).float().sum(), atts)
+                    with torch.no_grad():
+                        found.update(cls_maps(atts, keep, valid, model.encoder.grid, grads))
+                for k, v in found.items():
+                    maps.setdefault(k, []).append(v.float().cpu().numpy())
             else:
                 logits = model(x)
         probs.append(class_probabilities(logits.detach().float()).cpu().numpy())
@@ -173,7 +173,7 @@ class Classification(Task):
         return net(batch[0], with_evidence=True)
 
     def loss(self, out, batch):
-        logits, scores, keep, valid = out
+        logits, scores, keep, valid, _ = out
         if self.num_classes == 2:
             image_loss = F.binary_cross_entropy_with_logits(logits.float(), batch[2], pos_weight=self.pos_weight)
         else:

@@ -117,7 +117,7 @@ def save_map_figure(path, images, heats, lesions, names, probs):
         ax.contour(les.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
         ax.set_title(f"{name}\np(lesion) {p:.2f}", fontsize=7)
         ax.axis("off")
-    fig.suptitle("held-out subjects: the default map (patch evidence), lesions outlined in green", fontsize=8)
+    fig.suptitle("held-out subjects: the default map (the classifier's evidence), lesions outlined in green", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panels
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -242,7 +242,7 @@ def test_the_default_map_points_at_the_only_difference():
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for _ in range(60):
         x, lesion = slices(16)
-        logits, scores, keep, valid = m(x, with_evidence=True)
+        logits, scores, keep, valid, _ = m(x, with_evidence=True)
         labels = (lesion.flatten(1).amax(1) > 0).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + \
             tumor.patch_supervision(scores, lesion, keep, valid, 8)
@@ -253,9 +253,10 @@ def test_the_default_map_points_at_the_only_difference():
     x, lesion = slices(8)
     x[1, :, :16] = 0  # a half-blank slice pads the batch
     with torch.no_grad():
-        _, scores, keep, valid = m(x, with_evidence=True)
-        maps = evidence_map(scores, keep, valid, 4)
-        alone = [evidence_map(*[t for t in m(x[i:i + 1], with_evidence=True)[1:]], 4) for i in range(0, 8, 2)]
+        _, scores, _, valid, where = m(x, with_evidence=True)
+        maps = evidence_map(scores, where, valid, 4)
+        alone = [evidence_map(out[1], out[4], out[3], 4)
+                 for out in (m(x[i:i + 1], with_evidence=True) for i in range(0, 8, 2))]
     inside = torch.nn.functional.max_pool2d(lesion, 8).flatten(1) > 0  # the lesion's patch
     for k, i in enumerate(range(0, 8, 2)):
         assert inside[i, maps[i].flatten().argmax()]
@@ -288,7 +289,7 @@ def test_k_classes_pool_each_class_and_the_map_shows_the_most_probable_tumor_cla
     m = TumorClassifier(cfg).eval()
     x = torch.rand(6, 1, 32, 32)
     with torch.no_grad():
-        logits, scores, keep, valid = m(x, with_evidence=True)
+        logits, scores, keep, valid, _ = m(x, with_evidence=True)
         probs = tumor.predict_all(m, x, torch.device("cpu"), False)
     assert logits.shape == (6, 4) and (logits[:, 0] == 0).all()  # class 0: the reference
     assert probs.shape == (6, 4) and np.allclose(probs.sum(1), 1, atol=1e-6)

@@ -251,7 +251,7 @@ def test_classifier_reads_only_foreground_and_ignores_batch_padding():
         batched = m(x)
         alone = torch.cat([m(x[:1]), m(x[1:])])
         keep, valid = m.foreground(x[1:])
-        logits, atts, _, _, scores = m.forward_with_attention(x[1:], "last")
+        logits, atts, _, _, scores, _ = m.forward_with_attention(x[1:], "last")
         changed = x[1:].clone()
         changed[:, :, :16] = 0.005  # below the threshold: still background, same result
         assert keep.shape == (1, 8) and valid.all() and atts[0].shape[-1] == 9 and scores.shape == (1, 8)
@@ -406,6 +406,33 @@ def test_positions_read_at_another_size_span_the_pretrained_range():
     assert torch.allclose(enc.pos_embed[0, -1], models.sincos_pos_embed_2d(TINY["embed_dim"], 4)[-1], atol=1e-6)
 
 
+def test_the_evidence_map_puts_each_patch_weight_on_the_cell_its_score_came_from():
+    """With 16-pixel patches the branch scores 2 x 2 cells a patch and a patch takes its best cell's score:
+    the map is on the cells' grid, each patch's weight on that cell, of two classes and of K alike."""
+    from heatmaps import evidence_map
+    for classes in (2, 3):
+        cfg = ModelConfig(img_size=64, patch_size=16, embed_dim=16, depth=1, num_heads=2, conv_evidence=True,
+                          num_classes=classes)
+        torch.manual_seed(0)
+        m = models.TumorClassifier(cfg).eval()
+        x = torch.rand(3, 1, 64, 64)
+        with torch.no_grad():
+            logits, scores, keep, valid, where = m(x, with_evidence=True)
+            cells = m.conv_evidence.cells(x)  # (B, classes - 1, 8, 8)
+            maps = evidence_map(scores, where, valid, m.map_grid)
+        assert m.map_grid == 8 and maps.shape == (3, 8, 8)
+        assert torch.allclose(maps.flatten(1).sum(1), torch.ones(3), atol=1e-5)
+        shown = 0 if classes == 2 else logits[:, 1:].argmax(1)
+        for b in range(3):
+            c = cells[b, shown if classes == 2 else int(shown[b])]  # the shown class's cells
+            for k, patch in enumerate(keep[b].tolist()):
+                row, col = divmod(patch, 4)
+                block = c[2 * row:2 * row + 2, 2 * col:2 * col + 2]
+                r, q = divmod(int(where[b, k]), 8)
+                assert r // 2 == row and q // 2 == col and c[r, q] == block.max()  # the winning cell, in its patch
+            assert (maps[b] > 0).sum() == len(keep[b])  # one cell a patch carries its weight
+
+
 def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_where_absent(tmp_path):
     cfg = ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, conv_evidence=True)
     torch.manual_seed(0)
@@ -413,7 +440,7 @@ def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_wher
     x = torch.rand(2, 1, 32, 32)
     x[1, :, :16] = 0  # half blank: padded when batched with x[0]
     with torch.no_grad():
-        logits, _, keep, valid, scores = m.forward_with_attention(x, None)
+        logits, _, keep, valid, scores, _ = m.forward_with_attention(x, None)
         tokens = m.encoder(x, keep=keep, valid=valid)[0]
         head = m.evidence(tokens[:, 1:]).squeeze(-1)
         cells = m.conv_evidence.cells(x)  # (B, 1, 4, 4): 8-pixel cells, one per patch here
