@@ -14,10 +14,10 @@ from records import temp_beside
 MODEL_KINDS = {"mae": MIRAM, "inpaint": InpaintingMIRAM, "superres": SuperResMIRAM, "classifier": TumorClassifier}
 # Model settings a kind of model never reads: a checkpoint that differs only there is the same model (so
 # changing the classifier's FOREGROUND_THRESHOLD does not block resuming pre-training).
-_OWN_SETTINGS = {"classifier": {"foreground_threshold", "conv_evidence", "num_classes"}, "superres": {"superres_features"}}
+_OWN_SETTINGS = {"classifier": {"foreground_threshold", "conv_evidence", "conv_cell", "num_classes"}, "superres": {"superres_features"}}
 UNUSED_SETTINGS = {kind: set().union(*(s for k, s in _OWN_SETTINGS.items() if k != kind)) for kind in MODEL_KINDS}
 # Model settings added after checkpoints had been written: a checkpoint without one had the default.
-ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False, "num_classes": 2, "superres_features": 8}
+ADDED_SETTINGS = {"pos_grid": 0, "conv_evidence": False, "conv_cell": 8, "num_classes": 2, "superres_features": 8}
 
 
 def atomic_torch_save(obj, path):

@@ -188,8 +188,9 @@ class Config:
                                         ("classify",))
     CLS_IMG_SIZE: int = setting(0, "the classifier's input size (0: the encoder's); another size spreads the "
                                 "encoder's positions over the range it learned", ("classify",))
-    CLS_CONV_EVIDENCE: bool = setting(False, "a small CNN beside the encoder adds its 8-pixel cell scores to each "
+    CLS_CONV_EVIDENCE: bool = setting(False, "a small CNN beside the encoder adds its cell scores to each "
                                       "patch's evidence (small lesions)", ("classify",))
+    CLS_CONV_CELL: int = setting(8, "that CNN's cells, pixels a side: 8, 4 or 2 (finer maps, more compute)", ("classify",))
     # ---- the inpainting fine-tune (train.py --inpaint)
     INPAINT_EPOCHS: int = setting(20, "epochs of the inpainting fine-tune", ("train",))
     INPAINT_LR: float = setting(1e-4, "its rate for a batch of 16 (the new embedding and head get 10x)",
@@ -242,8 +243,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad setting {name}: must be >= 1, got {getattr(self, name)}")
         if self.CLS_IMG_SIZE < 0 or (self.CLS_IMG_SIZE and self.CLS_IMG_SIZE % self.PATCH_SIZE):
-            raise ConfigError(f"bad setting CLS_IMG_SIZE: must be 0 or a multiple of PATCH_SIZE {self.PATCH_SIZE}, "
-                              f"got {self.CLS_IMG_SIZE}")
+            raise ConfigError(f"bad setting CLS_IMG_SIZE: must be 0 or a multiple of PATCH_SIZE {self.PATCH_SIZE}, got {self.CLS_IMG_SIZE}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -302,8 +302,10 @@ class ModelConfig:
     # The patch grid the fixed sin-cos positions span (0: this model's own). An encoder pre-trained on an 8x8
     # grid and read at 14x14 keeps positions inside the range it learned, at finer steps.
     pos_grid: int = 0
-    # The classifier's convolutional evidence branch (CLS_CONV_EVIDENCE); the MAE ignores it.
+    # The classifier's convolutional evidence branch (CLS_CONV_EVIDENCE) and its cells (CLS_CONV_CELL); the MAE
+    # ignores them.
     conv_evidence: bool = False
+    conv_cell: int = 8
     # The classifier's classes: 2 (tumor-free, tumor) or one a class folder (the data decides); the MAE ignores it.
     num_classes: int = 2
     # MIRAM feature channels the super-resolver's convolutions read (0: the small CNN alone, train.py --cnn).
@@ -362,8 +364,9 @@ def _check_model(m):
     need(isinstance(m.num_classes, int) and not isinstance(m.num_classes, bool) and 2 <= m.num_classes <= 1000,
          "num_classes", f"must be an integer in 2..1000, got {m.num_classes!r}")
     need(isinstance(m.conv_evidence, bool), "CLS_CONV_EVIDENCE", f"must be true or false, got {m.conv_evidence!r}")
-    need(not m.conv_evidence or m.patch_size % 8 == 0, "CLS_CONV_EVIDENCE",
-         f"needs PATCH_SIZE a multiple of 8 (the branch scores 8-pixel cells), got {m.patch_size}")
+    need(m.conv_cell in (2, 4, 8), "CLS_CONV_CELL", f"must be 8, 4 or 2, got {m.conv_cell!r}")
+    need(not m.conv_evidence or m.patch_size % m.conv_cell == 0, "CLS_CONV_EVIDENCE",
+         f"needs PATCH_SIZE a multiple of {m.conv_cell} (the branch scores {m.conv_cell}-pixel cells), got {m.patch_size}")
     for name in ("mlp_ratio", "mask_ratio", "lambda_fine", "lambda_coarse", "foreground_threshold"):
         value = getattr(m, name)
         need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name.upper(),
@@ -413,19 +416,15 @@ ENV_NON_SETTINGS = {"MIRAM_PRESET"}
 def _coerce(name, kind, raw):
     raw = raw.strip() if isinstance(raw, str) else raw
     try:
-        if kind is bool:
-            low = str(raw).lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+        if kind is bool:  # a word that is neither raises KeyError
+            return {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                    "off": False}[str(raw).lower()]
         if kind is int:
             return int(raw)
         if kind is float:
             return float(raw)
         return str(raw)
-    except ValueError:
+    except (ValueError, KeyError):
         raise ConfigError(f"bad setting {name}: expected {kind.__name__}, got {raw!r}") from None
 
 

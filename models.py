@@ -365,8 +365,8 @@ class TumorClassifier(nn.Module):
         self.apply(_init_weights)
         torch.nn.init.normal_(self.encoder.cls_token, std=0.02)
         # after _init_weights: the branch keeps PyTorch's own initialisation for convolutions under ReLUs
-        self.conv_evidence = (ConvEvidence(cfg.in_chans, cfg.patch_size, cfg.num_classes - 1) if cfg.conv_evidence
-                              else None)
+        self.conv_evidence = (ConvEvidence(cfg.in_chans, cfg.patch_size, cfg.num_classes - 1, cfg.conv_cell)
+                              if cfg.conv_evidence else None)
 
     def foreground(self, imgs):
         """(keep, valid) tensors for imgs: the patches above cfg.foreground_threshold, as
@@ -410,7 +410,7 @@ class TumorClassifier(nn.Module):
     @property
     def map_grid(self):
         """The side of the evidence map's grid: the patch grid, or with the convolutional branch its cells'
-        (each patch's weight sits on the cell whose score the patch took)."""
+        (each patch's weight sits on the cell whose score the patch took, cfg.conv_cell pixels a side)."""
         return self.encoder.grid * (self.conv_evidence.cells_per_patch if self.conv_evidence is not None else 1)
 
 
@@ -427,18 +427,21 @@ def shown_logit(logits):
 
 class ConvEvidence(nn.Module):
     """Four convolution stages (16, 32, 64, 64 channels; 3x3 convolutions, batch norm, ReLU; a 2x2 max-pool
-    between stages) scoring every 8-pixel cell of a slice, its cells max-pooled to the patch grid. Trained
-    from scratch beside the pre-trained encoder: a lesion a few pixels wide looks the same to it at every
-    position, where the linear patch embedding must learn it at each of a patch's 256 pixels apart."""
+    after each of the first log2(cell)) scoring every cell-pixel cell of a slice, its cells max-pooled to the
+    patch grid. Trained from scratch beside the pre-trained encoder: a lesion a few pixels wide looks the same
+    to it at every position, where the linear patch embedding must learn it at each of a patch's 256 pixels
+    apart."""
 
-    def __init__(self, in_chans: int, patch_size: int, outputs: int = 1):
+    def __init__(self, in_chans: int, patch_size: int, outputs: int = 1, cell: int = 8):
         super().__init__()
-        def stage(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                    nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-        self.net = nn.Sequential(*stage(in_chans, 16), nn.MaxPool2d(2), *stage(16, 32), nn.MaxPool2d(2),
-                                 *stage(32, 64), nn.MaxPool2d(2), *stage(64, 64), nn.Conv2d(64, outputs, 1))
-        self.cells_per_patch = patch_size // 8
+        layers = []
+        for i, (cin, cout) in enumerate(((in_chans, 16), (16, 32), (32, 64), (64, 64))):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                       nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            if 2 ** (i + 1) <= cell:
+                layers.append(nn.MaxPool2d(2))
+        self.net = nn.Sequential(*layers, nn.Conv2d(64, outputs, 1))
+        self.cells_per_patch = patch_size // cell
 
     def cells(self, imgs):
         """(B, C, H, W) -> each 8-pixel cell's scores (B, outputs, H/8, W/8)."""

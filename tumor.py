@@ -38,7 +38,8 @@ def build_classifier(cfg, variant, mae_path=None, mae_state=None, num_classes=2)
     from checkpoint import model_config_from
     if variant == "from_scratch":
         return TumorClassifier(dataclasses.replace(cfg.model_config(), img_size=cfg.CLS_IMG_SIZE or cfg.IMG_SIZE,
-                                                   conv_evidence=cfg.CLS_CONV_EVIDENCE, num_classes=num_classes))
+                                                   conv_evidence=cfg.CLS_CONV_EVIDENCE, conv_cell=cfg.CLS_CONV_CELL,
+                                                   num_classes=num_classes))
     mae_cfg = model_config_from(mae_state, mae_path)
     size = cfg.CLS_IMG_SIZE or mae_cfg.img_size
     if size % mae_cfg.patch_size:
@@ -48,6 +49,7 @@ def build_classifier(cfg, variant, mae_path=None, mae_state=None, num_classes=2)
         pos_grid = pos_grid or mae_cfg.img_size // mae_cfg.patch_size
     model = TumorClassifier(dataclasses.replace(mae_cfg, foreground_threshold=cfg.FOREGROUND_THRESHOLD, img_size=size,
                                                 pos_grid=pos_grid, conv_evidence=cfg.CLS_CONV_EVIDENCE,
+                                                conv_cell=cfg.CLS_CONV_CELL,
                                                 num_classes=num_classes))
     encoder_state = {k[len("encoder."):]: v for k, v in mae_state["model"].items() if k.startswith("encoder.")}
     model.encoder.load_state_dict(encoder_state)  # strict: every encoder key must match

@@ -406,31 +406,34 @@ def test_positions_read_at_another_size_span_the_pretrained_range():
     assert torch.allclose(enc.pos_embed[0, -1], models.sincos_pos_embed_2d(TINY["embed_dim"], 4)[-1], atol=1e-6)
 
 
-def test_the_evidence_map_puts_each_patch_weight_on_the_cell_its_score_came_from():
-    """With 16-pixel patches the branch scores 2 x 2 cells a patch and a patch takes its best cell's score:
-    the map is on the cells' grid, each patch's weight on that cell, of two classes and of K alike."""
+@pytest.mark.parametrize("cell", [8, 4])
+def test_the_evidence_map_puts_each_patch_weight_on_the_cell_its_score_came_from(cell):
+    """With 16-pixel patches the branch scores (16 / cell)^2 cells a patch and a patch takes its best cell's
+    score: the map is on the cells' grid, each patch's weight on that cell, of two classes and of K alike."""
     from heatmaps import evidence_map
+    n, side = 16 // cell, 64 // cell  # cells a patch side, cells a slice side
     for classes in (2, 3):
         cfg = ModelConfig(img_size=64, patch_size=16, embed_dim=16, depth=1, num_heads=2, conv_evidence=True,
-                          num_classes=classes)
+                          conv_cell=cell, num_classes=classes)
         torch.manual_seed(0)
         m = models.TumorClassifier(cfg).eval()
         x = torch.rand(3, 1, 64, 64)
         with torch.no_grad():
             logits, scores, keep, valid, where = m(x, with_evidence=True)
-            cells = m.conv_evidence.cells(x)  # (B, classes - 1, 8, 8)
+            cells = m.conv_evidence.cells(x)  # (B, classes - 1, side, side)
             maps = evidence_map(scores, where, valid, m.map_grid)
-        assert m.map_grid == 8 and maps.shape == (3, 8, 8)
+        assert cells.shape[-1] == side and m.map_grid == side and maps.shape == (3, side, side)
         assert torch.allclose(maps.flatten(1).sum(1), torch.ones(3), atol=1e-5)
-        shown = 0 if classes == 2 else logits[:, 1:].argmax(1)
         for b in range(3):
-            c = cells[b, shown if classes == 2 else int(shown[b])]  # the shown class's cells
+            c = cells[b, 0 if classes == 2 else int(logits[b, 1:].argmax())]  # the shown class's cells
             for k, patch in enumerate(keep[b].tolist()):
                 row, col = divmod(patch, 4)
-                block = c[2 * row:2 * row + 2, 2 * col:2 * col + 2]
-                r, q = divmod(int(where[b, k]), 8)
-                assert r // 2 == row and q // 2 == col and c[r, q] == block.max()  # the winning cell, in its patch
+                r, q = divmod(int(where[b, k]), side)
+                assert r // n == row and q // n == col  # in its own patch
+                assert c[r, q] == c[n * row:n * row + n, n * col:n * col + n].max()  # the cell that won
             assert (maps[b] > 0).sum() == len(keep[b])  # one cell a patch carries its weight
+    with pytest.raises(MiramError, match="CLS_CONV_CELL: must be 8, 4 or 2, got 3"):
+        ModelConfig(conv_cell=3)
 
 
 def test_the_convolutional_evidence_adds_to_each_patch_score_and_is_refused_where_absent(tmp_path):
