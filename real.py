@@ -41,7 +41,8 @@ SETS = {
     "ms_lesions": {"MIRAM_PRESET": "demo", "MIRAM_DATA_PATH": os.path.join("data", "real", "ms_lesions"),
                    "MIRAM_TRANSFER_PATH": "", "MIRAM_ANATOMY_VARIANTS": "0", "MIRAM_N_EPOCHS": "40",
                    "MIRAM_WARMUP_EPOCHS": "4", "MIRAM_ADAPT_STEPS": "0", "MIRAM_CLS_WARMUP_EPOCHS": "1",
-                   "MIRAM_CLS_EPOCHS": "12", "MIRAM_CLS_CONV_EVIDENCE": "1", "MIRAM_INPAINT_HOLES": "lesions",
+                   "MIRAM_CLS_EPOCHS": "12", "MIRAM_CLS_CONV_EVIDENCE": "1", "MIRAM_CLS_CONV_CELL": "2",
+                   "MIRAM_INPAINT_HOLES": "lesions",
                    "MIRAM_INPAINT_COPIES": "4"},
 }
 FOLDS = {"ms_lesions": 3}  # sets measured with their subjects split into folds, each held out in turn
