@@ -61,7 +61,10 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     for ax, (name, h) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         if h is not None:
-            ax.imshow(h / max(float(h.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            shown = h / max(float(h.max()), 1e-12)
+            ax.imshow(np.ma.masked_less(shown, 0.05), cmap="jet", alpha=0.5, vmin=0, vmax=1)  # the faint part clear
+            row, col = np.unravel_index(int(np.argmax(h)), h.shape)
+            ax.plot(col, row, marker="+", color="white", markersize=9, markeredgewidth=1.2)  # the peak
         if tumor is not None and tumor.any():
             ax.contour(tumor.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
         ax.set_title(name, fontsize=9)
