@@ -286,6 +286,7 @@ def summarize_folds(name):
             "filling_psnr_db": {m: spread([f["methods"][m]["psnr"] for f in fill]) for m in ("miram", "biharmonic", "white_matter_mean")},
             "changed_outside_holes": sum(f["changed_outside_holes"] for f in fill),
             "maps_without_outlines": maps_without_outlines(name),
+            "figure": os.path.join(OUT, name, "fold0", "lesion_maps.png"),  # the first fold's held-out maps
             "minutes": run_minutes(name),
             "folds": [{"subjects": f["subjects"], "detection": f["detection"], "pointing_ge20": f["pointing_ge20"],
                        "filling": {k: f["filling"][k] for k in ("n_holes", "margin_db")}} for f in found]}

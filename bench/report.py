@@ -404,7 +404,7 @@ def real_section(summary, docs="docs"):
              "pre-training a set, the seeds vary the classifiers.", ""]
     for name, r in summary.items():
         if "detection_auroc_ge20" in r:
-            lines += fold_set_lines(name, r, cell)
+            lines += fold_set_lines(name, r, cell, docs)
             continue
         if name == "superres":
             lines += superres_lines(r, cell, docs)
@@ -459,8 +459,9 @@ def settings_line(r):
     return ("- settings: " + " ".join(f"`{k}={v}`" for k, v in r["settings"].items())) if r.get("settings") else ""
 
 
-def fold_set_lines(name, r, cell):
-    """A set measured in folds of held-out subjects (real.py FOLDS): detection, pointing, lesion filling."""
+def fold_set_lines(name, r, cell, docs):
+    """A set measured in folds of held-out subjects (real.py FOLDS): detection, pointing, lesion filling, and a
+    figure of the first fold's maps."""
     lines = [f"### {name}", "", f"- {provenance(r.get('run'))}; {len(r['folds'])} folds, each holding out "
              "subjects that no model of it learned from (pre-training included); mean ± sample std over folds",
              settings_line(r), ""]
@@ -477,6 +478,9 @@ def fold_set_lines(name, r, cell):
         f"slices, {f['detection']['n_negative']} without), pointing {f['pointing_ge20']['pointing']:.2f}, "
         f"{f['filling']['n_holes']} holes" for f in r["folds"]),
         f"Pixels changed outside the holes by any fill: {r['changed_outside_holes']}.", ""]
+    if r.get("figure") and os.path.isfile(r["figure"]):
+        shutil.copy(r["figure"], os.path.join(docs, f"{name}_maps.png"))
+        lines += [f"![the default map on held-out slices of fold 0]({name}_maps.png)", ""]
     if r.get("maps_without_outlines"):
         lines += ["Which map to trust without outlines: the classifier trained on slice labels alone "
                   "(`CLS_PATCH_WEIGHT=0`, as on class folders), each map on the held-out lesion slices:", ""]
