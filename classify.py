@@ -24,7 +24,8 @@ from config import MiramError, add_config_args, at_least, describe, load_config
 from imaging import (EXTENSIONS, VOLUME_KINDS, foreground_patches, list_images, model_input, read_scan, source_pixel,
                      split_ext, stored_voxel)
 from layouts import NEGATIVE_CLASS
-from records import INTERRUPTED_TRAINING, pyplot, run_cli, run_info, save_json, save_stages, stage
+from records import (INTERRUPTED_TRAINING, overlay_heatmap, pyplot, run_cli, run_info, save_json, save_stages,
+                     stage)
 from runtime import (DEFAULT_HEATMAP, OnnxClassifier, class_columns, class_names, predicted_class, trained_range,
                      tumor_probability, upsample_heatmaps)
 
@@ -61,10 +62,7 @@ def save_heatmap_figure(path, image, heats, prob, tumor=None, title=""):
     for ax, (name, h) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         if h is not None:
-            shown = h / max(float(h.max()), 1e-12)
-            ax.imshow(np.ma.masked_less(shown, 0.05), cmap="jet", alpha=0.5, vmin=0, vmax=1)  # the faint part clear
-            row, col = np.unravel_index(int(np.argmax(h)), h.shape)
-            ax.plot(col, row, marker="+", color="white", markersize=9, markeredgewidth=1.2)  # the peak
+            overlay_heatmap(ax, h)
         if tumor is not None and tumor.any():
             ax.contour(tumor.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
         ax.set_title(name, fontsize=9)

@@ -444,7 +444,7 @@ class ConvEvidence(nn.Module):
         self.cells_per_patch = patch_size // cell
 
     def cells(self, imgs):
-        """(B, C, H, W) -> each 8-pixel cell's scores (B, outputs, H/8, W/8)."""
+        """(B, C, H, W) -> each cell's scores (B, outputs, H/cell, W/cell)."""
         return self.net(imgs)
 
     def forward(self, imgs):

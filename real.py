@@ -42,8 +42,7 @@ SETS = {
                    "MIRAM_TRANSFER_PATH": "", "MIRAM_ANATOMY_VARIANTS": "0", "MIRAM_N_EPOCHS": "40",
                    "MIRAM_WARMUP_EPOCHS": "4", "MIRAM_ADAPT_STEPS": "0", "MIRAM_CLS_WARMUP_EPOCHS": "1",
                    "MIRAM_CLS_EPOCHS": "12", "MIRAM_CLS_CONV_EVIDENCE": "1", "MIRAM_CLS_CONV_CELL": "2",
-                   "MIRAM_INPAINT_HOLES": "lesions",
-                   "MIRAM_INPAINT_COPIES": "4"},
+                   "MIRAM_INPAINT_HOLES": "lesions", "MIRAM_INPAINT_COPIES": "4"},
 }
 FOLDS = {"ms_lesions": 3}  # sets measured with their subjects split into folds, each held out in turn
 NO_OUTLINES = "without_outlines"  # a fold's classifier trained on slice labels alone

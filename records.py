@@ -198,6 +198,15 @@ def pyplot():
     return plt
 
 
+def overlay_heatmap(ax, heat):
+    """Draws a heatmap (H, W) over the image already on ax: scaled to its peak, its faint part (under 5%) left
+    clear so the scan shows, and its peak marked (+) so a map of a few pixels stays visible."""
+    import numpy as np
+    ax.imshow(np.ma.masked_less(heat / max(float(heat.max()), 1e-12), 0.05), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    ax.plot(col, row, marker="+", color="white", markersize=9, markeredgewidth=1.2)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"warning: {message}\n"
 

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from config import add_config_args, load_config  # noqa: E402
-from records import pyplot, run_info, save_json  # noqa: E402
+from records import overlay_heatmap, pyplot, run_info, save_json  # noqa: E402
 
 MIN_VOXELS = 20  # the line between the lesions to detect and the ones reported apart
 FILL_METHODS = ("miram", "biharmonic", "white_matter_mean")
@@ -113,11 +113,8 @@ def save_map_figure(path, images, heats, lesions, names, probs):
     fig, axes = plt.subplots(1, len(images), figsize=(2.6 * len(images), 3.0), squeeze=False)
     for ax, img, h, les, name, p in zip(axes[0], images, heats, lesions, names, probs):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        shown = h / max(float(h.max()), 1e-12)
-        ax.imshow(np.ma.masked_less(shown, 0.05), cmap="jet", alpha=0.5, vmin=0, vmax=1)  # the faint part left clear
+        overlay_heatmap(ax, h)
         ax.contour(les.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
-        row, col = np.unravel_index(int(np.argmax(h)), h.shape)
-        ax.plot(col, row, marker="+", color="white", markersize=9, markeredgewidth=1.2)  # the peak
         ax.set_title(f"{name}\np(lesion) {p:.2f}", fontsize=7)
         ax.axis("off")
     fig.suptitle("held-out subjects: the default map (the classifier's evidence), lesions outlined in green, its peak +", fontsize=8)
